@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make demo   runs the main job        make test   runs the test suite
+# Each creates or refreshes .venv. TORCH_SPEC chooses the torch build installed when the venv
+# has none (the default is the CPU wheel; an unpinned torch would pull a multi-GB CUDA build).
+PYTHON ?= python3.11
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+STAMP := $(VENV)/.hmoe-installed
+
+.PHONY: venv test test-fast lint demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+demo: venv
+	$(VENV)/bin/hmoe demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

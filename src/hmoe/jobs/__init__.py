@@ -1,0 +1,1 @@
+"""Entry points: the ``hmoe`` CLI, presets and job specs; thin layers over the Python API."""

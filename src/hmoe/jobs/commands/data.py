@@ -1,0 +1,42 @@
+"""``hmoe data prepare | synth | fetch``: raw logs to encoded shards, synthetic logs, real data."""
+
+from __future__ import annotations
+
+import argparse
+
+from hmoe.jobs.commands import NotImplementedYet
+
+ISSUE = "issue #3: the Ray Data pipeline"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare, synthesise or fetch datasets")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    prepare = sub.add_parser("prepare", help="encode raw logs into Parquet shards (Ray Data)")
+    prepare.add_argument("spec", help="dataset spec (YAML)")
+    prepare.add_argument("--out", required=True, help="output directory (prepared dataset)")
+    prepare.set_defaults(func=run_prepare)
+
+    synth = sub.add_parser("synth", help="generate realistic synthetic ad-impression logs")
+    synth.add_argument("--out", required=True, help="output directory (raw logs + spec)")
+    synth.add_argument("--rows", type=int, required=True, help="number of impressions")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (deterministic output)")
+    synth.set_defaults(func=run_synth)
+
+    fetch = sub.add_parser("fetch", help="download a public dataset (e.g. ml-100k)")
+    fetch.add_argument("name", help="dataset name, e.g. ml-100k")
+    fetch.add_argument("--out", default=None, help="where to put it (default: HMOE_DATA_ROOT)")
+    fetch.set_defaults(func=run_fetch)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    raise NotImplementedYet(ISSUE)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    raise NotImplementedYet(ISSUE)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    raise NotImplementedYet(ISSUE)

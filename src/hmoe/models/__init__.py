@@ -1,0 +1,1 @@
+"""Pure-PyTorch models; imports nothing from ``hmoe.platform`` or ``hmoe.jobs``."""

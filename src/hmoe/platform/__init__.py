@@ -1,0 +1,1 @@
+"""Runtime: data pipeline, training loop, search, tracking, cluster and job plumbing, analysis."""

@@ -1,0 +1,1 @@
+"""Optuna define-by-run search spaces; parameter names are dotted ExperimentConfig paths."""

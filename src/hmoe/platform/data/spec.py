@@ -1,0 +1,483 @@
+"""The dataset spec: where the raw logs are, what each column means, and how to encode them.
+
+A spec is YAML read strictly into the frozen configs below (an unknown key or a wrong type raises
+``ConfigError`` naming its key path). Paths are relative to the spec file's directory unless
+absolute; ``${HMOE_DATA_ROOT}`` expands to the environment variable of that name, or to
+``../shared/data`` relative to the current directory when unset. Any other ``${NAME}`` must be
+set in the environment. A minimal spec::
+
+    name: toy
+    log: {paths: [log.csv], format: csv}
+    timestamp: {column: ts, unit: s}
+    user_field: user
+    item_field: item
+    categorical:
+      - {name: user}
+      - {name: item}
+      - {name: genres, column: genre_list, multi_valued: true, separator: "|", max_len: 4}
+    numeric: [{name: price}]
+    labels: [{task: click}]
+    sequences: [{name: hist, max_len: 20, item_field: item, only_positive_of: click}]
+    split: {kind: temporal, fractions: [0.8, 0.1, 0.1]}
+
+Encoded columns carry the feature names (``CategoricalSpec.name`` ...), labels are written as
+``label__<task>`` (see ``label_column``); the reader assembles them into ``Batch["labels"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from hmoe.config import Config, ConfigError, FrozenMap, config
+
+__all__ = [
+    "DATA_ROOT_ENV",
+    "SPLITS",
+    "BehaviourLogSpec",
+    "CategoricalSpec",
+    "DatasetSpec",
+    "EmbeddingSpec",
+    "LabelSpec",
+    "NumericSpec",
+    "OutputSpec",
+    "Predicate",
+    "SequenceSpec",
+    "SideTableSpec",
+    "SimilaritySpec",
+    "SplitSpec",
+    "TableSpec",
+    "TimestampSpec",
+    "VocabSpec",
+    "WeightSpec",
+    "data_root",
+    "label_column",
+    "load_spec",
+    "resolve_path",
+    "spec_from_dict",
+]
+
+DATA_ROOT_ENV = "HMOE_DATA_ROOT"
+DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"
+SPLITS = ("train", "valid", "test")
+LABEL_PREFIX = "label__"
+SECONDS_2100 = 4102444800.0  # 2100-01-01T00:00:00Z: later timestamps are treated as corrupt
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+Split = Literal["train", "valid", "test"]
+
+
+def label_column(task: str) -> str:
+    """The Parquet column of one task's 0/1 label (the reader stacks them into ``labels``)."""
+    return f"{LABEL_PREFIX}{task}"
+
+
+@config
+class TableSpec(Config):
+    """A raw table: one or more files of one format.
+
+    ``paths`` entries are files, directories (every file inside, sorted) or globs. Text formats
+    are read with every column as a string, so parsing (and quarantining) is ours.
+    """
+
+    paths: tuple[str, ...]
+    format: Literal["csv", "tsv", "parquet", "jsonl"] = "csv"
+    header: bool = True  # csv/tsv: the first line names the columns
+    column_names: tuple[str, ...] = ()  # csv/tsv without header (or to rename every column)
+    strip_type_suffix: bool = False  # RecBole-style headers "user_id:token" -> "user_id"
+    delimiter: str | None = None  # csv/tsv: default "," or "\t"
+    null_values: tuple[str, ...] = ("",)  # csv/tsv: strings read as missing
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise ConfigError("paths must name at least one file")
+        if self.format in ("csv", "tsv") and not self.header and not self.column_names:
+            raise ConfigError("a csv/tsv without header needs column_names")
+
+
+@config
+class SideTableSpec(Config):
+    """A table joined onto every log row by key (e.g. item or user attributes, embeddings)."""
+
+    table: TableSpec
+    key: str  # the side table's key column (unique)
+    join_on: str  # the log column holding the key
+    columns: tuple[str, ...] = ()  # side-table columns to add (default: all but the key)
+
+
+@config
+class TimestampSpec(Config):
+    """The event time column; parsed to float seconds since the epoch (UTC)."""
+
+    column: str
+    unit: Literal["s", "ms", "us", "iso8601"] = "s"
+    min_seconds: float = 0.0  # rows outside [min_seconds, max_seconds] are quarantined
+    max_seconds: float = SECONDS_2100
+
+
+@config
+class VocabSpec(Config):
+    """How raw values map to indices (0 = padding, 1 = OOV, real values from 2).
+
+    ``fit``: values seen at least ``min_count`` times in the train split, most frequent first
+    (ties by value), at most ``max_size`` of them; others are OOV. ``hash``: ``2 +
+    crc32(value) % hash_size`` (stable across processes). ``identity``: pre-encoded
+    non-negative integer ids, index = id + 2, size = max id over all splits + 3. ``closed``: the
+    declared ``values`` only; any other value quarantines the row (``unknown_category``).
+    """
+
+    mode: Literal["fit", "hash", "identity", "closed"] = "fit"
+    min_count: int = 1
+    max_size: int | None = None
+    hash_size: int | None = None
+    values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ConfigError("min_count must be >= 1")
+        if self.mode == "hash" and (self.hash_size is None or self.hash_size < 1):
+            raise ConfigError("mode 'hash' needs hash_size >= 1")
+        if self.mode != "hash" and self.hash_size is not None:
+            raise ConfigError(f"hash_size is only used by mode 'hash' (mode is {self.mode!r})")
+        if self.mode == "closed" and not self.values:
+            raise ConfigError("mode 'closed' needs the list of values")
+        if self.mode != "closed" and self.values:
+            raise ConfigError(f"values are only used by mode 'closed' (mode is {self.mode!r})")
+        if self.max_size is not None and self.max_size < 1:
+            raise ConfigError("max_size must be >= 1")
+
+
+@config
+class CategoricalSpec(Config):
+    """A categorical feature read from one raw column (after side-table joins).
+
+    ``transform`` derives the value: ``first_token`` = first ``separator``-separated token,
+    ``prefix`` = the first ``prefix_len`` characters. A multi-valued field splits the value on
+    ``separator`` (or reads a list column) and keeps the first ``max_len`` tokens.
+    """
+
+    name: str
+    column: str | None = None  # default: name
+    group: str = "default"
+    multi_valued: bool = False
+    separator: str = " "
+    max_len: int = 1
+    transform: Literal["none", "first_token", "prefix"] = "none"
+    prefix_len: int = 1
+    required: bool = True  # a missing value quarantines the row (missing_value)
+    fill_missing: str | None = None  # used instead when given (also for empty tokens)
+    vocab: VocabSpec | None = None  # default: DatasetSpec.vocab
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1 or (not self.multi_valued and self.max_len != 1):
+            raise ConfigError(f"{self.name}: max_len must be 1, or >= 1 when multi_valued")
+        if self.multi_valued and self.transform != "none":
+            raise ConfigError(f"{self.name}: a multi-valued field takes no transform")
+        if self.prefix_len < 1:
+            raise ConfigError(f"{self.name}: prefix_len must be >= 1")
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@config
+class NumericSpec(Config):
+    """A numeric feature (raw value; non-finite or unparsable values quarantine the row)."""
+
+    name: str
+    column: str | None = None
+    group: str = "default"
+    required: bool = True
+    fill_missing: float | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@config
+class EmbeddingSpec(Config):
+    """A pre-trained vector column (a list column, or a ``separator``-joined string of floats).
+
+    Vectors from a side table keyed by user or item are joined first (``side_tables``), then
+    named here by their column. Embeddings are not written; they feed ``similarity`` and the
+    per-behaviour similarity of sequences.
+    """
+
+    name: str
+    column: str | None = None
+    dim: int
+    separator: str = " "
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"{self.name}: dim must be >= 1")
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@config
+class SimilaritySpec(Config):
+    """Cosine similarity of two embeddings of the same row (e.g. user vs target item)."""
+
+    name: str
+    left: str  # EmbeddingSpec names
+    right: str
+    group: str = "default"
+
+
+@config
+class Predicate(Config):
+    """``value OP operand``: numeric for the order operators, string or number for ==, !=, in."""
+
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in"]
+    value: float | str | None = None
+    values: tuple[float | str, ...] = ()
+
+    def __post_init__(self) -> None:
+        listed = self.op in ("in", "not_in")
+        if listed and (not self.values or self.value is not None):
+            raise ConfigError(f"op {self.op!r} takes values: [...], not value")
+        if not listed and (self.value is None or self.values):
+            raise ConfigError(f"op {self.op!r} takes value, not values")
+        if self.op in (">", ">=", "<", "<=") and isinstance(self.value, str):
+            raise ConfigError(f"op {self.op!r} needs a numeric value, got {self.value!r}")
+
+
+@config
+class LabelSpec(Config):
+    """One task's binary label: the column itself (must be 0/1) or ``positive_if`` on it."""
+
+    task: str
+    column: str | None = None  # default: task
+    positive_if: Predicate | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.task
+
+
+@config
+class WeightSpec(Config):
+    """A sample weight, or a logged propensity p (the weight becomes 1/p; p kept as a column)."""
+
+    column: str
+    kind: Literal["weight", "propensity"] = "weight"
+
+
+@config
+class BehaviourLogSpec(Config):
+    """A separate behaviour log (e.g. clicks) whose events feed a sequence."""
+
+    table: TableSpec
+    user_column: str
+    item_column: str
+    timestamp_column: str  # parsed with the spec's TimestampSpec unit and range
+    category_column: str | None = None
+
+
+@config
+class SequenceSpec(Config):
+    """A point-in-time behaviour sequence per target row.
+
+    Behaviours are the same user's events with a timestamp strictly earlier than the target's
+    (ties excluded), the latest ``max_len`` of them, oldest first. Source ``log``: the log's own
+    valid rows (any split), optionally only those with ``only_positive_of`` == 1; the item and
+    category are the row's ``item_field`` / ``category_field`` values. Source ``behaviour_log``:
+    the events of ``behaviour_log``, encoded with the same vocabularies.
+    """
+
+    name: str
+    max_len: int
+    item_field: str  # a CategoricalSpec name (shares its vocabulary)
+    category_field: str | None = None  # a CategoricalSpec name
+    source: Literal["log", "behaviour_log"] = "log"
+    only_positive_of: str | None = None  # a task: keep behaviours whose label is 1
+    behaviour_log: BehaviourLogSpec | None = None
+    similarity_embedding: str | None = None  # an item EmbeddingSpec: cosine to the target item
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ConfigError(f"{self.name}: max_len must be >= 1")
+        if (self.source == "behaviour_log") != (self.behaviour_log is not None):
+            raise ConfigError(f"{self.name}: behaviour_log is given iff source is behaviour_log")
+        if self.source == "behaviour_log" and self.only_positive_of is not None:
+            raise ConfigError(f"{self.name}: only_positive_of applies to source 'log' only")
+
+
+@config
+class SplitSpec(Config):
+    """How rows are split into train / valid / test.
+
+    ``temporal``: a stable sort by (timestamp, ``tie_break`` columns, file order), then
+    ``fractions`` of the rows in that order. ``ordered``: ``fractions`` in file order (files in
+    ``paths`` order). ``cutoff``: rows with timestamp < ``cutoffs[0]`` train, < ``cutoffs[1]``
+    valid, the rest test (seconds since the epoch). ``random``: each row independently by a
+    stable hash of (seed, row position). ``pinned_files`` sends every row of a log path (as
+    written in ``log.paths``) to one split; the others are split among the remaining rows.
+    """
+
+    kind: Literal["temporal", "ordered", "cutoff", "random"] = "temporal"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cutoffs: tuple[float, float] | None = None
+    tie_break: tuple[str, ...] = ()  # raw columns; compared as numbers when all parse as numbers
+    seed: int = 0
+    pinned_files: Mapping[str, Split] = FrozenMap()
+
+    def __post_init__(self) -> None:
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-9:
+            raise ConfigError(f"fractions must be >= 0 and sum to 1, got {list(self.fractions)}")
+        if (self.kind == "cutoff") != (self.cutoffs is not None):
+            raise ConfigError("cutoffs are given iff kind is 'cutoff'")
+        if self.cutoffs is not None and self.cutoffs[0] > self.cutoffs[1]:
+            raise ConfigError(f"cutoffs must be increasing, got {list(self.cutoffs)}")
+        if self.tie_break and self.kind != "temporal":
+            raise ConfigError("tie_break applies to kind 'temporal' only")
+
+
+@config
+class OutputSpec(Config):
+    """Shard sizes and the statistics fitted for numeric features."""
+
+    rows_per_shard: int = 1_000_000  # bounds the memory of one write task
+    numeric_quantiles: int = 16  # bucket boundaries per numeric feature (fitted on train)
+    quantile_sample_rows: int = 200_000  # train rows sampled (deterministically) for them
+    read_batch_rows: int = 65_536  # rows per block read from text files
+
+    def __post_init__(self) -> None:
+        for name in ("rows_per_shard", "quantile_sample_rows", "read_batch_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.numeric_quantiles < 0:
+            raise ConfigError("numeric_quantiles must be >= 0")
+
+
+@config
+class DatasetSpec(Config):
+    """A whole dataset: raw tables, column roles, sequences, vocabulary rules and the split."""
+
+    name: str
+    log: TableSpec
+    side_tables: tuple[SideTableSpec, ...] = ()
+    timestamp: TimestampSpec | None = None
+    user_field: str | None = None  # a CategoricalSpec name
+    item_field: str | None = None  # a CategoricalSpec name
+    categorical: tuple[CategoricalSpec, ...] = ()
+    numeric: tuple[NumericSpec, ...] = ()
+    embeddings: tuple[EmbeddingSpec, ...] = ()
+    similarity: tuple[SimilaritySpec, ...] = ()
+    labels: tuple[LabelSpec, ...]
+    weight: WeightSpec | None = None
+    sequences: tuple[SequenceSpec, ...] = ()
+    count_exposures: bool = False  # earlier exposures (strictly earlier time) of user and item
+    vocab: VocabSpec = VocabSpec()
+    split: SplitSpec = SplitSpec()
+    output: OutputSpec = OutputSpec()
+
+    def __post_init__(self) -> None:
+        _check_spec(self)
+
+    def vocab_of(self, feature: CategoricalSpec) -> VocabSpec:
+        return feature.vocab or self.vocab
+
+    def categorical_by_name(self, name: str) -> CategoricalSpec:
+        for c in self.categorical:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def needs_user_pass(self) -> bool:
+        """Sequences and exposure counts need each user's rows together, in time order."""
+        return bool(self.sequences) or self.count_exposures
+
+
+def _check_spec(spec: DatasetSpec) -> None:
+    names = [f.name for f in (*spec.categorical, *spec.numeric, *spec.similarity)]
+    names += [q.name for q in spec.sequences]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"feature names used twice: {duplicated}")
+    tasks = [label.task for label in spec.labels]
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"labels: tasks must be non-empty and distinct, got {tasks}")
+    categorical = {c.name for c in spec.categorical}
+    embeddings = {e.name for e in spec.embeddings}
+    for key in ("user_field", "item_field"):
+        value = getattr(spec, key)
+        if value is not None and value not in categorical:
+            raise ConfigError(f"{key}: {value!r} is not a categorical feature")
+    for s in spec.similarity:
+        for side in (s.left, s.right):
+            if side not in embeddings:
+                raise ConfigError(f"similarity {s.name}: {side!r} is not an embedding")
+    for q in spec.sequences:
+        for field in (q.item_field, q.category_field):
+            if field is not None and field not in categorical:
+                raise ConfigError(f"sequence {q.name}: {field!r} is not a categorical feature")
+        if q.only_positive_of is not None and q.only_positive_of not in tasks:
+            raise ConfigError(f"sequence {q.name}: {q.only_positive_of!r} is not a task")
+        if q.similarity_embedding is not None and q.similarity_embedding not in embeddings:
+            raise ConfigError(f"sequence {q.name}: {q.similarity_embedding!r} is not an embedding")
+        if q.similarity_embedding is not None and q.source != "log":
+            raise ConfigError(f"sequence {q.name}: similarity_embedding needs source 'log'")
+        if spec.categorical_by_name(q.item_field).multi_valued:
+            raise ConfigError(f"sequence {q.name}: item_field must be single-valued")
+    if spec.needs_user_pass and (spec.user_field is None or spec.timestamp is None):
+        raise ConfigError("sequences and count_exposures need user_field and timestamp")
+    if spec.count_exposures and spec.item_field is None:
+        raise ConfigError("count_exposures needs item_field")
+    if spec.split.kind in ("temporal", "cutoff") and spec.timestamp is None:
+        raise ConfigError(f"split kind {spec.split.kind!r} needs a timestamp")
+    unknown_pins = sorted(set(spec.split.pinned_files) - set(spec.log.paths))
+    if unknown_pins:
+        raise ConfigError(f"split.pinned_files: {unknown_pins} are not in log.paths")
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> DatasetSpec:
+    """Build a spec strictly; errors name the key path (``DatasetSpec.categorical[2].vocab``)."""
+    return DatasetSpec.from_dict(data)
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Read a YAML dataset spec (paths in it stay as written; see ``resolve_path``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset spec not found: {path}")
+    with path.open() as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, Mapping):
+        kind = type(data).__name__
+        raise ConfigError(f"{path}: a dataset spec must be a YAML mapping, got {kind}")
+    try:
+        return spec_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def data_root() -> Path:
+    """``$HMOE_DATA_ROOT``, or ``../shared/data`` relative to the current directory."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def resolve_path(path: str, base_dir: str | Path) -> Path:
+    """Expand ``${VAR}`` (``${HMOE_DATA_ROOT}`` has a default) and anchor relative paths."""
+
+    def expand(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var == DATA_ROOT_ENV:
+            return str(data_root().absolute())
+        if var not in os.environ:
+            raise ConfigError(f"path {path!r}: environment variable {var} is not set")
+        return os.environ[var]
+
+    expanded = Path(_VAR.sub(expand, path)).expanduser()
+    return expanded if expanded.is_absolute() else Path(base_dir) / expanded

@@ -100,6 +100,7 @@ class SequenceFeature(Config):
     item_field: str  # the CategoricalFeature whose vocabulary (and target id) the items use
     category_field: str | None = None  # the CategoricalFeature of the behaviour category
     has_similarity: bool = False  # per-behaviour cosine to the target item is present
+    group: str = "default"  # field group of the sequence's token(s), like the other features
 
     def __post_init__(self) -> None:
         if self.max_len < 1:

@@ -57,9 +57,8 @@ class FieldEmbedding(nn.Module):
         self.vocab_size = vocab_size
         self.dim = dim
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The raw table ``[V, D]`` (row 0 = padding)."""
+    def token_table(self) -> torch.Tensor:
+        """The token of every id, ``[V, D]`` (the table itself; row 0 = padding)."""
         return self.table.weight
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:

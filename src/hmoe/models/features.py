@@ -97,6 +97,9 @@ class FeatureEncoder(nn.Module):
             }
         )
         self._categorical_index = {c.name: i for i, c in enumerate(schema.categorical)}
+        self._single_token_columns = tuple(
+            f.name for f in (*schema.categorical, *schema.numeric, *schema.similarity)
+        )
         names, groups = self._describe_fields()
         if not names:
             raise ValueError("the schema has no feature to encode")
@@ -116,9 +119,7 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """A Batch (see ``hmoe.schema``) -> tokens ``[B, F, D]`` in ``field_names`` order."""
-        tokens = [emb(_column(batch, c.name)) for c, emb in self._pairs("categorical")]
-        tokens += [enc(_column(batch, n.name)) for n, enc in self._pairs("numeric")]
-        tokens += [enc(_column(batch, s.name)) for s, enc in self._pairs("similarity")]
+        tokens = [encoder(_column(batch, name)) for name, encoder in self._single_token_fields()]
         tokens_BFD = torch.stack(tokens, dim=1) if tokens else None
         sequence_tokens = [
             encoder(*self._sequence_inputs(batch, i)) for i, encoder in enumerate(self.sequences)
@@ -141,12 +142,10 @@ class FeatureEncoder(nn.Module):
         encoder's token of every level ``[levels, D]``, the similarity bucket table
         ``[buckets, D]``. Sequences reuse their item / category fields' tables."""
         with torch.no_grad():
-            tables = {c.name: emb.weight.detach().clone() for c, emb in self._pairs("categorical")}
-            tables |= {n.name: enc.level_table() for n, enc in self._pairs("numeric")}
-            tables |= {
-                s.name: enc.table.weight.detach().clone() for s, enc in self._pairs("similarity")
+            return {
+                name: encoder.token_table().detach().clone()
+                for name, encoder in self._single_token_fields()
             }
-        return tables
 
     def temporal_tables(self) -> dict[str, torch.Tensor]:
         """Per TIM sequence, its (detached) temporal-encoding table ``[rows, D]`` (row 0 = the
@@ -158,8 +157,10 @@ class FeatureEncoder(nn.Module):
                 out[q.name] = table.detach().clone()
         return out
 
-    def _pairs(self, kind: str) -> list[tuple]:
-        return list(zip(getattr(self.schema, kind), getattr(self, kind), strict=True))
+    def _single_token_fields(self) -> list[tuple[str, nn.Module]]:
+        """(batch column, encoder) of every one-token field, in token order."""
+        encoders = [*self.categorical, *self.numeric, *self.similarity]
+        return list(zip(self._single_token_columns, encoders, strict=True))
 
     def _sequence_inputs(
         self, batch: Mapping[str, torch.Tensor], index: int

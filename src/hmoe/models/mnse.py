@@ -225,7 +225,7 @@ class NumericEncoder(nn.Module):
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.mapping(values))
 
-    def level_table(self) -> torch.Tensor:
+    def token_table(self) -> torch.Tensor:
         """The token of every level, ``[max_level + 1, D]`` (for the collapse analysis)."""
         levels = torch.arange(self.mapping.max_level + 1, device=self.mapping.quantiles.device)
         return self.encoder(levels)

@@ -63,3 +63,7 @@ class SimilarityEncoder(nn.Module):
 
     def forward(self, similarity: torch.Tensor) -> torch.Tensor:
         return self.table(self.bucket(similarity))
+
+    def token_table(self) -> torch.Tensor:
+        """The token of every bucket, ``[num_buckets, D]``."""
+        return self.table.weight

@@ -1,0 +1,184 @@
+"""Dimensional collapse: singular spectra and information abundance of embedding tables.
+
+For one field's table ``E [V, D]`` every row is L2-normalised (``row / (||row|| + eps)``, as the
+RecScope notebook does), the singular values ``sigma`` are sorted descending and divided by the
+largest; the information abundance is ``IA = sum(sigma) / max(sigma)`` in ``[1, D]`` (``D`` =
+balanced spectrum, ``1`` = collapsed to one direction). The singular values are taken from the
+``D x D`` Gram matrix accumulated over row chunks, so a table of millions of rows costs one pass
+and no copy: cheap enough for the per-epoch collapse monitor.
+
+Legend for shape suffixes: ``V`` rows (vocabulary), ``D`` embedding dim, ``F`` fields.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from hmoe.config import Config, ConfigError, config
+
+__all__ = [
+    "CollapseConfig",
+    "CollapseMonitorConfig",
+    "EmbeddingTableSource",
+    "SetSpectra",
+    "collapse_monitor_metrics",
+    "information_abundance",
+    "information_abundance_metrics",
+    "metric_name",
+    "singular_spectrum",
+    "spectra_by_set",
+]
+
+_METRIC_UNSAFE = re.compile(r"[^0-9A-Za-z_\-./ ]")
+
+
+@config
+class CollapseConfig(Config):
+    """How spectra are computed.
+
+    ``eps`` guards the row normalisation of all-zero rows (the padding row stays zero and adds
+    nothing to the spectrum); ``chunk_rows`` bounds the memory of one Gram-matrix step.
+    """
+
+    eps: float = 1e-8
+    chunk_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.eps <= 0.0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+
+
+@config
+class CollapseMonitorConfig(Config):
+    """The collapse monitor the training loop calls once per epoch.
+
+    ``enabled=False`` turns it off; ``every_n_epochs`` logs on epochs ``0, n, 2n, ...`` and on
+    no others (the metrics dict is empty on the skipped ones).
+    """
+
+    enabled: bool = True
+    every_n_epochs: int = 1
+    spectrum: CollapseConfig = CollapseConfig()
+
+    def __post_init__(self) -> None:
+        if self.every_n_epochs < 1:
+            raise ConfigError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
+
+
+class EmbeddingTableSource(Protocol):
+    """A model that names its raw embedding tables: ``{set name: {field name: [V, D]}}``."""
+
+    def embedding_tables(self) -> Mapping[str, Mapping[str, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class SetSpectra:
+    """The spectra of one embedding set, fields sorted by cardinality ascending (ties by name).
+
+    ``spectra_FD`` holds each field's normalised singular values padded with zeros to the widest
+    table of the set; ``abundance`` is IA per field in the same order.
+    """
+
+    fields: tuple[str, ...]
+    cardinalities: tuple[int, ...]
+    spectra_FD: np.ndarray
+    abundance: tuple[float, ...]
+
+
+def singular_spectrum(table_VD: torch.Tensor | np.ndarray, cfg: CollapseConfig) -> np.ndarray:
+    """The descending singular values of the row-normalised table divided by the largest, ``[D]``.
+
+    A table whose rows are all zero has no direction at all; its spectrum is all zeros.
+    """
+    table = torch.as_tensor(table_VD).detach()
+    if table.dim() != 2 or table.shape[1] < 1:
+        raise ValueError(f"expected a table of shape [V, D], got {tuple(table.shape)}")
+    dim = table.shape[1]
+    gram_DD = torch.zeros(dim, dim, dtype=torch.float64)
+    for start in range(0, table.shape[0], cfg.chunk_rows):
+        rows = table[start : start + cfg.chunk_rows].to(device="cpu", dtype=torch.float64)
+        rows = rows / (rows.norm(dim=1, keepdim=True) + cfg.eps)
+        gram_DD += rows.T @ rows
+    eigenvalues = torch.linalg.eigvalsh(gram_DD)
+    # below this the eigenvalue is round-off of the Gram product, not a direction of the table
+    tolerance = eigenvalues.max() * dim * torch.finfo(torch.float64).eps
+    eigenvalues = torch.where(eigenvalues > tolerance, eigenvalues, 0.0)
+    sigma = eigenvalues.sqrt().flip(0).numpy()
+    if sigma[0] <= 0.0:
+        return np.zeros(dim)
+    return sigma / sigma[0]
+
+
+def information_abundance(table_VD: torch.Tensor | np.ndarray, cfg: CollapseConfig) -> float:
+    """``sum(sigma) / max(sigma)`` of the row-normalised table; 0 for an all-zero table."""
+    return float(singular_spectrum(table_VD, cfg).sum())
+
+
+def spectra_by_set(
+    tables: Mapping[str, Mapping[str, torch.Tensor]], cfg: CollapseConfig
+) -> dict[str, SetSpectra]:
+    """Spectrum and IA of every field of every set, fields sorted by cardinality ascending."""
+    result = {}
+    for set_name, fields in tables.items():
+        if not fields:
+            raise ValueError(f"embedding set {set_name!r} has no field tables")
+        order = sorted(fields, key=lambda f: (fields[f].shape[0], f))
+        spectra = [singular_spectrum(fields[f], cfg) for f in order]
+        width = max(s.shape[0] for s in spectra)
+        spectra_FD = np.zeros((len(order), width))
+        for row, spectrum in enumerate(spectra):
+            spectra_FD[row, : spectrum.shape[0]] = spectrum
+        result[set_name] = SetSpectra(
+            fields=tuple(order),
+            cardinalities=tuple(int(fields[f].shape[0]) for f in order),
+            spectra_FD=spectra_FD,
+            abundance=tuple(float(s.sum()) for s in spectra),
+        )
+    return result
+
+
+def metric_name(*parts: str) -> str:
+    """``"_".join(parts)`` with characters MLflow rejects replaced by ``-``."""
+    return _METRIC_UNSAFE.sub("-", "_".join(parts))
+
+
+def information_abundance_metrics(
+    model: EmbeddingTableSource, cfg: CollapseConfig
+) -> dict[str, float]:
+    """IA of every field of every set as ``{"ia_{set}_{field}": value}``, ready for MLflow."""
+    tables = _tables_of(model)
+    return {
+        metric_name("ia", set_name, field): information_abundance(table, cfg)
+        for set_name, fields in tables.items()
+        for field, table in fields.items()
+    }
+
+
+def collapse_monitor_metrics(
+    model: EmbeddingTableSource, cfg: CollapseMonitorConfig, epoch: int
+) -> dict[str, float]:
+    """What the training loop logs at the end of ``epoch`` (0-based): IA per field and set, or
+    nothing when the monitor is off or this epoch is skipped."""
+    if not cfg.enabled or epoch % cfg.every_n_epochs != 0:
+        return {}
+    with torch.no_grad():
+        return information_abundance_metrics(model, cfg.spectrum)
+
+
+def _tables_of(model: object) -> Mapping[str, Mapping[str, torch.Tensor]]:
+    inner = getattr(model, "module", model)  # a DDP-wrapped model keeps the real one in .module
+    method = getattr(type(inner), "embedding_tables", None)
+    if method is None:
+        raise ValueError(
+            f"{type(inner).__name__} does not expose embedding_tables(); the collapse analysis "
+            "needs {set: {field: [V, D] table}}"
+        )
+    return inner.embedding_tables()

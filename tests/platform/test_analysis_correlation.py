@@ -1,0 +1,167 @@
+"""Behaviour-target correlation: mutual information, position bookkeeping, learned grids,
+fidelity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hmoe.config import ConfigError
+from hmoe.platform.analysis.correlation import (
+    CorrelationConfig,
+    CorrelationCounts,
+    binary_mutual_information,
+    fidelity,
+    learned_correlation,
+    min_max,
+    mutual_information_from_counts,
+    position_categories,
+)
+
+MISSING = 1e-5
+
+
+def test_mutual_information_of_independent_variables_is_about_zero() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random(200_000) < 0.3
+    y = rng.random(200_000) < 0.4
+    assert binary_mutual_information(x, y, MISSING) < 1e-4
+
+
+def test_mutual_information_of_identical_fair_bits_is_one_bit() -> None:
+    x = np.arange(1000) % 2 == 0
+    assert binary_mutual_information(x, x, MISSING) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mutual_information_matches_a_direct_formula() -> None:
+    # 2x2 table (x, y): 11=30, 10=10, 01=20, 00=40
+    joint = np.array([[40, 20], [10, 30]]) / 100.0  # [x, y]
+    px, py = joint.sum(1), joint.sum(0)
+    expected = sum(
+        joint[i, j] * math.log2(joint[i, j] / (px[i] * py[j])) for i in (0, 1) for j in (0, 1)
+    )
+    got = mutual_information_from_counts(np.array(30), np.array(10), 50.0, 50.0, MISSING)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mutual_information_rejects_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        mutual_information_from_counts(np.array(5), np.array(0), 4.0, 4.0, MISSING)
+
+
+def test_position_categories_reads_newest_first() -> None:
+    categories = np.array([[5, 6, 7, 0], [8, 0, 0, 0], [0, 0, 0, 0]])
+    lengths = np.array([3, 1, 0])
+    np.testing.assert_array_equal(
+        position_categories(categories, lengths, 4),
+        [[7, 6, 5, 0], [8, 0, 0, 0], [0, 0, 0, 0]],
+    )
+    with pytest.raises(ValueError, match="longer"):
+        position_categories(categories, np.array([5, 1, 0]), 2)
+
+
+def planted_sample(rng: np.random.Generator, n: int, planted: tuple[int, int]):
+    """Histories of random categories 2..9; the label depends only on category ``planted[0]``
+    being at relative position ``planted[1]``."""
+    length = 8
+    categories = rng.integers(2, 10, size=(n, length))
+    lengths = rng.integers(1, length + 1, size=n)
+    categories[np.arange(length)[None, :] >= lengths[:, None]] = 0
+    at = position_categories(categories, lengths, 6)
+    hit = at[:, planted[1] - 1] == planted[0]
+    labels = np.where(hit, rng.random(n) < 0.8, rng.random(n) < 0.2).astype(np.float32)
+    targets = np.where(rng.random(n) < 0.9, 3, 4)  # most samples have target category 3
+    return categories, lengths, targets, labels
+
+
+def test_planted_dependence_is_the_argmax_of_the_grid() -> None:
+    rng = np.random.default_rng(1)
+    counts = CorrelationCounts(target_category=3, num_positions=6)
+    for _ in range(3):  # streamed in batches
+        counts.add(*planted_sample(rng, 4000, planted=(7, 2)))
+    categories = counts.top_categories(8)
+    assert sorted(categories) == list(range(2, 10))
+    grid = counts.mutual_information(categories, MISSING)
+    assert grid.shape == (8, 6)
+    c, p = np.unravel_index(np.argmax(grid), grid.shape)
+    assert (categories[c], p + 1) == (7, 2)
+    others = np.delete(grid.ravel(), np.argmax(grid))
+    assert grid.max() > 10 * others.max()
+
+
+def test_counts_ignore_other_target_categories_and_padding() -> None:
+    counts = CorrelationCounts(target_category=3, num_positions=2)
+    counts.add(
+        np.array([[2, 5], [4, 0], [6, 6]]),
+        np.array([2, 1, 2]),
+        np.array([3, 3, 9]),
+        np.array([1.0, 0.0, 1.0]),
+    )
+    assert (counts.total_pos, counts.total_neg) == (1, 1)
+    assert counts.history_frequency == {2: 1, 5: 1, 4: 1}
+    np.testing.assert_array_equal(counts.x_pos[5], [1, 0])
+    np.testing.assert_array_equal(counts.x_neg[4], [1, 0])
+    assert counts.top_categories(2) == [2, 4]
+    with pytest.raises(ValueError, match="no sample"):
+        CorrelationCounts(target_category=8, num_positions=2).mutual_information([2], MISSING)
+
+
+def slow_learned(c_table, p_table, kind, target, cats, positions):
+    out = np.zeros((len(cats), positions))
+    d = c_table.shape[1]
+    for i, c in enumerate(cats):
+        for p in range(1, positions + 1):
+            if kind == "tim":
+                e, v = c_table[c] + p_table[p], c_table[target] + p_table[0]
+                r = np.linalg.norm(e * v)
+            else:
+                e, v = c_table[c], c_table[target]
+                r = np.linalg.norm(e) if kind == "din" else np.linalg.norm(e * v)
+            out[i, p - 1] = math.exp(float(e @ v) / math.sqrt(d)) * r
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tim", "din", "din_plus"])
+def test_learned_correlation_equals_slow_reference_up_to_scale(kind: str) -> None:
+    rng = np.random.default_rng(2)
+    c_table, p_table = rng.normal(size=(12, 4)), rng.normal(size=(7, 4))
+    cats = [2, 5, 9, 11]
+    got = learned_correlation(
+        c_table, p_table, kind=kind, target_category=5, categories=cats, num_positions=5
+    )
+    want = slow_learned(c_table, p_table, kind, 5, cats, 5)
+    np.testing.assert_allclose(got / got.max(), want / want.max(), rtol=1e-10)
+    if kind != "tim":  # no temporal term: constant across positions by construction
+        assert np.ptp(got, axis=1).max() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_learned_correlation_validates_inputs() -> None:
+    table = np.ones((5, 3))
+    with pytest.raises(ValueError, match="temporal table"):
+        learned_correlation(
+            table, None, kind="tim", target_category=2, categories=[2], num_positions=3
+        )
+    with pytest.raises(ValueError, match="unknown encoder kind"):
+        learned_correlation(
+            table, None, kind="gru", target_category=2, categories=[2], num_positions=3
+        )
+
+
+def test_fidelity_is_spearman_and_zero_for_constant_grids() -> None:
+    truth = np.arange(12.0).reshape(3, 4)
+    assert fidelity(truth**3, truth) == pytest.approx(1.0)
+    assert fidelity(-truth, truth) == pytest.approx(-1.0)
+    assert fidelity(np.ones((3, 4)), truth) == 0.0
+    with pytest.raises(ValueError, match="differ"):
+        fidelity(truth, truth[:2])
+    np.testing.assert_allclose(min_max(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert np.all(min_max(np.ones(3)) == 0.0)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="padding/OOV"):
+        CorrelationConfig(target_category=1)
+    with pytest.raises(ConfigError, match="num_positions"):
+        CorrelationConfig(num_positions=0)

@@ -138,7 +138,7 @@ def test_every_parameter_gets_a_finite_gradient(method: str, source: str) -> Non
     dims = (5,) if source == "vector" else (5, 5)
     comb = MixtureCombiner(cfg, (3, 4), num_gates=2, gate_input_dims=dims)
     comb(
-        _outputs(2, dim=3)[:1] + [torch.randn(4, 4)], [torch.randn(4, 5) for _ in dims]
+        [torch.randn(4, 3), torch.randn(4, 4)], [torch.randn(4, 5) for _ in dims]
     ).square().sum().backward()
     for name, param in comb.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name

@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hmoe.config import ConfigError, apply_overrides
+from hmoe.models.experts import GwPFMConfig, GwPFMInteraction
+from hmoe.models.losses import (
+    IPWConfig,
+    LossConfig,
+    TrainWrapper,
+    bce_per_task,
+    combined_pair_loss,
+    ipw_weights,
+    pairwise_ranking_loss,
+    regularization_loss,
+)
+from hmoe.schema import EXPOSURE, LABELS, WEIGHT
+
+TASKS = ("click", "like")
+LABELS_B = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+REFERENCE_LOSS = 1.278421  # torch.manual_seed(0), CPU float32; see test_seeded_reference_loss
+
+
+class TinyModel(nn.Module):
+    """logits[b, k] = emb[item[b], k] + a GwPFM regulariser to check it is collected."""
+
+    tasks = TASKS
+
+    def __init__(self, l2: float = 0.0) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, len(TASKS))
+        self.gw = GwPFMInteraction(("u", "i"), 2, GwPFMConfig(pair_weight_l2=l2))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.emb(batch["item"])
+
+
+def _batch(seed: int = 0, batch: int = 8) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(batch, len(TASKS), generator=gen) < 0.4).float()
+    labels[0] = 1.0
+    labels[1] = 0.0
+    return {
+        "item": torch.randint(0, 10, (batch,), generator=gen),
+        LABELS: labels,
+        WEIGHT: torch.rand(batch, generator=gen) + 0.5,
+        EXPOSURE: torch.randint(0, 6, (batch,), generator=gen).float(),
+    }
+
+
+def test_bce_per_task_matches_torch() -> None:
+    logits, labels = torch.randn(6, 2), (torch.rand(6, 2) > 0.5).float()
+    weight = torch.rand(6, 2)
+    expected = torch.stack(
+        [
+            F.binary_cross_entropy_with_logits(logits[:, k], labels[:, k], weight[:, k])
+            for k in (0, 1)
+        ]
+    )
+    torch.testing.assert_close(bce_per_task(logits, labels, weight), expected)
+
+
+def test_pair_term_equals_loop_over_pairs() -> None:
+    torch.manual_seed(1)
+    z = torch.randn(8)
+    pairs = [
+        -torch.log(torch.sigmoid(z[i] - z[j]))
+        for i in range(8)
+        for j in range(8)
+        if LABELS_B[i] == 1 and LABELS_B[j] == 0
+    ]
+    torch.testing.assert_close(pairwise_ranking_loss(z, LABELS_B), torch.stack(pairs).mean())
+
+
+def test_combined_pair_equals_bce_at_alpha_one() -> None:
+    z = torch.randn(8)
+    bce = F.binary_cross_entropy_with_logits(z, LABELS_B)
+    torch.testing.assert_close(combined_pair_loss(z, LABELS_B, 1.0), bce)
+    assert not torch.allclose(combined_pair_loss(z, LABELS_B, 0.5), bce)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_gradient_on_a_negative_equals_closed_form(alpha: float) -> None:
+    torch.manual_seed(2)
+    z = torch.randn(8, requires_grad=True)
+    combined_pair_loss(z, LABELS_B, alpha).backward()
+    pos, neg = LABELS_B == 1, LABELS_B == 0
+    batch, num_pairs = len(z), int(pos.sum() * neg.sum())
+    zd = z.detach()
+    for j in torch.nonzero(neg).flatten().tolist():
+        pair_grad = torch.sigmoid(zd[j] - zd[pos]).sum() / num_pairs
+        closed = alpha * torch.sigmoid(zd[j]) / batch + (1 - alpha) * pair_grad
+        torch.testing.assert_close(z.grad[j], closed)
+
+
+@pytest.mark.parametrize("labels", [torch.zeros(5), torch.ones(5)], ids=["no_pos", "no_neg"])
+def test_one_class_batch_skips_pair_term_without_nan(labels: torch.Tensor) -> None:
+    z = torch.randn(5, requires_grad=True)
+    assert pairwise_ranking_loss(z, labels).item() == 0.0
+    loss = combined_pair_loss(z, labels, 0.7)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    torch.testing.assert_close(loss, 0.7 * F.binary_cross_entropy_with_logits(z, labels))
+
+
+def test_ipw_weights_mean_one_over_positives_and_one_elsewhere() -> None:
+    exposure = torch.tensor([0.0, 1.0, 3.0, 8.0, 50.0, 2.0])
+    positive = torch.tensor([True, True, False, True, True, False])
+    cfg = IPWConfig(enabled=True, exponent=0.5, max_weight=4.0)
+    weights = ipw_weights(exposure, cfg, positive)
+    torch.testing.assert_close(weights[positive].mean(), torch.tensor(1.0))
+    assert torch.equal(weights[~positive], torch.ones(2))
+    raw = torch.tensor([1.0, 2.0**0.5, 3.0, 4.0])  # (1 + k) ** 0.5, 51 ** 0.5 clipped to 4
+    torch.testing.assert_close(weights[positive], raw / raw.mean())
+    torch.testing.assert_close(ipw_weights(exposure, cfg).mean(), torch.tensor(1.0))
+
+
+def test_ipw_table_estimator_and_edge_cases() -> None:
+    cfg = IPWConfig(estimator="table", propensities=(1.0, 0.5, 0.25), max_weight=100.0)
+    exposure = torch.tensor([0.0, 1.0, 2.0, 7.0])
+    weights = ipw_weights(exposure, cfg)
+    raw = torch.tensor([1.0, 2.0, 4.0, 4.0])  # counts beyond the table use its last entry
+    torch.testing.assert_close(weights, raw / raw.mean())
+    assert torch.equal(ipw_weights(exposure, cfg, torch.zeros(4, dtype=torch.bool)), torch.ones(4))
+    flat = ipw_weights(exposure, IPWConfig(exponent=0.0))
+    assert torch.equal(flat, torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_weight": 0.5}, "max_weight"),
+        ({"exponent": -1.0}, "exponent"),
+        ({"estimator": "table"}, "propensities"),
+        ({"estimator": "table", "propensities": [1.0, 0.0]}, "propensities"),
+    ],
+)
+def test_invalid_ipw_config(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(IPWConfig(), overrides)
+
+
+def test_invalid_loss_config() -> None:
+    with pytest.raises(ConfigError, match="alpha"):
+        apply_overrides(LossConfig(), {"ranking.alpha": 1.5})
+    with pytest.raises(ConfigError, match="task_weights"):
+        LossConfig(task_weights={"click": -1.0})
+    with pytest.raises(ConfigError, match="unknown task"):
+        TrainWrapper(TinyModel(), LossConfig(task_weights={"cvr": 1.0}))
+    with pytest.raises(ConfigError, match="unknown task"):
+        TrainWrapper(TinyModel(), apply_overrides(LossConfig(), {"ranking.tasks": ["cvr"]}))
+
+
+def test_train_wrapper_outputs_and_plain_bce() -> None:
+    torch.manual_seed(3)
+    model, batch = TinyModel(), _batch()
+    loss, outputs = TrainWrapper(model, LossConfig(use_sample_weight=False))(batch)
+    logits = model(batch)
+    expected = bce_per_task(logits, batch[LABELS])
+    torch.testing.assert_close(loss, expected.sum())
+    assert outputs["logits"].shape == outputs["probabilities"].shape == (8, 2)
+    torch.testing.assert_close(outputs["probabilities"], torch.sigmoid(logits))
+    torch.testing.assert_close(outputs["task_losses"], expected)
+    assert torch.equal(outputs["pair"], torch.zeros(2))
+    loss.backward()
+    assert torch.isfinite(model.emb.weight.grad).all()
+
+
+def test_train_wrapper_combines_everything() -> None:
+    torch.manual_seed(4)
+    model, batch = TinyModel(l2=0.1), _batch()
+    cfg = LossConfig.from_dict(
+        {
+            "task_weights": {"like": 0.5},
+            "ranking": {"enabled": True, "alpha": 0.6, "tasks": ["click"]},
+            "ipw": {"enabled": True, "tasks": ["click"], "exponent": 1.0},
+            "embedding_l2": 0.01,
+        }
+    )
+    loss, outputs = TrainWrapper(model, cfg)(batch)
+    logits, labels = model(batch), batch[LABELS]
+    ipw = ipw_weights(batch[EXPOSURE], cfg.ipw, labels[:, 0] > 0.5)
+    click = combined_pair_loss(logits[:, 0], labels[:, 0], 0.6, batch[WEIGHT] * ipw)
+    like = F.binary_cross_entropy_with_logits(logits[:, 1], labels[:, 1], batch[WEIGHT])
+    reg = 0.01 * model.emb.weight.square().sum() + 0.1 * model.gw.pair_weight.square().sum()
+    torch.testing.assert_close(loss, click + 0.5 * like + reg)
+    torch.testing.assert_close(outputs["regularization"], reg.detach())
+    assert outputs["pair"][0] > 0 and outputs["pair"][1] == 0
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_train_wrapper_one_class_batch_is_finite() -> None:
+    batch = _batch()
+    batch[LABELS] = torch.zeros_like(batch[LABELS])
+    cfg = apply_overrides(LossConfig(), {"ranking.enabled": True, "ipw.enabled": True})
+    loss, outputs = TrainWrapper(TinyModel(), cfg)(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.equal(outputs["pair"], torch.zeros(2))
+
+
+def test_train_wrapper_rejects_bad_shapes_and_missing_tasks() -> None:
+    batch = _batch()
+    batch[LABELS] = batch[LABELS][:, :1]
+    with pytest.raises(ValueError, match="logits of shape"):
+        TrainWrapper(TinyModel(), LossConfig())(batch)
+    with pytest.raises(ValueError, match="task names"):
+        TrainWrapper(nn.Linear(2, 2), LossConfig())
+    no_exposure = {k: v for k, v in _batch().items() if k != EXPOSURE}
+    with pytest.raises(ValueError, match="exposure"):
+        TrainWrapper(TinyModel(), apply_overrides(LossConfig(), {"ipw.enabled": True}))(no_exposure)
+
+
+def test_regularization_loss_is_zero_without_regularisers() -> None:
+    assert regularization_loss(nn.Linear(2, 2), 0.5).item() == 0.0
+
+
+def test_seeded_reference_loss() -> None:
+    torch.manual_seed(0)
+    cfg = apply_overrides(LossConfig(), {"ranking.enabled": True, "ipw.enabled": True})
+    loss, _ = TrainWrapper(TinyModel(), cfg)(_batch(seed=5))
+    assert loss.item() == pytest.approx(REFERENCE_LOSS, abs=1e-5)
+
+
+def test_every_numeric_knob_has_an_effect() -> None:
+    base = LossConfig.from_dict(
+        {
+            "task_weights": {"click": 1.0, "like": 1.0},
+            "ranking": {"enabled": True, "alpha": 0.7},
+            "ipw": {"enabled": True, "exponent": 0.5, "max_weight": 2.0},
+            "embedding_l2": 0.01,
+        }
+    )
+    table = apply_overrides(base, {"ipw.estimator": "table", "ipw.propensities": [1.0, 0.5]})
+    batch = _batch(seed=6, batch=32)
+    torch.manual_seed(7)
+    model = TinyModel()
+
+    def loss_of(cfg: LossConfig) -> float:
+        return TrainWrapper(model, cfg)(batch)[0].item()
+
+    perturbations = [
+        (base, "task_weights.like", 0.3),
+        (base, "ranking.alpha", 0.2),
+        (base, "ipw.exponent", 2.0),
+        (base, "ipw.max_weight", 1.5),
+        (base, "embedding_l2", 0.5),
+        (table, "ipw.propensities", [1.0, 0.8]),
+    ]
+    for cfg, path, value in perturbations:
+        assert loss_of(apply_overrides(cfg, {path: value})) != loss_of(cfg), path

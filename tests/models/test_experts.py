@@ -271,3 +271,22 @@ def test_every_numeric_knob_has_an_effect() -> None:
         )
         assert changed, path
     assert len(expand_counts(apply_overrides(base, {"counts.mlp": 3}).counts)) == 7
+
+
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
+def test_experts_read_a_feature_encoders_tokens(kind: str) -> None:
+    """The contract with ``FeatureEncoder``: tokens ``[B, F, D]`` and ``field_groups``."""
+    from hmoe.models.features import FeatureEncoder, FeatureEncoderConfig
+    from hmoe.models.testing import random_batch, tiny_schema
+
+    torch.manual_seed(9)
+    schema = tiny_schema()
+    probe = FeatureEncoder(FeatureEncoderConfig(), schema, embedding_dim=2)
+    dim = required_embedding_dim(kind, 2, probe.field_groups)
+    encoder = FeatureEncoder(FeatureEncoderConfig(), schema, embedding_dim=dim)
+    expert = build_expert(kind, _small_experts(), encoder.num_fields, dim, encoder.field_groups)
+    tokens = encoder(random_batch(schema, 4, torch.Generator().manual_seed(0)))
+    out = expert(tokens)
+    assert out.shape == (4, expert.output_dim)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)

@@ -192,8 +192,7 @@ class InnerProductInteraction(nn.Module):
     def __init__(self, num_fields: int, embedding_dim: int, include_flat: bool) -> None:
         super().__init__()
         left, right = _pair_indices(num_fields)
-        self.register_buffer("left", left, persistent=False)
-        self.register_buffer("right", right, persistent=False)
+        self.register_buffer("pair_index", left * num_fields + right, persistent=False)
         self.include_flat = include_flat
         num_pairs = num_fields * (num_fields - 1) // 2
         self.output_dim = num_pairs + (num_fields * embedding_dim if include_flat else 0)
@@ -201,7 +200,9 @@ class InnerProductInteraction(nn.Module):
             raise ValueError("IPNN needs >= 2 fields (or include_flat) to have any output")
 
     def forward(self, tokens_BFD: torch.Tensor) -> torch.Tensor:
-        products_BP = (tokens_BFD[:, self.left] * tokens_BFD[:, self.right]).sum(dim=-1)
+        # one batched Gram matrix beats gathering P token pairs (P ~ F^2 / 2) by ~10x on CPU
+        gram_BFF = torch.bmm(tokens_BFD, tokens_BFD.transpose(1, 2))
+        products_BP = gram_BFF.flatten(1)[:, self.pair_index]
         if not self.include_flat:
             return products_BP
         return torch.cat([products_BP, tokens_BFD.flatten(1)], dim=1)
@@ -243,16 +244,10 @@ class GwPFMInteraction(nn.Module):
         group_F = torch.tensor(groups)
         low = torch.minimum(group_F[left], group_F[right])
         high = torch.maximum(group_F[left], group_F[right])
-        present, slot_P = torch.unique(low * num_groups + high, return_inverse=True)
-        for name, value in (
-            ("left", left),
-            ("right", right),
-            ("left_part", group_F[right]),
-            ("right_part", group_F[left]),
-            ("pair_slot", slot_P),
-            ("present_pairs", present),
-        ):
-            self.register_buffer(name, value, persistent=False)
+        present = torch.unique(low * num_groups + high)
+        self.register_buffer("present_pairs", present, persistent=False)
+        membership_GF = nn.functional.one_hot(group_F, num_groups).T.to(torch.get_default_dtype())
+        self.register_buffer("membership_GF", membership_GF, persistent=False)
         self.pair_weight = nn.Parameter(torch.full((len(present),), config.pair_weight_init))
         self.pair_weight_l2 = config.pair_weight_l2
         self.linear_FD = (
@@ -261,12 +256,19 @@ class GwPFMInteraction(nn.Module):
         self.output_dim = self.part_dim + (1 if config.use_linear else 0)
 
     def forward(self, tokens_BFD: torch.Tensor) -> torch.Tensor:
+        # Grouped form of the pair sum, O(F G d) instead of O(F^2 d): with
+        # S[a, c] = sum_{i in group a} v_{i, c}, the pairs across groups a != c sum to
+        # S[a, c] * S[c, a], and those inside group a to 0.5 * (S[a, a]^2 - sum_i v_{i, a}^2).
         batch, num_fields, _ = tokens_BFD.shape
-        parts_BFGd = tokens_BFD.view(batch, num_fields, self.num_groups, self.part_dim)
-        left_BPd = parts_BFGd[:, self.left, self.left_part]
-        right_BPd = parts_BFGd[:, self.right, self.right_part]
-        weight_P = self.pair_weight[self.pair_slot]
-        phi_Bd = torch.einsum("bpd,bpd,p->bd", left_BPd, right_BPd, weight_P)
+        parts_BFGd = tokens_BFD.reshape(batch, num_fields, self.num_groups, self.part_dim)
+        sums_BGGd = torch.einsum("gf,bfhd->bghd", self.membership_GF, parts_BFGd)
+        squares_BGd = torch.einsum("gf,bfgd->bgd", self.membership_GF, parts_BFGd.square())
+        cross_BGGd = sums_BGGd * sums_BGGd.transpose(1, 2)
+        r_GG = self._pair_matrix()
+        phi_Bd = 0.5 * (
+            torch.einsum("ac,bacd->bd", r_GG, cross_BGGd)
+            - torch.einsum("a,bad->bd", r_GG.diagonal(), squares_BGd)
+        )
         if self.linear_FD is None:
             return phi_Bd
         linear_B1 = (tokens_BFD * self.linear_FD).sum(dim=(1, 2)).unsqueeze(1)
@@ -276,12 +278,16 @@ class GwPFMInteraction(nn.Module):
         """``pair_weight_l2 * ||r||^2``; the train wrapper adds it to the loss."""
         return self.pair_weight_l2 * self.pair_weight.square().sum()
 
+    def _pair_matrix(self) -> torch.Tensor:
+        """The symmetric ``[G, G]`` strengths built from the learnable present pairs."""
+        size = self.num_groups * self.num_groups
+        upper = self.pair_weight.new_zeros(size).index_put((self.present_pairs,), self.pair_weight)
+        upper_GG = upper.view(self.num_groups, self.num_groups)
+        return upper_GG + upper_GG.T - torch.diag(upper_GG.diagonal())
+
     def group_pair_weights(self) -> torch.Tensor:
         """The symmetric ``[G, G]`` strengths ``r`` (0 where no field pair has those groups)."""
-        full = self.pair_weight.new_zeros(self.num_groups * self.num_groups)
-        full = full.index_put((self.present_pairs,), self.pair_weight.detach())
-        matrix = full.view(self.num_groups, self.num_groups)
-        return matrix + matrix.T - torch.diag(matrix.diagonal())
+        return self._pair_matrix().detach()
 
 
 class CrossNetworkV2(nn.Module):

@@ -1,0 +1,370 @@
+"""The top-level ``ModelConfig`` and the single-task heterogeneous multi-embedding MoE (spec §1.1).
+
+Every model of the zoo is the same composition of named parts, differing only in its routing
+``MoEPlan``: S embedding sets (one ``FeatureEncoder`` each, dims may differ) -> E experts, each
+reading the tokens of exactly ONE set (an expert never mixes sets) -> a ``MixtureCombiner`` with
+one mixture per gate (mean / sum / softmax gate; allowed and stop-gradient masks) -> one tower per
+task -> logits ``[B, K]``. The single-task plan (this file) has one mixture read by every task's
+tower; ``hmoe.models.multitask`` builds the STEM / AME / STEM-AL / MMoE / PLE plans.
+
+Legend for shape suffixes: ``B`` batch, ``F`` fields, ``S`` embedding sets, ``D`` dim,
+``E`` experts, ``G`` gates (mixtures), ``K`` tasks, ``X`` any width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from hmoe.config import Config, ConfigError, config
+from hmoe.models.combine import CombineConfig, MixtureCombiner
+from hmoe.models.common import MLP, MLPConfig
+from hmoe.models.experts import (
+    ExpertsConfig,
+    build_expert,
+    expand_counts,
+    required_embedding_dim,
+)
+from hmoe.models.features import FeatureEncoder, FeatureEncoderConfig
+from hmoe.schema import FeatureSchema
+
+__all__ = [
+    "MODEL_KINDS",
+    "EmbeddingSetsConfig",
+    "HeteroMoERanker",
+    "MoEPlan",
+    "ModelConfig",
+    "assign_sets",
+    "schema_groups",
+]
+
+ModelKind = Literal["single", "stem", "ame", "stem_al", "mmoe", "ple"]
+MODEL_KINDS: tuple[str, ...] = ("single", "stem", "ame", "stem_al", "mmoe", "ple")
+SetAssignment = Literal["per_expert", "per_kind", "shared", "explicit"]
+# kinds whose sets belong to a task (or to the shared group): assignment applies within a group
+TASK_OWNED_SETS: tuple[str, ...] = ("stem", "stem_al")
+# kinds whose experts come in per-task groups plus a shared group
+WITH_SHARED_EXPERTS: tuple[str, ...] = ("stem", "ple")
+
+
+@config
+class EmbeddingSetsConfig(Config):
+    """The embedding sets and which experts read which set (spec §1.1, §3.4, §4.2).
+
+    ``embedding_dim`` is the base (per-part) dim of every set; ``set_dims`` overrides it per set
+    (AME's asymmetric tables; empty: all ``embedding_dim``). A set read by a GwPFM expert gets
+    ``dim * G`` (one part per field group). ``assignment`` maps experts (in ``expand_counts``
+    order) to sets: ``per_expert`` one set each (the multi-embedding default), ``per_kind`` one
+    set per expert kind (an "expert group" sharing a table), ``shared`` one set for all (the
+    single-embedding baseline), ``explicit`` the set index of each expert in ``expert_sets``.
+    For STEM / STEM-AL the assignment applies within each task's (and the shared) group.
+    """
+
+    embedding_dim: int = 16
+    set_dims: tuple[int, ...] = ()
+    assignment: SetAssignment = "per_expert"
+    expert_sets: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1 or any(d < 1 for d in self.set_dims):
+            raise ConfigError("embedding_dim and every set_dims entry must be >= 1")
+        if (self.assignment == "explicit") != bool(self.expert_sets):
+            raise ConfigError(
+                "expert_sets is read only with assignment='explicit', and that needs it non-empty"
+            )
+        used = sorted(set(self.expert_sets))
+        if used and used != list(range(len(used))):
+            raise ConfigError(
+                f"expert_sets must use every set 0..S-1, got {list(self.expert_sets)}"
+            )
+
+
+@config
+class ModelConfig(Config):
+    """The whole model: ``build(ModelConfig, FeatureSchema)`` in ``hmoe.models.zoo`` reads it.
+
+    ``kind``: ``single`` (heterogeneous multi-embedding MoE; with several tasks in the schema,
+    one tower per task on the shared mixture = shared-bottom), ``stem`` (a shared and a set per
+    task, All-Forward-Task-specific-Backward gates), ``ame`` (asymmetric multi-embedding: sets of
+    different dims, one gate per task over all experts), ``stem_al`` (auxiliary tasks' experts
+    read by the main tasks through stop-gradient), ``mmoe``, ``ple`` (one level).
+
+    ``experts`` is the mix of the single model, MMoE and AME, and of EACH task's specific experts
+    in STEM, STEM-AL and PLE; ``shared_experts`` is the shared mix of STEM and PLE (null
+    elsewhere). ``auxiliary_tasks`` (STEM-AL only): the auxiliary task names (empty: every task
+    but the first). ``combine`` mixes the experts for each gate; ``tower`` is each task's MLP
+    before its logit. ``use_compile`` wraps the built model in ``torch.compile``.
+    """
+
+    kind: ModelKind = "single"
+    encoder: FeatureEncoderConfig = FeatureEncoderConfig()
+    embedding: EmbeddingSetsConfig = EmbeddingSetsConfig()
+    experts: ExpertsConfig = ExpertsConfig()
+    shared_experts: ExpertsConfig | None = None
+    auxiliary_tasks: tuple[str, ...] = ()
+    combine: CombineConfig = CombineConfig()
+    tower: MLPConfig = MLPConfig()
+    use_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.kind in WITH_SHARED_EXPERTS) != (self.shared_experts is not None):
+            raise ConfigError(
+                f"shared_experts is required by kinds {list(WITH_SHARED_EXPERTS)} and must be "
+                f"null for the others (kind={self.kind!r})"
+            )
+        if self.auxiliary_tasks and self.kind != "stem_al":
+            raise ConfigError(f"auxiliary_tasks is read only by kind 'stem_al', not {self.kind!r}")
+        if self.kind in TASK_OWNED_SETS and self.embedding.assignment == "explicit":
+            raise ConfigError(
+                f"kind {self.kind!r} gives every task its own set(s); assignment 'explicit' "
+                "would let a set cross tasks (use per_expert, per_kind or shared)"
+            )
+        if self.kind in TASK_OWNED_SETS and self.combine.gate_source == "expert_inputs":
+            raise ConfigError(
+                f"kind {self.kind!r} needs combine.gate_source='vector': a gate fed by another "
+                "task's set would send this task's gradient into that set"
+            )
+        if self.kind == "ame" and self.embedding.assignment == "shared":
+            raise ConfigError("AME needs several embedding sets (assignment != 'shared')")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEPlan:
+    """The routing of one model (internal; built from a ``ModelConfig`` and the schema).
+
+    Attributes:
+        set_names: a name per embedding set (``set0``, ``shared``, ``task:click`` ...).
+        set_base_dims: the base dim of each set (before GwPFM's ``* G``).
+        expert_kinds: the kind of each expert.
+        expert_templates: the ``ExpertsConfig`` each expert takes its template from.
+        expert_sets: the set each expert reads.
+        expert_owners: the task owning each expert (``None``: shared).
+        allowed: ``[G][E]`` which experts each gate mixes.
+        detached: ``[G][E]`` which experts enter a gate through stop-gradient.
+        gate_sets: per gate, the sets whose flattened tokens form its input.
+        tower_gates: per task, the gate (mixture) its tower reads.
+    """
+
+    set_names: tuple[str, ...]
+    set_base_dims: tuple[int, ...]
+    expert_kinds: tuple[str, ...]
+    expert_templates: tuple[ExpertsConfig, ...]
+    expert_sets: tuple[int, ...]
+    expert_owners: tuple[str | None, ...]
+    allowed: tuple[tuple[bool, ...], ...]
+    detached: tuple[tuple[bool, ...], ...]
+    gate_sets: tuple[tuple[int, ...], ...]
+    tower_gates: tuple[int, ...]
+
+
+def assign_sets(kinds: Sequence[str], embedding: EmbeddingSetsConfig) -> tuple[int, ...]:
+    """The set index of each expert (``kinds`` in build order) under ``embedding.assignment``."""
+    if embedding.assignment == "per_expert":
+        return tuple(range(len(kinds)))
+    if embedding.assignment == "shared":
+        return (0,) * len(kinds)
+    if embedding.assignment == "per_kind":
+        order = list(dict.fromkeys(kinds))
+        return tuple(order.index(k) for k in kinds)
+    if len(embedding.expert_sets) != len(kinds):
+        raise ConfigError(
+            f"embedding.expert_sets has {len(embedding.expert_sets)} entries for "
+            f"{len(kinds)} experts {list(kinds)}"
+        )
+    return embedding.expert_sets
+
+
+def schema_groups(schema: FeatureSchema) -> tuple[str, ...]:
+    """The distinct field groups of the schema, in first-appearance order (GwPFM's ``G``)."""
+    fields = (*schema.categorical, *schema.numeric, *schema.similarity, *schema.sequences)
+    return tuple(dict.fromkeys(f.group for f in fields))
+
+
+def set_base_dims(embedding: EmbeddingSetsConfig, num_sets: int) -> tuple[int, ...]:
+    """Each set's base dim: ``set_dims`` when given (one per set), else ``embedding_dim``."""
+    if not embedding.set_dims:
+        return (embedding.embedding_dim,) * num_sets
+    if len(embedding.set_dims) != num_sets:
+        raise ConfigError(
+            f"embedding.set_dims has {len(embedding.set_dims)} entries but the model has "
+            f"{num_sets} embedding sets"
+        )
+    return embedding.set_dims
+
+
+def single_task_plan(config: ModelConfig, schema: FeatureSchema) -> MoEPlan:
+    """One pool of sets and experts, one mixture read by every task's tower."""
+    kinds = expand_counts(config.experts.counts)
+    sets = assign_sets(kinds, config.embedding)
+    num_sets = max(sets) + 1
+    num_experts = len(kinds)
+    return MoEPlan(
+        set_names=tuple(f"set{s}" for s in range(num_sets)),
+        set_base_dims=set_base_dims(config.embedding, num_sets),
+        expert_kinds=kinds,
+        expert_templates=(config.experts,) * num_experts,
+        expert_sets=sets,
+        expert_owners=(None,) * num_experts,
+        allowed=((True,) * num_experts,),
+        detached=((False,) * num_experts,),
+        gate_sets=(tuple(range(num_sets)),),
+        tower_gates=(0,) * schema.num_tasks,
+    )
+
+
+class HeteroMoERanker(nn.Module):
+    """Heterogeneous multi-embedding MoE ranker: sets -> experts -> mixture(s) -> towers.
+
+    The single-task model of the paper (spec §1.1): every feature is looked up in S independent
+    embedding sets, each expert (GwPFM / IPNN / DCN V2 / FlatDNN / FM, then its MLP) interacts
+    the tokens of its own set only, the experts are combined by mean, sum or a softmax gate, and
+    each task's tower maps the mixture to a logit. Subclasses change only ``make_plan``.
+
+    Args:
+        config: the model configuration (``kind`` must match the class, see ``zoo.build``).
+        schema: the dataset's feature schema; tasks are its ``tasks``, in order.
+
+    Example:
+        >>> from hmoe.models.testing import random_batch, tiny_schema
+        >>> schema = tiny_schema()
+        >>> model = HeteroMoERanker(ModelConfig(), schema)
+        >>> batch = random_batch(schema, 4, torch.Generator().manual_seed(0))
+        >>> model(batch).shape
+        torch.Size([4, 1])
+    """
+
+    def __init__(self, config: ModelConfig, schema: FeatureSchema) -> None:
+        super().__init__()
+        self.config, self.schema = config, schema
+        self.tasks: tuple[str, ...] = schema.tasks
+        plan = self.make_plan(config, schema)
+        self.plan = plan
+        groups = schema_groups(schema)
+        set_dims = [
+            max(
+                [base]
+                + [
+                    required_embedding_dim(kind, base, groups)
+                    for kind, s in zip(plan.expert_kinds, plan.expert_sets, strict=True)
+                    if s == index
+                ]
+            )
+            for index, base in enumerate(plan.set_base_dims)
+        ]
+        self.encoders = nn.ModuleList(
+            FeatureEncoder(config.encoder, schema, dim) for dim in set_dims
+        )
+        first = self.encoders[0]
+        self.field_names: tuple[str, ...] = first.field_names
+        self.experts = nn.ModuleList(
+            build_expert(kind, template, first.num_fields, set_dims[s], first.field_groups)
+            for kind, template, s in zip(
+                plan.expert_kinds, plan.expert_templates, plan.expert_sets, strict=True
+            )
+        )
+        flat_dims = [first.num_fields * d for d in set_dims]
+        self._gate_inputs_shared = len(set(plan.gate_sets)) == 1
+        gate_sets = plan.gate_sets[:1] if self._gate_inputs_shared else plan.gate_sets
+        if config.combine.gate_source == "expert_inputs":
+            gate_input_dims = [flat_dims[s] for s in plan.expert_sets]
+        else:
+            gate_input_dims = [sum(flat_dims[s] for s in sets) for sets in gate_sets]
+        self.combiner = MixtureCombiner(
+            config.combine,
+            [expert.output_dim for expert in self.experts],
+            num_gates=len(plan.allowed),
+            gate_input_dims=gate_input_dims,
+            allowed=plan.allowed,
+            detached=plan.detached,
+        )
+        self.towers = nn.ModuleList(
+            _tower(self.combiner.output_dim, config.tower) for _ in self.tasks
+        )
+
+    @staticmethod
+    def make_plan(config: ModelConfig, schema: FeatureSchema) -> MoEPlan:
+        """The routing of this model class (the single-task plan here)."""
+        if config.kind != "single":
+            raise ConfigError(
+                f"HeteroMoERanker builds kind 'single', got {config.kind!r} (use zoo.build)"
+            )
+        return single_task_plan(config, schema)
+
+    # --- parts of the forward pass, public for the analysis tools -------------------------------
+
+    @property
+    def num_sets(self) -> int:
+        return len(self.encoders)
+
+    @property
+    def set_names(self) -> tuple[str, ...]:
+        return self.plan.set_names
+
+    @property
+    def expert_kinds(self) -> tuple[str, ...]:
+        return self.plan.expert_kinds
+
+    @property
+    def expert_sets(self) -> tuple[int, ...]:
+        return self.plan.expert_sets
+
+    def set_tokens(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The tokens of every embedding set: S tensors ``[B, F, D_s]``."""
+        return [encoder(batch) for encoder in self.encoders]
+
+    def expert_outputs(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each expert on its own set's tokens: E tensors ``[B, X_e]``."""
+        return [
+            expert(tokens[s]) for expert, s in zip(self.experts, self.plan.expert_sets, strict=True)
+        ]
+
+    def gate_inputs(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The combiner's gate inputs (empty unless ``combine.method == 'gate'``)."""
+        if self.combiner.method != "gate":
+            return []
+        flat = [t.flatten(1) for t in tokens]
+        if self.config.combine.gate_source == "expert_inputs":
+            return [flat[s] for s in self.plan.expert_sets]
+        gate_sets = self.plan.gate_sets[:1] if self._gate_inputs_shared else self.plan.gate_sets
+        return [
+            flat[sets[0]] if len(sets) == 1 else torch.cat([flat[s] for s in sets], dim=1)
+            for sets in gate_sets
+        ]
+
+    def gate_weights(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The mixture weights ``[B, G, E]`` (G = 1 for the single-task model, else per task)."""
+        tokens = self.set_tokens(batch)
+        batch_size = tokens[0].shape[0]
+        return self.combiner.gate_weights(self.gate_inputs(tokens), batch_size=batch_size)
+
+    def attention_weights(self, batch: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Per set, per sequence feature, the pooling weights over the history ``[B, L]``."""
+        return [encoder.attention_weights(batch) for encoder in self.encoders]
+
+    def embedding_tables(self) -> list[dict[str, torch.Tensor]]:
+        """Per set, the detached token matrix of every value of each one-token field."""
+        return [encoder.embedding_tables() for encoder in self.encoders]
+
+    def temporal_tables(self) -> list[dict[str, torch.Tensor]]:
+        """Per set, each TIM sequence's detached temporal-encoding table."""
+        return [encoder.temporal_tables() for encoder in self.encoders]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A Batch (see ``hmoe.schema``) -> logits ``[B, K]`` in ``schema.tasks`` order."""
+        tokens = self.set_tokens(batch)
+        mixtures_BGX = self.combiner(self.expert_outputs(tokens), self.gate_inputs(tokens))
+        logits = [
+            tower(mixtures_BGX[:, gate])
+            for tower, gate in zip(self.towers, self.plan.tower_gates, strict=True)
+        ]
+        return torch.cat(logits, dim=1)
+
+
+def _tower(input_dim: int, config: MLPConfig) -> nn.Sequential:
+    """A task's tower: its MLP, then one logit."""
+    mlp = MLP(input_dim, config)
+    return nn.Sequential(mlp, nn.Linear(mlp.output_dim, 1))

@@ -75,6 +75,16 @@ def test_pair_term_equals_loop_over_pairs() -> None:
     torch.testing.assert_close(pairwise_ranking_loss(z, LABELS_B), torch.stack(pairs).mean())
 
 
+def test_pair_term_gradient_matches_autograd_reference() -> None:
+    z = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: pairwise_ranking_loss(x, LABELS_B), (z,))
+    pos, neg = z[LABELS_B == 1], z[LABELS_B == 0]
+    reference = F.softplus(neg.unsqueeze(0) - pos.unsqueeze(1)).mean()
+    (fast_grad,) = torch.autograd.grad(pairwise_ranking_loss(z, LABELS_B), z)
+    (reference_grad,) = torch.autograd.grad(reference, z)
+    torch.testing.assert_close(fast_grad, reference_grad)
+
+
 def test_combined_pair_equals_bce_at_alpha_one() -> None:
     z = torch.randn(8)
     bce = F.binary_cross_entropy_with_logits(z, LABELS_B)

@@ -171,3 +171,9 @@ def test_every_numeric_knob_has_an_effect() -> None:
     torch.manual_seed(8)
     first = comb.gate_weights([gate_in])
     assert not torch.equal(first, comb.gate_weights([gate_in]))  # dropout active in train mode
+
+
+def test_fixed_weights_follow_the_outputs_dtype() -> None:
+    outs = [torch.randn(2, 3, dtype=torch.float64) for _ in range(2)]
+    mixed = MixtureCombiner(CombineConfig(method="mean"), (3, 3))(outs)
+    assert mixed.dtype == torch.float64

@@ -207,6 +207,7 @@ class MixtureCombiner(nn.Module):
             expert_outputs = [p(o) for p, o in zip(self.projections, expert_outputs, strict=True)]
         outputs_BEX = torch.stack(list(expert_outputs), dim=1)
         weights_BKE = self.gate_weights(gate_inputs, batch_size=outputs_BEX.shape[0])
+        weights_BKE = weights_BKE.to(outputs_BEX.dtype)
         if not bool(self.detached_KE.any()):
             return torch.einsum("bke,bex->bkx", weights_BKE, outputs_BEX)
         # the gate weight keeps its gradient; only the expert's output is cut for that gate

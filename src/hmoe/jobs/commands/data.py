@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from hmoe.jobs.commands import NotImplementedYet
 
 ISSUE = "issue #3: the Ray Data pipeline"
+EXIT_FETCH_FAILED = 4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="encode raw logs into Parquet shards (Ray Data)")
     prepare.add_argument("spec", help="dataset spec (YAML)")
     prepare.add_argument("--out", required=True, help="output directory (prepared dataset)")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=run_prepare)
 
     synth = sub.add_parser("synth", help="generate realistic synthetic ad-impression logs")
@@ -27,11 +31,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fetch = sub.add_parser("fetch", help="download a public dataset (e.g. ml-100k)")
     fetch.add_argument("name", help="dataset name, e.g. ml-100k")
     fetch.add_argument("--out", default=None, help="where to put it (default: HMOE_DATA_ROOT)")
+    fetch.add_argument(
+        "--archive", default=None, help="an already downloaded archive (no network needed)"
+    )
     fetch.set_defaults(func=run_fetch)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    raise NotImplementedYet(ISSUE)
+    from hmoe.platform.data import prepare
+
+    manifest = prepare(args.spec, args.out, progress=not args.quiet)
+    rows = manifest["rows"]
+    print(f"prepared {manifest['name']} -> {args.out}")
+    print(
+        f"  rows read {rows['read']}, written {rows['written']}, quarantined {rows['quarantined']}"
+    )
+    for split in ("train", "valid", "test"):
+        print(f"  {split:<5} {rows[split]:>12,} rows in {len(manifest['shards'][split])} shard(s)")
+    for reason, count in manifest["quarantined_by_reason"].items():
+        print(f"  quarantined {reason}: {count:,}")
+    print(f"  manifest {Path(args.out) / 'manifest.json'}")
+    return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -39,4 +59,12 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    raise NotImplementedYet(ISSUE)
+    from hmoe.platform.data import FetchError, fetch
+
+    try:
+        folder = fetch(args.name, args.out, archive=args.archive)
+    except FetchError as err:
+        print(f"hmoe data fetch: error: {err}", file=sys.stderr)
+        return EXIT_FETCH_FAILED
+    print(f"fetched {args.name} -> {folder}")
+    return 0

@@ -192,7 +192,13 @@ class NumericSpec(Config):
     column: str | None = None
     group: str = "default"
     required: bool = True
-    fill_missing: float | None = None
+    fill_missing: float | None = None  # used for missing values (needed when not required)
+
+    def __post_init__(self) -> None:
+        if not self.required and self.fill_missing is None:
+            raise ConfigError(
+                f"{self.name}: a numeric field that is not required needs fill_missing"
+            )
 
     @property
     def source(self) -> str:

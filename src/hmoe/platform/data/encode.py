@@ -1,0 +1,227 @@
+"""Encoding parsed rows into Batch columns, and building + writing one shard.
+
+``encode_batch`` is a streaming map (vocabularies, numerics, similarity features, labels,
+weights, split and shard ids). ``write_shard`` runs once per shard after the one shuffle of the
+pipeline (rows grouped by shard; with sequences or exposure counts a shard holds whole users):
+it sorts by row id, builds point-in-time sequences and exposure counts, and writes one Parquet
+file per split with a deterministic name and content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
+from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column
+from hmoe.platform.data.split import SplitAssigner, row_hash
+from hmoe.platform.data.tables import ROW_COLUMN
+from hmoe.platform.data.validate import (
+    PROPENSITY_COLUMN,
+    TS_COLUMN,
+    WEIGHT_COLUMN,
+    cat_column,
+    emb_column,
+    num_column,
+)
+from hmoe.platform.data.vocab import Vocabulary
+from hmoe.schema import EXPOSURE, PAD_INDEX, WEIGHT, seq_column
+
+__all__ = [
+    "PROPENSITY",
+    "SHARD_COLUMN",
+    "SPLIT_COLUMN",
+    "EncodePlan",
+    "encode_batch",
+    "output_columns",
+    "write_shard",
+]
+
+SHARD_COLUMN = "__shard"
+SPLIT_COLUMN = "__split"
+USER_COLUMN = "__user"
+ITEM_COLUMN = "__item"
+PROPENSITY = "propensity"  # extra shard column when the spec logs propensities
+ROW_GROUP_ROWS = 65_536  # Parquet row group size (fixed, so re-runs write identical bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodePlan:
+    """Everything the encode and write tasks need (picklable)."""
+
+    spec: DatasetSpec
+    vocabs: dict[str, Vocabulary]
+    splitter: SplitAssigner
+    num_shards: int
+    out_dir: str
+
+
+def output_columns(spec: DatasetSpec) -> list[str]:
+    """The shard columns in order: the Batch names of ``hmoe.schema`` with one
+    ``label__<task>`` column per task (the reader stacks them into ``labels``)."""
+    names = [c.name for c in spec.categorical] + [n.name for n in spec.numeric]
+    names += [s.name for s in spec.similarity]
+    for q in spec.sequences:
+        parts = ["item"] + (["category"] if q.category_field else []) + ["time_delta"]
+        parts += (["similarity"] if q.similarity_embedding else []) + ["length"]
+        names += [seq_column(q.name, part) for part in parts]
+    names += [label_column(label.task) for label in spec.labels] + [WEIGHT, EXPOSURE]
+    if spec.weight is not None and spec.weight.kind == "propensity":
+        names.append(PROPENSITY)
+    return names
+
+
+def _fixed_list(values_NM: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    flat = pa.array(values_NM.reshape(-1), type=dtype)
+    return pa.FixedSizeListArray.from_arrays(flat, values_NM.shape[1])
+
+
+def _encode_multi(column: pa.Array, vocab: Vocabulary, max_len: int) -> pa.Array:
+    lengths = np.asarray(column.value_lengths().fill_null(0), dtype=np.int64)
+    flat = vocab.encode(column.flatten())
+    out_NM = np.full((len(column), max_len), PAD_INDEX, dtype=np.int64)
+    rows = np.repeat(np.arange(len(column)), lengths)
+    offsets = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out_NM[rows, offsets] = flat
+    return _fixed_list(out_NM, pa.int64())
+
+
+def _shard_ids(keys: pa.Array, num_shards: int) -> np.ndarray:
+    encoded = keys.cast(pa.string()).dictionary_encode()
+    uniques = encoded.dictionary.to_pylist()
+    hashes = np.array([zlib.crc32(u.encode("utf-8")) % num_shards for u in uniques], np.int64)
+    return hashes[np.asarray(encoded.indices.fill_null(0), dtype=np.int64)]
+
+
+def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
+    """Encode valid parsed rows; keeps the helper columns ``write_shard`` needs."""
+    spec = plan.spec
+    out: dict[str, pa.Array] = {}
+    for feature in spec.categorical:
+        column = parsed.column(cat_column(feature.name)).combine_chunks()
+        vocab = plan.vocabs[feature.name]
+        if feature.multi_valued:
+            out[feature.name] = _encode_multi(column, vocab, feature.max_len)
+        else:
+            out[feature.name] = pa.array(vocab.encode(column))
+    for numeric in spec.numeric:
+        values = np.asarray(parsed.column(num_column(numeric.name)), dtype=np.float64)
+        out[numeric.name] = pa.array(values.astype(np.float32))
+    for sim in spec.similarity:
+        left, right = (_vectors(parsed, name) for name in (sim.left, sim.right))
+        out[sim.name] = pa.array(cosine(left, right).astype(np.float32))
+    for label in spec.labels:
+        out[label_column(label.task)] = parsed.column(label_column(label.task)).combine_chunks()
+    ones = np.ones(parsed.num_rows, dtype=np.float32)
+    has_weight = spec.weight is not None
+    out[WEIGHT] = parsed.column(WEIGHT_COLUMN).combine_chunks() if has_weight else pa.array(ones)
+    out[EXPOSURE] = pa.array(np.zeros(parsed.num_rows, dtype=np.float32))
+    if spec.weight is not None and spec.weight.kind == "propensity":
+        out[PROPENSITY] = parsed.column(PROPENSITY_COLUMN).combine_chunks()
+    rows = parsed.column(ROW_COLUMN).combine_chunks()
+    out[ROW_COLUMN] = rows
+    out[SPLIT_COLUMN] = pa.array(plan.splitter.assign(parsed))
+    if spec.needs_user_pass:
+        assert spec.user_field is not None
+        users = parsed.column(cat_column(spec.user_field)).combine_chunks()
+        out[USER_COLUMN] = users
+        out[TS_COLUMN] = parsed.column(TS_COLUMN).combine_chunks()
+        if spec.item_field is not None:
+            out[ITEM_COLUMN] = parsed.column(cat_column(spec.item_field)).combine_chunks()
+        for name in {q.similarity_embedding for q in spec.sequences} - {None}:
+            out[emb_column(name)] = parsed.column(emb_column(name)).combine_chunks()
+        shards = _shard_ids(users, plan.num_shards)
+    else:
+        u = row_hash(np.asarray(rows, dtype=np.int64), seed=0)
+        shards = np.minimum((u * plan.num_shards).astype(np.int64), plan.num_shards - 1)
+    out[SHARD_COLUMN] = pa.array(shards)
+    return pa.table(out)
+
+
+def _vectors(parsed: pa.Table, embedding: str) -> np.ndarray:
+    column = parsed.column(emb_column(embedding)).combine_chunks()
+    dim = column.type.list_size
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
+
+
+def add_user_features(table: pa.Table, spec: DatasetSpec) -> pa.Table:
+    """Sequences and exposure counts for a shard that holds whole users, sorted by row id."""
+    users = np.asarray(table.column(USER_COLUMN).to_pylist(), dtype=object).astype(str)
+    ts = np.asarray(table.column(TS_COLUMN), dtype=np.float64)
+    rows = np.asarray(table.column(ROW_COLUMN), dtype=np.int64)
+    if spec.count_exposures:
+        items = np.asarray(table.column(ITEM_COLUMN).to_pylist(), dtype=object).astype(str)
+        counts = earlier_exposures(users, items, ts).astype(np.float32)
+        table = table.set_column(table.schema.get_field_index(EXPOSURE), EXPOSURE, pa.array(counts))
+    for q in spec.sequences:
+        keep = np.ones(len(rows), dtype=bool)
+        if q.only_positive_of is not None:
+            keep = np.asarray(table.column(label_column(q.only_positive_of)), np.float32) == 1.0
+        index_NL, length = sequence_indices(users, ts, users[keep], ts[keep], rows[keep], q.max_len)
+        events = np.flatnonzero(keep)
+        real_NL = index_NL >= 0
+        source_NL = np.where(real_NL, events[np.maximum(index_NL, 0)] if len(events) else 0, 0)
+        columns = {"item": np.asarray(table.column(q.item_field), dtype=np.int64)}
+        if q.category_field is not None:
+            columns["category"] = np.asarray(table.column(q.category_field), dtype=np.int64)
+        for part, values in columns.items():
+            values_NL = np.where(real_NL, values[source_NL], PAD_INDEX)
+            table = table.append_column(
+                seq_column(q.name, part), _fixed_list(values_NL, pa.int64())
+            )
+        delta_NL = np.where(real_NL, ts[:, None] - ts[source_NL], 0.0).astype(np.float32)
+        table = table.append_column(
+            seq_column(q.name, "time_delta"), _fixed_list(delta_NL, pa.float32())
+        )
+        if q.similarity_embedding is not None:
+            vectors = _vectors(table, q.similarity_embedding)
+            sim_NL = cosine(vectors[source_NL], vectors[:, None, :]).astype(np.float32)
+            sim_NL = np.where(real_NL, sim_NL, 0.0).astype(np.float32)
+            table = table.append_column(
+                seq_column(q.name, "similarity"), _fixed_list(sim_NL, pa.float32())
+            )
+        table = table.append_column(seq_column(q.name, "length"), pa.array(length))
+    return table
+
+
+def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
+    """Build the user features of one shard and write its per-split files; return records."""
+    group = group.sort_by(ROW_COLUMN)
+    if plan.spec.needs_user_pass:
+        group = add_user_features(group, plan.spec)
+    shard = int(group.column(SHARD_COLUMN)[0].as_py())
+    splits = np.asarray(group.column(SPLIT_COLUMN), dtype=np.int8)
+    columns = output_columns(plan.spec)
+    records = []
+    for split_id, split in enumerate(SPLITS):
+        rows = np.flatnonzero(splits == split_id)
+        if not len(rows):
+            continue
+        part = group.take(pa.array(rows)).select(columns)
+        relative = f"{split}/part-{shard:05d}.parquet"
+        path = Path(plan.out_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        records.append(
+            {"split": split, "path": relative, "rows": len(rows), "sha256": _sha256(path)}
+        )
+    return pa.Table.from_pylist(records, schema=_RECORD_SCHEMA)
+
+
+_RECORD_SCHEMA = pa.schema(
+    [("split", pa.string()), ("path", pa.string()), ("rows", pa.int64()), ("sha256", pa.string())]
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,315 @@
+"""``prepare(spec, out_dir)``: raw logs to a prepared dataset directory, on Ray Data.
+
+The stages, and which of them stream:
+
+1. read + join side tables + validate (streaming map over file fragments), materialised once
+   in the object store (spilled to disk when large) because later stages read it several times;
+2. statistics passes (streaming maps returning small partial results merged in the driver):
+   counts per quarantine reason, split boundaries (histogram narrowing), train vocabularies
+   and numeric statistics;
+3. quarantine rows written (streaming);
+4. encoding (streaming map), then ONE shuffle: rows grouped by shard (by user when sequences
+   or exposure counts need each user's rows together), each shard sorted by row id, completed
+   with sequences / exposure counts and written as one file per split.
+
+Output, written into a temporary directory beside ``out_dir`` and renamed at the end (a killed
+run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)::
+
+    out_dir/manifest.json  train/part-*.parquet  valid/...  test/...  quarantine/  vocab/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hmoe import __version__
+from hmoe.platform.data import stats as pstats
+from hmoe.platform.data.encode import EncodePlan, encode_batch, output_columns, write_shard
+from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column, load_spec
+from hmoe.platform.data.split import SplitAssigner, locate_boundary
+from hmoe.platform.data.split import pinned_files as pinned_file_splits
+from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
+from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, join_side_tables, parse_batch
+
+__all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_TMP_MARK = ".tmp-"
+
+
+def prepare(
+    spec: DatasetSpec | str | Path,
+    out_dir: str | Path,
+    *,
+    base_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Prepare a dataset; returns the manifest (also written to ``out_dir/manifest.json``).
+
+    Args:
+        spec: a ``DatasetSpec`` or the path of its YAML file.
+        out_dir: the prepared directory (replaced if it exists).
+        base_dir: anchors the spec's relative paths (default: the spec file's directory, or the
+            current directory for a spec object).
+        progress: show Ray Data's progress bars and a rows-written bar.
+    """
+    spec_path: str | None = None
+    if not isinstance(spec, DatasetSpec):
+        spec_path = str(Path(spec).absolute())
+        base_dir = base_dir if base_dir is not None else Path(spec).absolute().parent
+        spec = load_spec(spec)
+    base = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)
+    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        with _data_context(progress):
+            manifest = _run(spec, base, tmp, progress)
+        manifest["spec_path"] = spec_path
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
+    import ray.data
+
+    sides = [read_table(s.table, base, spec.output.read_batch_rows) for s in spec.side_tables]
+    for side_spec, side in zip(spec.side_tables, sides, strict=True):
+        keys = side.column(side_spec.key)
+        if pc.count_distinct(keys).as_py() != len(keys):
+            raise ValueError(f"side table {side_spec.table.paths}: key {side_spec.key!r} repeats")
+    frags = fragments(spec.log, base)
+    written = [w for w, _ in list_files(spec.log, base)]
+    parsed = (
+        ray.data.from_items(frags, override_num_blocks=len(frags))
+        .map_batches(
+            _read_and_parse,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"spec": spec, "sides": sides},
+        )
+        .materialize()
+    )
+    pinned = pinned_file_splits(spec, written)
+    totals = pstats.collect(parsed, pstats.block_totals, spec=spec, pinned=pinned)
+    if totals["valid"] == 0:
+        raise ValueError(f"no valid rows in {spec.log.paths}: {dict(totals['reasons'])}")
+    splitter = _splitter(spec, parsed, pinned, totals)
+    train = pstats.collect(
+        parsed,
+        pstats.block_train_stats,
+        spec=spec,
+        splitter=splitter,
+        sample_rate=_sample_rate(spec, totals),
+    )
+    if train["rows"] == 0:
+        raise ValueError("the train split is empty; check the split spec")
+    vocabs = pstats.vocabularies(spec, train, totals)
+    _write_vocab_files(tmp, vocabs)
+    if totals["valid"] < totals["read"]:
+        parsed.map_batches(_quarantine_rows, batch_format="pyarrow").write_parquet(
+            str(tmp / "quarantine")
+        )
+    num_shards = max(1, -(-totals["valid"] // spec.output.rows_per_shard))
+    plan = EncodePlan(
+        spec=spec, vocabs=vocabs, splitter=splitter, num_shards=num_shards, out_dir=str(tmp)
+    )
+    records = _write_shards(parsed, plan, totals["valid"], progress)
+    return _manifest(spec, totals, train, vocabs, records)
+
+
+def _read_and_parse(
+    items: pa.Table, spec: DatasetSpec, sides: list[pa.Table]
+) -> Iterator[pa.Table]:
+    for fragment in items.to_pylist():
+        for raw in read_fragment(spec.log, fragment, spec.output.read_batch_rows):
+            yield parse_batch(join_side_tables(raw, spec, sides), spec)
+
+
+def _quarantine_rows(parsed: pa.Table) -> pa.Table:
+    bad = parsed.filter(pc.is_valid(parsed.column(REASON_COLUMN)))
+    return pa.table(
+        {
+            "row_id": bad.column(ROW_COLUMN),
+            "reason": bad.column(REASON_COLUMN),
+            "raw": bad.column(RAW_COLUMN),
+        }
+    )
+
+
+def _sample_rate(spec: DatasetSpec, totals: dict[str, Any]) -> float:
+    return min(1.0, spec.output.quantile_sample_rows / max(1, totals["valid"]))
+
+
+def _splitter(
+    spec: DatasetSpec, parsed: Any, pinned: dict[int, int], totals: dict[str, Any]
+) -> SplitAssigner:
+    s = spec.split
+    if s.kind in ("random", "cutoff"):
+        return SplitAssigner(
+            kind=s.kind, pinned=pinned, cutoffs=s.cutoffs, fractions=s.fractions, seed=s.seed
+        )
+    n = totals["eligible"]
+    ranks = (round(n * s.fractions[0]), round(n * (s.fractions[0] + s.fractions[1])))
+    bounds = (totals["key_min"], totals["key_max"])
+
+    def histogram(lo: float, hi: float, inclusive: bool, edges: np.ndarray) -> np.ndarray:
+        parts = pstats.collect_list(
+            parsed,
+            pstats.block_histogram,
+            kind=s.kind,
+            pinned=pinned,
+            interval=(lo, hi, inclusive),
+            edges=edges,
+        )
+        return np.sum(parts, axis=0)
+
+    def collect(lo: float, hi: float, inclusive: bool) -> pa.Table:
+        parts = pstats.collect_list(
+            parsed,
+            pstats.block_candidates,
+            kind=s.kind,
+            pinned=pinned,
+            interval=(lo, hi, inclusive),
+            tie_break=s.tie_break,
+        )
+        return pa.concat_tables(parts)
+
+    first, second = (
+        locate_boundary(rank, n, bounds, histogram, collect, s.tie_break) for rank in ranks
+    )
+    return SplitAssigner(kind=s.kind, pinned=pinned, boundaries=(first, second))
+
+
+def _write_shards(parsed: Any, plan: EncodePlan, total: int, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    encoded = parsed.map_batches(_encode_valid, batch_format="pyarrow", fn_kwargs={"plan": plan})
+    written = encoded.groupby("__shard", num_partitions=plan.num_shards).map_groups(
+        write_shard, batch_format="pyarrow", fn_kwargs={"plan": plan}
+    )
+    records: list[dict] = []
+    with tqdm(total=total, unit="rows", desc="rows written", disable=not progress) as bar:
+        for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            for record in batch.to_pylist():
+                records.append(record)
+                bar.update(record["rows"])
+    return sorted(records, key=lambda r: r["path"])
+
+
+def _encode_valid(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
+    valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
+    return encode_batch(valid, plan)
+
+
+def _write_vocab_files(tmp: Path, vocabs: dict) -> None:
+    import pyarrow.parquet as pq
+
+    for name, vocab in vocabs.items():
+        if vocab.values:
+            (tmp / "vocab").mkdir(exist_ok=True)
+            pq.write_table(
+                pa.table({"value": pa.array(vocab.values, pa.string())}),
+                tmp / "vocab" / f"{name}.parquet",
+            )
+
+
+def _manifest(
+    spec: DatasetSpec, totals: dict, train: dict, vocabs: dict, records: list[dict]
+) -> dict[str, Any]:
+    per_split = {split: sum(r["rows"] for r in records if r["split"] == split) for split in SPLITS}
+    written = sum(per_split.values())
+    quarantined = {reason: int(n) for reason, n in sorted(totals["reasons"].items())}
+    assert totals["read"] == written + sum(quarantined.values()), "rows lost in the pipeline"
+    shards = {
+        split: [
+            {k: r[k] for k in ("path", "rows", "sha256")} for r in records if r["split"] == split
+        ]
+        for split in SPLITS
+    }
+    digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    schema = pstats.feature_schema(spec, vocabs, train)
+    return {
+        "format_version": MANIFEST_VERSION,
+        "hmoe_version": __version__,
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "spec_hash": spec.config_hash(),
+        "dataset_hash": digest[:16],
+        "feature_schema": schema.to_dict(),
+        "columns": output_columns(spec),
+        "label_columns": {label.task: label_column(label.task) for label in spec.labels},
+        "vocab_sizes": {name: v.size for name, v in vocabs.items()},
+        "vocabularies": {name: v.to_dict() for name, v in vocabs.items()},
+        "rows": {
+            "read": int(totals["read"]),
+            "written": written,
+            "quarantined": sum(quarantined.values()),
+            **per_split,
+        },
+        "quarantined_by_reason": quarantined,
+        "positive_rate": train["positive_rate"],
+        "shards": shards,
+    }
+
+
+@contextlib.contextmanager
+def _data_context(progress: bool) -> Iterator[None]:
+    """Ray Data's progress bars on or off for this call only (restored afterwards)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = (context.enable_progress_bars, context.execution_options.preserve_order)
+    context.enable_progress_bars = progress
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.execution_options.preserve_order = saved
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete temporary directories of earlier runs for ``out`` whose process is gone."""
+    for path in out.parent.glob(f".{out.name}{_TMP_MARK}*"):
+        pid = path.name[len(f".{out.name}{_TMP_MARK}") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (a rename; an old ``out`` is moved aside first)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

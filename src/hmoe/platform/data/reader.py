@@ -1,0 +1,178 @@
+"""Reading a prepared dataset: the manifest, its FeatureSchema, and split shards as Batches.
+
+Shards hold the Batch columns of ``hmoe.schema`` except ``labels``, which is stored as one
+``label__<task>`` float column per task and stacked here into ``[B, K]`` in ``schema.tasks``
+order. Multi-valued fields and sequence parts are fixed-size lists (``[B, M]`` / ``[B, L]``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from hmoe.platform.data.spec import SPLITS, label_column
+from hmoe.schema import EXPOSURE, LABELS, WEIGHT, FeatureSchema, seq_column
+
+__all__ = [
+    "batch_columns",
+    "collate_fn",
+    "feature_schema",
+    "iter_batches",
+    "load_manifest",
+    "read_split",
+    "read_split_table",
+    "shard_paths",
+    "to_batch",
+    "verify_shards",
+]
+
+MANIFEST = "manifest.json"
+
+
+def load_manifest(prepared_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared directory (there is none while a run is still writing)."""
+    path = Path(prepared_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{prepared_dir} is not a prepared dataset (no {MANIFEST}); run `hmoe data prepare`"
+        )
+    return json.loads(path.read_text())
+
+
+def feature_schema(manifest: Mapping[str, Any] | str | Path) -> FeatureSchema:
+    """The FeatureSchema of a manifest (or of a prepared directory)."""
+    if not isinstance(manifest, Mapping):
+        manifest = load_manifest(manifest)
+    return FeatureSchema.from_dict(manifest["feature_schema"])
+
+
+def shard_paths(prepared_dir: str | Path, split: str) -> list[Path]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
+    manifest = load_manifest(prepared_dir)
+    return [Path(prepared_dir) / shard["path"] for shard in manifest["shards"][split]]
+
+
+def verify_shards(prepared_dir: str | Path) -> None:
+    """Raise ``ValueError`` if a shard's sha256 differs from the manifest's."""
+    manifest = load_manifest(prepared_dir)
+    for shards in manifest["shards"].values():
+        for shard in shards:
+            digest = hashlib.sha256((Path(prepared_dir) / shard["path"]).read_bytes()).hexdigest()
+            if digest != shard["sha256"]:
+                raise ValueError(f"{shard['path']}: checksum mismatch (the file was modified)")
+
+
+def batch_columns(schema: FeatureSchema) -> list[str]:
+    """The shard columns a Batch is built from."""
+    names = [c.name for c in schema.categorical] + [n.name for n in schema.numeric]
+    names += [s.name for s in schema.similarity]
+    for q in schema.sequences:
+        parts = ["item"] + (["category"] if q.category_field else []) + ["time_delta"]
+        parts += (["similarity"] if q.has_similarity else []) + ["length"]
+        names += [seq_column(q.name, part) for part in parts]
+    return names + [label_column(t) for t in schema.tasks] + [WEIGHT, EXPOSURE]
+
+
+def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
+    """A whole split as one pyarrow Table, rows in shard order (small data, tests)."""
+    import pyarrow.parquet as pq
+
+    paths = shard_paths(prepared_dir, split)
+    if not paths:
+        schema = feature_schema(prepared_dir)
+        raise ValueError(f"split {split!r} of {prepared_dir} is empty ({schema.tasks})")
+    return pa.concat_tables([pq.read_table(p) for p in paths])
+
+
+def read_split(prepared_dir: str | Path, split: str) -> Any:
+    """A split as a Ray Dataset of the Batch columns (use ``BatchCollate`` to get Batches)."""
+    import ray.data
+
+    paths = [str(p) for p in shard_paths(prepared_dir, split)]
+    columns = batch_columns(feature_schema(prepared_dir))
+    return ray.data.read_parquet(paths).select_columns(columns)
+
+
+def _column_tensor(column: pa.ChunkedArray | pa.Array, dtype: Any) -> Any:
+    import torch
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+        values = np.asarray(array.flatten()).reshape(len(array), width)
+    else:
+        values = np.asarray(array)
+    return torch.from_numpy(np.array(values)).to(dtype)  # a writable copy
+
+
+def to_batch(table: pa.Table, schema: FeatureSchema) -> dict[str, Any]:
+    """A Batch (``dict[str, Tensor]``) from shard rows, per the contract of ``hmoe.schema``."""
+    import torch
+
+    batch: dict[str, Any] = {}
+    for c in schema.categorical:
+        batch[c.name] = _column_tensor(table.column(c.name), torch.long)
+    for n in (*schema.numeric, *schema.similarity):
+        batch[n.name] = _column_tensor(table.column(n.name), torch.float32)
+    for q in schema.sequences:
+        for part in ("item", "category", "time_delta", "similarity", "length"):
+            name = seq_column(q.name, part)
+            if name in table.column_names:
+                floats = part in ("time_delta", "similarity")
+                batch[name] = _column_tensor(
+                    table.column(name), torch.float32 if floats else torch.long
+                )
+    labels = [_column_tensor(table.column(label_column(t)), torch.float32) for t in schema.tasks]
+    batch[LABELS] = torch.stack(labels, dim=1)
+    batch[WEIGHT] = _column_tensor(table.column(WEIGHT), torch.float32)
+    batch[EXPOSURE] = _column_tensor(table.column(EXPOSURE), torch.float32)
+    return batch
+
+
+def iter_batches(
+    prepared_dir: str | Path, split: str, batch_size: int, *, drop_last: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Batches of a split in shard order, read locally with pyarrow (no Ray)."""
+    import pyarrow.parquet as pq
+
+    schema = feature_schema(prepared_dir)
+    columns = batch_columns(schema)
+    pending: list[pa.Table] = []
+    rows = 0
+    for path in shard_paths(prepared_dir, split):
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size, columns=columns):
+            pending.append(pa.Table.from_batches([record_batch]))
+            rows += record_batch.num_rows
+            while rows >= batch_size:
+                table = pa.concat_tables(pending)
+                yield to_batch(table.slice(0, batch_size), schema)
+                pending, rows = [table.slice(batch_size)], rows - batch_size
+    if rows and not drop_last:
+        yield to_batch(pa.concat_tables(pending), schema)
+
+
+def collate_fn(schema: FeatureSchema) -> Any:
+    """A ``collate_fn`` for Ray's ``Dataset.iter_torch_batches``: Arrow batch -> hmoe Batch.
+
+    Example::
+
+        collate = collate_fn(feature_schema(prepared_dir))
+        for batch in read_split(prepared_dir, "train").iter_torch_batches(
+            batch_size=256, collate_fn=collate
+        ):
+            logits_BK = model(batch)
+    """
+    from ray.data.collate_fn import ArrowBatchCollateFn
+
+    class _BatchCollate(ArrowBatchCollateFn):
+        def __call__(self, batch: pa.Table) -> dict[str, Any]:
+            return to_batch(batch, schema)
+
+    return _BatchCollate()

@@ -1,0 +1,159 @@
+"""Train / valid / test assignment of parsed rows.
+
+Fraction splits (``temporal``, ``ordered``) need the rows at two ranks of a global order
+without sorting the data: a histogram pass over the sort key narrows each boundary to a bin, the
+keys of that bin's rows (few) are sorted in the driver, and a boundary becomes ``(key, rows at
+that key that fall before it)``. Assignment is then a per-row comparison, i.e. streaming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from hmoe.platform.data.spec import SPLITS, DatasetSpec
+from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
+from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_numbers, tie_column
+
+__all__ = ["Boundary", "SplitAssigner", "eligible_mask", "locate_boundary", "order_key", "row_hash"]
+
+COLLECT_ROWS = 1_000_000  # a boundary's candidate keys are sorted in the driver below this count
+HISTOGRAM_BINS = 4096  # bins per narrowing pass (each pass shrinks the candidates ~4096x)
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def row_hash(rows: np.ndarray, seed: int) -> np.ndarray:
+    """A stable uniform [0, 1) per row id (splitmix64 of row id and seed)."""
+    with np.errstate(over="ignore"):
+        z = rows.astype(np.uint64) + np.uint64(_MIX[0]) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX[1])
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX[2])
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@dataclasses.dataclass(frozen=True)
+class Boundary:
+    """Rows with key < ``key``, and rows with key == ``key`` listed in ``rows_before``, come
+    before the boundary."""
+
+    key: float
+    rows_before: tuple[int, ...] = ()
+
+    def before(self, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        at = keys == self.key
+        listed = np.isin(rows, np.asarray(self.rows_before, dtype=np.int64)) if at.any() else at
+        return (keys < self.key) | (at & listed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitAssigner:
+    """Assigns split ids (0 train, 1 valid, 2 test) to parsed rows; picklable for Ray tasks."""
+
+    kind: str
+    pinned: dict[int, int]  # file index -> split id
+    boundaries: tuple[Boundary, Boundary] | None = None
+    cutoffs: tuple[float, float] | None = None
+    fractions: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    seed: int = 0
+
+    def assign(self, table: pa.Table) -> np.ndarray:
+        rows = np.asarray(table.column(ROW_COLUMN), dtype=np.int64)
+        if self.kind == "random":
+            u = row_hash(rows, self.seed)
+            out = np.where(u < self.fractions[0], 0, np.where(u < sum(self.fractions[:2]), 1, 2))
+        elif self.kind == "cutoff":
+            assert self.cutoffs is not None
+            ts = np.asarray(table.column(TS_COLUMN), dtype=np.float64)
+            out = np.where(ts < self.cutoffs[0], 0, np.where(ts < self.cutoffs[1], 1, 2))
+        else:
+            assert self.boundaries is not None
+            keys = order_key(table, self.kind)
+            first, second = (b.before(keys, rows) for b in self.boundaries)
+            out = np.where(first, 0, np.where(second, 1, 2))
+        files = np.asarray(table.column(FILE_COLUMN), dtype=np.int32)
+        for file_index, split in self.pinned.items():
+            out = np.where(files == file_index, split, out)
+        return out.astype(np.int8)
+
+
+def order_key(table: pa.Table, kind: str) -> np.ndarray:
+    """The primary sort key: the timestamp (temporal) or the row id (file order)."""
+    if kind == "temporal":
+        return np.asarray(table.column(TS_COLUMN), dtype=np.float64)
+    return np.asarray(table.column(ROW_COLUMN), dtype=np.float64)
+
+
+def eligible_mask(table: pa.Table, pinned: dict[int, int]) -> np.ndarray:
+    """Valid rows that the fractions split (not pinned to a split by file)."""
+    valid = np.asarray(table.column(REASON_COLUMN).is_null(), dtype=bool)
+    files = np.asarray(table.column(FILE_COLUMN), dtype=np.int32)
+    return valid & ~np.isin(files, np.asarray(list(pinned), dtype=np.int32))
+
+
+def pinned_files(spec: DatasetSpec, written_paths: list[str]) -> dict[int, int]:
+    """File index -> split id for the files ``split.pinned_files`` names."""
+    pins = spec.split.pinned_files
+    return {i: SPLITS.index(pins[w]) for i, w in enumerate(written_paths) if w in pins}
+
+
+Histogram = Callable[[float, float, bool, np.ndarray], np.ndarray]
+Collect = Callable[[float, float, bool], pa.Table]
+
+
+def locate_boundary(
+    rank: int,
+    total: int,
+    bounds: tuple[float, float],
+    histogram: Histogram,
+    collect: Collect,
+    tie_break: tuple[str, ...],
+) -> Boundary:
+    """The boundary with ``rank`` eligible rows before it in the order (key, tie_break, row).
+
+    ``histogram(lo, hi, hi_inclusive, edges)`` counts eligible keys per bin of ``edges`` within
+    the interval; ``collect(lo, hi, hi_inclusive)`` returns the interval's eligible rows with
+    ``key``, ``__row`` and the tie-break columns.
+    """
+    if rank <= 0:
+        return Boundary(key=-np.inf)
+    if rank >= total:
+        return Boundary(key=np.inf)
+    lo, hi = bounds
+    inclusive, below, inside = True, 0, total
+    while inside > COLLECT_ROWS and lo < hi:
+        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+        counts = histogram(lo, hi, inclusive, edges)
+        cumulative = below + np.cumsum(counts)
+        b = int(np.searchsorted(cumulative, rank, side="right"))
+        if edges[b] == lo and edges[b + 1] == hi:
+            break  # the float range cannot be narrowed further
+        below += int(counts[:b].sum())
+        inclusive = inclusive and b == HISTOGRAM_BINS - 1
+        lo, hi, inside = float(edges[b]), float(edges[b + 1]), int(counts[b])
+    return _boundary_in(collect(lo, hi, inclusive), rank - below, tie_break)
+
+
+def _boundary_in(candidates: pa.Table, rank: int, tie_break: tuple[str, ...]) -> Boundary:
+    keys = np.asarray(candidates.column("key"), dtype=np.float64)
+    rows = np.asarray(candidates.column(ROW_COLUMN), dtype=np.int64)
+    sort_keys: list[np.ndarray] = [rows]
+    for name in reversed(tie_break):
+        sort_keys.append(_tie_values(candidates.column(tie_column(name)).combine_chunks()))
+    sort_keys.append(keys)
+    order = np.lexsort(sort_keys)
+    assert 0 <= rank < len(order), "boundary rank outside its histogram bin"
+    key = keys[order[rank]]
+    before = order[:rank]
+    return Boundary(key=float(key), rows_before=tuple(sorted(rows[before][keys[before] == key])))
+
+
+def _tie_values(array: pa.Array) -> np.ndarray:
+    """Numbers when every value parses as one (ids sort 2 < 10), else the strings."""
+    values, missing, bad = parse_numbers(array)
+    if not (missing | bad).any():
+        return values
+    return np.asarray(array.fill_null("").to_pylist(), dtype=str)

@@ -1,0 +1,408 @@
+"""Row validation: raw (side-table-joined) batches to parsed columns plus a quarantine reason.
+
+Every row gets ``__reason``: null when valid, else the first failing check in the order
+timestamp, categorical, numeric, embeddings, labels, weight (one reason per row, so the counts
+per reason add up to the quarantined rows). Reasons:
+
+* ``missing_value``: a required value is null or empty
+* ``bad_number``: a number (numeric field, identity id, embedding element, numeric label rule)
+  does not parse or is not finite
+* ``bad_timestamp``: the timestamp does not parse or lies outside the spec's range
+* ``bad_label``: a label column (without ``positive_if``) is not 0 or 1
+* ``bad_embedding_length``: a vector's length differs from the spec's ``dim``
+* ``unknown_category``: a value outside a closed vocabulary
+* ``bad_weight``: a weight <= 0, or a propensity outside (0, 1]
+
+Parsed columns: ``__ts`` (float seconds), ``c:<name>`` (string, or list of strings when
+multi-valued), ``n:<name>`` float64, ``e:<name>`` list<float32>, ``label__<task>`` float32,
+``__weight`` / ``__propensity`` float32, ``t:<column>`` tie-break strings. Invalid rows keep
+their raw values as JSON in ``__raw`` for the quarantine files.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hmoe.platform.data.spec import (
+    CategoricalSpec,
+    DatasetSpec,
+    EmbeddingSpec,
+    LabelSpec,
+    Predicate,
+    label_column,
+)
+from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN, as_strings
+
+__all__ = [
+    "RAW_COLUMN",
+    "REASONS",
+    "REASON_COLUMN",
+    "TS_COLUMN",
+    "cat_column",
+    "emb_column",
+    "join_side_tables",
+    "num_column",
+    "parse_batch",
+    "parse_numbers",
+    "tie_column",
+]
+
+REASONS = (
+    "missing_value",
+    "bad_number",
+    "bad_timestamp",
+    "bad_label",
+    "bad_embedding_length",
+    "unknown_category",
+    "bad_weight",
+)
+REASON_COLUMN = "__reason"
+RAW_COLUMN = "__raw"
+TS_COLUMN = "__ts"
+WEIGHT_COLUMN = "__weight"
+PROPENSITY_COLUMN = "__propensity"
+_NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+_INTEGER = r"^\s*\+?\d+\s*$"
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def cat_column(name: str) -> str:
+    return f"c:{name}"
+
+
+def num_column(name: str) -> str:
+    return f"n:{name}"
+
+
+def emb_column(name: str) -> str:
+    return f"e:{name}"
+
+
+def tie_column(name: str) -> str:
+    return f"t:{name}"
+
+
+class _Reasons:
+    """The first reason per row, filled in check order."""
+
+    def __init__(self, n: int) -> None:
+        self.codes = np.full(n, -1, dtype=np.int8)
+
+    def add(self, reason: str, bad: np.ndarray) -> None:
+        self.codes[(self.codes < 0) & bad] = REASONS.index(reason)
+
+    def array(self) -> pa.Array:
+        names = np.array(REASONS, dtype=object)[np.maximum(self.codes, 0)]
+        return pa.array(names, type=pa.string(), mask=self.codes < 0)
+
+
+def join_side_tables(batch: pa.Table, spec: DatasetSpec, sides: list[pa.Table]) -> pa.Table:
+    """Add the side tables' columns by key (order-preserving; a missing key gives nulls)."""
+    for side_spec, side in zip(spec.side_tables, sides, strict=True):
+        if side_spec.join_on not in batch.column_names:
+            raise ValueError(f"side table join_on {side_spec.join_on!r} is not a log column")
+        keys = as_strings(side.column(side_spec.key))
+        index = pc.index_in(as_strings(batch.column(side_spec.join_on)), value_set=keys)
+        for name in side_spec.columns or [c for c in side.column_names if c != side_spec.key]:
+            if name in batch.column_names:
+                raise ValueError(f"side table column {name!r} is already a log column")
+            batch = batch.append_column(name, side.column(name).take(index))
+    return batch
+
+
+def parse_batch(raw: pa.Table, spec: DatasetSpec) -> pa.Table:
+    """Parse and validate one raw batch; see the module docstring for the output columns."""
+    reasons = _Reasons(raw.num_rows)
+    out: dict[str, pa.Array] = {
+        ROW_COLUMN: raw.column(ROW_COLUMN).combine_chunks(),
+        FILE_COLUMN: raw.column(FILE_COLUMN).combine_chunks(),
+    }
+    if spec.timestamp is not None:
+        out[TS_COLUMN] = _parse_timestamp(raw, spec, reasons)
+    for feature in spec.categorical:
+        out[cat_column(feature.name)] = _parse_categorical(raw, feature, spec, reasons)
+    for numeric in spec.numeric:
+        values, missing = _numbers_of(raw, numeric.source, reasons)
+        if numeric.fill_missing is not None:
+            values[missing] = numeric.fill_missing
+        elif numeric.required:
+            reasons.add("missing_value", missing)
+        out[num_column(numeric.name)] = pa.array(np.nan_to_num(values, nan=0.0))
+    for embedding in spec.embeddings:
+        out[emb_column(embedding.name)] = _parse_embedding(raw, embedding, reasons)
+    for label in spec.labels:
+        out[label_column(label.task)] = _parse_label(raw, label, reasons)
+    if spec.weight is not None:
+        out.update(_parse_weight(raw, spec, reasons))
+    for name in spec.split.tie_break:
+        out[tie_column(name)] = as_strings(_column(raw, name))
+    out[REASON_COLUMN] = reasons.array()
+    out[RAW_COLUMN] = _raw_json(raw, reasons.codes >= 0)
+    return pa.table(out)
+
+
+def _column(raw: pa.Table, name: str) -> pa.Array:
+    if name not in raw.column_names:
+        raise ValueError(f"column {name!r} not in the data; columns: {raw.column_names}")
+    return raw.column(name).combine_chunks()
+
+
+def _missing(array: pa.Array) -> np.ndarray:
+    missing = array.is_null()
+    if pa.types.is_string(array.type):
+        missing = pc.or_(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(array)), 0))
+    return np.asarray(missing.fill_null(True), dtype=bool)
+
+
+def parse_numbers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(float64 values, missing, unparsable or non-finite)``; bad entries hold NaN."""
+    missing = _missing(array)
+    if pa.types.is_string(array.type):
+        ok = np.asarray(pc.match_substring_regex(array, _NUMBER).fill_null(False), dtype=bool)
+        text = pc.if_else(pa.array(ok), pc.utf8_trim_whitespace(array), pa.scalar("nan"))
+        values = np.asarray(pc.cast(text, pa.float64()), dtype=np.float64)
+    elif (
+        pa.types.is_boolean(array.type)
+        or pa.types.is_integer(array.type)
+        or pa.types.is_floating(array.type)
+        or pa.types.is_decimal(array.type)
+    ):
+        values = np.asarray(pc.cast(array, pa.float64()).fill_null(np.nan), dtype=np.float64)
+    else:
+        raise ValueError(f"cannot read numbers from a column of type {array.type}")
+    bad = ~missing & ~np.isfinite(values)
+    values = np.where(np.isfinite(values), values, np.nan)
+    return values, missing, bad
+
+
+def _numbers_of(raw: pa.Table, name: str, reasons: _Reasons) -> tuple[np.ndarray, np.ndarray]:
+    values, missing, bad = parse_numbers(_column(raw, name))
+    reasons.add("bad_number", bad)
+    return values, missing
+
+
+def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> pa.Array:
+    ts = spec.timestamp
+    assert ts is not None
+    array = _column(raw, ts.column)
+    missing = _missing(array)
+    if ts.unit == "iso8601":
+        seconds = _iso_seconds(array)
+    else:
+        values, _, _ = parse_numbers(array)
+        seconds = values * _UNIT_SECONDS[ts.unit]
+    with np.errstate(invalid="ignore"):
+        bad = ~missing & ~((seconds >= ts.min_seconds) & (seconds <= ts.max_seconds))
+    reasons.add("missing_value", missing)
+    reasons.add("bad_timestamp", bad)
+    return pa.array(np.nan_to_num(seconds, nan=0.0))
+
+
+def _iso_seconds(array: pa.Array) -> np.ndarray:
+    if pa.types.is_timestamp(array.type):
+        micros = pc.cast(pc.cast(array, pa.timestamp("us", tz="UTC")), pa.int64())
+        return np.asarray(micros.fill_null(0), dtype=np.float64) * 1e-6
+    try:
+        parsed = pc.cast(as_strings(array), pa.timestamp("us", tz="UTC"))
+        micros = pc.cast(parsed, pa.int64())
+        values = np.asarray(micros.fill_null(0), dtype=np.float64) * 1e-6
+        values[np.asarray(parsed.is_null(), dtype=bool)] = np.nan
+        return values
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([_iso_one(v) for v in as_strings(array).to_pylist()], dtype=np.float64)
+
+
+def _iso_one(text: str | None) -> float:
+    if text is None:
+        return np.nan
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return np.nan
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _parse_categorical(
+    raw: pa.Table, feature: CategoricalSpec, spec: DatasetSpec, reasons: _Reasons
+) -> pa.Array:
+    array = _column(raw, feature.source)
+    if feature.multi_valued:
+        return _parse_multi(array, feature, spec, reasons)
+    values = as_strings(array)
+    if feature.transform == "first_token":
+        values = _first_nonempty(values, feature.separator)
+    elif feature.transform == "prefix":
+        values = pc.utf8_slice_codeunits(values, 0, feature.prefix_len)
+    missing = _missing(values)
+    if feature.fill_missing is not None:
+        values = pc.if_else(pa.array(missing), pa.scalar(feature.fill_missing), values)
+    elif feature.required:
+        reasons.add("missing_value", missing)
+    vocab = spec.vocab_of(feature)
+    present = ~_missing(values)
+    if vocab.mode == "identity":
+        ok = np.asarray(pc.match_substring_regex(values, _INTEGER).fill_null(False), dtype=bool)
+        reasons.add("bad_number", present & ~ok)
+    elif vocab.mode == "closed":
+        known = np.asarray(pc.is_in(values, value_set=pa.array(vocab.values)), dtype=bool)
+        reasons.add("unknown_category", present & ~known)
+    return values
+
+
+def _first_nonempty(values: pa.Array, separator: str) -> pa.Array:
+    """The first non-empty ``separator``-separated token (null when there is none)."""
+    firsts = []
+    for text in values.to_pylist():
+        tokens = [t for t in text.split(separator) if t.strip()] if text is not None else []
+        firsts.append(tokens[0].strip() if tokens else None)
+    return pa.array(firsts, type=pa.string())
+
+
+def _parse_multi(
+    array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: _Reasons
+) -> pa.Array:
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        lists = [None if v is None else [str(t) for t in v] for v in array.to_pylist()]
+    else:
+        lists = [
+            None if v is None else v.split(feature.separator) for v in as_strings(array).to_pylist()
+        ]
+    vocab = spec.vocab_of(feature)
+    closed = set(vocab.values)
+    out: list[list[str]] = []
+    missing = np.zeros(len(lists), dtype=bool)
+    bad = np.zeros(len(lists), dtype=bool)
+    for i, tokens in enumerate(lists):
+        kept = [t.strip() for t in tokens or [] if t is not None and t.strip()]
+        if not kept and feature.fill_missing is not None:
+            kept = [feature.fill_missing]
+        missing[i] = not kept
+        kept = kept[: feature.max_len]
+        if vocab.mode == "closed":
+            bad[i] = any(t not in closed for t in kept)
+        elif vocab.mode == "identity":
+            bad[i] = not all(t.isdigit() for t in kept)
+        out.append(kept)
+    if feature.required:
+        reasons.add("missing_value", missing)
+    reasons.add("unknown_category" if vocab.mode == "closed" else "bad_number", bad)
+    return pa.array(out, type=pa.list_(pa.string()))
+
+
+def _parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: _Reasons) -> pa.Array:
+    array = _column(raw, embedding.source)
+    n = len(array)
+    vectors = np.zeros((n, embedding.dim), dtype=np.float32)
+    missing = (
+        _missing(array)
+        if not pa.types.is_list(array.type)
+        else np.asarray(array.is_null(), dtype=bool)
+    )
+    wrong_length = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    for i, value in enumerate(array.to_pylist()):
+        if missing[i]:
+            continue
+        items = value.split(embedding.separator) if isinstance(value, str) else value
+        items = [t for t in items if not isinstance(t, str) or t.strip()]
+        if len(items) != embedding.dim:
+            wrong_length[i] = True
+            continue
+        try:
+            row = np.asarray([float(t) for t in items], dtype=np.float64)
+        except (TypeError, ValueError):
+            bad[i] = True
+            continue
+        bad[i] = not np.isfinite(row).all()
+        vectors[i] = row if not bad[i] else 0.0
+    reasons.add("missing_value", missing)
+    reasons.add("bad_embedding_length", wrong_length)
+    reasons.add("bad_number", bad)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, embedding.dim)
+
+
+def _parse_label(raw: pa.Table, label: LabelSpec, reasons: _Reasons) -> pa.Array:
+    array = _column(raw, label.source)
+    rule = label.positive_if
+    if rule is None:
+        values, missing, bad = parse_numbers(array)
+        reasons.add("missing_value", missing)
+        reasons.add("bad_label", bad | (~missing & ~np.isin(values, (0.0, 1.0))))
+        return pa.array(np.nan_to_num(values, nan=0.0).astype(np.float32))
+    positive, missing, bad = _apply_predicate(array, rule)
+    reasons.add("missing_value", missing)
+    reasons.add("bad_number", bad)
+    return pa.array(positive.astype(np.float32))
+
+
+def _apply_predicate(array: pa.Array, rule: Predicate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    operands = rule.values if rule.op in ("in", "not_in") else (rule.value,)
+    numeric = all(isinstance(v, float) for v in operands)
+    if numeric:
+        values, missing, bad = parse_numbers(array)
+        left: np.ndarray = values
+    else:
+        strings = as_strings(array)
+        missing = _missing(strings)
+        bad = np.zeros(len(strings), dtype=bool)
+        left = np.asarray(strings.fill_null("").to_pylist(), dtype=object)
+        operands = tuple(_number_text(v) for v in operands)
+    compare = {
+        "==": lambda: left == operands[0],
+        "!=": lambda: left != operands[0],
+        ">": lambda: left > operands[0],
+        ">=": lambda: left >= operands[0],
+        "<": lambda: left < operands[0],
+        "<=": lambda: left <= operands[0],
+        "in": lambda: np.isin(left, operands),
+        "not_in": lambda: ~np.isin(left, operands),
+    }[rule.op]
+    with np.errstate(invalid="ignore"):
+        positive = np.asarray(compare(), dtype=bool) & ~missing & ~bad
+    return positive, missing, bad
+
+
+def _number_text(value: float | str | None) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _parse_weight(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> dict[str, pa.Array]:
+    weight = spec.weight
+    assert weight is not None
+    values, missing = _numbers_of(raw, weight.column, reasons)
+    reasons.add("missing_value", missing)
+    with np.errstate(invalid="ignore"):
+        if weight.kind == "propensity":
+            bad = ~missing & ~((values > 0.0) & (values <= 1.0))
+        else:
+            bad = ~missing & ~(values > 0.0)
+    reasons.add("bad_weight", bad & np.isfinite(values))
+    clean = np.where(np.isfinite(values) & (values > 0.0), values, 1.0)
+    if weight.kind == "weight":
+        return {WEIGHT_COLUMN: pa.array(clean.astype(np.float32))}
+    return {
+        WEIGHT_COLUMN: pa.array((1.0 / clean).astype(np.float32)),
+        PROPENSITY_COLUMN: pa.array(clean.astype(np.float32)),
+    }
+
+
+def _raw_json(raw: pa.Table, bad: np.ndarray) -> pa.Array:
+    """The raw row as JSON for invalid rows (null for valid ones, which need no copy)."""
+    texts: list[str | None] = [None] * raw.num_rows
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        names = [c for c in raw.column_names if c not in (ROW_COLUMN, FILE_COLUMN)]
+        subset = raw.select(names).take(pa.array(rows)).to_pylist()
+        for i, record in zip(rows, subset, strict=True):
+            texts[i] = json.dumps(record, default=str)
+    return pa.array(texts, type=pa.string())

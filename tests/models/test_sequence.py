@@ -208,10 +208,20 @@ def _din_loop(encoder: SequenceEncoder, behaviours, target, lengths, normalise: 
 
 @pytest.mark.parametrize("name", ["din", "din_plus"])
 @pytest.mark.parametrize("normalise", ["softmax", "none"])
-def test_din_matches_per_sample_loop(name: str, normalise: str) -> None:
-    config = SequenceEncoderConfig(kind=name, din=DINConfig(normalise=normalise))
+@pytest.mark.parametrize("hidden", [(), (6, 3)])
+def test_din_matches_per_sample_loop(name: str, normalise: str, hidden: tuple[int, ...]) -> None:
+    """The fast activation unit (first layer split per behaviour / per sample) equals the
+    MLP applied to the concatenated ``[e, v, e - v, e * v]`` behaviour by behaviour."""
+    attention = MLPConfig(hidden_dims=hidden, activation="dice", use_batch_norm=True)
+    config = SequenceEncoderConfig(
+        kind=name, din=DINConfig(attention=attention, normalise=normalise)
+    )
     torch.manual_seed(0)
-    encoder = SequenceEncoder(config, dim=D, max_len=L, init_std=0.3)
+    encoder = SequenceEncoder(config, dim=D, max_len=L, init_std=0.3).eval()
+    for module in encoder.modules():  # non-trivial running statistics for the eval-mode norms
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
     inputs = _inputs(seed=4)
     expected = _din_loop(encoder, *inputs[:3], normalise=normalise)
     torch.testing.assert_close(encoder(*inputs), expected, atol=1e-5, rtol=1e-5)

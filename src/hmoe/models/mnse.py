@@ -183,15 +183,33 @@ class MNSE(nn.Module):
         )
         for table in self.tables:
             init_embedding_(table.weight, init_std, padding_row=None)
+        # every (base, position) of all bases at once; rows index the block-diagonal table
+        per_position = [
+            (base, base**j, offset + j * base)
+            for base, width, offset in zip(bases, widths, self._row_offsets(), strict=True)
+            for j in range(width)
+        ]
+        base_N, power_N, first_row_N = (
+            torch.tensor(col) for col in zip(*per_position, strict=True)
+        )
+        self.register_buffer("base_N", base_N, persistent=False)
+        self.register_buffer("power_N", power_N, persistent=False)
+        self.register_buffer("first_row_N", first_row_N, persistent=False)
+        self.num_rows = sum(n * b for b, n in zip(bases, widths, strict=True))
+
+    def _row_offsets(self) -> list[int]:
+        sizes = [n * b for b, n in zip(self.bases, self.widths, strict=True)]
+        return [sum(sizes[:i]) for i in range(len(sizes))]
 
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
-        levels = levels.long().clamp(0, self.max_level)
-        parts = []
-        for base, width, table in zip(self.bases, self.widths, self.tables, strict=True):
-            digits_BN = digits(levels, base, width)
-            rows_BN = torch.arange(width, device=levels.device) * base + digits_BN
-            parts.append(table(rows_BN).sum(dim=-2))
-        return torch.cat(parts, dim=-1)
+        levels = levels.long().clamp(0, self.max_level).unsqueeze(-1)
+        digits_BN = torch.div(levels, self.power_N, rounding_mode="floor") % self.base_N
+        rows_BN = self.first_row_N + digits_BN
+        # sum of the digit embeddings as a one-hot matmul: its backward is one small GEMM
+        # instead of a scatter-add over B * N duplicate rows
+        weight = torch.block_diag(*(table.weight for table in self.tables))
+        one_hot = weight.new_zeros(*rows_BN.shape[:-1], self.num_rows)
+        return one_hot.scatter_(-1, rows_BN, 1.0) @ weight
 
 
 class NumericEncoder(nn.Module):

@@ -22,7 +22,7 @@ import math
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hmoe.config import Config, ConfigError, config
 from hmoe.models.common import MLP, MLPConfig
@@ -169,7 +169,9 @@ class _TIM(nn.Module):
             index = torch.floor(torch.log2(1.0 + delta / self.intervals.unit_seconds)).long() + 1
         return index.clamp(0, rows - 1)
 
-    def forward(self, behaviours_BLD, target_BD, lengths_B, time_delta_BL):
+    def forward(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
+    ) -> tuple[Tensor, Tensor]:
         mask_BL = valid_mask(lengths_B, behaviours_BLD.shape[1])
         e_BLD = behaviours_BLD + self.temporal(self.temporal_index(lengths_B, time_delta_BL))
         v_BD = target_BD + self.temporal.weight[0]
@@ -188,18 +190,34 @@ class _DIN(nn.Module):
     def __init__(self, config: DINConfig, dim: int, plus: bool) -> None:
         super().__init__()
         self.mlp = MLP(4 * dim, config.attention)
-        self.score = nn.Linear(self.mlp.output_dim, 1)
+        # a score bias cancels in the softmax: only the unnormalised form has one
+        self.score = nn.Linear(self.mlp.output_dim, 1, bias=config.normalise == "none")
         self.normalise = config.normalise
         self.plus = plus
         self.token_suffixes = ("", "product") if plus else ("",)
+        self.has_hidden = bool(config.attention.hidden_dims)
+        first = self.mlp.layers[0] if self.has_hidden else self.score
+        assert isinstance(first, nn.Linear), "MLP must start with its Linear layer"
 
-    def forward(self, behaviours_BLD, target_BD, lengths_B, time_delta_BL):
-        mask_BL = valid_mask(lengths_B, behaviours_BLD.shape[1])
-        v_BLD = target_BD.unsqueeze(1).expand_as(behaviours_BLD)
-        unit_input = torch.cat(
-            [behaviours_BLD, v_BLD, behaviours_BLD - v_BLD, behaviours_BLD * v_BLD], dim=-1
+    def _logits(self, e_BLD: Tensor, v_BD: Tensor) -> Tensor:
+        """``score(MLP([e, v, e - v, e * v]))`` without building the ``4D`` input: the first
+        layer's ``v`` terms are computed once per sample, not once per behaviour."""
+        first = self.mlp.layers[0] if self.has_hidden else self.score
+        w_e, w_v, w_d, w_p = first.weight.split(e_BLD.shape[-1], dim=1)
+        per_behaviour = torch.nn.functional.linear(
+            torch.cat([e_BLD, e_BLD * v_BD.unsqueeze(1)], dim=-1), torch.cat([w_e + w_d, w_p], 1)
         )
-        logits_BL = self.score(self.mlp(unit_input)).squeeze(-1)
+        per_sample = torch.nn.functional.linear(v_BD, w_v - w_d, first.bias)
+        pre_BLX = per_behaviour + per_sample.unsqueeze(1)
+        if not self.has_hidden:
+            return pre_BLX.squeeze(-1)
+        return self.score(self.mlp.layers[1:](pre_BLX)).squeeze(-1)
+
+    def forward(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        mask_BL = valid_mask(lengths_B, behaviours_BLD.shape[1])
+        logits_BL = self._logits(behaviours_BLD, target_BD)
         if self.normalise == "softmax":
             alpha_BL = masked_softmax(logits_BL, mask_BL)
         else:
@@ -214,7 +232,9 @@ class _Mean(nn.Module):
 
     token_suffixes = ("",)
 
-    def forward(self, behaviours_BLD, target_BD, lengths_B, time_delta_BL):
+    def forward(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
+    ) -> tuple[Tensor, Tensor]:
         mask_BL = valid_mask(lengths_B, behaviours_BLD.shape[1]).to(behaviours_BLD.dtype)
         alpha_BL = mask_BL / mask_BL.sum(dim=1, keepdim=True).clamp(min=1.0)
         return torch.einsum("bl,bld->bd", alpha_BL, behaviours_BLD).unsqueeze(1), alpha_BL
@@ -264,7 +284,9 @@ class _SASRec(nn.Module):
         self.pooling = config.pooling
         self.scale = 1.0 / math.sqrt(dim)
 
-    def forward(self, behaviours_BLD, target_BD, lengths_B, time_delta_BL):
+    def forward(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
+    ) -> tuple[Tensor, Tensor]:
         seq_len = behaviours_BLD.shape[1]
         mask_BL = valid_mask(lengths_B, seq_len)
         positions_L = torch.arange(seq_len, device=lengths_B.device)
@@ -320,7 +342,9 @@ class SequenceEncoder(nn.Module):
         self.token_suffixes: tuple[str, ...] = self.pool.token_suffixes
         self.num_tokens: int = len(self.token_suffixes)
 
-    def _run(self, behaviours_BLD, target_BD, lengths_B, time_delta_BL):
+    def _run(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
+    ) -> tuple[Tensor, Tensor]:
         seq_len = behaviours_BLD.shape[1]
         lengths_B = lengths_B.long().clamp(0, seq_len)
         return self.pool(behaviours_BLD, target_BD, lengths_B, time_delta_BL)

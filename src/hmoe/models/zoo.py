@@ -138,8 +138,9 @@ def _sequence_baseline(kind: str, sequence: SequenceEncoderConfig) -> Preset:
 
 def debug() -> Preset:
     """Tiny, every technique switched on (for tests): TIM with time buckets, MNSE, similarity,
-    five embedding sets with one expert of every kind, a softmax gate with a hidden layer,
-    Combined-Pair, IPW (clipping active) and embedding L2."""
+    five embedding sets with one expert of every kind, each expert projected to 8 units (so a
+    search may vary one expert's width), a softmax gate with a hidden layer, Combined-Pair, IPW
+    (clipping active) and embedding L2."""
     mlp = _mlp(8)
     experts = ExpertsConfig(
         counts={"gwpfm": 1, "ipnn": 1, "dcnv2": 1, "mlp": 1, "fm": 1},
@@ -155,19 +156,19 @@ def debug() -> Preset:
         similarity=SimilarityEncoderConfig(num_buckets=5),
         sequence=SequenceEncoderConfig(
             kind="tim",
-            tim=TIMConfig(time_intervals=TimeIntervalConfig(num_buckets=8, unit_seconds=600.0)),
+            tim=TIMConfig(time_intervals=TimeIntervalConfig(num_buckets=8, unit_seconds=86400.0)),
         ),
     )
     model = ModelConfig(
         encoder=encoder,
         embedding=EmbeddingSetsConfig(embedding_dim=4),
         experts=experts,
-        combine=CombineConfig(method="gate", gate_mlp=_mlp(4)),
+        combine=CombineConfig(method="gate", gate_mlp=_mlp(4), output_dim=8),
         tower=_mlp(8),
     )
     loss = LossConfig(
         ranking=RankingLossConfig(enabled=True, alpha=0.8),
-        ipw=IPWConfig(enabled=True, exponent=0.5, max_weight=2.0),
+        ipw=IPWConfig(enabled=True, exponent=0.5, max_weight=1.5),
         embedding_l2=1e-4,
     )
     return Preset(model=model, loss=loss, description="tiny model for tests, every technique on")

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Mapping
 
-from hmoe.jobs.commands import NotImplementedYet, add_set_argument
+from hmoe.jobs.commands import add_set_argument, parse_sets
 
-ISSUE = "issue #5: Ray Train loop and MLflow tracking"
+METRIC_COLUMNS = ("auc", "gauc", "logloss")
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: ./mlflow.db)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment name")
+    parser.add_argument(
+        "--registered-model",
+        default=None,
+        help="Model Registry name of the trained model (default: <experiment>-best)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +26,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", required=True, help="model preset, e.g. hmoe, dcnv2, debug")
     parser.add_argument("--data", required=True, help="prepared dataset directory")
     add_set_argument(parser)
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker")
+    parser.add_argument("--workers", type=int, default=None, help="Ray Train workers (DDP)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker")
     add_tracking_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def metrics_table(per_task: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per task and split: AUC, GAUC and logloss."""
+    header = f"{'task':<16}{'split':<7}" + "".join(f"{m:>10}" for m in METRIC_COLUMNS)
+    lines = [header, "-" * len(header)]
+    for task, values in per_task.items():
+        for split in ("val", "test"):
+            cells = []
+            for metric in METRIC_COLUMNS:
+                value = values.get(f"{split}_{metric}", math.nan)
+                cells.append(f"{value:>10.4f}")
+            lines.append(f"{task:<16}{split:<7}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedYet(ISSUE)
+    # parse and validate before importing the platform (which imports torch and Ray)
+    overrides = parse_sets(args.sets)
+    from hmoe.platform.api import train
+
+    result = train(
+        args.preset,
+        args.data,
+        overrides,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        registered_model=args.registered_model,
+        progress=print,
+    )
+    print()
+    print(metrics_table(result.per_task))
+    print()
+    best = result.metrics.get("best_epoch")
+    if best is not None:
+        print(f"best epoch: {int(best) + 1} (validation metrics of the last epoch shown above)")
+    print(f"MLflow run id: {result.run_id}  ({result.run_name})")
+    if result.model_version is not None:
+        print(f"registered model: {result.registered_model} version {result.model_version}")
+    return 0

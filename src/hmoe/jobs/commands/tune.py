@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from hmoe.jobs.commands import NotImplementedYet, add_set_argument
-from hmoe.jobs.commands.train import add_tracking_arguments
-
-ISSUE = "issue #5: Ray Tune/Optuna search"
+from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.train import add_tracking_arguments, metrics_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,10 +17,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-concurrent", type=int, default=1, help="trials at once")
     parser.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
     parser.add_argument("--resume", action="store_true", help="resume an interrupted search")
+    parser.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker")
     add_set_argument(parser)
     add_tracking_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedYet(ISSUE)
+    overrides = parse_sets(args.sets)
+    from hmoe.platform.tune import tune
+
+    result = tune(
+        args.preset,
+        args.space,
+        args.data,
+        args.num_samples,
+        overrides,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        resume=args.resume,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        registered_model=args.registered_model,
+        progress=print,
+    )
+    print(f"\nsearch {result.search_name}: {result.num_trials} trials, {result.num_errors} failed")
+    for trial, reason in result.errors.items():
+        print(f"  failed {trial}: {reason.splitlines()[0][:160]}")
+    if result.best_trial_id is None:
+        print("no trial finished")
+        return 1
+    print(f"best trial {result.best_trial_id}: {result.best_params}")
+    print()
+    print(metrics_table(result.best_per_task))
+    print()
+    print(f"MLflow parent run id: {result.parent_run_id}; best trial run id: {result.best_run_id}")
+    if result.model_version is not None:
+        print(f"registered model: {result.registered_model} version {result.model_version}")
+    return 0

@@ -1,0 +1,97 @@
+"""Prepared shards -> ``Batch`` tensors for the training loop, on top of the data reader.
+
+``hmoe.platform.data.reader`` owns the prepared-dir format (manifest, shard list, the Arrow ->
+Batch conversion with an explicit dtype per column, Ray's pitfall P5). This module adds what the
+loop needs: a whole split materialised in memory (validation and test on rank 0, the standalone
+train split), seeded mini-batches over it, and the fixed input order of a logged model.
+
+Legend: ``B`` batch, ``K`` tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmoe.platform.data import reader
+from hmoe.schema import LABELS, FeatureSchema
+
+__all__ = [
+    "MANIFEST",
+    "SPLITS",
+    "Batch",
+    "batch_size_of",
+    "input_columns",
+    "iter_minibatches",
+    "load_schema",
+    "make_collate",
+    "read_split",
+    "split_dataset",
+    "split_rows",
+]
+
+Batch = dict[str, torch.Tensor]
+MANIFEST = reader.MANIFEST
+# metric prefix -> the prepared dir's split name
+SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def load_schema(data_dir: str | Path) -> FeatureSchema:
+    return reader.feature_schema(data_dir)
+
+
+def _split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLITS)}")
+    return SPLITS[split]
+
+
+def read_split(data_dir: str | Path, split: str, schema: FeatureSchema) -> Batch:
+    """One whole split (``train``, ``val``, ``test``) in memory as a single Batch."""
+    return reader.to_batch(reader.read_split_table(data_dir, _split(split)), schema)
+
+
+def split_rows(data_dir: str | Path, split: str) -> int:
+    """Rows of a split, from the manifest's shard list."""
+    shards = reader.load_manifest(data_dir)["shards"][_split(split)]
+    return sum(int(shard["rows"]) for shard in shards)
+
+
+def split_dataset(data_dir: str | Path, split: str) -> Any:
+    """A split as a lazy Ray Dataset of exactly the Batch columns (streamed by Train)."""
+    return reader.read_split(data_dir, _split(split))
+
+
+def make_collate(schema: FeatureSchema) -> Any:
+    """Ray ``iter_torch_batches`` collate_fn: an Arrow batch -> a Batch (dtype per column)."""
+    return reader.collate_fn(schema)
+
+
+def input_columns(schema: FeatureSchema) -> list[str]:
+    """The Batch keys a model's forward may read, in a fixed order (labels excluded)."""
+    return sorted(c for c in reader.batch_columns(schema) if not c.startswith("label__"))
+
+
+def batch_size_of(batch: Batch) -> int:
+    return int(batch[LABELS].shape[0])
+
+
+def iter_minibatches(
+    data: Batch, batch_size: int, *, seed: int | None = None, drop_last: bool = False
+) -> Iterator[Batch]:
+    """Slice an in-memory Batch into mini-batches, shuffled by ``seed`` (None keeps the order)."""
+    num_rows = batch_size_of(data)
+    order = None
+    if seed is not None:
+        order = torch.from_numpy(np.random.default_rng(seed).permutation(num_rows))
+    stop = num_rows - num_rows % batch_size if drop_last else num_rows
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield {k: v[start : start + batch_size] for k, v in data.items()}
+        else:
+            index = order[start : start + batch_size]
+            yield {k: v[index] for k, v in data.items()}

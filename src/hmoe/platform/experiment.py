@@ -1,0 +1,217 @@
+"""ExperimentConfig: everything one training run needs, as one strict, hashable config.
+
+``ExperimentConfig = data + model + loss + train + tracking``, built from a model preset and a
+prepared dataset, then changed only through ``apply_overrides`` (the CLI's ``--set``, the search
+spaces, the tests). ``to_dict`` is what MLflow logs and what a Ray worker reads back with the
+strict ``from_dict``, so what a worker trains is provably what was logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from hmoe.config import Config, ConfigError, apply_overrides, config
+from hmoe.models.losses import LossConfig
+from hmoe.models.ranker import ModelConfig
+from hmoe.platform.metrics import METRIC_MODES
+from hmoe.platform.tracking import DEFAULT_TRACKING_URI
+
+__all__ = [
+    "DataConfig",
+    "ExperimentConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "apply_params",
+    "build_experiment",
+    "run_name",
+]
+
+DEFAULT_EXPERIMENT = "hmoe"
+DEFAULT_STORAGE = "hmoe_runs"  # Ray Train/Tune run folders (checkpoints), beside mlflow.db
+
+
+@config
+class DataConfig(Config):
+    """The prepared dataset and how it is read.
+
+    ``shuffle_buffer_rows``: rows of the local shuffle buffer of each Train worker (0: no
+    shuffling; standalone runs shuffle the whole split). ``eval_batch_size``: rows per forward
+    when evaluating the validation and test splits.
+    """
+
+    path: str
+    shuffle_buffer_rows: int = 20_000
+    eval_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.path must name a prepared dataset directory")
+        if self.shuffle_buffer_rows < 0 or self.eval_batch_size < 1:
+            raise ConfigError("shuffle_buffer_rows must be >= 0 and eval_batch_size >= 1")
+
+
+@config
+class TrainConfig(Config):
+    """Optimisation, early stopping, resources and fault tolerance of one training run.
+
+    ``batch_size`` is per worker. ``grad_clip_norm=None`` disables clipping;
+    ``early_stopping_patience=0`` disables early stopping (the best epoch is still restored at
+    the end). ``use_bf16`` autocasts to bfloat16 on CUDA only (CPU runs stay float32, so they
+    are deterministic for a ``seed``). ``max_failures``: worker-group restarts from the latest
+    checkpoint. ``fail_at_step`` is fault injection for resilience tests: the last worker kills
+    itself at that global step, once (a resumed run does not fail again).
+    """
+
+    epochs: int = 4
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    grad_clip_norm: float | None = 10.0
+    early_stopping_metric: str = "val_auc"
+    early_stopping_patience: int = 2
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    seed: int = 0
+    use_bf16: bool = True
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    storage_path: str = DEFAULT_STORAGE
+    fail_at_step: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "num_workers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.lr must be > 0, weight_decay and warmup_steps >= 0")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError("train.grad_clip_norm must be > 0 or null")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ConfigError("train.cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+        if self.early_stopping_patience < 0 or self.max_failures < 0:
+            raise ConfigError("train.early_stopping_patience and max_failures must be >= 0")
+        if self.checkpoints_to_keep < 1:
+            raise ConfigError("train.checkpoints_to_keep must be >= 1")
+        metric = self.early_stopping_metric
+        parts = metric.split("_")
+        if parts[0] != "val" or len(parts) < 2 or parts[1] not in METRIC_MODES:
+            raise ConfigError(
+                f"train.early_stopping_metric must be a validation metric such as val_auc, "
+                f"val_logloss or val_gauc_<task>, got {metric!r}"
+            )
+
+
+@config
+class TrackingConfig(Config):
+    """MLflow: where runs go, and the registry name of the best model.
+
+    ``uri`` defaults to an embedded sqlite store in the working directory (``mlflow ui
+    --backend-store-uri sqlite:///mlflow.db`` shows it); a server URI works the same.
+    ``registered_model=None`` registers as ``<experiment>-best``. ``model_format``: ``auto``
+    tries MLflow's ``pt2`` and falls back to ``pickle``.
+    """
+
+    uri: str = DEFAULT_TRACKING_URI
+    experiment: str = DEFAULT_EXPERIMENT
+    registered_model: str | None = None
+    log_model: bool = True
+    model_format: Literal["auto", "pt2", "pickle"] = "auto"
+
+    @property
+    def registry_name(self) -> str:
+        return self.registered_model or f"{self.experiment}-best"
+
+
+@config
+class ExperimentConfig(Config):
+    """One training run: ``preset`` names the model preset it was built from."""
+
+    preset: str
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """The MLflow run name of the run-identity contract: ``{preset}-{config_hash}``."""
+    return f"{cfg.preset}-{cfg.config_hash()}"
+
+
+def build_experiment(
+    preset: str,
+    data: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> ExperimentConfig:
+    """A validated ExperimentConfig from a preset, a prepared dir and dotted overrides.
+
+    ``options`` are the CLI's shortcuts, each a dotted path: ``workers`` -> train.num_workers,
+    ``gpus_per_worker``, ``tracking_uri`` -> tracking.uri, ``experiment`` ->
+    tracking.experiment, ``registered_model`` (``None`` values are ignored). Unknown presets,
+    options and override paths raise ``ConfigError`` naming them, before anything runs.
+    """
+    from hmoe.models.zoo import PRESETS
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {sorted(PRESETS)}")
+    shortcuts = {
+        "workers": "train.num_workers",
+        "gpus_per_worker": "train.gpus_per_worker",
+        "tracking_uri": "tracking.uri",
+        "experiment": "tracking.experiment",
+        "registered_model": "tracking.registered_model",
+    }
+    unknown = sorted(set(options) - set(shortcuts))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; valid: {sorted(shortcuts)}")
+    made = PRESETS[preset]()
+    base = ExperimentConfig(
+        preset=preset,
+        data=DataConfig(path=str(Path(data).expanduser().resolve())),
+        model=made.model,
+        loss=made.loss,
+    )
+    changes = {shortcuts[k]: v for k, v in options.items() if v is not None}
+    changes |= dict(overrides or {})
+    return apply_overrides(base, changes)
+
+
+def apply_params(cfg: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
+    """``apply_overrides`` for sampled search parameters.
+
+    A path whose parent is a mapping field (``model.experts.counts.fm``) may add a key the base
+    config does not have yet; it is merged into that mapping. Everything else is as strict as
+    ``apply_overrides`` (unknown paths raise ``ConfigError`` naming them).
+    """
+    merged: dict[str, Any] = {}
+    for path, value in params.items():
+        parent_path, _, key = path.rpartition(".")
+        parent = _lookup(cfg, parent_path) if parent_path else None
+        if isinstance(parent, Mapping) and not dataclasses.is_dataclass(parent):
+            current = merged.get(parent_path, dict(parent))
+            merged[parent_path] = {**current, key: value}
+        else:
+            merged[path] = value
+    return apply_overrides(cfg, merged)
+
+
+def _lookup(cfg: Config, path: str) -> Any:
+    node: Any = cfg
+    for key in path.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(key)
+        elif dataclasses.is_dataclass(node) and hasattr(node, key):
+            node = getattr(node, key)
+        else:
+            return None
+    return node

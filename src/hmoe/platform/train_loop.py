@@ -1,0 +1,323 @@
+"""The training loop, written once for every place it runs (see ``runtime``).
+
+Per epoch: stream the train batches (shuffled, sharded under DDP), bf16 autocast on CUDA,
+gradient clipping, a per-step learning-rate schedule; then rank 0 evaluates the whole
+validation split (materialised once, in memory), logs the epoch's metrics in one batched MLflow
+call, and every rank reports (a checkpoint from rank 0). Early stopping watches one validation
+metric; at the end rank 0 restores the best epoch's weights, evaluates the test split and hands
+the model to ``on_final`` (MLflow model logging). A restarted worker group resumes from the
+latest checkpoint. On CPU the loop is deterministic for a seed.
+
+Legend: ``B`` batch, ``K`` tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hmoe.platform.batches import Batch, iter_minibatches
+from hmoe.platform.metrics import metric_mode, task_metrics
+from hmoe.platform.runtime import Runtime
+from hmoe.platform.tracking import MetricLogger, NullLogger
+from hmoe.schema import LABELS, FeatureSchema
+
+__all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopSettings:
+    """The loop's knobs, taken from ``TrainConfig`` (kept separate so the loop needs no Ray)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    optimizer: str
+    lr_schedule: str
+    warmup_steps: int
+    grad_clip_norm: float | None
+    early_stopping_metric: str
+    early_stopping_patience: int
+    eval_batch_size: int
+    use_bf16: bool
+    seed: int
+    steps_per_epoch: int
+    fail_at_step: int | None = None
+
+
+@dataclass(kw_only=True)
+class EvalData:
+    """Validation and test splits, materialised in memory on rank 0."""
+
+    val: Batch | None
+    test: Batch | None = None
+
+
+@dataclass(kw_only=True)
+class LoopHooks:
+    logger: MetricLogger = field(default_factory=NullLogger)
+    on_final: Callable[[nn.Module, Batch], Mapping[str, str]] | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass(kw_only=True)
+class LoopOutcome:
+    """What rank 0 knows at the end: the last report and the per-epoch history."""
+
+    final: dict[str, float]
+    history: list[dict[str, float]]
+    model: nn.Module
+
+
+def _make_optimizer(params: Iterable[nn.Parameter], s: LoopSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def _lr_factor(step: int, s: LoopSettings) -> float:
+    """Linear warmup, then constant, cosine or linear decay over the whole run."""
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    total = max(1, s.epochs * s.steps_per_epoch - s.warmup_steps)
+    progress = min(1.0, (step - s.warmup_steps) / total)
+    if s.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if s.lr_schedule == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+def _autocast(device: torch.device, use_bf16: bool) -> contextlib.AbstractContextManager:
+    if use_bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Batch,
+    schema: FeatureSchema,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    use_bf16: bool = False,
+) -> dict[str, float]:
+    """Every metric of ``split`` (AUC, logloss, GAUC per task and their means)."""
+    was_training = model.training
+    model.eval()
+    logits = []
+    for batch in iter_minibatches(data, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device, use_bf16):
+            logits.append(model(batch).float().cpu())
+    model.train(was_training)
+    logits_BK = torch.cat(logits).numpy()
+    users = data[schema.user_field].numpy() if schema.user_field is not None else None
+    return task_metrics(split, schema.tasks, logits_BK, data[LABELS].numpy(), users)
+
+
+@dataclass(kw_only=True)
+class _State:
+    epoch: int = 0
+    step: int = 0
+    best: float = math.nan
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_model: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _improved(value: float, best: float, mode: str) -> bool:
+    if math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _train_epoch(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    runtime: Runtime,
+    state: _State,
+    s: LoopSettings,
+    resumed: bool,
+) -> tuple[float, int]:
+    """One pass over this worker's train batches: (mean loss, rows seen)."""
+    module.train()
+    total_loss, rows = 0.0, 0
+    for batch in runtime.train_batches(state.epoch):
+        runtime.maybe_fail(state.step, s.fail_at_step, resumed)
+        with _autocast(runtime.device, s.use_bf16):
+            loss, _ = module(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), s.grad_clip_norm)
+        optimizer.step()
+        scheduler.step()
+        num_rows = int(batch[LABELS].shape[0])
+        total_loss += float(loss.detach()) * num_rows
+        rows += num_rows
+        state.step += 1
+    return total_loss / max(rows, 1), rows
+
+
+def _restore(
+    runtime: Runtime, model: nn.Module, optimizer: Any, scheduler: Any
+) -> tuple[_State, bool]:
+    checkpoint = runtime.load_checkpoint()
+    if checkpoint is None:
+        return _State(), False
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    state = _State(**checkpoint["state"])
+    state.epoch += 1  # the checkpoint is taken at the end of its epoch
+    return state, True
+
+
+def _checkpoint(model: nn.Module, optimizer: Any, scheduler: Any, state: _State) -> dict:
+    fields = ("epoch", "step", "best", "best_epoch", "bad_epochs", "best_model", "history")
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": {name: getattr(state, name) for name in fields},
+    }
+
+
+def _finish(
+    model: nn.Module,
+    eval_data: EvalData,
+    schema: FeatureSchema,
+    runtime: Runtime,
+    state: _State,
+    s: LoopSettings,
+    hooks: LoopHooks,
+) -> dict[str, float]:
+    """Rank 0 after the last epoch: best weights back, test metrics, the model handed over."""
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
+    out: dict[str, float] = {
+        "best_epoch": float(state.best_epoch),
+        f"best_{s.early_stopping_metric}": state.best,
+    }
+    if eval_data.test is not None:
+        out |= evaluate(
+            model, eval_data.test, schema, "test", runtime.device, s.eval_batch_size, s.use_bf16
+        )
+    if hooks.on_final is not None and eval_data.val is not None:
+        example = next(iter_minibatches(eval_data.val, min(8, s.eval_batch_size)))
+        hooks.on_final(model, example)
+    return out
+
+
+def run_loop(
+    model: nn.Module,
+    train_module: nn.Module,
+    schema: FeatureSchema,
+    runtime: Runtime,
+    eval_data: EvalData,
+    s: LoopSettings,
+    hooks: LoopHooks | None = None,
+) -> LoopOutcome:
+    """Train ``train_module`` (the loss wrapper around ``model``) for ``s.epochs`` epochs.
+
+    Args:
+        model: the bare model (evaluated, checkpointed and logged; it shares its parameters
+            with ``train_module``).
+        train_module: ``TrainWrapper(model, loss)``; ``runtime.prepare`` wraps it in DDP.
+        schema: task names and the user field (GAUC).
+        runtime: standalone or Ray Train (see ``hmoe.platform.runtime``).
+        eval_data: rank 0's validation and test splits (``None`` on other ranks).
+        s: epochs, optimiser, schedule, early stopping, precision.
+        hooks: metric logger, final-model hook, progress printer (rank 0 only).
+    """
+    hooks = hooks or LoopHooks()
+    torch.manual_seed(s.seed)
+    np.random.seed(s.seed)
+    module = runtime.prepare(train_module)
+    optimizer = _make_optimizer(module.parameters(), s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: _lr_factor(i, s))
+    state, resumed = _restore(runtime, model, optimizer, scheduler)
+    mode = metric_mode(s.early_stopping_metric)
+    final: dict[str, float] = state.history[-1] if state.history else {}
+    while state.epoch < s.epochs:
+        started = time.perf_counter()
+        train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, s, resumed)
+        train_seconds = time.perf_counter() - started
+        metrics: dict[str, float] = {
+            "epoch": float(state.epoch),
+            "train_loss": train_loss,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "train_seconds": train_seconds,
+            "train_samples_per_s": rows * runtime.world_size / max(train_seconds, 1e-9),
+        }
+        stop = False
+        if runtime.rank == 0:
+            stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
+        stop = runtime.agree(stop) or state.epoch == s.epochs - 1
+        if stop and runtime.rank == 0:
+            metrics |= _finish(model, eval_data, schema, runtime, state, s, hooks)
+        if runtime.rank == 0:
+            metrics["tracking_seconds"] = hooks.logger.seconds
+            hooks.logger.log_metrics(metrics, step=state.epoch)
+            state.history.append(metrics)
+            if hooks.progress is not None:
+                hooks.progress(_progress_line(metrics, s))
+            runtime.report(metrics, _checkpoint(model, optimizer, scheduler, state))
+        else:
+            runtime.report(metrics, None)
+        final = metrics
+        if stop:
+            break
+        state.epoch += 1
+    return LoopOutcome(final=final, history=state.history, model=model)
+
+
+def _after_epoch(
+    model: nn.Module,
+    schema: FeatureSchema,
+    runtime: Runtime,
+    eval_data: EvalData,
+    state: _State,
+    s: LoopSettings,
+    metrics: dict[str, float],
+    mode: str,
+) -> bool:
+    """Rank 0: validation metrics into ``metrics``, best-epoch bookkeeping; True = stop early."""
+    if eval_data.val is None:
+        return False
+    metrics |= evaluate(
+        model, eval_data.val, schema, "val", runtime.device, s.eval_batch_size, s.use_bf16
+    )
+    value = metrics.get(s.early_stopping_metric, math.nan)
+    if s.early_stopping_metric not in metrics:
+        raise ValueError(
+            f"early-stopping metric {s.early_stopping_metric!r} is not computed; "
+            f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
+        )
+    if _improved(value, state.best, mode):
+        state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+        state.best_model = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+    else:
+        state.bad_epochs += 1
+    patience = s.early_stopping_patience
+    return patience > 0 and state.bad_epochs >= patience
+
+
+def _progress_line(metrics: Mapping[str, float], s: LoopSettings) -> str:
+    keys = ("train_loss", "val_auc", "val_logloss", "val_gauc", "train_samples_per_s")
+    shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    return f"epoch {int(metrics['epoch']) + 1}/{s.epochs}  {shown}"

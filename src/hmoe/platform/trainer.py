@@ -1,0 +1,185 @@
+"""One training run of an ExperimentConfig: standalone, or as a Ray Train ``TorchTrainer``.
+
+``train_loop_per_worker`` is the Ray Train entry point: it rebuilds the config strictly from
+the dict the driver logged, streams its shard of the train split, and (rank 0) evaluates,
+logs to the MLflow run and logs the model. ``train_standalone`` runs the same loop in-process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hmoe.platform.batches import (
+    Batch,
+    input_columns,
+    load_schema,
+    make_collate,
+    read_split,
+    split_dataset,
+    split_rows,
+)
+from hmoe.platform.experiment import ExperimentConfig
+from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
+from hmoe.platform.tracking import MlflowRun, NullLogger
+from hmoe.platform.train_loop import EvalData, LoopHooks, LoopOutcome, LoopSettings, run_loop
+from hmoe.schema import FeatureSchema
+
+__all__ = [
+    "build_model",
+    "loop_settings",
+    "make_trainer",
+    "train_loop_per_worker",
+    "train_standalone",
+]
+
+
+def build_model(cfg: ExperimentConfig, schema: FeatureSchema) -> tuple[nn.Module, nn.Module]:
+    """(model, TrainWrapper(model, loss)), initialised from ``cfg.train.seed``."""
+    from hmoe.models.losses import TrainWrapper
+    from hmoe.models.zoo import build
+
+    torch.manual_seed(cfg.train.seed)
+    model = build(cfg.model, schema)
+    return model, TrainWrapper(model, cfg.loss, tasks=schema.tasks)
+
+
+def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> LoopSettings:
+    t = cfg.train
+    return LoopSettings(
+        epochs=t.epochs,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        optimizer=t.optimizer,
+        lr_schedule=t.lr_schedule,
+        warmup_steps=t.warmup_steps,
+        grad_clip_norm=t.grad_clip_norm,
+        early_stopping_metric=t.early_stopping_metric,
+        early_stopping_patience=t.early_stopping_patience,
+        eval_batch_size=cfg.data.eval_batch_size,
+        use_bf16=t.use_bf16,
+        seed=t.seed,
+        steps_per_epoch=max(1, math.ceil(train_rows / world_size / t.batch_size)),
+        fail_at_step=t.fail_at_step,
+    )
+
+
+def _model_hook(
+    run: MlflowRun, cfg: ExperimentConfig, names: Sequence[str]
+) -> Callable[[nn.Module, Batch], Mapping[str, str]]:
+    def log(model: nn.Module, example: Batch) -> Mapping[str, str]:
+        from hmoe.platform.model_registry import log_model
+
+        model_uri, fmt = log_model(run, model, example, names, cfg.tracking.model_format)
+        return {"model_uri": model_uri, "format": fmt}
+
+    return log
+
+
+def _hooks(
+    cfg: ExperimentConfig,
+    schema: FeatureSchema,
+    run_id: str | None,
+    progress: Callable[[str], None] | None,
+) -> LoopHooks:
+    if run_id is None:
+        return LoopHooks(logger=NullLogger(), progress=progress)
+    run = MlflowRun(cfg.tracking.uri, run_id)
+    on_final = _model_hook(run, cfg, input_columns(schema)) if cfg.tracking.log_model else None
+    return LoopHooks(logger=run, on_final=on_final, progress=progress)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``loop_config`` = {experiment: dict, run_id: str | None}."""
+    cfg = ExperimentConfig.from_dict(loop_config["experiment"])
+    schema = load_schema(cfg.data.path)
+    runtime = RayRuntime(
+        make_collate(schema),
+        cfg.train.batch_size,
+        cfg.train.seed,
+        cfg.data.shuffle_buffer_rows,
+    )
+    eval_data = EvalData(val=None)
+    hooks = LoopHooks()
+    if runtime.rank == 0:
+        eval_data = EvalData(
+            val=read_split(cfg.data.path, "val", schema),
+            test=read_split(cfg.data.path, "test", schema),
+        )
+        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _print_progress)
+    model, wrapper = build_model(cfg, schema)
+    settings = loop_settings(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
+    run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
+
+
+def _print_progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def train_standalone(
+    cfg: ExperimentConfig,
+    device: torch.device | str = "cpu",
+    run_id: str | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoopOutcome:
+    """The same loop in this process, no Ray: the whole train split in memory."""
+    schema = load_schema(cfg.data.path)
+    device = torch.device(device)
+    train = read_split(cfg.data.path, "train", schema)
+    runtime = StandaloneRuntime(
+        train, cfg.train.batch_size, cfg.train.seed, device, checkpoint_dir=checkpoint_dir
+    )
+    eval_data = EvalData(
+        val=read_split(cfg.data.path, "val", schema),
+        test=read_split(cfg.data.path, "test", schema),
+    )
+    model, wrapper = build_model(cfg, schema)
+    settings = loop_settings(cfg, int(train["labels"].shape[0]), 1)
+    hooks = _hooks(cfg, schema, run_id, progress)
+    return run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
+
+
+def make_trainer(
+    cfg: ExperimentConfig,
+    run_id: str | None,
+    name: str,
+    storage_path: str,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """A ``TorchTrainer`` for ``cfg``: the train split streamed and split across workers.
+
+    ``name`` must be deterministic: running again with the same name and storage resumes the
+    run from its latest checkpoint (Ray Train V2 has no ``restore``).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    train = split_dataset(cfg.data.path, "train")
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker} | (
+        {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            callbacks=list(callbacks),
+        ),
+        datasets={"train": train},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )

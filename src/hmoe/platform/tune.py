@@ -1,0 +1,358 @@
+"""The Python API behind ``hmoe tune``: Ray Tune + Optuna over an ExperimentConfig.
+
+Each Tune trial is a *driver function* (Ray Train V2: ``Tuner(TorchTrainer)`` no longer works)
+that applies the sampled dotted parameters to the base config and fits a ``TorchTrainer`` whose
+``TuneReportCallback`` forwards every epoch's report to Tune, ASHA and Optuna. The search space
+is an Optuna define-by-run function (``hmoe.search_spaces.SPACES``); ``OptunaSearch`` gets the
+metric and mode itself (pitfall P2) and ASHA runs with ``stop_last_trials=False`` (P3).
+
+MLflow: one parent run per search, one child run per trial (``mlflow.parentRunId``), found
+again by its trial id when a trial or the whole search is resumed. An infeasible sample (e.g.
+no expert at all) is a failed trial whose child run carries the reason. The best trial's model
+is registered. Names are deterministic: the search ``{preset}-{space}-{config_hash}``, a trial's
+Train run ``train-{trial_id}``, so ``resume=True`` continues with ``Tuner.restore``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hmoe.config import ConfigError
+from hmoe.platform.api import (
+    TrainResult,
+    ensure_ray,
+    metrics_by_task,
+    resolve,
+    run_tags,
+)
+from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+from hmoe.platform.metrics import metric_mode
+from hmoe.platform.tracking import (
+    TAG_FAILURE,
+    TAG_MODEL_URI,
+    TAG_PARENT,
+    TAG_SEARCH,
+    TAG_TRIAL_ID,
+    MlflowRun,
+    experiment_id,
+)
+
+__all__ = ["TuneResult", "tune"]
+
+TRIAL_DRIVER_CPUS = 0.0  # a trial only waits on its TorchTrainer; its workers hold the CPUs
+ASHA_REDUCTION_FACTOR = 2
+SCHEDULERS = ("asha", "fifo")
+
+
+class InfeasibleTrial(ValueError):
+    """The sampled parameters do not make a valid ExperimentConfig (reported as a failure)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TuneResult:
+    """A finished search: the best trial, its config and metrics, and the MLflow ids."""
+
+    search_name: str
+    parent_run_id: str
+    best_trial_id: str | None
+    best_run_id: str | None
+    best_params: dict[str, Any]
+    best_config: ExperimentConfig | None
+    best_metrics: dict[str, float]
+    best_per_task: dict[str, dict[str, float]]
+    num_trials: int
+    num_errors: int
+    errors: dict[str, str]
+    model_uri: str | None
+    registered_model: str | None
+    model_version: str | None
+    path: str
+
+
+def find_run(uri: str, experiment: str, tags: Mapping[str, str]) -> MlflowRun | None:
+    """The run carrying all ``tags`` (used to re-attach a resumed search or trial)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp_id = experiment_id(client, experiment, uri)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([exp_id], filter_string=query, max_results=1)
+    return MlflowRun(uri, runs[0].info.run_id) if runs else None
+
+
+def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
+    """One Tune trial: sampled params -> ExperimentConfig -> TorchTrainer.fit()."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from hmoe.platform.trainer import make_trainer
+
+    base = ExperimentConfig.from_dict(settings["base"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    uri, experiment = base.tracking.uri, base.tracking.experiment
+    run = find_run(uri, experiment, {TAG_TRIAL_ID: trial_id, TAG_PARENT: settings["parent"]})
+    fresh = run is None
+    try:
+        cfg = apply_params(base, params)
+    except ConfigError as err:
+        cfg, reason = base, f"infeasible sample {params}: {err}"
+    else:
+        reason = None
+    if run is None:
+        tags = run_tags(cfg, settings["space"]) | {
+            TAG_PARENT: settings["parent"],
+            TAG_TRIAL_ID: trial_id,
+            TAG_SEARCH: settings["search"],
+        }
+        run = MlflowRun.create(uri, experiment, f"{run_name(cfg)}-{trial_id}", tags)
+    if reason is not None:
+        run.set_tags({TAG_FAILURE: reason[:500]})
+        run.finish("FAILED")
+        raise InfeasibleTrial(reason)
+    if fresh:
+        run.log_config(cfg.to_dict())
+    trainer = make_trainer(
+        cfg,
+        run.run_id,
+        name=f"train-{trial_id}",
+        storage_path=settings["storage"],
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+    run.finish("FINISHED")
+
+
+def _status_callback(uri: str, experiment: str, parent: str) -> Any:
+    """A Tune callback closing a trial's child run when Tune ends it (ASHA stop, error)."""
+    from ray import tune
+
+    class MlflowTrialStatus(tune.Callback):
+        def _close(self, trial: Any, status: str) -> None:
+            run = find_run(uri, experiment, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent})
+            if run is not None and run.client.get_run(run.run_id).info.status == "RUNNING":
+                run.finish(status)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
+            self._close(trial, "FINISHED")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
+            self._close(trial, "FAILED")
+
+    return MlflowTrialStatus()
+
+
+def _searcher_and_scheduler(
+    cfg: ExperimentConfig, space: Callable[..., Any], scheduler: str
+) -> tuple[Any, Any]:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric = cfg.train.early_stopping_metric
+    mode = metric_mode(metric)
+    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed, multivariate=True, group=True)
+    searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
+    if scheduler == "fifo":
+        return searcher, FIFOScheduler()
+    asha = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=cfg.train.epochs,
+        grace_period=1,
+        reduction_factor=ASHA_REDUCTION_FACTOR,
+        stop_last_trials=False,
+    )
+    return searcher, asha
+
+
+def _parent_run(cfg: ExperimentConfig, space: str, search: str) -> MlflowRun:
+    uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
+    found = find_run(uri, experiment, {TAG_SEARCH: search, "hmoe.role": "search"})
+    if found is not None:
+        return found
+    tags = run_tags(cfg, space) | {TAG_SEARCH: search, "hmoe.role": "search"}
+    run = MlflowRun.create(uri, experiment, search, tags)
+    run.log_config(cfg.to_dict())
+    return run
+
+
+def tune(
+    preset: str,
+    space: str,
+    data: str | Path,
+    num_samples: int,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    max_concurrent: int = 1,
+    scheduler: str = "asha",
+    resume: bool = False,
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    registered_model: str | None = None,
+    callbacks: Sequence[Any] = (),
+    progress: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Search ``space`` around ``preset`` with Ray Tune + Optuna (TPE) and ASHA.
+
+    Args:
+        preset, data, overrides, workers, gpus_per_worker, tracking_uri, experiment,
+            registered_model: the base ExperimentConfig, as for ``hmoe.train``.
+        space: a name in ``hmoe.search_spaces.SPACES``.
+        num_samples: trials in the whole search.
+        max_concurrent: trials at once (each runs ``train.num_workers`` workers).
+        scheduler: ``asha`` (early-stops weak trials at epoch rungs) or ``fifo``.
+        resume: continue the interrupted search of the same name (``Tuner.restore``).
+        callbacks: extra ``ray.tune.Callback`` objects (monitoring, tests).
+        progress: called with one line per stage.
+    """
+    from hmoe.search_spaces import SPACES
+
+    if space not in SPACES:
+        raise ConfigError(f"unknown search space {space!r}; valid spaces: {sorted(SPACES)}")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {list(SCHEDULERS)}")
+    if num_samples < 1 or max_concurrent < 1:
+        raise ConfigError("num_samples and max_concurrent must be >= 1")
+    cfg = build_experiment(
+        preset,
+        data,
+        overrides,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        registered_model=registered_model,
+    )
+    cfg = resolve(cfg)
+    search = f"{cfg.preset}-{space}-{cfg.config_hash()}"
+    path = Path(cfg.train.storage_path) / search
+    if path.exists() and not resume:
+        raise ConfigError(
+            f"a search named {search} already exists at {path}; pass resume=True (--resume) "
+            "to continue it, or remove the folder to start over"
+        )
+    say = progress or (lambda line: None)
+    ensure_ray(max_concurrent * (cfg.train.num_workers * cfg.train.cpus_per_worker))
+    parent = _parent_run(cfg, space, search)
+    say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
+    settings = {
+        "base": cfg.to_dict(),
+        "parent": parent.run_id,
+        "space": space,
+        "search": search,
+        "storage": str(path / "trials"),
+    }
+    tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
+                   resume, path, callbacks)  # fmt: skip
+    try:
+        grid = tuner.fit()
+    except BaseException as err:
+        parent.set_tags({TAG_FAILURE: f"{type(err).__name__}: {err}"[:500]})
+        parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    return _summarise(cfg, grid, parent, search, path)
+
+
+def _tuner(
+    cfg: ExperimentConfig,
+    space_fn: Callable[..., Any],
+    settings: dict[str, Any],
+    num_samples: int,
+    max_concurrent: int,
+    scheduler: str,
+    resume: bool,
+    path: Path,
+    callbacks: Sequence[Any],
+) -> Any:
+    from ray import tune as ray_tune
+
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(trial_driver, settings=settings), {"CPU": TRIAL_DRIVER_CPUS}
+    )
+    if resume:
+        if not ray_tune.Tuner.can_restore(str(path)):
+            raise ConfigError(f"nothing to resume: no search state at {path}")
+        return ray_tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    searcher, sched = _searcher_and_scheduler(cfg, space_fn, scheduler)
+    metric = cfg.train.early_stopping_metric
+    uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
+    status = _status_callback(uri, experiment, settings["parent"])
+    return ray_tune.Tuner(
+        trainable,
+        tune_config=ray_tune.TuneConfig(
+            metric=metric,
+            mode=metric_mode(metric),
+            search_alg=searcher,
+            scheduler=sched,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            callbacks=[status, *callbacks],
+        ),
+    )
+
+
+def _summarise(
+    cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: Path
+) -> TuneResult:
+    from hmoe.platform.batches import load_schema
+    from hmoe.platform.model_registry import register_model
+
+    metric = cfg.train.early_stopping_metric
+    errors = {r.path.rsplit("/", 1)[-1]: str(r.error)[:300] for r in grid if r.error is not None}
+    ok = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
+    best = (
+        grid.get_best_result(metric=metric, mode=metric_mode(metric), scope="all") if ok else None
+    )
+    best_trial = best.metrics.get("trial_id") if best is not None else None
+    child = None
+    if best_trial is not None:
+        tags = {TAG_TRIAL_ID: best_trial, TAG_PARENT: parent.run_id}
+        child = find_run(cfg.tracking.uri, cfg.tracking.experiment, tags)
+    params = dict(best.config) if best is not None else {}
+    best_cfg = apply_params(cfg, params) if best is not None else None
+    metrics = child.metrics() if child is not None else {}
+    model_uri = child.tags().get(TAG_MODEL_URI) if child is not None else None
+    version = None
+    if model_uri is not None:
+        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
+    summary = {f"best_trial_{k}": v for k, v in metrics.items() if _is_number(v)}
+    parent.log_metrics(summary | {"num_trials": len(grid), "num_errors": len(errors)}, step=0)
+    if best_trial is not None:
+        parent.set_tags(
+            {"hmoe.best_trial": best_trial, "hmoe.best_run": child.run_id if child else ""}
+        )
+    parent.finish("FINISHED")
+    tasks = load_schema(cfg.data.path).tasks
+    return TuneResult(
+        search_name=search,
+        parent_run_id=parent.run_id,
+        best_trial_id=best_trial,
+        best_run_id=child.run_id if child is not None else None,
+        best_params=params,
+        best_config=best_cfg,
+        best_metrics=metrics,
+        best_per_task=metrics_by_task(metrics, tasks),
+        num_trials=len(grid),
+        num_errors=len(errors),
+        errors=errors,
+        model_uri=model_uri,
+        registered_model=cfg.tracking.registry_name if version else None,
+        model_version=version,
+        path=str(path),
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+__all__ += ["InfeasibleTrial", "TrainResult"]

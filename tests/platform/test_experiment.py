@@ -1,0 +1,79 @@
+"""ExperimentConfig: built from a preset, strict overrides, round-trip, run identity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hmoe.config import ConfigError
+from hmoe.models.zoo import PRESETS
+from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from tests.platform.prepared import write_prepared
+
+    return write_prepared(tmp_path_factory.mktemp("prepared") / "tiny")
+
+
+def test_every_preset_builds_an_experiment(data_dir):
+    for name in PRESETS:
+        cfg = build_experiment(name, data_dir)
+        assert cfg.preset == name and cfg.model == PRESETS[name]().model
+    assert len(PRESETS) == 14
+
+
+def test_round_trip_and_run_name(data_dir):
+    cfg = build_experiment("debug", data_dir, {"train.lr": 0.003}, workers=2)
+    again = ExperimentConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert cfg.train.num_workers == 2 and cfg.train.lr == 0.003
+    assert run_name(cfg) == f"debug-{cfg.config_hash()}"
+    assert run_name(build_experiment("debug", data_dir)) != run_name(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.learning_rate": 0.1}, "learning_rate"),
+        ({"model.experts.counts.mlp": -1}, "counts"),
+        ({"train.epochs": 0}, "train.epochs"),
+        ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
+        ({"tracking.model_format": "onnx"}, "model_format"),
+    ],
+)
+def test_invalid_overrides_name_the_problem(data_dir, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_experiment("debug", data_dir, overrides)
+
+
+def test_unknown_preset_and_option(data_dir):
+    with pytest.raises(ConfigError, match="nope"):
+        build_experiment("nope", data_dir)
+    with pytest.raises(ConfigError, match="cpus"):
+        build_experiment("debug", data_dir, cpus=3)
+
+
+def test_apply_params_adds_new_keys_of_mapping_fields_only(data_dir):
+    cfg = build_experiment("dcnv2", data_dir)
+    assert "gwpfm" not in cfg.model.experts.counts
+    out = apply_params(cfg, {"model.experts.counts.gwpfm": 2, "train.lr": 0.01})
+    assert out.model.experts.counts["gwpfm"] == 2 and out.train.lr == 0.01
+    assert out.model.experts.counts["dcnv2"] == cfg.model.experts.counts["dcnv2"]
+    with pytest.raises(ConfigError, match="not_a_field"):
+        apply_params(cfg, {"train.not_a_field": 1})
+    with pytest.raises(ConfigError, match="no expert at all"):
+        apply_params(cfg, {f"model.experts.counts.{k}": 0 for k in cfg.model.experts.counts})
+
+
+def test_import_hmoe_is_cheap_and_api_is_lazy():
+    code = (
+        "import sys, hmoe; assert 'torch' not in sys.modules and 'ray' not in sys.modules;"
+        "f = hmoe.train; assert callable(f) and callable(hmoe.tune);"
+        "assert 'ray' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

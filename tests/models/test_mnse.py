@@ -25,6 +25,13 @@ def _msb_first(levels: int, base: int, width: int) -> str:
 def test_spec_example_51() -> None:
     assert _msb_first(51, 2, 6) == "110011"
     assert _msb_first(51, 3, 6) == "001220"
+    mnse = MNSE(max_level=51, dim=4, bases=(2, 3), common_width=True, init_std=0.1)
+    assert mnse.widths == (6, 6)  # the slide pads both bases to six digits
+    binary, ternary = (t.weight for t in mnse.tables)
+    expected_binary = sum(binary[j * 2 + d] for j, d in enumerate([1, 1, 0, 0, 1, 1]))
+    expected_ternary = sum(ternary[j * 3 + d] for j, d in enumerate([0, 2, 2, 1, 0, 0]))
+    expected = torch.cat([expected_binary, expected_ternary])
+    torch.testing.assert_close(mnse(torch.tensor(51)), expected)
 
 
 def test_num_digits() -> None:

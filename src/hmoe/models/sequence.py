@@ -61,7 +61,8 @@ class TimeIntervalConfig(Config):
 class TIMConfig(Config):
     """TIM: ``time_intervals=None`` encodes the relative position (official code: newest
     behaviour 1, target 0); otherwise log time-interval buckets (target 0, bucket k -> k + 1).
-    ``form`` selects the paper's ``sum alpha (e~ * v~)`` or the official code's tokens."""
+    ``form`` selects the paper's ``sum alpha (e~ * v~)`` or the official code's tokens (its
+    BatchNorm, as in the code, needs training batches of more than one sample)."""
 
     time_intervals: TimeIntervalConfig | None = None
     form: Literal["paper", "code"] = "paper"

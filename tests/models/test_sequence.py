@@ -283,3 +283,16 @@ def test_config_blocks() -> None:
         SequenceEncoder(
             SequenceEncoderConfig(kind="sasrec", sasrec=SASRecConfig(num_heads=3)), D, L, 0.1
         )
+
+
+def test_gradcheck_masked_softmax_and_tim_in_float64() -> None:
+    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, False], [False] * 4, [True] * 4])
+    assert torch.autograd.gradcheck(lambda x: masked_softmax(x, mask), (logits,))
+    encoder = _encoder("tim").double()
+    behaviours, target, lengths, delta = _inputs()
+    behaviours = behaviours.double().requires_grad_(True)
+    target = target.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda e, v: encoder(e, v, lengths, delta.double()), (behaviours, target)
+    )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hmoe.jobs.commands import NotImplementedYet
+from hmoe.jobs.commands import add_set_argument
 
 ISSUE = "issue #3: the Ray Data pipeline"
 EXIT_FETCH_FAILED = 4
@@ -26,6 +26,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="output directory (raw logs + spec)")
     synth.add_argument("--rows", type=int, required=True, help="number of impressions")
     synth.add_argument("--seed", type=int, default=0, help="random seed (deterministic output)")
+    synth.add_argument("--users", type=int, default=None, help="users (default rows/40)")
+    synth.add_argument("--items", type=int, default=None, help="items in the catalogue")
+    synth.add_argument("--click-rate", type=float, default=None, help="target click rate")
+    synth.add_argument("--tasks", default=None, help="comma-separated, e.g. click,conversion")
+    synth.add_argument("--block-rows", type=int, default=None, help="rows per parallel block")
+    synth.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_set_argument(synth)  # any other SynthConfig field, e.g. --set planted.decay=0.5
     synth.set_defaults(func=run_synth)
 
     fetch = sub.add_parser("fetch", help="download a public dataset (e.g. ml-100k)")
@@ -55,7 +62,26 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    raise NotImplementedYet(ISSUE)
+    from hmoe.config import apply_overrides
+    from hmoe.jobs.commands import parse_sets
+    from hmoe.platform.data.synth import SynthConfig, synthesize
+
+    flags = {
+        "users": args.users,
+        "items": args.items,
+        "click_rate": args.click_rate,
+        "block_rows": args.block_rows,
+        "tasks": args.tasks.split(",") if args.tasks else None,
+    }
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    cfg = apply_overrides(SynthConfig(), {**overrides, **parse_sets(args.sets)})
+    result = synthesize(args.out, args.rows, args.seed, cfg, overwrite=args.overwrite)
+    rates = ", ".join(f"{task} {rate:.4f}" for task, rate in result.rates.items())
+    print(f"wrote {result.rows:,} impressions of {result.users:,} users in {result.blocks} blocks")
+    print(f"  to {result.out_dir}  (rates: {rates})")
+    print(f"  spec: {result.spec_path}  ->  hmoe data prepare {result.spec_path} --out DIR")
+    print(f"  ground truth: {result.out_dir / 'planted_correlation.npy'}")
+    return 0
 
 
 def run_fetch(args: argparse.Namespace) -> int:

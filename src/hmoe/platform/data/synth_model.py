@@ -1,0 +1,422 @@
+"""The generative model behind ``hmoe data synth``: a seeded world and one block of impressions.
+
+Pure numpy, no Ray and no I/O: ``synth.py`` runs :func:`generate_block` in parallel and writes
+what it returns. Everything random comes from ``numpy.random.default_rng([seed, stream, index])``
+so a block depends only on (seed, block index, config), never on scheduling.
+
+The click logit of an impression of item ``i`` (category ``c``) shown to user ``u`` is::
+
+    bias + affinity * <z_u, s_click * v_i> / sqrt(D)           latent interest (partly category)
+         - age_curvature * ((age_u - age_peak) / 10) ** 2       smooth ordinal effects
+         + price_effect * (price_i - mid) + hour_amplitude * cos(2 pi (hour - hour_peak) / 24)
+         + device_effect[device] - fatigue * earlier_exposures(u, i)
+         + sum_p planted[c, h_p, p]                             the planted sequence effect
+
+where ``h_p`` is the category of the user's ``p``-th most recent earlier click (``p = 0`` the
+latest). ``planted[c_t, c_b, p] = strength * decay**p * w`` with ``w = 1`` when ``c_b == c_t``,
+``w = related`` when ``c_b`` is another category of the same semantic group as ``c_t`` and
+``w = 0`` otherwise (and for ``p >= positions``). Conversion (given a click) and like use the same
+form with their own sign vectors ``s_task`` (the conflicting latent dimensions), price effects and
+no sequence term.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from hmoe.platform.data.synth import SynthConfig
+
+__all__ = ["Block", "BlockLayout", "World", "build_world", "generate_block", "plan_blocks"]
+
+WORLD_STREAM = 0
+BLOCK_STREAM = 1
+CALIBRATION_STREAM = 2
+HOURS_PER_DAY = 24
+SECONDS_PER_HOUR = 3600
+AGE_SCALE = 10.0  # age effects are expressed per decade
+
+
+@dataclass(frozen=True)
+class World:
+    """Global, seed-determined parts shared by every block (items and categories)."""
+
+    category_group: np.ndarray  # [C] int
+    item_category: np.ndarray  # [I] int32
+    item_price: np.ndarray  # [I] int32, 1..price_levels
+    item_vectors: np.ndarray  # [I, D] float32 latent
+    item_embeddings: np.ndarray  # [I, E] float32, a noisy view of the latent
+    item_cdf: np.ndarray  # [I] float64 popularity CDF over item ids
+    projection: np.ndarray  # [D, E] latent -> embedding space
+    task_signs: np.ndarray  # [K, D] +-1; conflicting dims flip sign for conversion / like
+    planted: np.ndarray  # [C, C + 1, P] logit of a behaviour; index 0 of axis 1 = no behaviour
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Block ``index`` owns ``rows`` impressions of users ``[first_user, first_user + users)``."""
+
+    index: int
+    rows: int
+    first_user: int
+    users: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block: impression columns (time-sorted) and its users' side-table columns."""
+
+    impressions: dict[str, np.ndarray]
+    users: dict[str, np.ndarray]
+
+
+def zipf_weights(n: int, exponent: float) -> np.ndarray:
+    """Normalised ``1 / rank ** exponent`` for ranks 1..n."""
+    w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    return w / w.sum()
+
+
+def plan_blocks(rows: int, total_users: int, block_rows: int) -> list[BlockLayout]:
+    """Split ``rows`` and ``total_users`` evenly over ``ceil(rows / block_rows)`` blocks."""
+    n = math.ceil(rows / block_rows)
+    if total_users < n:
+        raise ValueError(f"{total_users} users cannot fill {n} blocks; raise users or block_rows")
+    return [
+        BlockLayout(
+            index=b,
+            rows=(b + 1) * rows // n - b * rows // n,
+            first_user=b * total_users // n,
+            users=(b + 1) * total_users // n - b * total_users // n,
+        )
+        for b in range(n)
+    ]
+
+
+def build_world(seed: int, cfg: SynthConfig) -> World:
+    """Categories, items, the embedding projection and the planted table, from ``seed`` alone."""
+    rng = np.random.default_rng([seed, WORLD_STREAM])
+    d, c = cfg.latent_dim, cfg.categories
+    group = np.arange(c) % cfg.category_groups
+    group_vectors = rng.standard_normal((cfg.category_groups, d))
+    # a category is close to the other categories of its group (its semantic neighbours)
+    share = cfg.group_share
+    cat_vectors = math.sqrt(share) * group_vectors[group]
+    cat_vectors += math.sqrt(1 - share) * rng.standard_normal((c, d))
+    item_category = rng.choice(c, size=cfg.items, p=zipf_weights(c, cfg.category_zipf))
+    w = cfg.category_weight
+    item_vectors = math.sqrt(w) * cat_vectors[item_category]
+    item_vectors += math.sqrt(1 - w) * rng.standard_normal((cfg.items, d))
+    popularity = zipf_weights(cfg.items, cfg.item_zipf)[rng.permutation(cfg.items)]
+    projection = rng.standard_normal((d, cfg.embedding_dim)) / math.sqrt(d)
+    item_emb = _noisy_view(rng, item_vectors, projection, cfg.embedding_noise)
+    signs = np.ones((len(cfg.tasks), d))
+    flipped = round(cfg.conflict_fraction * d)
+    for k in range(1, len(cfg.tasks)):  # task k flips its own slice of dims
+        start = (k - 1) * (d - flipped) // max(len(cfg.tasks) - 1, 1)
+        signs[k, start : start + flipped] = -1.0
+    return World(
+        category_group=group,
+        item_category=item_category.astype(np.int32),
+        item_price=rng.integers(1, cfg.price_levels + 1, size=cfg.items).astype(np.int32),
+        item_vectors=item_vectors.astype(np.float32),
+        item_embeddings=item_emb,
+        item_cdf=np.cumsum(popularity),
+        projection=projection,
+        task_signs=signs,
+        planted=planted_table(group, cfg),
+    )
+
+
+def planted_table(group: np.ndarray, cfg: SynthConfig) -> np.ndarray:
+    """``[C_target, C_behaviour + 1, P]`` additive click logits (see the module docstring)."""
+    p = cfg.planted
+    c = len(group)
+    same = np.eye(c)
+    related = (group[:, None] == group[None, :]) & ~np.eye(c, dtype=bool)
+    weight = same + p.related * related  # [C, C]
+    decay = p.strength * p.decay ** np.arange(p.positions)  # [P]
+    table = np.zeros((c, c + 1, p.positions), dtype=np.float32)
+    table[:, 1:, :] = weight[:, :, None] * decay[None, None, :]
+    return table
+
+
+def _noisy_view(
+    rng: np.random.Generator, latent: np.ndarray, projection: np.ndarray, noise: float
+) -> np.ndarray:
+    """A pre-trained embedding: the projected latent plus isotropic noise of relative std."""
+    clean = latent @ projection
+    scale = noise * clean.std()
+    return (clean + scale * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def generate_block(
+    world: World, layout: BlockLayout, seed: int, biases: np.ndarray, cfg: SynthConfig
+) -> Block:
+    """Draw and simulate one block; ``biases[k]`` is the calibrated logit bias of task k."""
+    draws = draw_block(world, layout, seed, cfg, stream=BLOCK_STREAM)
+    labels = simulate_labels(draws, world, biases, cfg.tasks)
+    return assemble_block(draws, labels, world, layout, cfg)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Everything random about a block except the label outcomes' dependence on the biases.
+
+    Rows are user-major: users sorted by descending activity, each user's rows in time order.
+    """
+
+    counts: np.ndarray  # [U] rows per user, in the row order's user order
+    user_local: np.ndarray  # [U] local user index of each user in row order
+    user_vectors: np.ndarray  # [U_block, D]
+    user_embeddings: np.ndarray  # [U_block, E]
+    age: np.ndarray  # [U_block]
+    gender: np.ndarray  # [U_block]
+    row_user: np.ndarray  # [R] local user index
+    timestamp: np.ndarray  # [R] int64 seconds, strictly increasing within a user
+    item: np.ndarray  # [R]
+    exposure: np.ndarray  # [R] earlier exposures of the same user and item
+    device: np.ndarray  # [R]
+    scores: np.ndarray  # [K, R] static logits without bias
+    uniforms: np.ndarray  # [K, R]
+
+
+def draw_block(
+    world: World, layout: BlockLayout, seed: int, cfg: SynthConfig, *, stream: int
+) -> Draws:
+    rng = np.random.default_rng([seed, stream, layout.index])
+    n_users = layout.users
+    user_vectors = rng.standard_normal((n_users, cfg.latent_dim)).astype(np.float32)
+    user_emb = _noisy_view(rng, user_vectors, world.projection, cfg.embedding_noise)
+    age = rng.integers(cfg.age_range[0], cfg.age_range[1] + 1, size=n_users)
+    gender = rng.integers(0, len(cfg.genders), size=n_users)
+    activity = zipf_weights(n_users, cfg.user_zipf)[rng.permutation(n_users)]
+    counts_local = rng.multinomial(layout.rows, activity)
+    order = np.argsort(-counts_local, kind="stable")
+    counts = counts_local[order]
+    row_user = np.repeat(order, counts)
+    position = np.arange(layout.rows) - np.repeat(np.cumsum(counts) - counts, counts)
+    timestamp = _timestamps(rng, row_user, position, cfg)
+    item = _items(rng, world, position, cfg)
+    exposure = _exposure_counts(row_user, item, cfg.items)
+    device = rng.choice(len(cfg.devices), size=layout.rows, p=_normalised(cfg.device_weights))
+    scores = _static_scores(
+        world, user_vectors, age, row_user, item, timestamp, device, exposure, cfg
+    )
+    return Draws(
+        counts=counts,
+        user_local=order,
+        user_vectors=user_vectors,
+        user_embeddings=user_emb,
+        age=age,
+        gender=gender,
+        row_user=row_user,
+        timestamp=timestamp,
+        item=item,
+        exposure=exposure,
+        device=device,
+        scores=scores,
+        uniforms=rng.random((len(cfg.tasks), layout.rows)),
+    )
+
+
+def _normalised(weights: tuple[float, ...]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    return w / w.sum()
+
+
+def _timestamps(
+    rng: np.random.Generator, row_user: np.ndarray, position: np.ndarray, cfg: SynthConfig
+) -> np.ndarray:
+    """Uniform times over the span, sorted and made strictly increasing within each user."""
+    raw = rng.integers(0, cfg.span_seconds, size=len(row_user))
+    rank = _run_ids(row_user)
+    raw = raw[np.lexsort((raw, rank))]  # rows are user-major: sort times within each user
+    # strictly increasing: t'_j = j + cummax(t_i - i) per user; the offset separates users
+    offset = rank.astype(np.int64) * (2 * (cfg.span_seconds + len(row_user)))
+    lifted = np.maximum.accumulate(raw - position + offset) - offset + position
+    return cfg.start_timestamp + lifted.astype(np.int64)
+
+
+def _run_ids(values: np.ndarray) -> np.ndarray:
+    """0, 0, 1, 1, 1, 2, ... numbering the runs of equal consecutive values."""
+    if len(values) == 0:
+        return values.astype(np.int64)
+    return np.concatenate([[0], np.cumsum(values[1:] != values[:-1])])
+
+
+def _items(
+    rng: np.random.Generator, world: World, position: np.ndarray, cfg: SynthConfig
+) -> np.ndarray:
+    """Popular items, and re-shows of one of the user's ``repeat_window`` previous impressions."""
+    n = len(position)
+    fresh = np.minimum(np.searchsorted(world.item_cdf, rng.random(n)), cfg.items - 1)
+    back = rng.integers(1, cfg.repeat_window + 1, size=n)
+    back = np.minimum(back, position)  # position 0 has nothing to repeat
+    repeat = (rng.random(n) < cfg.repeat_prob) & (back > 0)
+    source = np.where(repeat, np.arange(n) - back, np.arange(n))
+    while True:  # a repeat of a repeat points to the original fresh draw (pointer jumping)
+        nxt = source[source]
+        if np.array_equal(nxt, source):
+            break
+        source = nxt
+    return fresh[source].astype(np.int64)
+
+
+def _exposure_counts(row_user: np.ndarray, item: np.ndarray, num_items: int) -> np.ndarray:
+    """For each row, how many earlier rows have the same user and item (rows are time-ordered)."""
+    key = row_user.astype(np.int64) * num_items + item
+    order = np.argsort(key, kind="stable")  # stable: time order kept inside each (user, item)
+    sorted_key = key[order]
+    starts = np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]])
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(key)), 0))
+    counts = np.empty(len(key), dtype=np.int64)
+    counts[order] = np.arange(len(key)) - group_start
+    return counts
+
+
+def _static_scores(
+    world: World,
+    user_vectors: np.ndarray,
+    age: np.ndarray,
+    row_user: np.ndarray,
+    item: np.ndarray,
+    timestamp: np.ndarray,
+    device: np.ndarray,
+    exposure: np.ndarray,
+    cfg: SynthConfig,
+) -> np.ndarray:
+    """``[K, R]`` logits without bias and without the sequence term (module docstring)."""
+    product = user_vectors[row_user] * world.item_vectors[item]  # [R, D]
+    affinity = cfg.affinity_scale / math.sqrt(cfg.latent_dim) * (product @ world.task_signs.T)
+    price = world.item_price[item] - (cfg.price_levels + 1) / 2
+    age_term = -cfg.age_curvature * ((age[row_user] - cfg.age_peak) / AGE_SCALE) ** 2
+    hour = hour_of_day(timestamp)
+    hour_term = cfg.hour_amplitude * np.cos(2 * np.pi * (hour - cfg.hour_peak) / HOURS_PER_DAY)
+    device_term = np.asarray(cfg.device_effects)[device]
+    scores = affinity.T  # [K, R]
+    scores[0] += age_term + hour_term + device_term - cfg.fatigue * exposure
+    scores[0] += cfg.price_effect_click * price
+    if "conversion" in cfg.tasks:
+        scores[cfg.tasks.index("conversion")] += cfg.price_effect_conversion * price
+    return scores
+
+
+def hour_of_day(timestamp: np.ndarray) -> np.ndarray:
+    return (timestamp // SECONDS_PER_HOUR) % HOURS_PER_DAY
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def simulate_clicks(draws: Draws, world: World, bias: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sample clicks user by user in time order: a click joins the user's history and raises
+    later same-category click logits through ``world.planted``. Returns (click [R], prob [R])."""
+    counts = draws.counts
+    starts = np.cumsum(counts) - counts
+    category = world.item_category[draws.item]
+    positions = np.arange(world.planted.shape[2])
+    # history[u, p] = 1 + category of user u's p-th latest click; 0 = no such click
+    history = np.zeros((len(counts), len(positions)), dtype=np.int64)
+    click = np.zeros(len(draws.item), dtype=bool)
+    prob = np.zeros(len(draws.item))
+    longest = int(counts[0]) if len(counts) else 0
+    active = np.searchsorted(-counts, -np.arange(longest), side="left")  # users with > k rows
+    for k in range(longest):
+        n = active[k]
+        rows = starts[:n] + k
+        target = category[rows]
+        planted = world.planted[target[:, None], history[:n], positions].sum(axis=1)
+        p = sigmoid(bias + draws.scores[0, rows] + planted)
+        hit = np.flatnonzero(draws.uniforms[0, rows] < p)
+        prob[rows] = p
+        click[rows[hit]] = True
+        history[hit, 1:] = history[hit, :-1]
+        history[hit, 0] = target[hit] + 1
+    return click, prob
+
+
+def simulate_labels(
+    draws: Draws, world: World, biases: np.ndarray, tasks: tuple[str, ...]
+) -> np.ndarray:
+    """``[K, R]`` int8 labels; a conversion needs a click, a like does not."""
+    click, _ = simulate_clicks(draws, world, float(biases[0]))
+    labels = np.zeros(draws.scores.shape, dtype=np.int8)
+    labels[0] = click
+    for k in range(1, len(tasks)):
+        hit = draws.uniforms[k] < sigmoid(biases[k] + draws.scores[k])
+        labels[k] = hit & click if tasks[k] == "conversion" else hit
+    return labels
+
+
+def calibrate_biases(world: World, seed: int, rows: int, cfg: SynthConfig) -> np.ndarray:
+    """Per-task logit biases that hit the configured rates on a seeded pilot block.
+
+    The pilot has the users-per-row density of the real blocks; the click bias is found by
+    bisection on the mean click probability along the simulated (history-dependent) path, with
+    the pilot's random numbers fixed so the search is smooth.
+    """
+    pilot_rows = min(rows, cfg.block_rows, cfg.calibration_rows)
+    users = max(1, round(pilot_rows * resolved_users(rows, cfg) / rows))
+    layout = BlockLayout(index=0, rows=pilot_rows, first_user=0, users=users)
+    draws = draw_block(world, layout, seed, cfg, stream=CALIBRATION_STREAM)
+    biases = np.zeros(len(cfg.tasks))
+    biases[0] = _bisect(lambda b: simulate_clicks(draws, world, b)[1].mean(), cfg.click_rate, cfg)
+    click = simulate_clicks(draws, world, biases[0])[0]
+    for k, task in enumerate(cfg.tasks[1:], start=1):
+        scores = draws.scores[k][click] if task == "conversion" else draws.scores[k]
+        if len(scores) == 0:  # no click in the pilot: nothing to calibrate against
+            scores = draws.scores[k]
+        target = cfg.conversion_rate if task == "conversion" else cfg.like_rate
+        biases[k] = _bisect(lambda b, s=scores: sigmoid(b + s).mean(), target, cfg)
+    return biases
+
+
+def _bisect(rate_of, target: float, cfg: SynthConfig) -> float:
+    """The bias in ``cfg.bias_search`` where the increasing ``rate_of(bias)`` meets ``target``."""
+    lo, hi = cfg.bias_search
+    for _ in range(cfg.calibration_steps):
+        mid = (lo + hi) / 2
+        if rate_of(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def resolved_users(rows: int, cfg: SynthConfig) -> int:
+    """``cfg.users``, or one user per ``rows_per_user`` impressions."""
+    return cfg.users if cfg.users is not None else math.ceil(rows / cfg.rows_per_user)
+
+
+def assemble_block(
+    draws: Draws, labels: np.ndarray, world: World, layout: BlockLayout, cfg: SynthConfig
+) -> Block:
+    """Columns of the impression log (sorted by time, then user) and of the block's users."""
+    order = np.lexsort((draws.row_user, draws.timestamp))
+    item = draws.item[order]
+    user_id = layout.first_user + draws.row_user[order]
+    impressions = {
+        "timestamp": draws.timestamp[order],
+        "user_id": user_id.astype(np.int64),
+        "item_id": item,
+        "category": world.item_category[item],
+        "price_level": world.item_price[item],
+        "hour": hour_of_day(draws.timestamp[order]).astype(np.int32),
+        "device": np.asarray(cfg.devices, dtype=object)[draws.device[order]],
+        "age": draws.age[draws.row_user[order]].astype(np.int32),
+        "gender": np.asarray(cfg.genders, dtype=object)[draws.gender[draws.row_user[order]]],
+    }
+    for k, task in enumerate(cfg.tasks):
+        impressions[task] = labels[k][order]
+    users = {
+        "user_id": layout.first_user + np.arange(layout.users, dtype=np.int64),
+        "age": draws.age.astype(np.int32),
+        "gender": np.asarray(cfg.genders, dtype=object)[draws.gender],
+        "user_emb": draws.user_embeddings,
+    }
+    return Block(impressions=impressions, users=users)

@@ -274,16 +274,20 @@ def _manifest(
 
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
-    """Ray Data's progress bars on or off for this call only (restored afterwards)."""
+    """Ray Data settings for this call only (restored afterwards): progress bars on or off, and
+    the task-based sort shuffle, which on a few cores starts in well under a second where the
+    actor-based hash shuffle takes several (measured: 0.7 s vs 6-9 s for a 400-row dataset)."""
     from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
 
     context = DataContext.get_current()
-    saved = (context.enable_progress_bars, context.execution_options.preserve_order)
+    saved = (context.enable_progress_bars, context.shuffle_strategy)
     context.enable_progress_bars = progress
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     try:
         yield
     finally:
-        context.enable_progress_bars, context.execution_options.preserve_order = saved
+        context.enable_progress_bars, context.shuffle_strategy = saved
 
 
 def _remove_stale_tmp(out: Path) -> None:

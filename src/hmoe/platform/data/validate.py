@@ -149,7 +149,18 @@ def parse_batch(raw: pa.Table, spec: DatasetSpec) -> pa.Table:
 def _column(raw: pa.Table, name: str) -> pa.Array:
     if name not in raw.column_names:
         raise ValueError(f"column {name!r} not in the data; columns: {raw.column_names}")
-    return raw.column(name).combine_chunks()
+    return _normalise(raw.column(name).combine_chunks())
+
+
+def _normalise(array: pa.Array) -> pa.Array:
+    """Large strings and dictionary columns (pandas, Parquet) as plain arrays."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_large_string(array.type):
+        array = array.cast(pa.string())
+    if pa.types.is_large_list(array.type):
+        array = array.cast(pa.list_(array.type.value_type))
+    return array
 
 
 def _missing(array: pa.Array) -> np.ndarray:
@@ -161,6 +172,7 @@ def _missing(array: pa.Array) -> np.ndarray:
 
 def parse_numbers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(float64 values, missing, unparsable or non-finite)``; bad entries hold NaN."""
+    array = _normalise(array)
     missing = _missing(array)
     if pa.types.is_string(array.type):
         ok = np.asarray(pc.match_substring_regex(array, _NUMBER).fill_null(False), dtype=bool)
@@ -241,9 +253,9 @@ def _parse_categorical(
     elif feature.transform == "prefix":
         values = pc.utf8_slice_codeunits(values, 0, feature.prefix_len)
     missing = _missing(values)
-    if feature.fill_missing is not None:
-        values = pc.if_else(pa.array(missing), pa.scalar(feature.fill_missing), values)
-    elif feature.required:
+    fill = pa.scalar(feature.fill_missing, pa.string())  # null (-> padding) when not given
+    values = pc.if_else(pa.array(missing), fill, values)
+    if feature.fill_missing is None and feature.required:
         reasons.add("missing_value", missing)
     vocab = spec.vocab_of(feature)
     present = ~_missing(values)

@@ -1,0 +1,238 @@
+"""The driver of a submitted job: ``python -m hmoe.jobs.entry --job-id ID --spec B64``.
+
+It runs on the cluster's head (Ray Jobs starts it with ``RAY_ADDRESS`` set), so ``ray.init()``
+attaches to that cluster. It prepares the dataset when the spec asks for it, calls
+``hmoe.tune`` (or ``hmoe.train``) and publishes the result twice: as one
+``HMOE_JOB_RESULT {json}`` line in the job's log, which ``Job.result()`` reads through the Jobs
+API alone, and as the ``hmoe_job_result.json`` artifact and ``hmoe.job_id`` tag of the MLflow
+parent run. ``hmoe jobs stop`` sends SIGTERM: the driver then marks the parent run and every
+trial run still RUNNING as KILLED before it exits, so MLflow never shows a stopped job as
+running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hmoe.jobs.spec import MANIFEST, DatasetRef, JobSpec, expand, shipped_dataset_spec
+
+__all__ = [
+    "RESULT_ARTIFACT",
+    "RESULT_MARKER",
+    "TAG_JOB_ID",
+    "JobStopped",
+    "decode_spec",
+    "encode_spec",
+    "main",
+    "parse_result",
+]
+
+RESULT_MARKER = "HMOE_JOB_RESULT "
+RESULT_ARTIFACT = "hmoe_job_result.json"
+TAG_JOB_ID = "hmoe.job_id"
+SYNTH_RAW = "raw"
+SYNTH_PREPARED = "prepared"
+SYNTH_SPEC = "spec.yaml"
+# the first line ``hmoe.train``/``hmoe.tune`` print names the run that parents the others
+_RUN_LINE = re.compile(r"MLflow (?:parent )?run ([0-9a-f]{32})\b")
+
+
+class JobStopped(KeyboardInterrupt):
+    """SIGTERM from ``Job.stop()``; a KeyboardInterrupt so that the search ends as KILLED."""
+
+
+def encode_spec(spec: JobSpec) -> str:
+    """The spec as one shell-safe argument (URL-safe base64 of its JSON)."""
+    blob = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    return base64.urlsafe_b64encode(blob.encode()).decode()
+
+
+def decode_spec(text: str) -> JobSpec:
+    return JobSpec.from_dict(json.loads(base64.urlsafe_b64decode(text.encode())), path="job")
+
+
+def parse_result(logs: str) -> dict[str, Any] | None:
+    """The last ``HMOE_JOB_RESULT`` of a job's log, or ``None``."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    return None
+
+
+def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
+    """The prepared directory of ``ref``, preparing (and synthesising) it first if needed."""
+    from hmoe.platform.data import prepare
+
+    if ref.prepared is not None:
+        path = expand(ref.prepared)
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"dataset.prepared: no {MANIFEST} in {path}")
+        return path
+    out = expand(ref.out or "")
+    if ref.synthetic is not None:
+        from hmoe.platform.data.synth import synthesize
+
+        raw, out = out / SYNTH_RAW, out / SYNTH_PREPARED
+        spec_path = raw / SYNTH_SPEC
+        if not spec_path.is_file():
+            say(f"synthesising {ref.synthetic.rows:,} impressions -> {raw}")
+            synthesize(raw, ref.synthetic.rows, ref.synthetic.seed, overwrite=True)
+    else:
+        spec_path = shipped_dataset_spec(ref.spec or "") or expand(ref.spec or "")
+    if (out / MANIFEST).is_file():
+        say(f"reusing the prepared dataset {out}")
+        return out
+    say(f"preparing {spec_path} -> {out}")
+    prepare(spec_path, out)
+    return out
+
+
+def _run(spec: JobSpec, job_id: str, data: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    import hmoe
+
+    res, track = spec.resources, spec.tracking
+    overrides = dict(spec.overrides) | {
+        "train.cpus_per_worker": res.cpus_per_worker,
+        # one folder per job: searches are named by their config, so a rerun would collide
+        "train.storage_path": str(expand(spec.storage) / job_id),
+    }
+    common: dict[str, Any] = {
+        "workers": res.workers,
+        "gpus_per_worker": res.gpus_per_worker,
+        "tracking_uri": track.uri,
+        "experiment": track.experiment,
+        "registered_model": track.registered_model,
+        "progress": say,
+    }
+    if spec.search is None:
+        run = hmoe.train(spec.preset, data, overrides, **common)
+        return {
+            "parent_run_id": run.run_id,
+            "best_run_id": run.run_id,
+            "best_trial_id": None,
+            "best_params": {},
+            "best_metrics": run.metrics,
+            "num_trials": 1,
+            "num_errors": 0,
+            "model_uri": run.model_uri,
+            "registered_model": run.registered_model,
+            "model_version": run.model_version,
+        }
+    search = spec.search
+    found = hmoe.tune(
+        spec.preset,
+        search.space,
+        data,
+        search.num_samples,
+        overrides,
+        max_concurrent=res.concurrent_trials,
+        scheduler=search.scheduler,
+        **common,
+    )
+    return {
+        "parent_run_id": found.parent_run_id,
+        "best_run_id": found.best_run_id,
+        "best_trial_id": found.best_trial_id,
+        "best_params": found.best_params,
+        "best_metrics": found.best_metrics,
+        "num_trials": found.num_trials,
+        "num_errors": found.num_errors,
+        "model_uri": found.model_uri,
+        "registered_model": found.registered_model,
+        "model_version": found.model_version,
+    }
+
+
+def close_runs(uri: str, parent_run_id: str, status: str) -> list[str]:
+    """Set ``status`` on the parent run and its child runs that are still RUNNING."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    closed = []
+    for run in [*children, parent]:
+        if client.get_run(run.info.run_id).info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+            closed.append(run.info.run_id)
+    return closed
+
+
+def _publish(spec: JobSpec, job_id: str, result: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(spec.tracking.uri)
+    parent = result["parent_run_id"]
+    client.set_tag(parent, TAG_JOB_ID, job_id)
+    client.log_dict(parent, result, RESULT_ARTIFACT)
+    print(RESULT_MARKER + json.dumps(result, sort_keys=True, default=str), flush=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    del signum, frame
+    raise JobStopped("the job was stopped (SIGTERM)")
+
+
+def run_job(spec: JobSpec, job_id: str) -> int:
+    """Run ``spec``; 0 on success, 1 on failure, 130 when stopped."""
+    parents: list[str] = []
+
+    def say(line: str) -> None:
+        print(f"[hmoe] {line}", flush=True)
+        match = _RUN_LINE.search(line)
+        if match and not parents:
+            parents.append(match.group(1))
+
+    try:
+        import ray
+
+        ray.init()  # attaches to the job's cluster (RAY_ADDRESS) before hmoe would start one
+        # after ray.init, which installs its own SIGTERM handler (SystemExit, i.e. FAILED runs)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        data = prepare_dataset(spec.dataset, say)
+        result = _run(spec, job_id, data, say)
+        result |= {
+            "job_id": job_id,
+            "name": spec.name,
+            "kind": spec.kind,
+            "status": "SUCCEEDED",
+            "tracking_uri": spec.tracking.uri,
+            "experiment": spec.tracking.experiment,
+            "dataset": str(data),
+        }
+        _publish(spec, job_id, result)
+        return 0
+    except BaseException as err:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the clean-up
+        stopped = isinstance(err, KeyboardInterrupt)
+        traceback.print_exc()
+        if parents:
+            closed = close_runs(spec.tracking.uri, parents[0], "KILLED" if stopped else "FAILED")
+            say(f"marked {len(closed)} MLflow run(s) {'KILLED' if stopped else 'FAILED'}")
+        return 130 if stopped else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hmoe.jobs.entry")
+    parser.add_argument("--job-id", required=True, help="the Ray submission id")
+    parser.add_argument("--spec", required=True, help="the job spec (hmoe.jobs.entry.encode_spec)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # again in run_job, once Ray is initialised
+    return run_job(decode_spec(args.spec), args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

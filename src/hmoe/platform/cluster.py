@@ -1,0 +1,294 @@
+"""A local Ray head with the dashboard and the Jobs API, on 127.0.0.1, token auth on.
+
+``start_head(ClusterConfig(...), state_dir)`` runs ``ray start --head --block`` as the leader
+of a new session, waits until the dashboard answers, and records what a client needs in
+``<state_dir>/cluster.json``; ``stop_head(state_dir)`` stops exactly that session (never
+``ray stop``, which would stop every Ray on the machine, a test session's own Ray included).
+
+Why the details:
+
+* every port is explicit (0 = a free one), so a second cluster on the machine does not collide
+  with the defaults of the first (GCS 6379, client server 10001, dashboard agent 52365);
+* ``--temp-dir`` is private to this head: ``ray start`` records its address in
+  ``<temp-dir>/ray_current_cluster``, and a ``ray.init()`` elsewhere on the machine would read
+  the default ``/tmp/ray/ray_current_cluster`` and attach to this head instead of starting its
+  own;
+* token authentication (Ray 2.60's default) stays on: the head gets ``RAY_AUTH_MODE=token`` and
+  ``RAY_AUTH_TOKEN_PATH``; the dashboard answers 401 without the token, which is how "up" looks;
+* the interpreter's ``bin/`` goes first on the head's ``PATH``, so a job entrypoint's
+  ``python -m hmoe.jobs.entry`` runs in the environment hmoe is installed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hmoe.config import Config, ConfigError, config
+from hmoe.platform.processes import (
+    LOOPBACK,
+    ServiceError,
+    alive,
+    free_port,
+    http_status,
+    port_in_use,
+    read_state,
+    session_members,
+    spawn,
+    stop_session,
+    wait_http,
+    write_state,
+)
+
+__all__ = [
+    "ClusterConfig",
+    "HeadInfo",
+    "default_state_dir",
+    "default_token_file",
+    "head_status",
+    "read_head",
+    "start_head",
+    "stop_head",
+]
+
+STATE_FILE = "cluster.json"
+STATE_DIR_ENV = "HMOE_STATE_DIR"
+TOKEN_BYTES = 32  # 256 bits, as ``ray get-auth-token --generate``
+DASHBOARD_READY = (200, 401)  # 401: token auth is on and the probe sends no token
+ADDRESS_FILE = "ray_current_cluster"  # written by ray start into its temp dir
+ADDRESS_POLL_S = 0.2
+TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 chars
+
+
+@config
+class ClusterConfig(Config):
+    """How ``hmoe cluster up`` starts the head.
+
+    ``port``: the GCS port workers and ``ray.init(address=...)`` connect to; ``dashboard_port``:
+    the dashboard and Jobs API (0 picks a free port for either). ``num_cpus``/``num_gpus``: the
+    logical resources the head advertises (``None``: what Ray detects). ``token_file``: the
+    auth token (``None``: Ray's ``~/.ray/auth_token``, created when absent).
+    """
+
+    port: int = 6379
+    dashboard_port: int = 8265
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    token_file: str | None = None
+    start_timeout_s: float = 120.0
+    stop_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("port", "dashboard_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"cluster.{name} must be a port (0-65535), got {value}")
+        if self.port and self.port == self.dashboard_port:
+            raise ConfigError("cluster.port and cluster.dashboard_port must differ")
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"cluster.{name} must be >= 0, got {value}")
+        if self.start_timeout_s <= 0 or self.stop_grace_s <= 0:
+            raise ConfigError("cluster.start_timeout_s and stop_grace_s must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeadInfo:
+    """A running head as recorded in the state file: everything a client needs."""
+
+    pid: int
+    gcs_address: str
+    dashboard_url: str
+    token_file: str
+    temp_dir: str
+    log_file: str
+    num_cpus: int | None
+    started_at: float
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for ``ray job ...``, ``ray status`` or a driver outside hmoe."""
+        return {
+            "RAY_ADDRESS": self.dashboard_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_file,
+        }
+
+    def describe(self) -> list[str]:
+        """The lines ``hmoe cluster up/status`` prints."""
+        lines = [
+            f"Ray head (pid {self.pid}) on {LOOPBACK}",
+            f"  GCS address:    {self.gcs_address}  (ray.init(address=...), worker nodes)",
+            f"  dashboard/Jobs: {self.dashboard_url}  (hmoe submit --address ...)",
+            f"  auth:           token, file {self.token_file}",
+            "  a client outside hmoe needs:",
+        ]
+        lines += [f"    export {key}={value}" for key, value in self.client_env().items()]
+        lines.append(f"  log: {self.log_file}")
+        return lines
+
+
+def default_state_dir() -> Path:
+    """``$HMOE_STATE_DIR`` or ``~/.hmoe``: where ``hmoe cluster``/``hmoe ui`` keep their state."""
+    return Path(os.environ.get(STATE_DIR_ENV) or Path.home() / ".hmoe").expanduser()
+
+
+def default_token_file() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def _ensure_token(path: Path) -> None:
+    if path.is_file() and path.read_text().strip():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(TOKEN_BYTES))
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).parent / "ray"
+    found = str(beside) if beside.is_file() else shutil.which("ray")
+    if found is None:
+        raise ServiceError("the `ray` command is not installed (pip install 'ray[default]')")
+    return found
+
+
+def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> list[str]:
+    argv = [
+        _ray_executable(),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if cfg.num_cpus is not None:
+        argv.append(f"--num-cpus={cfg.num_cpus}")
+    if cfg.num_gpus is not None:
+        argv.append(f"--num-gpus={cfg.num_gpus}")
+    return argv
+
+
+def _head_env(token_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env |= {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    return env
+
+
+def read_head(state_dir: Path) -> HeadInfo | None:
+    """The head recorded in ``state_dir``, alive or not (``None`` when none was recorded)."""
+    data = read_state(Path(state_dir) / STATE_FILE)
+    return HeadInfo(**data) if data is not None else None
+
+
+def start_head(cfg: ClusterConfig, state_dir: Path) -> HeadInfo:
+    """Start a head (see the module doc) and return what a client needs to reach it.
+
+    Raises ``ServiceError`` when a head recorded in ``state_dir`` still runs, a requested port is
+    taken, or the dashboard does not come up in ``start_timeout_s``.
+    """
+    state_dir = Path(state_dir).expanduser().absolute()
+    running = read_head(state_dir)
+    if running is not None and session_members(running.pid):
+        raise ServiceError(
+            f"a Ray head recorded in {state_dir} still runs (pid {running.pid}, "
+            f"{running.dashboard_url}); `hmoe cluster down` first"
+        )
+    for port in (cfg.port, cfg.dashboard_port):
+        if port and port_in_use(port):
+            raise ServiceError(f"port {port} on {LOOPBACK} is taken; choose another (--port)")
+    gcs, dashboard = cfg.port or free_port(), cfg.dashboard_port or free_port()
+    token_file = Path(cfg.token_file).expanduser() if cfg.token_file else default_token_file()
+    _ensure_token(token_file)
+    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX))
+    log_file = state_dir / "ray-head.log"
+    argv, env = _head_argv(cfg, gcs, dashboard, temp_dir), _head_env(token_file)
+    # jobs inherit the head's working directory: keep their relative paths out of the caller's
+    process = spawn(argv, env, log_file, cwd=state_dir)
+    info = HeadInfo(
+        pid=process.pid,
+        gcs_address=f"{LOOPBACK}:{gcs}",
+        dashboard_url=f"http://{LOOPBACK}:{dashboard}",
+        token_file=str(token_file.absolute()),
+        temp_dir=str(temp_dir),
+        log_file=str(log_file),
+        num_cpus=cfg.num_cpus,
+        started_at=time.time(),
+    )
+    write_state(state_dir / STATE_FILE, dataclasses.asdict(info))
+    try:
+        wait_http(
+            f"{info.dashboard_url}/api/version",
+            DASHBOARD_READY,
+            cfg.start_timeout_s,
+            process,
+            log_file,
+        )
+    except ServiceError:
+        stop_session(process.pid, cfg.stop_grace_s, process)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        raise
+    recorded = _recorded_address(temp_dir / ADDRESS_FILE, cfg.start_timeout_s)
+    if recorded:
+        info = dataclasses.replace(info, gcs_address=recorded)
+        write_state(state_dir / STATE_FILE, dataclasses.asdict(info))
+    return info
+
+
+def _recorded_address(path: Path, timeout_s: float) -> str:
+    """The GCS address ``ray start`` records (it writes it just after the dashboard is up).
+
+    Ray advertises the node's routable IP even when told 127.0.0.1 (``resolve_ip_for_localhost``
+    in ``ray._private.services``), so this is what other processes must use.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(ADDRESS_POLL_S)
+    return ""
+
+
+def stop_head(state_dir: Path, grace_s: float = ClusterConfig().stop_grace_s) -> HeadInfo | None:
+    """Stop the head recorded in ``state_dir`` and forget it; ``None`` when there was none."""
+    info = read_head(state_dir)
+    if info is None:
+        return None
+    stop_session(info.pid, grace_s)
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(info.temp_dir, ignore_errors=True)
+    return info
+
+
+def head_status(state_dir: Path) -> dict[str, Any] | None:
+    """The recorded head, whether its processes and dashboard are up, and its resources."""
+    info = read_head(state_dir)
+    if info is None:
+        return None
+    status = http_status(f"{info.dashboard_url}/api/version")
+    return {
+        "head": info,
+        "leader_alive": alive(info.pid),
+        "processes": len(session_members(info.pid)),
+        "dashboard_up": status in DASHBOARD_READY,
+    }

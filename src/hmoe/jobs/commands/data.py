@@ -10,6 +10,7 @@ from hmoe.jobs.commands import add_set_argument
 
 ISSUE = "issue #3: the Ray Data pipeline"
 EXIT_FETCH_FAILED = 4
+EXIT_USER_ERROR = 2  # as hmoe.jobs.cli for ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +76,11 @@ def run_synth(args: argparse.Namespace) -> int:
     }
     overrides = {key: value for key, value in flags.items() if value is not None}
     cfg = apply_overrides(SynthConfig(), {**overrides, **parse_sets(args.sets)})
-    result = synthesize(args.out, args.rows, args.seed, cfg, overwrite=args.overwrite)
+    try:
+        result = synthesize(args.out, args.rows, args.seed, cfg, overwrite=args.overwrite)
+    except FileExistsError as err:
+        print(f"hmoe data synth: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     rates = ", ".join(f"{task} {rate:.4f}" for task, rate in result.rates.items())
     print(f"wrote {result.rows:,} impressions of {result.users:,} users in {result.blocks} blocks")
     print(f"  to {result.out_dir}  (rates: {rates})")

@@ -9,7 +9,7 @@
     spec.yaml                        the dataset spec: ``hmoe data prepare spec.yaml`` reads it
     planted_correlation.npy          [C, P] ground truth of the planted sequence effect
     planted_correlation.json         its definition and parameters
-    synth.json                       seed, rows, config, calibrated biases, realised rates
+    synth.json                       seed, rows, config, realised rates, the blocks' biases
 
 ``planted_correlation.npy[c, p]`` is the additive click logit that one behaviour of category
 ``c`` at relative position ``p`` contributes to a target of category ``planted.target_category``,
@@ -22,7 +22,10 @@ other categories of its semantic group (``c % category_groups`` equal), 0 otherw
 Each block owns a fixed share of the rows and a disjoint range of users, whose whole history it
 generates in time order, so the sequences ``prepare`` derives from the log are exactly the ones
 the clicks were sampled with; a block depends only on (seed, block index, config), so the output
-is identical for a seed whatever the scheduling, and memory is bounded by ``block_rows``.
+is identical for a seed whatever the scheduling, and memory is bounded by ``block_rows``. Each
+block calibrates its own task biases (on its own random numbers) so that its expected click,
+conversion-given-click and like rates equal the configured ones: small logs then have the
+configured rates too, not the rates of their few heaviest users.
 """
 
 from __future__ import annotations
@@ -105,8 +108,8 @@ class SynthConfig(Config):
     sequence_max_len: int = 20  # L of the spec's behaviour sequence
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # temporal fractions of the spec
     block_rows: int = 100_000  # rows generated (and held) by one task
-    calibration_rows: int = 20_000  # pilot block used to fit the task biases
-    calibration_steps: int = 25  # bisection steps
+    calibration_steps: int = 12  # most secant steps per task bias
+    calibration_tolerance: float = 0.002  # relative error of a block's expected rate
     bias_search: tuple[float, float] = (-20.0, 10.0)
 
     def __post_init__(self) -> None:
@@ -125,7 +128,7 @@ def _check_config(cfg: SynthConfig) -> None:
     for name in ("items", "categories", "category_groups", "latent_dim", "embedding_dim"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1")
-    for name in ("rows_per_user", "block_rows", "calibration_rows", "price_levels"):
+    for name in ("rows_per_user", "block_rows", "calibration_steps", "price_levels"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1")
     if cfg.users is not None and cfg.users < 1:
@@ -147,6 +150,8 @@ def _check_config(cfg: SynthConfig) -> None:
         raise ConfigError("need age_range[0] <= age_range[1], repeat_window >= 1, genders")
     if cfg.span_seconds < 1 or cfg.bias_search[0] >= cfg.bias_search[1]:
         raise ConfigError("need span_seconds >= 1 and bias_search increasing")
+    if not 0.0 < cfg.calibration_tolerance < 1.0:
+        raise ConfigError("calibration_tolerance must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class SynthResult:
     users: int
     blocks: int
     rates: dict[str, float]
-    biases: dict[str, float]
+    biases: dict[str, dict[str, float]]  # per task: min / mean / max over the blocks
 
 
 def synthesize(
@@ -194,12 +199,11 @@ def synthesize(
     users = sm.resolved_users(rows, cfg)
     layouts = sm.plan_blocks(rows, users, cfg.block_rows)
     world = sm.build_world(seed, cfg)
-    biases = sm.calibrate_biases(world, seed, rows, cfg)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "impressions").mkdir(parents=True)
     (staging / "users").mkdir()
-    stats = _run_blocks(staging, layouts, seed, biases, cfg)
+    stats = _run_blocks(staging, layouts, seed, cfg)
     _write_items(staging / "items.parquet", world)
     totals = {task: sum(s[task] for s in stats) for task in cfg.tasks}
     rates = {task: totals[task] / rows for task in cfg.tasks}
@@ -211,7 +215,7 @@ def synthesize(
         "users": users,
         "blocks": len(layouts),
         "config": cfg.to_dict(),
-        "biases": dict(zip(cfg.tasks, biases.tolist(), strict=True)),
+        "biases": {task: _spread([s[f"bias_{task}"] for s in stats]) for task in cfg.tasks},
         "rates": rates,
     }
     (staging / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -233,35 +237,35 @@ class _BlockWriter:
     """Ray Data UDF: rebuilds the (seeded) world once per worker, then writes whole blocks."""
 
     def __init__(
-        self, staging: str, layouts: list[sm.BlockLayout], seed: int, biases: list[float],
-        cfg: dict[str, Any],
-    ) -> None:  # fmt: skip
+        self, staging: str, layouts: list[sm.BlockLayout], seed: int, cfg: dict[str, Any]
+    ) -> None:
         self.cfg = SynthConfig.from_dict(cfg)
         self.staging = Path(staging)
         self.layouts = layouts
         self.seed = seed
-        self.biases = np.asarray(biases)
         self.world = sm.build_world(seed, self.cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list[int]] = {"block": [], "rows": []}
+        out: dict[str, list[float]] = {"block": [], "rows": []}
         out.update({task: [] for task in self.cfg.tasks})
+        out.update({f"bias_{task}": [] for task in self.cfg.tasks})
         for index in batch["id"]:
             layout = self.layouts[int(index)]
-            block = sm.generate_block(self.world, layout, self.seed, self.biases, self.cfg)
+            block = sm.generate_block(self.world, layout, self.seed, self.cfg)
             name = f"part-{layout.index:05d}.parquet"
             _write_table(self.staging / "impressions" / name, block.impressions)
             _write_table(self.staging / "users" / name, block.users)
             out["block"].append(layout.index)
             out["rows"].append(layout.rows)
-            for task in self.cfg.tasks:
+            for k, task in enumerate(self.cfg.tasks):
                 out[task].append(int(block.impressions[task].sum()))
-        return {key: np.asarray(values, dtype=np.int64) for key, values in out.items()}
+                out[f"bias_{task}"].append(float(block.biases[k]))
+        return {key: np.asarray(values) for key, values in out.items()}
 
 
 def _run_blocks(
-    staging: Path, layouts: list[sm.BlockLayout], seed: int, biases: np.ndarray, cfg: SynthConfig
-) -> list[dict[str, int]]:
+    staging: Path, layouts: list[sm.BlockLayout], seed: int, cfg: SynthConfig
+) -> list[dict[str, float]]:
     import ray
 
     workers = max(1, min(len(layouts), int(ray.cluster_resources().get("CPU", 1))))
@@ -276,14 +280,17 @@ def _run_blocks(
             "staging": str(staging.absolute()),
             "layouts": layouts,
             "seed": seed,
-            "biases": biases.tolist(),
             "cfg": cfg.to_dict(),
         },
     )
     stats = list(ds.iter_rows())
     if sorted(int(s["block"]) for s in stats) != list(range(len(layouts))):
         raise RuntimeError("synth: some blocks were not written")
-    return [{k: int(v) for k, v in s.items()} for s in stats]
+    return [{k: float(v) if k.startswith("bias_") else int(v) for k, v in s.items()} for s in stats]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "mean": sum(values) / len(values), "max": max(values)}
 
 
 def _write_table(path: Path, columns: dict[str, np.ndarray]) -> None:

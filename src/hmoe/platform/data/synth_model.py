@@ -17,12 +17,13 @@ latest). ``planted[c_t, c_b, p] = strength * decay**p * w`` with ``w = 1`` when 
 ``w = related`` when ``c_b`` is another category of the same semantic group as ``c_t`` and
 ``w = 0`` otherwise (and for ``p >= positions``). Conversion (given a click) and like use the same
 form with their own sign vectors ``s_task`` (the conflicting latent dimensions), price effects and
-no sequence term.
+no sequence term. ``bias`` is calibrated per block and task (``calibrate_biases``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,6 @@ __all__ = ["Block", "BlockLayout", "World", "build_world", "generate_block", "pl
 
 WORLD_STREAM = 0
 BLOCK_STREAM = 1
-CALIBRATION_STREAM = 2
 HOURS_PER_DAY = 24
 SECONDS_PER_HOUR = 3600
 AGE_SCALE = 10.0  # age effects are expressed per decade
@@ -72,6 +72,7 @@ class Block:
 
     impressions: dict[str, np.ndarray]
     users: dict[str, np.ndarray]
+    biases: np.ndarray  # [K] the calibrated logit bias of each task
 
 
 def zipf_weights(n: int, exponent: float) -> np.ndarray:
@@ -153,13 +154,12 @@ def _noisy_view(
     return (clean + scale * rng.standard_normal(clean.shape)).astype(np.float32)
 
 
-def generate_block(
-    world: World, layout: BlockLayout, seed: int, biases: np.ndarray, cfg: SynthConfig
-) -> Block:
-    """Draw and simulate one block; ``biases[k]`` is the calibrated logit bias of task k."""
+def generate_block(world: World, layout: BlockLayout, seed: int, cfg: SynthConfig) -> Block:
+    """Draw one block, calibrate its task biases to the configured rates, sample its labels."""
     draws = draw_block(world, layout, seed, cfg, stream=BLOCK_STREAM)
+    biases = calibrate_biases(draws, world, cfg)
     labels = simulate_labels(draws, world, biases, cfg.tasks)
-    return assemble_block(draws, labels, world, layout, cfg)
+    return assemble_block(draws, labels, biases, world, layout, cfg)
 
 
 @dataclass(frozen=True)
@@ -353,39 +353,54 @@ def simulate_labels(
     return labels
 
 
-def calibrate_biases(world: World, seed: int, rows: int, cfg: SynthConfig) -> np.ndarray:
-    """Per-task logit biases that hit the configured rates on a seeded pilot block.
+def calibrate_biases(draws: Draws, world: World, cfg: SynthConfig) -> np.ndarray:
+    """Per-task logit biases with which this block's expected rates equal the configured ones.
 
-    The pilot has the users-per-row density of the real blocks; the click bias is found by
-    bisection on the mean click probability along the simulated (history-dependent) path, with
-    the pilot's random numbers fixed so the search is smooth.
+    The click rate is the mean click probability along the simulated, history-dependent path
+    (the block's random numbers fixed); conversion is calibrated on the clicked rows.
     """
-    pilot_rows = min(rows, cfg.block_rows, cfg.calibration_rows)
-    users = max(1, round(pilot_rows * resolved_users(rows, cfg) / rows))
-    layout = BlockLayout(index=0, rows=pilot_rows, first_user=0, users=users)
-    draws = draw_block(world, layout, seed, cfg, stream=CALIBRATION_STREAM)
     biases = np.zeros(len(cfg.tasks))
-    biases[0] = _bisect(lambda b: simulate_clicks(draws, world, b)[1].mean(), cfg.click_rate, cfg)
+    start = _logit(cfg.click_rate) - float(np.mean(draws.scores[0]))
+    biases[0] = _solve(
+        lambda b: simulate_clicks(draws, world, b)[1].mean(), cfg.click_rate, start, cfg
+    )
     click = simulate_clicks(draws, world, biases[0])[0]
     for k, task in enumerate(cfg.tasks[1:], start=1):
         scores = draws.scores[k][click] if task == "conversion" else draws.scores[k]
-        if len(scores) == 0:  # no click in the pilot: nothing to calibrate against
+        if len(scores) == 0:  # a block without clicks: calibrate on all rows instead
             scores = draws.scores[k]
         target = cfg.conversion_rate if task == "conversion" else cfg.like_rate
-        biases[k] = _bisect(lambda b, s=scores: sigmoid(b + s).mean(), target, cfg)
+        start = _logit(target) - float(np.mean(scores))
+        biases[k] = _solve(lambda b, s=scores: sigmoid(b + s).mean(), target, start, cfg)
     return biases
 
 
-def _bisect(rate_of, target: float, cfg: SynthConfig) -> float:
-    """The bias in ``cfg.bias_search`` where the increasing ``rate_of(bias)`` meets ``target``."""
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def _solve(
+    rate_of: Callable[[float], float], target: float, start: float, cfg: SynthConfig
+) -> float:
+    """The bias where the increasing ``rate_of(bias)`` meets ``target`` (within
+    ``calibration_tolerance``, relative): secant steps on the logit of the rate, which is close
+    to linear in the bias with slope ~1, from ``start``; kept inside ``cfg.bias_search``."""
     lo, hi = cfg.bias_search
+    bias = min(max(start, lo), hi)
+    rate = rate_of(bias)
+    slope = 1.0
     for _ in range(cfg.calibration_steps):
-        mid = (lo + hi) / 2
-        if rate_of(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+        if abs(rate - target) <= cfg.calibration_tolerance * target:
+            break
+        gap = _logit(rate) - _logit(target)
+        step = min(max(bias - gap / slope, lo), hi)
+        new_rate = rate_of(step)
+        rise = _logit(new_rate) - _logit(rate)
+        if step != bias and rise > 0:
+            slope = rise / (step - bias)
+        bias, rate = step, new_rate
+    return bias
 
 
 def resolved_users(rows: int, cfg: SynthConfig) -> int:
@@ -394,7 +409,12 @@ def resolved_users(rows: int, cfg: SynthConfig) -> int:
 
 
 def assemble_block(
-    draws: Draws, labels: np.ndarray, world: World, layout: BlockLayout, cfg: SynthConfig
+    draws: Draws,
+    labels: np.ndarray,
+    biases: np.ndarray,
+    world: World,
+    layout: BlockLayout,
+    cfg: SynthConfig,
 ) -> Block:
     """Columns of the impression log (sorted by time, then user) and of the block's users."""
     order = np.lexsort((draws.row_user, draws.timestamp))
@@ -419,4 +439,4 @@ def assemble_block(
         "gender": np.asarray(cfg.genders, dtype=object)[draws.gender],
         "user_emb": draws.user_embeddings,
     }
-    return Block(impressions=impressions, users=users)
+    return Block(impressions=impressions, users=users, biases=biases)

@@ -15,17 +15,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.platform.analysis.access import embedding_sets
 
 __all__ = [
     "CollapseConfig",
     "CollapseMonitorConfig",
-    "EmbeddingTableSource",
     "SetSpectra",
     "collapse_monitor_metrics",
     "information_abundance",
@@ -71,12 +71,6 @@ class CollapseMonitorConfig(Config):
     def __post_init__(self) -> None:
         if self.every_n_epochs < 1:
             raise ConfigError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
-
-
-class EmbeddingTableSource(Protocol):
-    """A model that names its raw embedding tables: ``{set name: {field name: [V, D]}}``."""
-
-    def embedding_tables(self) -> Mapping[str, Mapping[str, torch.Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -150,11 +144,9 @@ def metric_name(*parts: str) -> str:
     return _METRIC_UNSAFE.sub("-", "_".join(parts))
 
 
-def information_abundance_metrics(
-    model: EmbeddingTableSource, cfg: CollapseConfig
-) -> dict[str, float]:
+def information_abundance_metrics(model: nn.Module, cfg: CollapseConfig) -> dict[str, float]:
     """IA of every field of every set as ``{"ia_{set}_{field}": value}``, ready for MLflow."""
-    tables = _tables_of(model)
+    tables = embedding_sets(model)
     return {
         metric_name("ia", set_name, field): information_abundance(table, cfg)
         for set_name, fields in tables.items()
@@ -163,7 +155,7 @@ def information_abundance_metrics(
 
 
 def collapse_monitor_metrics(
-    model: EmbeddingTableSource, cfg: CollapseMonitorConfig, epoch: int
+    model: nn.Module, cfg: CollapseMonitorConfig, epoch: int
 ) -> dict[str, float]:
     """What the training loop logs at the end of ``epoch`` (0-based): IA per field and set, or
     nothing when the monitor is off or this epoch is skipped."""
@@ -171,14 +163,3 @@ def collapse_monitor_metrics(
         return {}
     with torch.no_grad():
         return information_abundance_metrics(model, cfg.spectrum)
-
-
-def _tables_of(model: object) -> Mapping[str, Mapping[str, torch.Tensor]]:
-    inner = getattr(model, "module", model)  # a DDP-wrapped model keeps the real one in .module
-    method = getattr(type(inner), "embedding_tables", None)
-    if method is None:
-        raise ValueError(
-            f"{type(inner).__name__} does not expose embedding_tables(); the collapse analysis "
-            "needs {set: {field: [V, D] table}}"
-        )
-    return inner.embedding_tables()

@@ -34,15 +34,16 @@ __all__ = [
     "EncoderKind",
     "binary_mutual_information",
     "fidelity",
+    "interval_buckets",
     "learned_correlation",
     "min_max",
     "mutual_information_from_counts",
-    "position_categories",
+    "relative_positions",
 ]
 
 EncoderKind = Literal["tim", "din", "din_plus"]
 ENCODER_KINDS: tuple[str, ...] = ("tim", "din", "din_plus")
-_FIRST_REAL_INDEX = max(PAD_INDEX, OOV_INDEX) + 1
+FIRST_REAL_INDEX = max(PAD_INDEX, OOV_INDEX) + 1
 
 
 @config
@@ -74,10 +75,10 @@ class CorrelationConfig(Config):
             )
         if self.missing_count <= 0.0:
             raise ConfigError(f"missing_count must be > 0, got {self.missing_count}")
-        if self.target_category is not None and self.target_category < _FIRST_REAL_INDEX:
+        if self.target_category is not None and self.target_category < FIRST_REAL_INDEX:
             raise ConfigError(
                 f"target_category {self.target_category} is padding/OOV; real ids start at "
-                f"{_FIRST_REAL_INDEX}"
+                f"{FIRST_REAL_INDEX}"
             )
 
 
@@ -117,39 +118,43 @@ def binary_mutual_information(x: np.ndarray, y: np.ndarray, missing: float) -> f
     )
 
 
-def position_categories(
-    categories_NL: np.ndarray, lengths_N: np.ndarray, num_positions: int
-) -> np.ndarray:
-    """The category at target-relative positions ``1..P`` of each history, ``[N, P]``.
-
-    Histories are oldest first with padding after the last real behaviour, so position ``p`` is
-    index ``length - p``; positions beyond a history's length hold ``PAD_INDEX``.
-    """
-    categories_NL = np.asarray(categories_NL)
+def relative_positions(lengths_N: np.ndarray, seq_len: int) -> np.ndarray:
+    """Target-relative position of every history slot, ``[N, L]``: histories are oldest first
+    with padding after the last real behaviour, so index ``i`` is position ``length - i``
+    (newest = 1); padding slots get 0."""
     lengths_N = np.asarray(lengths_N).astype(np.int64)
-    if categories_NL.ndim != 2 or lengths_N.shape != categories_NL.shape[:1]:
-        raise ValueError(
-            f"expected categories [N, L] and lengths [N], got {categories_NL.shape}, "
-            f"{lengths_N.shape}"
-        )
-    if np.any(lengths_N < 0) or np.any(lengths_N > categories_NL.shape[1]):
-        raise ValueError("a history length is negative or longer than the sequence")
-    index_NP = lengths_N[:, None] - np.arange(1, num_positions + 1)[None, :]
-    valid_NP = index_NP >= 0
-    gathered = np.take_along_axis(categories_NL, np.clip(index_NP, 0, None), axis=1)
-    return np.where(valid_NP, gathered, PAD_INDEX)
+    if lengths_N.ndim != 1:
+        raise ValueError(f"expected lengths [N], got {lengths_N.shape}")
+    if np.any(lengths_N < 0) or np.any(lengths_N > seq_len):
+        raise ValueError(f"a history length is negative or longer than the sequence ({seq_len})")
+    positions_NL = lengths_N[:, None] - np.arange(seq_len)[None, :]
+    return np.clip(positions_NL, 0, None)
+
+
+def interval_buckets(
+    time_delta_NL: np.ndarray, lengths_N: np.ndarray, num_buckets: int, unit_seconds: float
+) -> np.ndarray:
+    """TIM's log time-interval slot of every behaviour, ``[N, L]``:
+    ``min(num_buckets, floor(log2(1 + dt / unit)) + 1)`` (slot 0 is the target, as in the
+    model's temporal table); padding slots get 0."""
+    delta = np.clip(np.nan_to_num(np.asarray(time_delta_NL, dtype=np.float64)), 0.0, None)
+    slots_NL = np.floor(np.log2(1.0 + delta / unit_seconds)).astype(np.int64) + 1
+    real_NL = relative_positions(lengths_N, delta.shape[1]) > 0
+    return np.where(real_NL, np.minimum(slots_NL, num_buckets), 0)
 
 
 @dataclass
 class CorrelationCounts:
-    """Streaming 2x2 counts for every (category, position) cell, for one target category.
+    """Streaming 2x2 counts for every (category, temporal slot) cell, for one target category.
 
+    A slot is a target-relative position (one behaviour per slot) or a time-interval bucket
+    (any number): ``X_{c,s}`` = "the history has a behaviour of category ``c`` in slot ``s``".
     ``add`` takes any number of batches (all samples; those whose target category differs are
     ignored); ``mutual_information`` and ``top_categories`` read the totals.
     """
 
     target_category: int
-    num_positions: int
+    num_slots: int
     x_pos: dict[int, np.ndarray] = field(default_factory=dict)  # category -> [P]
     x_neg: dict[int, np.ndarray] = field(default_factory=dict)
     history_frequency: dict[int, int] = field(default_factory=dict)
@@ -159,38 +164,49 @@ class CorrelationCounts:
     def add(
         self,
         categories_NL: np.ndarray,
-        lengths_N: np.ndarray,
+        slots_NL: np.ndarray,
         target_categories_N: np.ndarray,
         labels_N: np.ndarray,
     ) -> None:
+        """Count one batch: behaviour categories and slots ``[N, L]`` (slot 0 = padding; slots
+        beyond ``num_slots`` are outside the grid), target categories and labels ``[N]``."""
+        categories_NL, slots_NL = np.asarray(categories_NL), np.asarray(slots_NL)
+        if categories_NL.shape != slots_NL.shape or categories_NL.ndim != 2:
+            raise ValueError(f"categories {categories_NL.shape} and slots {slots_NL.shape}")
         keep = np.asarray(target_categories_N) == self.target_category
-        categories_NL = np.asarray(categories_NL)[keep]
-        lengths_N = np.asarray(lengths_N)[keep]
+        categories_NL, slots_NL = categories_NL[keep], slots_NL[keep]
         positive_N = np.asarray(labels_N)[keep] > 0.5
         self.total_pos += int(positive_N.sum())
         self.total_neg += int((~positive_N).sum())
-        filled_NL = np.arange(categories_NL.shape[1])[None, :] < lengths_N[:, None]
-        ids, counts = np.unique(categories_NL[filled_NL], return_counts=True)
+        real_NL = (slots_NL > 0) & (categories_NL != PAD_INDEX)
+        ids, counts = np.unique(categories_NL[real_NL], return_counts=True)
         for cat, count in zip(ids.tolist(), counts.tolist(), strict=True):
             self.history_frequency[cat] = self.history_frequency.get(cat, 0) + count
-        at_NP = position_categories(categories_NL, lengths_N, self.num_positions)
-        for cat in np.unique(at_NP).tolist():
-            hit_NP = at_NP == cat
-            pos = (hit_NP & positive_N[:, None]).sum(axis=0)
-            neg = (hit_NP & ~positive_N[:, None]).sum(axis=0)
-            self.x_pos[cat] = self.x_pos.get(cat, 0) + pos
-            self.x_neg[cat] = self.x_neg.get(cat, 0) + neg
+        rows, cols = np.nonzero(real_NL & (slots_NL <= self.num_slots))
+        cats, slots = categories_NL[rows, cols].astype(np.int64), slots_NL[rows, cols] - 1
+        width = int(cats.max()) + 1 if cats.size else 1
+        # one count per (sample, category, slot), however many behaviours share the slot
+        cells = np.unique((rows * width + cats) * self.num_slots + slots)
+        sample, cell = cells // (width * self.num_slots), cells % (width * self.num_slots)
+        for flag, store in ((True, self.x_pos), (False, self.x_neg)):
+            chosen = cell[positive_N[sample] == flag]
+            for cat in np.unique(chosen // self.num_slots).tolist():
+                hits = np.bincount(
+                    chosen[chosen // self.num_slots == cat] % self.num_slots,
+                    minlength=self.num_slots,
+                )
+                store[cat] = store.get(cat, 0) + hits
 
     def top_categories(self, count: int) -> list[int]:
         """The ``count`` most frequent real (not padding/OOV) categories in the histories."""
-        real = [c for c in self.history_frequency if c >= _FIRST_REAL_INDEX]
+        real = [c for c in self.history_frequency if c >= FIRST_REAL_INDEX]
         return sorted(real, key=lambda c: (-self.history_frequency[c], c))[:count]
 
     def mutual_information(self, categories: Sequence[int], missing: float) -> np.ndarray:
-        """``I(X_{c,p}; Y)`` in bits, ``[C, P]`` in the order of ``categories``."""
+        """``I(X_{c,s}; Y)`` in bits, ``[C, P]`` in the order of ``categories``."""
         if self.total_pos + self.total_neg == 0:
             raise ValueError(f"no sample has target category {self.target_category}")
-        zeros = np.zeros(self.num_positions, dtype=np.int64)
+        zeros = np.zeros(self.num_slots, dtype=np.int64)
         x_pos_CP = np.stack([self.x_pos.get(c, zeros) for c in categories])
         x_neg_CP = np.stack([self.x_neg.get(c, zeros) for c in categories])
         return mutual_information_from_counts(

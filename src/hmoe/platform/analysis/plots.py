@@ -9,7 +9,6 @@ Legend for shape suffixes: ``F`` fields, ``D`` dim, ``C`` categories, ``P`` posi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from hmoe.config import Config, ConfigError, config
 from hmoe.platform.analysis.collapse import SetSpectra
 from hmoe.platform.analysis.entanglement import BAND_NAMES, distance_bands
 
@@ -30,13 +30,20 @@ __all__ = [
 BAND_COLOURS = ("tab:green", "tab:blue", "tab:orange")  # near, middle, far (RecScope's colours)
 
 
-@dataclass(frozen=True)
-class PlotStyle:
+@config
+class PlotStyle(Config):
     """Sizes of a panel (inches) and the resolution of the written PNG."""
 
     panel_width: float = 4.5
     panel_height: float = 3.5
     dpi: int = 100
+
+    def __post_init__(self) -> None:
+        if self.panel_width <= 0 or self.panel_height <= 0 or self.dpi < 1:
+            raise ConfigError("PlotStyle needs positive panel sizes and dpi >= 1")
+
+
+DEFAULT_STYLE = PlotStyle()
 
 
 def _new_figure(rows: int, cols: int, style: PlotStyle) -> Figure:
@@ -57,7 +64,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_spectrum_heatmaps(
-    spectra: Mapping[str, SetSpectra], path: str | Path, style: PlotStyle = PlotStyle()
+    spectra: Mapping[str, SetSpectra], path: str | Path, style: PlotStyle = DEFAULT_STYLE
 ) -> Path:
     """One panel per embedding set: rows = fields by cardinality ascending (labelled with the
     field's IA), columns = singular-value index, colour = sigma / sigma_max."""
@@ -84,7 +91,7 @@ def plot_correlation_heatmaps(
     categories: Sequence[str],
     path: str | Path,
     title: str,
-    style: PlotStyle = PlotStyle(),
+    style: PlotStyle = DEFAULT_STYLE,
 ) -> Path:
     """Side-by-side min-max-normalised (category x position) heatmaps, one per grid name
     (e.g. ground truth, planted, TIM); the panel title carries the name."""
@@ -115,7 +122,7 @@ def plot_entanglement_histograms(
     num_bins: int,
     low_percentile: float,
     high_percentile: float,
-    style: PlotStyle = PlotStyle(),
+    style: PlotStyle = DEFAULT_STYLE,
 ) -> Path:
     """One histogram per (model, table) of the user-item distances over ``num_bins`` equal bins.
 

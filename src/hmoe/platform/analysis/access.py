@@ -1,0 +1,126 @@
+"""How the analyses reach into a model: only through the explicit methods the rankers expose
+(``set_names``, ``encoders``, ``embedding_tables``, ``plan``), never by parsing module names.
+
+Legend for shape suffixes: ``B`` batch, ``K`` tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from hmoe.models.features import FeatureEncoder
+from hmoe.models.losses import bce_per_task
+from hmoe.schema import LABELS
+
+__all__ = [
+    "embedding_sets",
+    "feature_encoders",
+    "gradient_conflict_metrics",
+    "shared_parameters",
+    "task_losses",
+    "unwrap",
+]
+
+TASK_SET_PREFIX = "task:"  # the set names STEM / STEM-AL give a task's own tables
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself under DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _set_names(model: nn.Module, count: int) -> tuple[str, ...]:
+    names = tuple(getattr(model, "set_names", ()))
+    return names if len(names) == count else tuple(f"set{i}" for i in range(count))
+
+
+def embedding_sets(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """``{set name: {field: table [V, D]}}`` of a ranker (a list per set, named by
+    ``set_names``), or of any module whose ``embedding_tables()`` returns that mapping."""
+    model = unwrap(model)
+    if not callable(getattr(model, "embedding_tables", None)):
+        raise ValueError(
+            f"{type(model).__name__} does not expose embedding_tables(); the analysis needs "
+            "each embedding set's field tables"
+        )
+    tables = model.embedding_tables()
+    if isinstance(tables, Mapping):
+        first = next(iter(tables.values()), None)
+        if isinstance(first, Mapping) or first is None:
+            return {str(k): dict(v) for k, v in tables.items()}
+        return {"set0": dict(tables)}  # a single FeatureEncoder: {field: table}
+    return {name: dict(t) for name, t in zip(_set_names(model, len(tables)), tables, strict=True)}
+
+
+def feature_encoders(model: nn.Module) -> dict[str, FeatureEncoder]:
+    """``{set name: FeatureEncoder}``: a ranker's ``encoders``, or the model itself when it is
+    one encoder."""
+    model = unwrap(model)
+    if isinstance(model, FeatureEncoder):
+        return {"set0": model}
+    encoders = getattr(model, "encoders", None)
+    if not isinstance(encoders, nn.ModuleList) or not all(
+        isinstance(e, FeatureEncoder) for e in encoders
+    ):
+        raise ValueError(f"{type(model).__name__} exposes no FeatureEncoder per embedding set")
+    return dict(zip(_set_names(model, len(encoders)), encoders, strict=True))
+
+
+def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters every task's loss reaches: the embedding sets not owned by one task
+    (``task:*`` sets are STEM's / STEM-AL's per-task tables) and the experts with no owner.
+    Towers and gates belong to one task each and are left out."""
+    model = unwrap(model)
+    encoders = feature_encoders(model)
+    params = [
+        p
+        for name, encoder in encoders.items()
+        if not name.startswith(TASK_SET_PREFIX)
+        for p in encoder.parameters()
+    ]
+    plan = getattr(model, "plan", None)
+    experts = getattr(model, "experts", None)
+    if plan is not None and experts is not None:
+        for expert, owner in zip(experts, plan.expert_owners, strict=True):
+            if owner is None:
+                params.extend(expert.parameters())
+    return [p for p in params if p.requires_grad]
+
+
+def task_losses(wrapper: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each task's weighted BCE on ``batch`` with its graph (``TrainWrapper`` reports them
+    detached), in the wrapper's task order."""
+    model = wrapper.model
+    logits_BK = model(batch)
+    loss_K = bce_per_task(logits_BK, batch[LABELS], wrapper.sample_weights(batch))
+    return {task: loss_K[k] for k, task in enumerate(wrapper.tasks)}
+
+
+def gradient_conflict_metrics(
+    wrapper: nn.Module, batch: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """``{"grad_cos_{a}_{b}": cosine}`` of the per-task gradients on the shared parameters for
+    one batch (empty for a single task or a model that shares nothing), for the training
+    loop to log once per epoch; it leaves no gradient behind."""
+    from hmoe.platform.analysis.entanglement import gradient_conflict
+
+    if len(wrapper.tasks) < 2:
+        return {}
+    shared = shared_parameters(wrapper.model)
+    if not shared:
+        return {}
+    was_training = wrapper.training
+    wrapper.eval()  # no dropout noise in the directions, no batch-norm statistics update
+    try:
+        return gradient_conflict(task_losses(wrapper, batch), shared)
+    finally:
+        wrapper.train(was_training)

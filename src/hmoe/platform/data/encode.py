@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
@@ -150,15 +151,27 @@ def _vectors(parsed: pa.Table, embedding: str) -> np.ndarray:
     return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
 
 
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Integer codes of a key column (equal values, equal codes) without Python objects."""
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    return np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
+
+
+def _unit_vectors(table: pa.Table, embedding: str) -> np.ndarray:
+    vectors = _vectors(table, embedding)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
 def add_user_features(table: pa.Table, spec: DatasetSpec) -> pa.Table:
     """Sequences and exposure counts for a shard that holds whole users, sorted by row id."""
-    users = np.asarray(table.column(USER_COLUMN).to_pylist(), dtype=object).astype(str)
+    users = _codes(table.column(USER_COLUMN))
     ts = np.asarray(table.column(TS_COLUMN), dtype=np.float64)
     rows = np.asarray(table.column(ROW_COLUMN), dtype=np.int64)
     if spec.count_exposures:
-        items = np.asarray(table.column(ITEM_COLUMN).to_pylist(), dtype=object).astype(str)
-        counts = earlier_exposures(users, items, ts).astype(np.float32)
-        table = table.set_column(table.schema.get_field_index(EXPOSURE), EXPOSURE, pa.array(counts))
+        counts = earlier_exposures(users, _codes(table.column(ITEM_COLUMN)), ts)
+        position = table.schema.get_field_index(EXPOSURE)
+        table = table.set_column(position, EXPOSURE, pa.array(counts.astype(np.float32)))
     for q in spec.sequences:
         keep = np.ones(len(rows), dtype=bool)
         if q.only_positive_of is not None:
@@ -167,26 +180,24 @@ def add_user_features(table: pa.Table, spec: DatasetSpec) -> pa.Table:
         events = np.flatnonzero(keep)
         real_NL = index_NL >= 0
         source_NL = np.where(real_NL, events[np.maximum(index_NL, 0)] if len(events) else 0, 0)
-        columns = {"item": np.asarray(table.column(q.item_field), dtype=np.int64)}
+        parts = {"item": np.asarray(table.column(q.item_field), dtype=np.int64)}
         if q.category_field is not None:
-            columns["category"] = np.asarray(table.column(q.category_field), dtype=np.int64)
-        for part, values in columns.items():
-            values_NL = np.where(real_NL, values[source_NL], PAD_INDEX)
-            table = table.append_column(
-                seq_column(q.name, part), _fixed_list(values_NL, pa.int64())
-            )
+            parts["category"] = np.asarray(table.column(q.category_field), dtype=np.int64)
+        columns = {
+            part: _fixed_list(np.where(real_NL, values[source_NL], PAD_INDEX), pa.int64())
+            for part, values in parts.items()
+        }
         delta_NL = np.where(real_NL, ts[:, None] - ts[source_NL], 0.0).astype(np.float32)
-        table = table.append_column(
-            seq_column(q.name, "time_delta"), _fixed_list(delta_NL, pa.float32())
-        )
+        columns["time_delta"] = _fixed_list(delta_NL, pa.float32())
         if q.similarity_embedding is not None:
-            vectors = _vectors(table, q.similarity_embedding)
-            sim_NL = cosine(vectors[source_NL], vectors[:, None, :]).astype(np.float32)
-            sim_NL = np.where(real_NL, sim_NL, 0.0).astype(np.float32)
-            table = table.append_column(
-                seq_column(q.name, "similarity"), _fixed_list(sim_NL, pa.float32())
-            )
-        table = table.append_column(seq_column(q.name, "length"), pa.array(length))
+            # cosine of unit vectors: one dot product per behaviour, norms computed once per row
+            unit_ND = _unit_vectors(table, q.similarity_embedding)
+            sim_NL = np.einsum("nd,nld->nl", unit_ND, unit_ND[source_NL])
+            sim_NL = np.where(real_NL, np.clip(sim_NL, -1.0, 1.0), 0.0).astype(np.float32)
+            columns["similarity"] = _fixed_list(sim_NL, pa.float32())
+        columns["length"] = pa.array(length)
+        for part, column in columns.items():
+            table = table.append_column(seq_column(q.name, part), column)
     return table
 
 

@@ -268,75 +268,91 @@ def _parse_categorical(
     return values
 
 
+def _tokens(array: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Non-empty trimmed tokens of a separated string (or list) column, in row order:
+    ``(tokens, owner row of each token, rank of each token within its row)``."""
+    if pa.types.is_list(array.type):
+        lists = array.cast(pa.list_(pa.string()))
+    else:
+        lists = pc.split_pattern(as_strings(array), separator)
+    lengths = np.asarray(pc.list_value_length(lists).fill_null(0), dtype=np.int64)
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    kept = ~_missing(flat)
+    owner = owner[kept]
+    tokens = flat.filter(pa.array(kept))
+    starts = np.searchsorted(owner, np.arange(len(lengths)), side="left")
+    rank = np.arange(len(owner)) - starts[owner]
+    return tokens, owner, rank
+
+
 def _first_nonempty(values: pa.Array, separator: str) -> pa.Array:
     """The first non-empty ``separator``-separated token (null when there is none)."""
-    firsts = []
-    for text in values.to_pylist():
-        tokens = [t for t in text.split(separator) if t.strip()] if text is not None else []
-        firsts.append(tokens[0].strip() if tokens else None)
-    return pa.array(firsts, type=pa.string())
+    tokens, owner, rank = _tokens(values, separator)
+    first = np.full(len(values), -1, dtype=np.int64)
+    first[owner[rank == 0]] = np.flatnonzero(rank == 0)
+    return tokens.take(pa.array(first, mask=first < 0))
 
 
 def _parse_multi(
     array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: _Reasons
 ) -> pa.Array:
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        lists = [None if v is None else [str(t) for t in v] for v in array.to_pylist()]
-    else:
-        lists = [
-            None if v is None else v.split(feature.separator) for v in as_strings(array).to_pylist()
-        ]
-    vocab = spec.vocab_of(feature)
-    closed = set(vocab.values)
-    out: list[list[str]] = []
-    missing = np.zeros(len(lists), dtype=bool)
-    bad = np.zeros(len(lists), dtype=bool)
-    for i, tokens in enumerate(lists):
-        kept = [t.strip() for t in tokens or [] if t is not None and t.strip()]
-        if not kept and feature.fill_missing is not None:
-            kept = [feature.fill_missing]
-        missing[i] = not kept
-        kept = kept[: feature.max_len]
-        if vocab.mode == "closed":
-            bad[i] = any(t not in closed for t in kept)
-        elif vocab.mode == "identity":
-            bad[i] = not all(t.isdigit() for t in kept)
-        out.append(kept)
+    tokens, owner, rank = _tokens(array, feature.separator)
+    short = rank < feature.max_len
+    tokens, owner = tokens.filter(pa.array(short)), owner[short]
+    n = len(array)
+    counts = np.bincount(owner, minlength=n)
+    missing = counts == 0
+    filled = missing & (feature.fill_missing is not None)
+    sizes = counts + filled
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    index = np.empty(int(offsets[-1]), dtype=np.int64)
+    index[offsets[owner] + rank[short]] = np.arange(len(owner))
+    index[offsets[:-1][filled]] = len(tokens)  # the fill token, appended below
+    pool = pa.concat_arrays([tokens, pa.array([feature.fill_missing or ""], pa.string())])
+    values = pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(index)))
     if feature.required:
-        reasons.add("missing_value", missing)
-    reasons.add("unknown_category" if vocab.mode == "closed" else "bad_number", bad)
-    return pa.array(out, type=pa.list_(pa.string()))
+        reasons.add("missing_value", missing & ~filled)
+    vocab = spec.vocab_of(feature)
+    flat = values.flatten()
+    owners = np.repeat(np.arange(n), sizes)
+    if vocab.mode == "closed":
+        unknown = ~np.asarray(pc.is_in(flat, value_set=pa.array(vocab.values)), dtype=bool)
+        reasons.add("unknown_category", np.bincount(owners[unknown], minlength=n) > 0)
+    elif vocab.mode == "identity":
+        ok = np.asarray(pc.match_substring_regex(flat, _INTEGER).fill_null(False), dtype=bool)
+        reasons.add("bad_number", np.bincount(owners[~ok], minlength=n) > 0)
+    return values
 
 
 def _parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: _Reasons) -> pa.Array:
+    """Vectors from a list column or a separated string, checked for length and finiteness."""
     array = _column(raw, embedding.source)
-    n = len(array)
-    vectors = np.zeros((n, embedding.dim), dtype=np.float32)
-    missing = (
-        _missing(array)
-        if not pa.types.is_list(array.type)
-        else np.asarray(array.is_null(), dtype=bool)
-    )
-    wrong_length = np.zeros(n, dtype=bool)
-    bad = np.zeros(n, dtype=bool)
-    for i, value in enumerate(array.to_pylist()):
-        if missing[i]:
-            continue
-        items = value.split(embedding.separator) if isinstance(value, str) else value
-        items = [t for t in items if not isinstance(t, str) or t.strip()]
-        if len(items) != embedding.dim:
-            wrong_length[i] = True
-            continue
-        try:
-            row = np.asarray([float(t) for t in items], dtype=np.float64)
-        except (TypeError, ValueError):
-            bad[i] = True
-            continue
-        bad[i] = not np.isfinite(row).all()
-        vectors[i] = row if not bad[i] else 0.0
+    if pa.types.is_string(array.type):
+        missing = _missing(array)
+        text = pc.utf8_trim_whitespace(array)
+        if embedding.separator.strip():
+            lists = pc.split_pattern(text, embedding.separator)
+        else:
+            lists = pc.utf8_split_whitespace(text)
+    elif pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
+        missing = np.asarray(array.is_null(), dtype=bool)
+        lists = array
+    else:
+        raise ValueError(f"embedding {embedding.name}: a list or string column, got {array.type}")
+    lengths = np.asarray(pc.list_value_length(lists).fill_null(0), dtype=np.int64)
+    values, _, bad_values = parse_numbers(pc.list_flatten(lists))
+    wrong_length = ~missing & (lengths != embedding.dim)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    bad = np.bincount(owner, weights=bad_values, minlength=len(lengths)) > 0
+    ok = ~missing & ~wrong_length & ~bad
+    starts = np.cumsum(lengths) - lengths
+    vectors = np.zeros((len(lengths), embedding.dim), dtype=np.float32)
+    gather = starts[ok][:, None] + np.arange(embedding.dim)[None, :]
+    vectors[ok] = values[gather]
     reasons.add("missing_value", missing)
     reasons.add("bad_embedding_length", wrong_length)
-    reasons.add("bad_number", bad)
+    reasons.add("bad_number", bad & ~wrong_length & ~missing)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, embedding.dim)
 

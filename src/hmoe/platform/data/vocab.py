@@ -29,9 +29,12 @@ __all__ = [
 FIRST_INDEX = 2  # indices 0 and 1 are padding and OOV
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Vocabulary:
     """A fitted vocabulary of one categorical feature.
+
+    Lookups binary-search a sorted copy of the values (``O(B log V)`` per batch of B), so a
+    vocabulary of millions of ids costs no per-batch hash-table build.
 
     Args:
         mode: the ``VocabSpec.mode`` it was built with.
@@ -44,6 +47,14 @@ class Vocabulary:
     values: tuple[str, ...] = ()
     hash_size: int = 0
     max_id: int = -1
+    _sorted: np.ndarray = dataclasses.field(init=False, repr=False)
+    _sorted_index: np.ndarray = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        values = np.array(self.values if self.values else [""][:0], dtype=str)
+        order = np.argsort(values, kind="stable")
+        object.__setattr__(self, "_sorted", values[order])
+        object.__setattr__(self, "_sorted_index", order.astype(np.int64) + FIRST_INDEX)
 
     @property
     def size(self) -> int:
@@ -56,29 +67,43 @@ class Vocabulary:
 
     def encode(self, values: pa.Array) -> np.ndarray:
         """int64 indices of a string array; null -> padding, unknown -> OOV."""
-        values = values.cast(pa.string())
-        nulls = np.asarray(values.is_null(), dtype=bool)
+        encoded = values.cast(pa.string()).dictionary_encode()
+        uniques = encoded.dictionary
         if self.mode == "hash":
-            encoded = self._hash(values)
+            per_unique = self._hash(uniques)
         elif self.mode == "identity":
-            ids = np.asarray(pc.cast(values.fill_null("0"), pa.int64()), dtype=np.int64)
-            encoded = np.where(ids <= self.max_id, ids + FIRST_INDEX, OOV_INDEX)
+            ids = np.asarray(pc.cast(uniques, pa.int64()), dtype=np.int64)
+            per_unique = np.where(ids <= self.max_id, ids + FIRST_INDEX, OOV_INDEX)
         else:
-            index = pc.index_in(values, value_set=pa.array(self.values, type=pa.string()))
-            known = np.asarray(index.is_valid(), dtype=bool)
-            raw = np.asarray(index.fill_null(0), dtype=np.int64)
-            encoded = np.where(known, raw + FIRST_INDEX, OOV_INDEX)
-        return np.where(nulls, PAD_INDEX, encoded).astype(np.int64)
+            per_unique = self._lookup(uniques)
+        codes = encoded.indices
+        nulls = np.asarray(codes.is_null(), dtype=bool)
+        found = (
+            per_unique[np.asarray(codes.fill_null(0), dtype=np.int64)]
+            if len(per_unique)
+            else np.zeros(len(codes), dtype=np.int64)
+        )
+        return np.where(nulls, PAD_INDEX, found).astype(np.int64)
 
-    def _hash(self, values: pa.Array) -> np.ndarray:
-        encoded = values.dictionary_encode()
-        uniques = encoded.dictionary.to_pylist()
-        buckets = np.array(
-            [zlib.crc32(v.encode("utf-8")) % self.hash_size + FIRST_INDEX for v in uniques],
+    def _lookup(self, uniques: pa.Array) -> np.ndarray:
+        keys = np.array(uniques.to_pylist(), dtype=str)
+        if not len(self._sorted) or not len(keys):
+            return np.full(len(keys), OOV_INDEX, dtype=np.int64)
+        order = np.argsort(keys)  # sorted probes walk the table in order: cache friendly
+        position = np.empty(len(keys), dtype=np.int64)
+        position[order] = np.searchsorted(self._sorted, keys[order])
+        position = np.minimum(position, len(self._sorted) - 1)
+        known = self._sorted[position] == keys
+        return np.where(known, self._sorted_index[position], OOV_INDEX)
+
+    def _hash(self, uniques: pa.Array) -> np.ndarray:
+        return np.array(
+            [
+                zlib.crc32(v.encode("utf-8")) % self.hash_size + FIRST_INDEX
+                for v in uniques.to_pylist()
+            ],
             dtype=np.int64,
         )
-        codes = np.asarray(encoded.indices.fill_null(0), dtype=np.int64)
-        return buckets[codes] if len(buckets) else np.zeros(len(values), dtype=np.int64)
 
     def to_dict(self) -> dict[str, object]:
         """What the manifest records (the values themselves go to ``vocab/<name>.parquet``)."""

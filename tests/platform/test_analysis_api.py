@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from hmoe.config import ConfigError
 from hmoe.jobs.cli import main as cli_main
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.zoo import build
@@ -18,7 +19,7 @@ from hmoe.platform.analysis.access import (
     shared_parameters,
 )
 from hmoe.platform.analysis.api import ANALYSIS_ARTIFACT_DIR, analyze, load_run
-from hmoe.platform.analysis.collapse import CollapseMonitorConfig, collapse_monitor_metrics
+from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.analysis.reports import AnalysisConfig, entanglement_report
 from hmoe.platform.experiment import DataConfig, ExperimentConfig, TrackingConfig
 from hmoe.platform.model_registry import log_model
@@ -125,12 +126,24 @@ def test_identical_task_tables_give_an_empty_conflict_subset(tmp_path: Path, pre
     assert 0.0 < report.metrics["entangle_conflict_share"] < 1.0
 
 
-def test_collapse_monitor_on_a_zoo_model() -> None:
+def test_monitor_logs_abundance_and_gradient_conflict_on_its_epochs() -> None:
     model = build(h.model_config("mmoe"), h.schema())
-    metrics = collapse_monitor_metrics(model, CollapseMonitorConfig(), epoch=0)
-    assert set(metrics) == {f"ia_set0_{f}" for f in ("user", "item", "category")}
-    assert all(1.0 <= v <= 8.0 for v in metrics.values())
+    wrapper = TrainWrapper(model, LossConfig(), tasks=h.TASKS)
+    batch = h.to_batch(h.generate(64, seed=5), np.arange(64))
+    metrics = monitor_metrics(wrapper, batch, MonitorConfig(), epoch=0)
+    ia = {f"ia_set0_{f}" for f in ("user", "item", "category")}
+    assert set(metrics) == ia | {"grad_cos_click_like"}
+    assert all(1.0 <= metrics[k] <= 8.0 for k in ia)
     assert set(embedding_sets(model)) == {"set0"}
+    every_two = MonitorConfig(every_n_epochs=2)
+    assert monitor_metrics(wrapper, batch, every_two, epoch=1) == {}
+    assert set(monitor_metrics(wrapper, None, every_two, epoch=2)) == ia
+    only_ia = MonitorConfig(gradient_conflict=False)
+    assert set(monitor_metrics(wrapper, batch, only_ia, epoch=3)) == ia
+    nothing = MonitorConfig(information_abundance=False, gradient_conflict=False)
+    assert monitor_metrics(wrapper, batch, nothing, epoch=0) == {}
+    with pytest.raises(ConfigError, match="every_n_epochs"):
+        MonitorConfig(every_n_epochs=0)
 
 
 def test_gradient_conflict_on_multitask_models() -> None:

@@ -10,8 +10,6 @@ from torch import nn
 from hmoe.config import ConfigError
 from hmoe.platform.analysis.collapse import (
     CollapseConfig,
-    CollapseMonitorConfig,
-    collapse_monitor_metrics,
     information_abundance,
     information_abundance_metrics,
     metric_name,
@@ -74,8 +72,6 @@ def test_bad_shapes_and_configs_raise() -> None:
         singular_spectrum(torch.ones(3), CFG)
     with pytest.raises(ConfigError, match="chunk_rows"):
         CollapseConfig(chunk_rows=0)
-    with pytest.raises(ConfigError, match="every_n_epochs"):
-        CollapseMonitorConfig(every_n_epochs=0)
 
 
 def test_spectra_by_set_sorts_fields_by_cardinality_and_pads_to_widest() -> None:
@@ -110,15 +106,6 @@ def test_metrics_are_named_per_set_and_field() -> None:
     assert metrics["ia_s0_user id"] == pytest.approx(4.0)
     assert metrics["ia_s1_user id"] == pytest.approx(1.0)
     assert metric_name("ia", "set:0", "f(x)") == "ia_set-0_f-x-"
-
-
-def test_monitor_respects_enabled_and_cadence() -> None:
-    model = TwoSets()
-    every_two = CollapseMonitorConfig(every_n_epochs=2)
-    assert collapse_monitor_metrics(model, every_two, epoch=0)
-    assert collapse_monitor_metrics(model, every_two, epoch=1) == {}
-    assert collapse_monitor_metrics(model, every_two, epoch=2)
-    assert collapse_monitor_metrics(model, CollapseMonitorConfig(enabled=False), epoch=0) == {}
 
 
 def test_model_without_tables_is_a_clear_error() -> None:

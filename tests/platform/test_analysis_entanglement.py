@@ -109,3 +109,11 @@ def test_gradient_conflict_and_config_errors() -> None:
         EntanglementConfig(low_percentile=70.0)
     with pytest.raises(ConfigError, match="different"):
         EntanglementConfig(tasks=("a", "a"))
+
+
+def test_gradient_conflict_handles_sparse_embedding_gradients() -> None:
+    table = torch.nn.Embedding(10, 3, sparse=True)
+    ids = torch.tensor([1, 2, 3])
+    out = table(ids)
+    losses = {"a": out[:, 0].sum(), "b": -out[:, 0].sum()}
+    assert gradient_conflict(losses, [table.weight])["grad_cos_a_b"] == pytest.approx(-1.0)

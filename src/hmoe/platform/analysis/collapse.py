@@ -5,7 +5,7 @@ RecScope notebook does), the singular values ``sigma`` are sorted descending and
 largest; the information abundance is ``IA = sum(sigma) / max(sigma)`` in ``[1, D]`` (``D`` =
 balanced spectrum, ``1`` = collapsed to one direction). The singular values are taken from the
 ``D x D`` Gram matrix accumulated over row chunks, so a table of millions of rows costs one pass
-and no copy: cheap enough for the per-epoch collapse monitor.
+and no copy: cheap enough for the per-epoch monitor (``hmoe.platform.analysis.monitor``).
 
 Legend for shape suffixes: ``V`` rows (vocabulary), ``D`` embedding dim, ``F`` fields.
 """
@@ -25,9 +25,7 @@ from hmoe.platform.analysis.access import embedding_sets
 
 __all__ = [
     "CollapseConfig",
-    "CollapseMonitorConfig",
     "SetSpectra",
-    "collapse_monitor_metrics",
     "information_abundance",
     "information_abundance_metrics",
     "metric_name",
@@ -54,23 +52,6 @@ class CollapseConfig(Config):
             raise ConfigError(f"eps must be > 0, got {self.eps}")
         if self.chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
-
-
-@config
-class CollapseMonitorConfig(Config):
-    """The collapse monitor the training loop calls once per epoch.
-
-    ``enabled=False`` turns it off; ``every_n_epochs`` logs on epochs ``0, n, 2n, ...`` and on
-    no others (the metrics dict is empty on the skipped ones).
-    """
-
-    enabled: bool = True
-    every_n_epochs: int = 1
-    spectrum: CollapseConfig = CollapseConfig()
-
-    def __post_init__(self) -> None:
-        if self.every_n_epochs < 1:
-            raise ConfigError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
 
 
 @dataclass(frozen=True)
@@ -152,14 +133,3 @@ def information_abundance_metrics(model: nn.Module, cfg: CollapseConfig) -> dict
         for set_name, fields in tables.items()
         for field, table in fields.items()
     }
-
-
-def collapse_monitor_metrics(
-    model: nn.Module, cfg: CollapseMonitorConfig, epoch: int
-) -> dict[str, float]:
-    """What the training loop logs at the end of ``epoch`` (0-based): IA per field and set, or
-    nothing when the monitor is off or this epoch is skipped."""
-    if not cfg.enabled or epoch % cfg.every_n_epochs != 0:
-        return {}
-    with torch.no_grad():
-        return information_abundance_metrics(model, cfg.spectrum)

@@ -149,6 +149,14 @@ def distance_bands(
     return np.where(distances <= low, 0, np.where(distances > high, 2, 1)).astype(np.int64)
 
 
+def _dense(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor:
+    """A gradient as a dense tensor: zeros when the loss does not reach ``param``, densified
+    when the table produces sparse gradients (``use_sparse_gradients``)."""
+    if grad is None:
+        return torch.zeros_like(param)
+    return grad.to_dense() if grad.is_sparse else grad
+
+
 def gradient_conflict(
     task_losses: Mapping[str, torch.Tensor], shared_parameters: Sequence[torch.Tensor]
 ) -> dict[str, float]:
@@ -168,10 +176,7 @@ def gradient_conflict(
     for task, loss in task_losses.items():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         flat[task] = torch.cat(
-            [
-                (torch.zeros_like(p) if g is None else g).reshape(-1)
-                for g, p in zip(grads, params, strict=True)
-            ]
+            [_dense(g, p).reshape(-1) for g, p in zip(grads, params, strict=True)]
         )
     result = {}
     for (a, grad_a), (b, grad_b) in itertools.combinations(flat.items(), 2):

@@ -242,3 +242,63 @@ def test_parquet_and_jsonl_hashing_and_random_split(ray_cluster, tmp_path: Path)
     assert from_json["rows"] == parquet["rows"]
     # same rows in the same file layout: same stable ids, same random split, same encoding
     pd.testing.assert_frame_equal(_all_splits(tmp_path / "js"), frame)
+
+
+def test_sequences_from_a_separate_behaviour_log(ray_cluster, tmp_path: Path) -> None:
+    log, items = make_log(n=150, seed=5)
+    rng = np.random.default_rng(0)
+    clicks = pd.DataFrame(
+        {
+            "uid": [f"u{u}" for u in rng.integers(0, 12, 300)],
+            "iid": [f"i{i}" for i in rng.integers(0, 15, 300)],
+            "genre": [f"g{g}" for g in rng.integers(0, 3, 300)],
+            "when": (1_000_000 + rng.integers(-20, 60, 300)).astype(str),
+        }
+    )
+    clicks.loc[3, "when"] = "soon"  # dropped: bad_timestamp
+    clicks.loc[4, "uid"] = None  # dropped: missing_value
+    sequence = {
+        "name": "hist",
+        "max_len": SEQ_LEN,
+        "item_field": "item",
+        "category_field": "genre",
+        "source": "behaviour_log",
+        "behaviour_log": {
+            "table": {"paths": ["clicks.csv"]},
+            "user_column": "uid",
+            "item_column": "iid",
+            "timestamp_column": "when",
+            "category_column": "genre",
+        },
+    }
+    spec = spec_dict(sequences=[sequence], count_exposures=False)
+    spec["categorical"].append(
+        {"name": "genre", "column": "device", "vocab": {"mode": "hash", "hash_size": 5}}
+    )
+    folder = tmp_path / "raw"
+    path = write_dataset(folder, log, items, spec)
+    clicks.to_csv(folder / "clicks.csv", index=False)
+    manifest = prepare(path, tmp_path / "out")
+    assert manifest["behaviour_logs"] == {
+        "hist": {"read": 300, "used": 298, "dropped": {"bad_timestamp": 1, "missing_value": 1}}
+    }
+    shards = _all_splits(tmp_path / "out").set_index("rid")
+    valid_clicks = clicks.drop(index=[3, 4]).astype({"when": float})
+    valid_clicks["row"] = valid_clicks.index
+    item_vocab = ["<pad>", "<oov>", *_vocab(tmp_path / "out", "item")]
+    frame = log.astype({"rid": int, "ts": float})
+    for target in frame.itertuples():
+        history = valid_clicks[
+            (valid_clicks["uid"] == target.user) & (valid_clicks["when"] < target.ts)
+        ]
+        history = history.sort_values(["when", "row"], kind="stable").tail(SEQ_LEN)
+        row = shards.loc[target.rid]
+        n = len(history)
+        assert row[seq_column("hist", "length")] == n
+        decoded = [item_vocab[i] for i in row[seq_column("hist", "item")][:n]]
+        assert decoded == [i if i in item_vocab else "<oov>" for i in history["iid"]]
+        np.testing.assert_allclose(
+            row[seq_column("hist", "time_delta")][:n], target.ts - history["when"], rtol=1e-6
+        )
+        genres = [2 + zlib.crc32(g.encode()) % 5 for g in history["genre"]]
+        assert list(row[seq_column("hist", "category")][:n]) == genres

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
 from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
-from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column
+from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
 from hmoe.platform.data.split import SplitAssigner, row_hash
 from hmoe.platform.data.tables import ROW_COLUMN
 from hmoe.platform.data.validate import (
@@ -93,7 +94,7 @@ def _encode_multi(column: pa.Array, vocab: Vocabulary, max_len: int) -> pa.Array
     return _fixed_list(out_NM, pa.int64())
 
 
-def _shard_ids(keys: pa.Array, num_shards: int) -> np.ndarray:
+def shard_ids(keys: pa.Array, num_shards: int) -> np.ndarray:
     encoded = keys.cast(pa.string()).dictionary_encode()
     uniques = encoded.dictionary.to_pylist()
     hashes = np.array([zlib.crc32(u.encode("utf-8")) % num_shards for u in uniques], np.int64)
@@ -137,7 +138,7 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
             out[ITEM_COLUMN] = parsed.column(cat_column(spec.item_field)).combine_chunks()
         for name in {q.similarity_embedding for q in spec.sequences} - {None}:
             out[emb_column(name)] = parsed.column(emb_column(name)).combine_chunks()
-        shards = _shard_ids(users, plan.num_shards)
+        shards = shard_ids(users, plan.num_shards)
     else:
         u = row_hash(np.asarray(rows, dtype=np.int64), seed=0)
         shards = np.minimum((u * plan.num_shards).astype(np.int64), plan.num_shards - 1)
@@ -153,7 +154,8 @@ def _vectors(parsed: pa.Table, embedding: str) -> np.ndarray:
 
 def _codes(column: pa.ChunkedArray) -> np.ndarray:
     """Integer codes of a key column (equal values, equal codes) without Python objects."""
-    encoded = pc.dictionary_encode(column.combine_chunks())
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(column)
     return np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
 
 
@@ -163,50 +165,128 @@ def _unit_vectors(table: pa.Table, embedding: str) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def add_user_features(table: pa.Table, spec: DatasetSpec) -> pa.Table:
-    """Sequences and exposure counts for a shard that holds whole users, sorted by row id."""
-    users = _codes(table.column(USER_COLUMN))
+@dataclasses.dataclass(frozen=True)
+class _Events:
+    """Behaviour events of one sequence, aligned arrays (E events)."""
+
+    user: np.ndarray
+    ts: np.ndarray
+    order: np.ndarray
+    item: np.ndarray
+    category: np.ndarray | None
+    unit: np.ndarray | None  # [E, D] unit item embeddings (log source only)
+
+
+def _log_events(
+    table: pa.Table, q: SequenceSpec, users: np.ndarray, unit: np.ndarray | None
+) -> _Events:
+    keep = np.ones(table.num_rows, dtype=bool)
+    if q.only_positive_of is not None:
+        keep = np.asarray(table.column(label_column(q.only_positive_of)), np.float32) == 1.0
+    category = None
+    if q.category_field is not None:
+        category = np.asarray(table.column(q.category_field), dtype=np.int64)[keep]
+    return _Events(
+        user=users[keep],
+        ts=np.asarray(table.column(TS_COLUMN), dtype=np.float64)[keep],
+        order=np.asarray(table.column(ROW_COLUMN), dtype=np.int64)[keep],
+        item=np.asarray(table.column(q.item_field), dtype=np.int64)[keep],
+        category=category,
+        unit=unit[keep] if unit is not None else None,
+    )
+
+
+def _logged_events(events: pa.Table, index: int, users: np.ndarray) -> _Events:
+    chosen = np.asarray(events.column(EVENT_SEQUENCE), dtype=np.int64) == index
+    category = None
+    if EVENT_CATEGORY in events.column_names:
+        category = np.asarray(events.column(EVENT_CATEGORY).fill_null(PAD_INDEX), np.int64)[chosen]
+    return _Events(
+        user=users[chosen],
+        ts=np.asarray(events.column(TS_COLUMN), dtype=np.float64)[chosen],
+        order=np.asarray(events.column(ROW_COLUMN), dtype=np.int64)[chosen],
+        item=np.asarray(events.column(EVENT_ITEM).fill_null(PAD_INDEX), np.int64)[chosen],
+        category=category,
+        unit=None,
+    )
+
+
+def _sequence_columns(
+    q: SequenceSpec, users: np.ndarray, ts: np.ndarray, unit: np.ndarray | None, ev: _Events
+) -> dict[str, pa.Array]:
+    index_NL, length = sequence_indices(users, ts, ev.user, ev.ts, ev.order, q.max_len)
+    real_NL = index_NL >= 0
+    source_NL = np.maximum(index_NL, 0) if len(ev.user) else np.zeros_like(index_NL)
+
+    def gather(values: np.ndarray) -> np.ndarray:
+        return np.where(real_NL, values[source_NL], PAD_INDEX) if len(values) else source_NL * 0
+
+    columns = {"item": _fixed_list(gather(ev.item), pa.int64())}
+    if ev.category is not None:
+        columns["category"] = _fixed_list(gather(ev.category), pa.int64())
+    delta_NL = np.where(real_NL, ts[:, None] - (ev.ts[source_NL] if len(ev.ts) else 0.0), 0.0)
+    columns["time_delta"] = _fixed_list(delta_NL.astype(np.float32), pa.float32())
+    if unit is not None and ev.unit is not None:
+        # cosine of unit vectors: one dot product per behaviour, norms computed once per row
+        sim_NL = np.einsum("nd,nld->nl", unit, ev.unit[source_NL]) if len(ev.unit) else delta_NL
+        sim_NL = np.where(real_NL, np.clip(sim_NL, -1.0, 1.0), 0.0).astype(np.float32)
+        columns["similarity"] = _fixed_list(sim_NL, pa.float32())
+    columns["length"] = pa.array(length)
+    return columns
+
+
+def add_user_features(
+    table: pa.Table, spec: DatasetSpec, events: pa.Table | None = None
+) -> pa.Table:
+    """Sequences and exposure counts for a shard that holds whole users (and their events)."""
+    n = table.num_rows
+    user_column = table.column(USER_COLUMN).combine_chunks()
+    if events is not None:
+        user_column = pa.concat_arrays([user_column, events.column(USER_COLUMN).combine_chunks()])
+    all_users = _codes(user_column)
+    users, event_users = all_users[:n], all_users[n:]
     ts = np.asarray(table.column(TS_COLUMN), dtype=np.float64)
-    rows = np.asarray(table.column(ROW_COLUMN), dtype=np.int64)
     if spec.count_exposures:
         counts = earlier_exposures(users, _codes(table.column(ITEM_COLUMN)), ts)
         position = table.schema.get_field_index(EXPOSURE)
         table = table.set_column(position, EXPOSURE, pa.array(counts.astype(np.float32)))
-    for q in spec.sequences:
-        keep = np.ones(len(rows), dtype=bool)
-        if q.only_positive_of is not None:
-            keep = np.asarray(table.column(label_column(q.only_positive_of)), np.float32) == 1.0
-        index_NL, length = sequence_indices(users, ts, users[keep], ts[keep], rows[keep], q.max_len)
-        events = np.flatnonzero(keep)
-        real_NL = index_NL >= 0
-        source_NL = np.where(real_NL, events[np.maximum(index_NL, 0)] if len(events) else 0, 0)
-        parts = {"item": np.asarray(table.column(q.item_field), dtype=np.int64)}
-        if q.category_field is not None:
-            parts["category"] = np.asarray(table.column(q.category_field), dtype=np.int64)
-        columns = {
-            part: _fixed_list(np.where(real_NL, values[source_NL], PAD_INDEX), pa.int64())
-            for part, values in parts.items()
-        }
-        delta_NL = np.where(real_NL, ts[:, None] - ts[source_NL], 0.0).astype(np.float32)
-        columns["time_delta"] = _fixed_list(delta_NL, pa.float32())
+    for index, q in enumerate(spec.sequences):
+        unit = None
         if q.similarity_embedding is not None:
-            # cosine of unit vectors: one dot product per behaviour, norms computed once per row
-            unit_ND = _unit_vectors(table, q.similarity_embedding)
-            sim_NL = np.einsum("nd,nld->nl", unit_ND, unit_ND[source_NL])
-            sim_NL = np.where(real_NL, np.clip(sim_NL, -1.0, 1.0), 0.0).astype(np.float32)
-            columns["similarity"] = _fixed_list(sim_NL, pa.float32())
-        columns["length"] = pa.array(length)
-        for part, column in columns.items():
+            unit = _unit_vectors(table, q.similarity_embedding)
+        if q.source == "log":
+            ev = _log_events(table, q, users, unit)
+        else:
+            empty = _empty_events() if events is None else events
+            ev = _logged_events(empty, index, event_users)
+        for part, column in _sequence_columns(q, users, ts, unit, ev).items():
             table = table.append_column(seq_column(q.name, part), column)
     return table
 
 
+def _empty_events() -> pa.Table:
+    return pa.table(
+        {
+            USER_COLUMN: pa.array([], pa.string()),
+            TS_COLUMN: pa.array([], pa.float64()),
+            ROW_COLUMN: pa.array([], pa.int64()),
+            EVENT_SEQUENCE: pa.array([], pa.int8()),
+            EVENT_ITEM: pa.array([], pa.int64()),
+        }
+    )
+
+
 def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
     """Build the user features of one shard and write its per-split files; return records."""
+    shard = int(group.column(SHARD_COLUMN)[0].as_py())
+    events = None
+    if EVENT_SEQUENCE in group.column_names:
+        is_event = np.asarray(group.column(EVENT_SEQUENCE).is_valid(), dtype=bool)
+        events = group.filter(pa.array(is_event))
+        group = group.filter(pa.array(~is_event))
     group = group.sort_by(ROW_COLUMN)
     if plan.spec.needs_user_pass:
-        group = add_user_features(group, plan.spec)
-    shard = int(group.column(SHARD_COLUMN)[0].as_py())
+        group = add_user_features(group, plan.spec, events)
     splits = np.asarray(group.column(SPLIT_COLUMN), dtype=np.int8)
     columns = output_columns(plan.spec)
     records = []

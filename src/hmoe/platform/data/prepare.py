@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from hmoe import __version__
 from hmoe.platform.data import stats as pstats
+from hmoe.platform.data.behaviour import encode_events, parse_events
 from hmoe.platform.data.encode import EncodePlan, encode_batch, output_columns, write_shard
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundary
@@ -129,12 +130,48 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         parsed.map_batches(_quarantine_rows, batch_format="pyarrow").write_parquet(
             str(tmp / "quarantine")
         )
+    events = _read_events(spec, base)
     num_shards = max(1, -(-totals["valid"] // spec.output.rows_per_shard))
     plan = EncodePlan(
         spec=spec, vocabs=vocabs, splitter=splitter, num_shards=num_shards, out_dir=str(tmp)
     )
-    records = _write_shards(parsed, plan, totals["valid"], progress)
-    return _manifest(spec, totals, train, vocabs, records)
+    records = _write_shards(parsed, events, plan, totals["valid"], progress)
+    manifest = _manifest(spec, totals, train, vocabs, records)
+    manifest["behaviour_logs"] = {
+        spec.sequences[index].name: pstats.collect(ds, pstats.block_reasons)
+        for index, ds in events.items()
+    }
+    return manifest
+
+
+def _read_events(spec: DatasetSpec, base: Path) -> dict[int, Any]:
+    """Parsed events of each behaviour-log sequence, by sequence index (materialised)."""
+    import ray.data
+
+    events = {}
+    for index, q in enumerate(spec.sequences):
+        if q.behaviour_log is None:
+            continue
+        frags = fragments(q.behaviour_log.table, base)
+        events[index] = (
+            ray.data.from_items(frags, override_num_blocks=len(frags))
+            .map_batches(
+                _read_and_parse_events,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_kwargs={"spec": spec, "sequence": index},
+            )
+            .materialize()
+        )
+    return events
+
+
+def _read_and_parse_events(items: pa.Table, spec: DatasetSpec, sequence: int) -> Iterator[pa.Table]:
+    q = spec.sequences[sequence]
+    assert q.behaviour_log is not None
+    for fragment in items.to_pylist():
+        for raw in read_fragment(q.behaviour_log.table, fragment, spec.output.read_batch_rows):
+            yield parse_events(raw, spec, q)
 
 
 def _read_and_parse(
@@ -200,10 +237,20 @@ def _splitter(
     return SplitAssigner(kind=s.kind, pinned=pinned, boundaries=(first, second))
 
 
-def _write_shards(parsed: Any, plan: EncodePlan, total: int, progress: bool) -> list[dict]:
+def _write_shards(
+    parsed: Any, events: dict[int, Any], plan: EncodePlan, total: int, progress: bool
+) -> list[dict]:
     from tqdm.auto import tqdm
 
     encoded = parsed.map_batches(_encode_valid, batch_format="pyarrow", fn_kwargs={"plan": plan})
+    for index, ds in events.items():
+        encoded = encoded.union(
+            ds.map_batches(
+                encode_events,
+                batch_format="pyarrow",
+                fn_kwargs={"plan": plan, "sequence": index},
+            )
+        )
     written = encoded.groupby("__shard", num_partitions=plan.num_shards).map_groups(
         write_shard, batch_format="pyarrow", fn_kwargs={"plan": plan}
     )

@@ -31,6 +31,7 @@ from hmoe.schema import (
 __all__ = [
     "block_candidates",
     "block_histogram",
+    "block_reasons",
     "block_totals",
     "block_train_stats",
     "collect",
@@ -201,7 +202,24 @@ def _merge_train(parts: list[dict]) -> dict[str, Any]:
     }
 
 
+def block_reasons(table: pa.Table) -> dict[str, Any]:
+    """Rows and invalid rows by reason (behaviour logs)."""
+    reasons = Counter(v for v in table.column(REASON_COLUMN).to_pylist() if v is not None)
+    return {"read": table.num_rows, "reasons": reasons}
+
+
+def _merge_reasons(parts: list[dict]) -> dict[str, Any]:
+    reasons = sum((p["reasons"] for p in parts), Counter())
+    read = sum(p["read"] for p in parts)
+    return {
+        "read": read,
+        "used": read - sum(reasons.values()),
+        "dropped": {k: int(v) for k, v in sorted(reasons.items())},
+    }
+
+
 _MERGES: dict[str, Callable[[list], dict]] = {
+    "block_reasons": _merge_reasons,
     "block_totals": _merge_totals,
     "block_train_stats": _merge_train,
 }

@@ -49,6 +49,7 @@ __all__ = [
     "num_column",
     "parse_batch",
     "parse_numbers",
+    "parse_timestamps",
     "tie_column",
 ]
 
@@ -199,9 +200,20 @@ def _numbers_of(raw: pa.Table, name: str, reasons: _Reasons) -> tuple[np.ndarray
 
 
 def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> pa.Array:
+    assert spec.timestamp is not None
+    seconds, missing, bad = parse_timestamps(_column(raw, spec.timestamp.column), spec)
+    reasons.add("missing_value", missing)
+    reasons.add("bad_timestamp", bad)
+    return pa.array(seconds)
+
+
+def parse_timestamps(
+    column: pa.Array | pa.ChunkedArray, spec: DatasetSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(seconds, missing, unparsable or out of range)`` with the spec's unit and range."""
     ts = spec.timestamp
     assert ts is not None
-    array = _column(raw, ts.column)
+    array = _normalise(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
     missing = _missing(array)
     if ts.unit == "iso8601":
         seconds = _iso_seconds(array)
@@ -210,9 +222,7 @@ def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> pa.
         seconds = values * _UNIT_SECONDS[ts.unit]
     with np.errstate(invalid="ignore"):
         bad = ~missing & ~((seconds >= ts.min_seconds) & (seconds <= ts.max_seconds))
-    reasons.add("missing_value", missing)
-    reasons.add("bad_timestamp", bad)
-    return pa.array(np.nan_to_num(seconds, nan=0.0))
+    return np.nan_to_num(seconds, nan=0.0), missing, bad
 
 
 def _iso_seconds(array: pa.Array) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Separate behaviour logs (``SequenceSpec.source = behaviour_log``): parse and encode events.
+
+Events are validated like log rows (a missing user or item is ``missing_value``, a bad time is
+``bad_timestamp``; invalid events are dropped and counted in the manifest), encoded with the
+vocabularies of the sequence's item and category fields, and sent to the shard of their user so
+that ``write_shard`` sees a user's impressions and behaviours together. User and item values
+must match the log's values as written (no transform is applied to them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hmoe.platform.data.spec import BehaviourLogSpec, DatasetSpec, SequenceSpec
+from hmoe.platform.data.tables import ROW_COLUMN, as_strings
+from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_timestamps
+
+if TYPE_CHECKING:
+    from hmoe.platform.data.encode import EncodePlan
+
+__all__ = [
+    "EVENT_CATEGORY",
+    "EVENT_ITEM",
+    "EVENT_SEQUENCE",
+    "encode_events",
+    "parse_events",
+]
+
+EVENT_SEQUENCE = "__event_sequence"  # which sequence (index in spec.sequences) an event feeds
+EVENT_ITEM = "__event_item"
+EVENT_CATEGORY = "__event_category"
+_RAW_ITEM = "__event_item_raw"
+_RAW_CATEGORY = "__event_category_raw"
+USER = "__user"
+
+
+def _log(q: SequenceSpec) -> BehaviourLogSpec:
+    assert q.behaviour_log is not None
+    return q.behaviour_log
+
+
+def parse_events(raw: pa.Table, spec: DatasetSpec, q: SequenceSpec) -> pa.Table:
+    """Parsed events of one behaviour-log batch with ``__reason`` (null when valid)."""
+    log = _log(q)
+    n = raw.num_rows
+    reason = np.full(n, None, dtype=object)
+    columns = {}
+    for key, name in ((USER, log.user_column), (_RAW_ITEM, log.item_column)):
+        values = pc.utf8_trim_whitespace(as_strings(raw.column(name)))
+        missing = np.asarray(pc.or_(values.is_null(), pc.equal(values, "")).fill_null(True), bool)
+        reason[missing & (reason == None)] = "missing_value"  # noqa: E711 - elementwise
+        columns[key] = values
+    category = None
+    if log.category_column is not None:
+        category = pc.utf8_trim_whitespace(as_strings(raw.column(log.category_column)))
+    columns[_RAW_CATEGORY] = category if category is not None else pa.nulls(n, pa.string())
+    seconds, missing, bad = parse_timestamps(raw.column(log.timestamp_column), spec)
+    reason[missing & (reason == None)] = "missing_value"  # noqa: E711
+    reason[bad & (reason == None)] = "bad_timestamp"  # noqa: E711
+    columns[TS_COLUMN] = pa.array(seconds)
+    columns[ROW_COLUMN] = raw.column(ROW_COLUMN).combine_chunks()
+    columns[REASON_COLUMN] = pa.array(reason, type=pa.string())
+    return pa.table(columns)
+
+
+def encode_events(parsed: pa.Table, plan: EncodePlan, sequence: int) -> pa.Table:
+    """Valid events encoded for ``spec.sequences[sequence]``, with their user's shard."""
+    from hmoe.platform.data.encode import SHARD_COLUMN, shard_ids
+
+    q = plan.spec.sequences[sequence]
+    valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
+    items = plan.vocabs[q.item_field].encode(valid.column(_RAW_ITEM).combine_chunks())
+    columns = {
+        USER: valid.column(USER),
+        TS_COLUMN: valid.column(TS_COLUMN),
+        ROW_COLUMN: valid.column(ROW_COLUMN),
+        EVENT_SEQUENCE: pa.array(np.full(valid.num_rows, sequence, dtype=np.int8)),
+        EVENT_ITEM: pa.array(items),
+    }
+    if q.category_field is not None:
+        raw = valid.column(_RAW_CATEGORY).combine_chunks()
+        columns[EVENT_CATEGORY] = pa.array(plan.vocabs[q.category_field].encode(raw))
+    users = valid.column(USER).combine_chunks()
+    columns[SHARD_COLUMN] = pa.array(shard_ids(users, plan.num_shards))
+    return pa.table(columns)

@@ -174,6 +174,9 @@ def build_experiment(
     unknown = sorted(set(options) - set(shortcuts))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; valid: {sorted(shortcuts)}")
+    from hmoe.platform.data.reader import load_manifest
+
+    load_manifest(data)  # a clear FileNotFoundError for a path that is not a prepared dataset
     made = PRESETS[preset]()
     base = ExperimentConfig(
         preset=preset,

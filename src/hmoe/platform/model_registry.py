@@ -77,7 +77,8 @@ def _active_run(run: MlflowRun) -> Iterator[None]:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(run.uri)
     try:
-        with mlflow.start_run(run_id=run.run_id):
+        # nested: the caller may already have a fluent run open in this process
+        with mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None):
             yield
     finally:
         mlflow.set_tracking_uri(previous)
@@ -107,7 +108,7 @@ def log_model(
     last_error: Exception | None = None
     for fmt in tried:
         try:
-            with run._timed(), _active_run(run):
+            with _active_run(run):
                 info = mlflow.pytorch.log_model(
                     _exportable(model, names) if fmt == "pt2" else plain,
                     name=MODEL_NAME,

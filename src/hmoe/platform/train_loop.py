@@ -219,7 +219,9 @@ def _finish(
         )
     if hooks.on_final is not None and eval_data.val is not None:
         example = next(iter_minibatches(eval_data.val, min(8, s.eval_batch_size)))
+        started = time.perf_counter()
         hooks.on_final(model, example)
+        out["model_log_seconds"] = time.perf_counter() - started
     return out
 
 
@@ -251,6 +253,7 @@ def run_loop(
     optimizer = _make_optimizer(module.parameters(), s)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: _lr_factor(i, s))
     state, resumed = _restore(runtime, model, optimizer, scheduler)
+    resumed_from = {"resumed_from_epoch": float(state.epoch)} if resumed else {}
     mode = metric_mode(s.early_stopping_metric)
     final: dict[str, float] = state.history[-1] if state.history else {}
     while state.epoch < s.epochs:
@@ -263,7 +266,7 @@ def run_loop(
             "lr": float(scheduler.get_last_lr()[0]),
             "train_seconds": train_seconds,
             "train_samples_per_s": rows * runtime.world_size / max(train_seconds, 1e-9),
-        }
+        } | resumed_from
         stop = False
         if runtime.rank == 0:
             stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)

@@ -43,9 +43,15 @@ from hmoe.platform.tracking import (
 
 __all__ = ["TuneResult", "tune"]
 
-TRIAL_DRIVER_CPUS = 0.0  # a trial only waits on its TorchTrainer; its workers hold the CPUs
+# a trial only waits on its TorchTrainer (whose workers hold the CPUs); Tune needs a non-empty
+# request, so it asks for a sliver and leaves whole CPUs to Ray Data ingest
+TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2
 SCHEDULERS = ("asha", "fifo")
+
+
+class SearchInterrupted(RuntimeError):
+    """The search stopped before all its trials finished; resume it with ``resume=True``."""
 
 
 class InfeasibleTrial(ValueError):
@@ -237,7 +243,8 @@ def tune(
             "to continue it, or remove the folder to start over"
         )
     say = progress or (lambda line: None)
-    ensure_ray(max_concurrent * (cfg.train.num_workers * cfg.train.cpus_per_worker))
+    per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
+    ensure_ray(max_concurrent * per_trial)
     parent = _parent_run(cfg, space, search)
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {
@@ -255,7 +262,25 @@ def tune(
         parent.set_tags({TAG_FAILURE: f"{type(err).__name__}: {err}"[:500]})
         parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    unfinished = _unfinished_trials(grid, num_samples)
+    if unfinished:
+        # Tune returns normally on SIGINT/SIGUSR1 after saving its state; so do not summarise
+        parent.set_tags({TAG_FAILURE: f"interrupted with {unfinished} trial(s) unfinished"})
+        parent.finish("KILLED")
+        raise SearchInterrupted(
+            f"search {search} was interrupted with {unfinished} of {num_samples} trials "
+            f"unfinished; its state is saved in {path}: run the same command with --resume "
+            "(resume=True) to complete it"
+        )
     return _summarise(cfg, grid, parent, search, path)
+
+
+def _unfinished_trials(grid: Any, num_samples: int) -> int:
+    """Trials of the search that are neither terminated nor errored (or not yet created)."""
+    # ResultGrid has no public per-trial status; its analysis object holds the Trial objects
+    trials = grid._experiment_analysis.trials
+    done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+    return max(num_samples, len(trials)) - done
 
 
 def _tuner(
@@ -355,4 +380,4 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
-__all__ += ["InfeasibleTrial", "TrainResult"]
+__all__ += ["InfeasibleTrial", "SearchInterrupted", "TrainResult"]

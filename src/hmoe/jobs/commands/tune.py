@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from hmoe.jobs.commands import add_set_argument, parse_sets
 from hmoe.jobs.commands.train import add_tracking_arguments, metrics_table
+
+EXIT_INTERRUPTED = 130  # the shell's code for an interrupted (Ctrl+C) command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
-    from hmoe.platform.tune import tune
+    from hmoe.platform.tune import SearchInterrupted, tune
 
-    result = tune(
+    try:
+        result = run_search(tune, args, overrides)
+    except SearchInterrupted as err:
+        print(f"hmoe tune: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return report(result)
+
+
+def run_search(tune: Any, args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    return tune(
         args.preset,
         args.space,
         args.data,
@@ -44,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         registered_model=args.registered_model,
         progress=print,
     )
+
+
+def report(result: Any) -> int:
     print(f"\nsearch {result.search_name}: {result.num_trials} trials, {result.num_errors} failed")
     for trial, reason in result.errors.items():
         print(f"  failed {trial}: {reason.splitlines()[0][:160]}")

@@ -289,7 +289,20 @@ def _tree_pss(root: int) -> int:
     return total
 
 
-def measure(argv: list[str], poll: float, log: Path) -> dict:
+def measure(argv: list[str], poll: float, log: Path, attempts: int = 3) -> dict:
+    """``_measure_once``, retried when the worker fails (on an overloaded machine a local Ray
+    can time out while starting); the result counts the attempts."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return {**_measure_once(argv, poll, log), "attempts": attempt}
+        except RuntimeError as err:
+            if attempt == attempts:
+                raise
+            print(f"# retrying after: {err}", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _measure_once(argv: list[str], poll: float, log: Path) -> dict:
     """Run a worker subprocess; its JSON result plus wall seconds and peak tree PSS."""
     start = time.perf_counter()
     with log.open("w") as err:

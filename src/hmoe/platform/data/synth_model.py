@@ -39,6 +39,7 @@ BLOCK_STREAM = 1
 HOURS_PER_DAY = 24
 SECONDS_PER_HOUR = 3600
 AGE_SCALE = 10.0  # age effects are expressed per decade
+SAMPLER_WINDOW = 32  # rows per user per step of the click sampler (speed only, same output)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def planted_table(group: np.ndarray, cfg: SynthConfig) -> np.ndarray:
     related = (group[:, None] == group[None, :]) & ~np.eye(c, dtype=bool)
     weight = same + p.related * related  # [C, C]
     decay = p.strength * p.decay ** np.arange(p.positions)  # [P]
-    table = np.zeros((c, c + 1, p.positions), dtype=np.float32)
+    table = np.zeros((c, c + 1, p.positions))
     table[:, 1:, :] = weight[:, :, None] * decay[None, None, :]
     return table
 
@@ -157,8 +158,8 @@ def _noisy_view(
 def generate_block(world: World, layout: BlockLayout, seed: int, cfg: SynthConfig) -> Block:
     """Draw one block, calibrate its task biases to the configured rates, sample its labels."""
     draws = draw_block(world, layout, seed, cfg, stream=BLOCK_STREAM)
-    biases = calibrate_biases(draws, world, cfg)
-    labels = simulate_labels(draws, world, biases, cfg.tasks)
+    biases, click = calibrate_biases(draws, world, cfg)
+    labels = simulate_labels(draws, world, biases, cfg.tasks, click)
     return assemble_block(draws, labels, biases, world, layout, cfg)
 
 
@@ -315,36 +316,59 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def simulate_clicks(draws: Draws, world: World, bias: float) -> tuple[np.ndarray, np.ndarray]:
     """Sample clicks user by user in time order: a click joins the user's history and raises
-    later same-category click logits through ``world.planted``. Returns (click [R], prob [R])."""
+    later same-category click logits through ``world.planted``. Returns (click [R], prob [R]).
+
+    Exact but vectorised over users and over a window of each user's next rows: the history
+    only changes at a click, so the window's rows up to its first click are final as computed.
+    """
     counts = draws.counts
     starts = np.cumsum(counts) - counts
     category = world.item_category[draws.item]
+    base = bias + draws.scores[0]
+    uniforms = draws.uniforms[0]
     positions = np.arange(world.planted.shape[2])
-    # history[u, p] = 1 + category of user u's p-th latest click; 0 = no such click
+    offsets = np.arange(SAMPLER_WINDOW)
+    # history[u, p] = 1 + category of user u's p-th latest click; 0 = no such click, and
+    # lift[u, c] = the planted logit of that history for a target of category c
     history = np.zeros((len(counts), len(positions)), dtype=np.int64)
+    lift = np.zeros((len(counts), world.planted.shape[0]))
+    done = np.zeros(len(counts), dtype=np.int64)  # rows of each user already final
     click = np.zeros(len(draws.item), dtype=bool)
     prob = np.zeros(len(draws.item))
-    longest = int(counts[0]) if len(counts) else 0
-    active = np.searchsorted(-counts, -np.arange(longest), side="left")  # users with > k rows
-    for k in range(longest):
-        n = active[k]
-        rows = starts[:n] + k
-        target = category[rows]
-        planted = world.planted[target[:, None], history[:n], positions].sum(axis=1)
-        p = sigmoid(bias + draws.scores[0, rows] + planted)
-        hit = np.flatnonzero(draws.uniforms[0, rows] < p)
-        prob[rows] = p
-        click[rows[hit]] = True
-        history[hit, 1:] = history[hit, :-1]
-        history[hit, 0] = target[hit] + 1
+    active = np.flatnonzero(counts > 0)
+    while len(active):
+        position_AW = done[active, None] + offsets
+        real_AW = position_AW < counts[active, None]
+        rows_AW = np.where(real_AW, starts[active, None] + position_AW, 0)
+        target_AW = category[rows_AW]
+        p_AW = sigmoid(base[rows_AW] + lift[active[:, None], target_AW])
+        hit_AW = (uniforms[rows_AW] < p_AW) & real_AW
+        clicked = hit_AW.any(axis=1)
+        first = np.where(clicked, hit_AW.argmax(axis=1), SAMPLER_WINDOW)
+        final_AW = real_AW & (offsets <= first[:, None])
+        prob[rows_AW[final_AW]] = p_AW[final_AW]
+        users = active[clicked]
+        rows = rows_AW[clicked, first[clicked]]
+        click[rows] = True
+        history[users, 1:] = history[users, :-1]
+        history[users, 0] = category[rows] + 1
+        lift[users] = world.planted[:, history[users], positions].sum(axis=-1).T
+        done[active] += np.where(clicked, first + 1, real_AW.sum(axis=1))
+        active = active[done[active] < counts[active]]
     return click, prob
 
 
 def simulate_labels(
-    draws: Draws, world: World, biases: np.ndarray, tasks: tuple[str, ...]
+    draws: Draws,
+    world: World,
+    biases: np.ndarray,
+    tasks: tuple[str, ...],
+    click: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``[K, R]`` int8 labels; a conversion needs a click, a like does not."""
-    click, _ = simulate_clicks(draws, world, float(biases[0]))
+    """``[K, R]`` int8 labels; a conversion needs a click, a like does not. ``click``: the
+    clicks already simulated with ``biases[0]`` (simulated here when not given)."""
+    if click is None:
+        click, _ = simulate_clicks(draws, world, float(biases[0]))
     labels = np.zeros(draws.scores.shape, dtype=np.int8)
     labels[0] = click
     for k in range(1, len(tasks)):
@@ -353,18 +377,27 @@ def simulate_labels(
     return labels
 
 
-def calibrate_biases(draws: Draws, world: World, cfg: SynthConfig) -> np.ndarray:
-    """Per-task logit biases with which this block's expected rates equal the configured ones.
+def calibrate_biases(draws: Draws, world: World, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task logit biases with which this block's expected rates equal the configured ones,
+    and the block's clicks under the calibrated click bias.
 
     The click rate is the mean click probability along the simulated, history-dependent path
     (the block's random numbers fixed); conversion is calibrated on the clicked rows.
     """
     biases = np.zeros(len(cfg.tasks))
+    paths: dict[float, np.ndarray] = {}  # bias -> clicks: the solver's last path is the answer
+
+    def click_rate(bias: float) -> float:
+        click, prob = simulate_clicks(draws, world, bias)
+        paths.clear()
+        paths[bias] = click
+        return float(prob.mean())
+
     start = _logit(cfg.click_rate) - float(np.mean(draws.scores[0]))
-    biases[0] = _solve(
-        lambda b: simulate_clicks(draws, world, b)[1].mean(), cfg.click_rate, start, cfg
-    )
-    click = simulate_clicks(draws, world, biases[0])[0]
+    biases[0] = _solve(click_rate, cfg.click_rate, start, cfg)
+    click = paths.get(float(biases[0]))
+    if click is None:
+        click = simulate_clicks(draws, world, float(biases[0]))[0]
     for k, task in enumerate(cfg.tasks[1:], start=1):
         scores = draws.scores[k][click] if task == "conversion" else draws.scores[k]
         if len(scores) == 0:  # a block without clicks: calibrate on all rows instead
@@ -372,7 +405,7 @@ def calibrate_biases(draws: Draws, world: World, cfg: SynthConfig) -> np.ndarray
         target = cfg.conversion_rate if task == "conversion" else cfg.like_rate
         start = _logit(target) - float(np.mean(scores))
         biases[k] = _solve(lambda b, s=scores: sigmoid(b + s).mean(), target, start, cfg)
-    return biases
+    return biases, click
 
 
 def _logit(p: float) -> float:

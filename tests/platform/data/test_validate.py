@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from hmoe.platform.data.lookup import KeyIndex, SideTable
 from hmoe.platform.data.spec import spec_from_dict
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
 from hmoe.platform.data.validate import (
@@ -22,6 +23,7 @@ from hmoe.platform.data.validate import (
     num_column,
     parse_batch,
     parse_numbers,
+    side_embeddings,
 )
 from tests.platform.data.toy import PLANTED, make_log, plant, spec_dict
 
@@ -37,7 +39,11 @@ def parsed() -> pa.Table:
     log, items = make_log(n=50, seed=3)
     spec = spec_from_dict(spec_dict())
     side = pa.Table.from_pandas(items, preserve_index=False)
-    return parse_batch(join_side_tables(_raw(plant(log)), spec, [side]), spec)
+    sides = [SideTable(table=side, index=KeyIndex.of(side.column("item")))]
+    embeddings = side_embeddings(spec, sides)
+    return parse_batch(
+        join_side_tables(_raw(plant(log)), spec, sides, embeddings), spec, embeddings
+    )
 
 
 def test_every_planted_row_gets_its_reason(parsed: pa.Table) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
-from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
+from hmoe.platform.data.sequences import earlier_exposures, sequence_indices
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
 from hmoe.platform.data.split import SplitAssigner, row_hash
 from hmoe.platform.data.tables import ROW_COLUMN
@@ -28,8 +29,10 @@ from hmoe.platform.data.validate import (
     PROPENSITY_COLUMN,
     TS_COLUMN,
     WEIGHT_COLUMN,
+    SideEmbedding,
     cat_column,
     emb_column,
+    key_column,
     num_column,
 )
 from hmoe.platform.data.vocab import Vocabulary
@@ -62,6 +65,7 @@ class EncodePlan:
     splitter: SplitAssigner
     num_shards: int
     out_dir: str
+    embeddings: Mapping[str, SideEmbedding] = dataclasses.field(default_factory=dict)
 
 
 def output_columns(spec: DatasetSpec) -> list[str]:
@@ -116,8 +120,10 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
         values = np.asarray(parsed.column(num_column(numeric.name)), dtype=np.float64)
         out[numeric.name] = pa.array(values.astype(np.float32))
     for sim in spec.similarity:
-        left, right = (_vectors(parsed, name) for name in (sim.left, sim.right))
-        out[sim.name] = pa.array(cosine(left, right).astype(np.float32))
+        left, right = (
+            _unit_vectors(parsed, name, plan.embeddings) for name in (sim.left, sim.right)
+        )
+        out[sim.name] = pa.array(np.clip((left * right).sum(axis=1), -1.0, 1.0).astype(np.float32))
     for label in spec.labels:
         out[label_column(label.task)] = parsed.column(label_column(label.task)).combine_chunks()
     ones = np.ones(parsed.num_rows, dtype=np.float32)
@@ -137,7 +143,8 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
         if spec.item_field is not None:
             out[ITEM_COLUMN] = parsed.column(cat_column(spec.item_field)).combine_chunks()
         for name in {q.similarity_embedding for q in spec.sequences} - {None}:
-            out[emb_column(name)] = parsed.column(emb_column(name)).combine_chunks()
+            column = key_column(name) if name in plan.embeddings else emb_column(name)
+            out[column] = parsed.column(column).combine_chunks()
         shards = shard_ids(users, plan.num_shards)
     else:
         u = row_hash(np.asarray(rows, dtype=np.int64), seed=0)
@@ -146,21 +153,20 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
     return pa.table(out)
 
 
-def _vectors(parsed: pa.Table, embedding: str) -> np.ndarray:
-    column = parsed.column(emb_column(embedding)).combine_chunks()
-    dim = column.type.list_size
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
-
-
-def _codes(column: pa.ChunkedArray) -> np.ndarray:
+def _codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Integer codes of a key column (equal values, equal codes) without Python objects."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     encoded = pc.dictionary_encode(column)
     return np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
 
 
-def _unit_vectors(table: pa.Table, embedding: str) -> np.ndarray:
-    vectors = _vectors(table, embedding)
+def _unit_vectors(table: pa.Table, embedding: str, side: Mapping[str, SideEmbedding]) -> np.ndarray:
+    """``[N, D]`` L2-normalised vectors of the rows (zeros stay zeros)."""
+    if embedding in side:
+        positions = np.asarray(table.column(key_column(embedding)), dtype=np.int64)
+        return side[embedding].unit[positions]
+    column = table.column(emb_column(embedding)).combine_chunks()
+    vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(-1, column.type.list_size)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
 
@@ -236,7 +242,10 @@ def _sequence_columns(
 
 
 def add_user_features(
-    table: pa.Table, spec: DatasetSpec, events: pa.Table | None = None
+    table: pa.Table,
+    spec: DatasetSpec,
+    events: pa.Table | None = None,
+    side: Mapping[str, SideEmbedding] | None = None,
 ) -> pa.Table:
     """Sequences and exposure counts for a shard that holds whole users (and their events)."""
     n = table.num_rows
@@ -253,7 +262,7 @@ def add_user_features(
     for index, q in enumerate(spec.sequences):
         unit = None
         if q.similarity_embedding is not None:
-            unit = _unit_vectors(table, q.similarity_embedding)
+            unit = _unit_vectors(table, q.similarity_embedding, side or {})
         if q.source == "log":
             ev = _log_events(table, q, users, unit)
         else:
@@ -286,7 +295,7 @@ def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
         group = group.filter(pa.array(~is_event))
     group = group.sort_by(ROW_COLUMN)
     if plan.spec.needs_user_pass:
-        group = add_user_features(group, plan.spec, events)
+        group = add_user_features(group, plan.spec, events, plan.embeddings)
     splits = np.asarray(group.column(SPLIT_COLUMN), dtype=np.int8)
     columns = output_columns(plan.spec)
     records = []

@@ -38,11 +38,19 @@ from hmoe import __version__
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
 from hmoe.platform.data.encode import EncodePlan, encode_batch, output_columns, write_shard
+from hmoe.platform.data.lookup import KeyIndex, SideTable
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundary
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
 from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
-from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, join_side_tables, parse_batch
+from hmoe.platform.data.validate import (
+    RAW_COLUMN,
+    REASON_COLUMN,
+    SideEmbedding,
+    join_side_tables,
+    parse_batch,
+    side_embeddings,
+)
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
@@ -93,11 +101,8 @@ def prepare(
 def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
     import ray.data
 
-    sides = [read_table(s.table, base, spec.output.read_batch_rows) for s in spec.side_tables]
-    for side_spec, side in zip(spec.side_tables, sides, strict=True):
-        keys = side.column(side_spec.key)
-        if pc.count_distinct(keys).as_py() != len(keys):
-            raise ValueError(f"side table {side_spec.table.paths}: key {side_spec.key!r} repeats")
+    sides = _side_tables(spec, base)
+    embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
     written = [w for w, _ in list_files(spec.log, base)]
     parsed = (
@@ -106,7 +111,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
             _read_and_parse,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"spec": spec, "sides": sides},
+            fn_kwargs={"spec": spec, "sides": sides, "embeddings": embeddings},
         )
         .materialize()
     )
@@ -133,7 +138,12 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     events = _read_events(spec, base)
     num_shards = max(1, -(-totals["valid"] // spec.output.rows_per_shard))
     plan = EncodePlan(
-        spec=spec, vocabs=vocabs, splitter=splitter, num_shards=num_shards, out_dir=str(tmp)
+        spec=spec,
+        vocabs=vocabs,
+        splitter=splitter,
+        num_shards=num_shards,
+        out_dir=str(tmp),
+        embeddings=embeddings,
     )
     records = _write_shards(parsed, events, plan, totals["valid"], progress)
     manifest = _manifest(spec, totals, train, vocabs, records)
@@ -174,12 +184,34 @@ def _read_and_parse_events(items: pa.Table, spec: DatasetSpec, sequence: int) ->
             yield parse_events(raw, spec, q)
 
 
+def _side_tables(spec: DatasetSpec, base: Path) -> list[SideTable]:
+    """Read every side table in the driver and index its key (which must be unique)."""
+    out = []
+    for side_spec in spec.side_tables:
+        table = read_table(side_spec.table, base, spec.output.read_batch_rows)
+        if side_spec.key not in table.column_names:
+            raise ValueError(f"side table {side_spec.table.paths}: no key column {side_spec.key!r}")
+        index = KeyIndex.of(table.column(side_spec.key))
+        repeated = index.duplicated()
+        if repeated:
+            raise ValueError(
+                f"side table {side_spec.table.paths}: key {side_spec.key!r} repeats, e.g. "
+                f"{repeated[:5]}"
+            )
+        out.append(SideTable(table=table, index=index))
+    return out
+
+
 def _read_and_parse(
-    items: pa.Table, spec: DatasetSpec, sides: list[pa.Table]
+    items: pa.Table,
+    spec: DatasetSpec,
+    sides: list[SideTable],
+    embeddings: dict[str, SideEmbedding],
 ) -> Iterator[pa.Table]:
     for fragment in items.to_pylist():
         for raw in read_fragment(spec.log, fragment, spec.output.read_batch_rows):
-            yield parse_batch(join_side_tables(raw, spec, sides), spec)
+            joined = join_side_tables(raw, spec, sides, embeddings)
+            yield parse_batch(joined, spec, embeddings)
 
 
 def _quarantine_rows(parsed: pa.Table) -> pa.Table:

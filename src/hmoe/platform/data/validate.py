@@ -21,19 +21,23 @@ their raw values as JSON in ``__raw`` for the quarantine files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hmoe.platform.data.lookup import SideTable
 from hmoe.platform.data.spec import (
     CategoricalSpec,
     DatasetSpec,
     EmbeddingSpec,
     LabelSpec,
     Predicate,
+    SideTableSpec,
     label_column,
 )
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN, as_strings
@@ -43,13 +47,16 @@ __all__ = [
     "REASONS",
     "REASON_COLUMN",
     "TS_COLUMN",
+    "SideEmbedding",
     "cat_column",
     "emb_column",
     "join_side_tables",
+    "key_column",
     "num_column",
     "parse_batch",
     "parse_numbers",
     "parse_timestamps",
+    "side_embeddings",
     "tie_column",
 ]
 
@@ -102,22 +109,87 @@ class _Reasons:
         return pa.array(names, type=pa.string(), mask=self.codes < 0)
 
 
-def join_side_tables(batch: pa.Table, spec: DatasetSpec, sides: list[pa.Table]) -> pa.Table:
-    """Add the side tables' columns by key (order-preserving; a missing key gives nulls)."""
-    for side_spec, side in zip(spec.side_tables, sides, strict=True):
+@dataclasses.dataclass(frozen=True, eq=False)
+class SideEmbedding:
+    """An embedding held by a side table, parsed once in the driver.
+
+    Log rows carry only the position of their key (``k:<name>``); the vectors are gathered
+    when similarities are computed, so they never travel through the pipeline per row.
+    """
+
+    name: str
+    side: int  # index in spec.side_tables
+    vectors: np.ndarray  # [K, D] float32 (zeros where invalid)
+    unit: np.ndarray  # [K, D] float32, L2-normalised (zeros stay zeros)
+    reasons: np.ndarray  # [K] int8 reason code per key, -1 when the vector is valid
+
+
+def side_embeddings(spec: DatasetSpec, sides: list[SideTable]) -> dict[str, SideEmbedding]:
+    """Parse every embedding whose column a side table provides (once, in the driver)."""
+    out = {}
+    for embedding in spec.embeddings:
+        for index, (side_spec, side) in enumerate(zip(spec.side_tables, sides, strict=True)):
+            if embedding.source not in _side_columns(side_spec, side.table):
+                continue
+            reasons = _Reasons(side.table.num_rows)
+            column = _parse_embedding(side.table, embedding, reasons)
+            dim = embedding.dim
+            vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            unit = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+            out[embedding.name] = SideEmbedding(
+                name=embedding.name, side=index, vectors=vectors, unit=unit, reasons=reasons.codes
+            )
+    return out
+
+
+def _side_columns(side_spec: SideTableSpec, table: pa.Table) -> list[str]:
+    return list(side_spec.columns) or [c for c in table.column_names if c != side_spec.key]
+
+
+def key_column(embedding: str) -> str:
+    """Position of the row's key in the side table holding ``embedding``."""
+    return f"k:{embedding}"
+
+
+def join_side_tables(
+    batch: pa.Table,
+    spec: DatasetSpec,
+    sides: list[SideTable],
+    embeddings: Mapping[str, SideEmbedding] | None = None,
+) -> pa.Table:
+    """Add the side tables' columns by key (order-preserving; a missing key gives nulls).
+
+    Side-table embeddings are not copied: the row gets ``k:<name>``, its key's position.
+    """
+    embeddings = embeddings or {}
+    by_column = {spec_embedding(spec, name).source: e for name, e in embeddings.items()}
+    for index, (side_spec, side) in enumerate(zip(spec.side_tables, sides, strict=True)):
         if side_spec.join_on not in batch.column_names:
             raise ValueError(f"side table join_on {side_spec.join_on!r} is not a log column")
-        keys = as_strings(side.column(side_spec.key))
-        index = pc.index_in(as_strings(batch.column(side_spec.join_on)), value_set=keys)
-        for name in side_spec.columns or [c for c in side.column_names if c != side_spec.key]:
+        positions = side.index.lookup(batch.column(side_spec.join_on))
+        for name in _side_columns(side_spec, side.table):
             if name in batch.column_names:
                 raise ValueError(f"side table column {name!r} is already a log column")
-            batch = batch.append_column(name, side.column(name).take(index))
+            held = by_column.get(name)
+            if held is not None and held.side == index:
+                batch = batch.append_column(key_column(held.name), pa.array(positions))
+            else:
+                batch = batch.append_column(name, side.take(name, positions))
     return batch
 
 
-def parse_batch(raw: pa.Table, spec: DatasetSpec) -> pa.Table:
-    """Parse and validate one raw batch; see the module docstring for the output columns."""
+def spec_embedding(spec: DatasetSpec, name: str) -> EmbeddingSpec:
+    return next(e for e in spec.embeddings if e.name == name)
+
+
+def parse_batch(
+    raw: pa.Table, spec: DatasetSpec, sides: Mapping[str, SideEmbedding] | None = None
+) -> pa.Table:
+    """Parse and validate one raw batch; see the module docstring for the output columns.
+
+    ``sides``: the side-table embeddings ``join_side_tables`` referenced by key position.
+    """
     reasons = _Reasons(raw.num_rows)
     out: dict[str, pa.Array] = {
         ROW_COLUMN: raw.column(ROW_COLUMN).combine_chunks(),
@@ -135,7 +207,10 @@ def parse_batch(raw: pa.Table, spec: DatasetSpec) -> pa.Table:
             reasons.add("missing_value", missing)
         out[num_column(numeric.name)] = pa.array(np.nan_to_num(values, nan=0.0))
     for embedding in spec.embeddings:
-        out[emb_column(embedding.name)] = _parse_embedding(raw, embedding, reasons)
+        if key_column(embedding.name) in raw.column_names:
+            out[key_column(embedding.name)] = _side_embedding_keys(raw, embedding, sides, reasons)
+        else:
+            out[emb_column(embedding.name)] = _parse_embedding(raw, embedding, reasons)
     for label in spec.labels:
         out[label_column(label.task)] = _parse_label(raw, label, reasons)
     if spec.weight is not None:
@@ -365,6 +440,22 @@ def _parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: _Reasons)
     reasons.add("bad_number", bad & ~wrong_length & ~missing)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, embedding.dim)
+
+
+def _side_embedding_keys(
+    raw: pa.Table,
+    embedding: EmbeddingSpec,
+    sides: Mapping[str, SideEmbedding] | None,
+    reasons: _Reasons,
+) -> pa.Array:
+    assert sides is not None and embedding.name in sides, "side embedding not parsed"
+    positions = np.asarray(raw.column(key_column(embedding.name)), dtype=np.int64)
+    missing = positions < 0
+    codes = np.where(missing, -1, sides[embedding.name].reasons[np.maximum(positions, 0)])
+    reasons.add("missing_value", missing)
+    for code, reason in enumerate(REASONS):
+        reasons.add(reason, codes == code)
+    return pa.array(positions)
 
 
 def _parse_label(raw: pa.Table, label: LabelSpec, reasons: _Reasons) -> pa.Array:

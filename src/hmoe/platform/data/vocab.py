@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hmoe.platform.data.lookup import KeyIndex
 from hmoe.platform.data.spec import VocabSpec
 from hmoe.schema import OOV_INDEX, PAD_INDEX
 
@@ -33,8 +34,8 @@ FIRST_INDEX = 2  # indices 0 and 1 are padding and OOV
 class Vocabulary:
     """A fitted vocabulary of one categorical feature.
 
-    Lookups binary-search a sorted copy of the values (``O(B log V)`` per batch of B), so a
-    vocabulary of millions of ids costs no per-batch hash-table build.
+    Lookups go through a ``KeyIndex`` (binary search), so a vocabulary of millions of ids
+    costs no per-batch hash-table build.
 
     Args:
         mode: the ``VocabSpec.mode`` it was built with.
@@ -47,14 +48,10 @@ class Vocabulary:
     values: tuple[str, ...] = ()
     hash_size: int = 0
     max_id: int = -1
-    _sorted: np.ndarray = dataclasses.field(init=False, repr=False)
-    _sorted_index: np.ndarray = dataclasses.field(init=False, repr=False)
+    _index: KeyIndex = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        values = np.array(self.values if self.values else [""][:0], dtype=str)
-        order = np.argsort(values, kind="stable")
-        object.__setattr__(self, "_sorted", values[order])
-        object.__setattr__(self, "_sorted_index", order.astype(np.int64) + FIRST_INDEX)
+        object.__setattr__(self, "_index", KeyIndex.of(self.values))
 
     @property
     def size(self) -> int:
@@ -86,15 +83,8 @@ class Vocabulary:
         return np.where(nulls, PAD_INDEX, found).astype(np.int64)
 
     def _lookup(self, uniques: pa.Array) -> np.ndarray:
-        keys = np.array(uniques.to_pylist(), dtype=str)
-        if not len(self._sorted) or not len(keys):
-            return np.full(len(keys), OOV_INDEX, dtype=np.int64)
-        order = np.argsort(keys)  # sorted probes walk the table in order: cache friendly
-        position = np.empty(len(keys), dtype=np.int64)
-        position[order] = np.searchsorted(self._sorted, keys[order])
-        position = np.minimum(position, len(self._sorted) - 1)
-        known = self._sorted[position] == keys
-        return np.where(known, self._sorted_index[position], OOV_INDEX)
+        position = self._index.lookup_distinct(uniques)
+        return np.where(position >= 0, position + FIRST_INDEX, OOV_INDEX)
 
     def _hash(self, uniques: pa.Array) -> np.ndarray:
         return np.array(

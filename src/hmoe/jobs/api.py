@@ -153,7 +153,7 @@ class JobClient:
         for kind, need in (("CPU", res.cpus_needed()), ("GPU", res.gpus_needed())):
             if need > have.get(kind, 0.0) + 1e-9:
                 raise ConfigError(
-                    f"job.resources: the job needs {need:g} {kind}s at once (concurrent_trials "
+                    f"JobSpec.resources: the job needs {need:g} {kind}s at once (concurrent_trials "
                     f"{res.concurrent_trials} x workers {res.workers} x {kind.lower()}s_per_worker"
                     f"{' + 1 for Ray Data + driver_cpus' if kind == 'CPU' else ''}) but the "
                     f"cluster at {self.address} has {have.get(kind, 0.0):g}"

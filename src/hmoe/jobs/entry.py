@@ -57,7 +57,7 @@ def encode_spec(spec: JobSpec) -> str:
 
 
 def decode_spec(text: str) -> JobSpec:
-    return JobSpec.from_dict(json.loads(base64.urlsafe_b64decode(text.encode())), path="job")
+    return JobSpec.from_dict(json.loads(base64.urlsafe_b64decode(text.encode())))
 
 
 def parse_result(logs: str) -> dict[str, Any] | None:

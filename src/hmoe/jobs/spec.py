@@ -3,7 +3,7 @@
 A job spec names the data, the model preset, the search, the resources and the tracking
 server; ``hmoe submit`` reads it, refuses it before anything is submitted when a key is unknown,
 a value has the wrong type, a resource request is impossible or the dataset is missing (the
-message names the key path, e.g. ``job.resources.workers``), and sends it to the cluster,
+message names the key path, e.g. ``JobSpec.resources.workers``), and sends it to the cluster,
 where ``hmoe.jobs.entry`` runs it through ``hmoe.tune`` / ``hmoe.train``. Example::
 
     name: ml100k-full
@@ -45,7 +45,7 @@ __all__ = [
     "validate",
 ]
 
-ROOT = "job"
+ROOT = "JobSpec"  # the key path prefix of every message, as in from_dict
 MANIFEST = "manifest.json"
 MAX_GPUS_PER_WORKER = 8  # one node's worth; more is a typo, not a request
 MAX_WORKERS = 1024
@@ -299,7 +299,7 @@ def load_job(
         if not isinstance(data, Mapping):
             raise ConfigError(f"{origin}a job spec must be a mapping, got {type(data).__name__}")
         try:
-            spec = JobSpec.from_dict(data, path=ROOT)
+            spec = JobSpec.from_dict(data)
         except ConfigError as err:
             raise ConfigError(f"{origin}{err}") from None
     if overrides:

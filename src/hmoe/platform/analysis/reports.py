@@ -155,24 +155,10 @@ def _most_frequent_target(data_dir: Path, splits: tuple[str, ...], column: str, 
     return max(real, key=lambda i: (real[i], -i))
 
 
-def correlation_report(
-    model: nn.Module, schema: FeatureSchema, data_dir: Path, out_dir: Path, cfg: AnalysisConfig
-) -> Report:
-    """Ground truth (mutual information) vs learned correlation of every set's sequence encoder;
-    fidelity = Spearman; on synthetic data, also against the planted matrix."""
-    c = cfg.correlation
-    q = _sequence(schema, c.sequence)
-    encoders = feature_encoders(model)
-    slots = _slots(next(iter(encoders.values())), q, c.num_positions)
-    label = resolve_label(schema, c.task)
-    planted = load_planted(data_dir, q.category_field) if slots.num_buckets is None else None
-    target = c.target_category
-    if target is None:
-        target = planted.target_category if planted is not None else None
-    if target is None:
-        target = _most_frequent_target(
-            data_dir, cfg.correlation_splits, q.category_field, cfg.read_batch_rows
-        )
+def _count(
+    data_dir: Path, q: SequenceFeature, slots: _Slots, target: int, label: str, cfg: AnalysisConfig
+) -> corr.CorrelationCounts:
+    """Stream the splits once into the 2x2 counts of every (category, slot) cell."""
     counts = corr.CorrelationCounts(target_category=target, num_slots=slots.num_slots)
     columns = [seq_column(q.name, p) for p in ("category", "length", "time_delta")]
     columns += [q.category_field, label]
@@ -184,14 +170,35 @@ def correlation_report(
             np.where(hits_N, target, -1),
             chunk[label],
         )
+    return counts
+
+
+def correlation_report(
+    model: nn.Module, schema: FeatureSchema, data_dir: Path, out_dir: Path, cfg: AnalysisConfig
+) -> Report:
+    """Ground truth (mutual information) vs learned correlation of every set's sequence encoder;
+    fidelity = Spearman; on synthetic data, also against the planted matrix."""
+    c = cfg.correlation
+    q = _sequence(schema, c.sequence)
+    encoders = feature_encoders(model)
+    slots = _slots(next(iter(encoders.values())), q, c.num_positions)
+    # the planted matrix is over positions: not comparable with time-bucket columns
+    planted = load_planted(data_dir, q.category_field) if slots.num_buckets is None else None
+    target = c.target_category
+    if target is None and planted is not None:
+        target = planted.target_category
+    if target is None:
+        splits, rows = cfg.correlation_splits, cfg.read_batch_rows
+        target = _most_frequent_target(data_dir, splits, q.category_field, rows)
+    counts = _count(data_dir, q, slots, target, resolve_label(schema, c.task), cfg)
     categories = counts.top_categories(c.num_categories)
     if not categories:
         raise ValueError(f"no behaviour in the histories of targets of category {target}")
     truth_CP = counts.mutual_information(categories, c.missing_count)
     grids = {"ground truth (MI)": corr.min_max(truth_CP)}
     metrics: dict[str, float] = {}
-    if planted is not None:
-        planted_CP = planted.grid(categories, slots.num_slots)
+    planted_CP = None if planted is None else planted.grid(categories, slots.num_slots)
+    if planted_CP is not None:
         grids["planted"] = corr.min_max(planted_CP)
         metrics["corr_truth_vs_planted"] = corr.fidelity(truth_CP, planted_CP)
     for set_name, encoder in encoders.items():
@@ -200,9 +207,9 @@ def correlation_report(
             continue
         grids[f"{slots.kind} {set_name}"] = corr.min_max(learned_CP)
         metrics[metric_name("corr_fidelity", set_name)] = corr.fidelity(learned_CP, truth_CP)
-        if planted is not None:
+        if planted_CP is not None:
             name = metric_name("corr_fidelity_planted", set_name)
-            metrics[name] = corr.fidelity(learned_CP, planted.grid(categories, slots.num_slots))
+            metrics[name] = corr.fidelity(learned_CP, planted_CP)
     axis = "time bucket" if slots.num_buckets is not None else "position"
     title = f"target category {target} ({q.category_field}), columns: {axis} 1..{slots.num_slots}"
     path = plot_correlation_heatmaps(

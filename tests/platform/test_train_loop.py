@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.platform.runtime import StandaloneRuntime
 from hmoe.platform.train_loop import EvalData, LoopHooks, LoopSettings, _lr_factor, run_loop
 from hmoe.schema import LABELS
+from tests.conftest import REPO_ROOT
 
 SCHEMA = tiny_schema(("click", "like"))
 
@@ -159,3 +163,29 @@ def test_lr_schedules_with_warmup(schedule, end):
     assert _lr_factor(12, s) == pytest.approx(end, abs=1e-9)
     if schedule == "cosine":
         assert _lr_factor(7, s) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_on_cpu_imports_neither_ray_nor_mlflow(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    argv = ["gpu_check", "--device", "cpu", "--rows", "256", "--batch-size", "128"]
+    argv += ["--epochs", "2", "--out", str(out)]
+    script = tmp_path / "run_gpu_check.py"
+    script.write_text(
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "heavy = {'ray', 'mlflow', 'pyarrow'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"hmoe", "dcnv2"}
+    for r in results.values():
+        assert r["samples_per_s"] > 0 and 0.0 <= r["val_auc"] <= 1.0 and r["parameters"] > 0

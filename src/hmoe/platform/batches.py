@@ -3,7 +3,8 @@
 ``hmoe.platform.data.reader`` owns the prepared-dir format (manifest, shard list, the Arrow ->
 Batch conversion with an explicit dtype per column, Ray's pitfall P5). This module adds what the
 loop needs: a whole split materialised in memory (validation and test on rank 0, the standalone
-train split), seeded mini-batches over it, and the fixed input order of a logged model.
+train split), seeded mini-batches over it, and the fixed input order of a logged model. It
+imports the reader lazily, so the loop itself needs only torch and numpy.
 
 Legend: ``B`` batch, ``K`` tasks.
 """
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmoe.platform.data import reader
 from hmoe.schema import LABELS, FeatureSchema
 
 __all__ = [
@@ -35,12 +35,14 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
-MANIFEST = reader.MANIFEST
+MANIFEST = "manifest.json"
 # metric prefix -> the prepared dir's split name
 SPLITS = {"train": "train", "val": "valid", "test": "test"}
 
 
 def load_schema(data_dir: str | Path) -> FeatureSchema:
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     return reader.feature_schema(data_dir)
 
 
@@ -52,27 +54,37 @@ def _split(split: str) -> str:
 
 def read_split(data_dir: str | Path, split: str, schema: FeatureSchema) -> Batch:
     """One whole split (``train``, ``val``, ``test``) in memory as a single Batch."""
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     return reader.to_batch(reader.read_split_table(data_dir, _split(split)), schema)
 
 
 def split_rows(data_dir: str | Path, split: str) -> int:
     """Rows of a split, from the manifest's shard list."""
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     shards = reader.load_manifest(data_dir)["shards"][_split(split)]
     return sum(int(shard["rows"]) for shard in shards)
 
 
 def split_dataset(data_dir: str | Path, split: str) -> Any:
     """A split as a lazy Ray Dataset of exactly the Batch columns (streamed by Train)."""
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     return reader.read_split(data_dir, _split(split))
 
 
 def make_collate(schema: FeatureSchema) -> Any:
     """Ray ``iter_torch_batches`` collate_fn: an Arrow batch -> a Batch (dtype per column)."""
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     return reader.collate_fn(schema)
 
 
 def input_columns(schema: FeatureSchema) -> list[str]:
     """The Batch keys a model's forward may read, in a fixed order (labels excluded)."""
+    from hmoe.platform.data import reader  # pyarrow: only when reading shards
+
     return sorted(c for c in reader.batch_columns(schema) if not c.startswith("label__"))
 
 

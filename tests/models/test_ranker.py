@@ -219,3 +219,30 @@ def test_ranker_refuses_a_multitask_kind():
     cfg = ModelConfig(kind="mmoe")
     with pytest.raises(ConfigError, match=r"use zoo\.build"):
         HeteroMoERanker(cfg, tiny_schema())
+
+
+def test_sparse_gradients_give_the_same_model_with_sparse_id_table_gradients():
+    schema = tiny_schema()
+    batch = _batch(schema)
+    dense = _debug_model(schema).eval()
+    sparse = _debug_model(schema, use_sparse_gradients=True).eval()
+    torch.testing.assert_close(dense(batch), sparse(batch))
+    assert dense.sparse_parameters() == []
+    tables = sparse.sparse_parameters()
+    assert len(tables) == sparse.num_sets * len(schema.categorical)
+    assert len(tables) + len(sparse.dense_parameters()) == len(list(sparse.parameters()))
+    sparse(batch).sum().backward()
+    assert all(p.grad is not None and p.grad.is_sparse for p in tables)
+    user_table = sparse.encoders[0].embedding_tables()["user"]
+    torch.optim.SparseAdam(tables, lr=0.1).step()
+    moved = (sparse.encoders[0].embedding_tables()["user"] != user_table).any(dim=1)
+    assert set(moved.nonzero().flatten().tolist()) == set(batch["user"].tolist())
+
+
+def test_compile_flag_wraps_the_model_lazily():
+    from hmoe.models.zoo import build
+
+    cfg = apply_overrides(get_preset("debug").model, {"use_compile": True})
+    model = build(cfg, tiny_schema())
+    assert isinstance(model._orig_mod, HeteroMoERanker)  # compiled on the first call only
+    assert model.tasks == ("click",)  # attributes reach the wrapped ranker

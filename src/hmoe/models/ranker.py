@@ -23,6 +23,7 @@ from torch import nn
 from hmoe.config import Config, ConfigError, config
 from hmoe.models.combine import CombineConfig, MixtureCombiner
 from hmoe.models.common import MLP, MLPConfig
+from hmoe.models.embeddings import FieldEmbedding
 from hmoe.models.experts import (
     ExpertsConfig,
     build_expert,
@@ -98,6 +99,10 @@ class ModelConfig(Config):
     elsewhere). ``auxiliary_tasks`` (STEM-AL only): the auxiliary task names (empty: every task
     but the first). ``combine`` mixes the experts for each gate; ``tower`` is each task's MLP
     before its logit. ``use_compile`` wraps the built model in ``torch.compile``.
+    ``use_sparse_gradients`` makes the id tables (the big ones) produce sparse gradients: train
+    ``sparse_parameters()`` with ``torch.optim.SparseAdam`` (lazy Adam: only the rows in the
+    batch move) and the rest with Adam; it skips the whole-table zero-fill, gradient and Adam
+    update per step, and cannot be combined with a whole-table ``loss.embedding_l2``.
     """
 
     kind: ModelKind = "single"
@@ -109,6 +114,7 @@ class ModelConfig(Config):
     combine: CombineConfig = CombineConfig()
     tower: MLPConfig = MLPConfig()
     use_compile: bool = False
+    use_sparse_gradients: bool = False
 
     def __post_init__(self) -> None:
         if (self.kind in WITH_SHARED_EXPERTS) != (self.shared_experts is not None):
@@ -258,6 +264,11 @@ class HeteroMoERanker(nn.Module):
         self.encoders = nn.ModuleList(
             FeatureEncoder(config.encoder, schema, dim) for dim in set_dims
         )
+        if config.use_sparse_gradients:
+            for encoder in self.encoders:
+                for module in encoder.modules():
+                    if isinstance(module, FieldEmbedding):
+                        module.table.sparse = True
         first = self.encoders[0]
         self.field_names: tuple[str, ...] = first.field_names
         self.experts = nn.ModuleList(
@@ -311,6 +322,19 @@ class HeteroMoERanker(nn.Module):
     @property
     def expert_sets(self) -> tuple[int, ...]:
         return self.plan.expert_sets
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The id tables whose gradients are sparse (empty unless ``use_sparse_gradients``)."""
+        return [
+            module.weight
+            for module in self.modules()
+            if isinstance(module, nn.Embedding) and module.sparse
+        ]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter (train these with a dense optimizer)."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
 
     def set_tokens(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The tokens of every embedding set: S tensors ``[B, F, D_s]``."""

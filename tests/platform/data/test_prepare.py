@@ -19,10 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from hmoe.platform.data import (
+    collate_fn,
     feature_schema,
     iter_batches,
     load_manifest,
     prepare,
+    read_split,
     read_split_table,
     verify_shards,
 )
@@ -302,3 +304,12 @@ def test_sequences_from_a_separate_behaviour_log(ray_cluster, tmp_path: Path) ->
         )
         genres = [2 + zlib.crc32(g.encode()) % 5 for g in history["genre"]]
         assert list(row[seq_column("hist", "category")][:n]) == genres
+
+
+def test_ray_dataset_and_collate_give_batches(toy: dict) -> None:
+    schema = feature_schema(toy["out"])
+    dataset = read_split(toy["out"], "valid")
+    batches = list(dataset.iter_torch_batches(batch_size=50, collate_fn=collate_fn(schema)))
+    assert [len(b[WEIGHT]) for b in batches] == [50, 30]
+    assert batches[0][LABELS].shape == (50, 2)
+    assert batches[0][seq_column("hist", "similarity")].shape == (50, SEQ_LEN)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
-from hmoe.platform.data.sequences import earlier_exposures, sequence_indices
+from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
 from hmoe.platform.data.split import SplitAssigner, row_hash
 from hmoe.platform.data.tables import ROW_COLUMN
@@ -121,9 +121,9 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
         out[numeric.name] = pa.array(values.astype(np.float32))
     for sim in spec.similarity:
         left, right = (
-            _unit_vectors(parsed, name, plan.embeddings) for name in (sim.left, sim.right)
+            _raw_vectors(parsed, name, plan.embeddings) for name in (sim.left, sim.right)
         )
-        out[sim.name] = pa.array(np.clip((left * right).sum(axis=1), -1.0, 1.0).astype(np.float32))
+        out[sim.name] = pa.array(cosine(left, right).astype(np.float32))
     for label in spec.labels:
         out[label_column(label.task)] = parsed.column(label_column(label.task)).combine_chunks()
     ones = np.ones(parsed.num_rows, dtype=np.float32)
@@ -158,6 +158,15 @@ def _codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     encoded = pc.dictionary_encode(column)
     return np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
+
+
+def _raw_vectors(table: pa.Table, embedding: str, side: Mapping[str, SideEmbedding]) -> np.ndarray:
+    """``[N, D]`` vectors of the rows, from the side table or the row's own column."""
+    if embedding in side:
+        positions = np.asarray(table.column(key_column(embedding)), dtype=np.int64)
+        return side[embedding].vectors[positions]
+    column = table.column(emb_column(embedding)).combine_chunks()
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, column.type.list_size)
 
 
 def _unit_vectors(table: pa.Table, embedding: str, side: Mapping[str, SideEmbedding]) -> np.ndarray:

@@ -107,6 +107,13 @@ def _column_tensor(column: pa.ChunkedArray | pa.Array, dtype: Any) -> Any:
     if pa.types.is_fixed_size_list(array.type):
         width = array.type.list_size
         values = np.asarray(array.flatten()).reshape(len(array), width)
+    elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        # variable-length lists must all have one length (padded [B, M] / [B, L] columns)
+        lengths = np.unique(np.asarray(array.value_lengths().fill_null(0)))
+        if len(lengths) > 1:
+            raise ValueError(f"list column has rows of lengths {lengths.tolist()}; need one")
+        width = int(lengths[0]) if len(lengths) else 0
+        values = np.asarray(array.flatten()).reshape(len(array), width)
     else:
         values = np.asarray(array)
     return torch.from_numpy(np.array(values)).to(dtype)  # a writable copy

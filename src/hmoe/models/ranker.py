@@ -41,6 +41,9 @@ __all__ = [
     "ModelConfig",
     "assign_sets",
     "schema_groups",
+    "set_base_dims",
+    "single_task_plan",
+    "token_dims",
 ]
 
 ModelKind = Literal["single", "stem", "ame", "stem_al", "mmoe", "ple"]
@@ -222,6 +225,24 @@ def single_task_plan(config: ModelConfig, schema: FeatureSchema) -> MoEPlan:
     )
 
 
+def token_dims(plan: MoEPlan, schema: FeatureSchema) -> list[int]:
+    """Each set's token dim: its base dim, or ``base * G`` when a GwPFM expert reads it."""
+    groups = schema_groups(schema)
+    dims = []
+    for index, base in enumerate(plan.set_base_dims):
+        kinds = [k for k, s in zip(plan.expert_kinds, plan.expert_sets, strict=True) if s == index]
+        dims.append(max([base] + [required_embedding_dim(k, base, groups) for k in kinds]))
+    return dims
+
+
+def _make_id_tables_sparse(encoders: nn.ModuleList) -> None:
+    """Id tables emit sparse gradients (only the looked-up rows), see ``use_sparse_gradients``."""
+    for encoder in encoders:
+        for module in encoder.modules():
+            if isinstance(module, FieldEmbedding):
+                module.table.sparse = True
+
+
 class HeteroMoERanker(nn.Module):
     """Heterogeneous multi-embedding MoE ranker: sets -> experts -> mixture(s) -> towers.
 
@@ -249,26 +270,12 @@ class HeteroMoERanker(nn.Module):
         self.tasks: tuple[str, ...] = schema.tasks
         plan = self.make_plan(config, schema)
         self.plan = plan
-        groups = schema_groups(schema)
-        set_dims = [
-            max(
-                [base]
-                + [
-                    required_embedding_dim(kind, base, groups)
-                    for kind, s in zip(plan.expert_kinds, plan.expert_sets, strict=True)
-                    if s == index
-                ]
-            )
-            for index, base in enumerate(plan.set_base_dims)
-        ]
+        set_dims = token_dims(plan, schema)
         self.encoders = nn.ModuleList(
             FeatureEncoder(config.encoder, schema, dim) for dim in set_dims
         )
         if config.use_sparse_gradients:
-            for encoder in self.encoders:
-                for module in encoder.modules():
-                    if isinstance(module, FieldEmbedding):
-                        module.table.sparse = True
+            _make_id_tables_sparse(self.encoders)
         first = self.encoders[0]
         self.field_names: tuple[str, ...] = first.field_names
         self.experts = nn.ModuleList(
@@ -277,23 +284,29 @@ class HeteroMoERanker(nn.Module):
                 plan.expert_kinds, plan.expert_templates, plan.expert_sets, strict=True
             )
         )
-        flat_dims = [first.num_fields * d for d in set_dims]
         self._gate_inputs_shared = len(set(plan.gate_sets)) == 1
-        gate_sets = plan.gate_sets[:1] if self._gate_inputs_shared else plan.gate_sets
-        if config.combine.gate_source == "expert_inputs":
+        self.combiner = self._build_combiner(
+            config.combine, [first.num_fields * d for d in set_dims]
+        )
+        self.towers = nn.ModuleList(
+            _tower(self.combiner.output_dim, config.tower) for _ in self.tasks
+        )
+
+    def _build_combiner(self, config: CombineConfig, flat_dims: list[int]) -> MixtureCombiner:
+        """The mixtures, with gate inputs sized from each set's flattened tokens."""
+        plan = self.plan
+        if config.gate_source == "expert_inputs":
             gate_input_dims = [flat_dims[s] for s in plan.expert_sets]
         else:
+            gate_sets = plan.gate_sets[:1] if self._gate_inputs_shared else plan.gate_sets
             gate_input_dims = [sum(flat_dims[s] for s in sets) for sets in gate_sets]
-        self.combiner = MixtureCombiner(
-            config.combine,
+        return MixtureCombiner(
+            config,
             [expert.output_dim for expert in self.experts],
             num_gates=len(plan.allowed),
             gate_input_dims=gate_input_dims,
             allowed=plan.allowed,
             detached=plan.detached,
-        )
-        self.towers = nn.ModuleList(
-            _tower(self.combiner.output_dim, config.tower) for _ in self.tasks
         )
 
     @staticmethod

@@ -77,3 +77,39 @@ def test_tune_interrupted_and_resumed_nests_runs_and_registers_the_best(
     check_registered_model_reproduces_val_auc(
         uri, client, result.registered_model, result.model_version, result.best_run_id, data
     )
+
+
+def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkeypatch):
+    """No Ray cluster needed: the trial driver refuses the config before building a trainer."""
+    import ray.tune
+    from mlflow import MlflowClient
+
+    from hmoe.platform.api import resolve
+    from hmoe.platform.experiment import build_experiment
+    from hmoe.platform.tracking import MlflowRun
+    from hmoe.platform.tune import InfeasibleTrial, trial_driver
+
+    class _Context:
+        def get_trial_id(self):
+            return "abc123"
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: _Context())
+    data = write_prepared(tmp_path / "tiny")
+    cfg = resolve(build_experiment("dcnv2", data), tmp_path)
+    parent = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, "search", {})
+    settings = {"base": cfg.to_dict(), "parent": parent.run_id, "space": "experts",
+                "search": "s", "storage": str(tmp_path / "trials")}  # fmt: skip
+    zero = {"model.experts.counts.dcnv2": 0, "model.experts.counts.mlp": 0}
+    with pytest.raises(InfeasibleTrial, match="no expert at all"):
+        trial_driver(zero, settings)
+    client = MlflowClient(cfg.tracking.uri)
+    [child] = client.search_runs(
+        [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+    )
+    assert child.info.status == "FAILED"
+    assert "no expert at all" in child.data.tags["hmoe.failure_reason"]
+    assert (
+        child.data.tags["hmoe.trial_id"] == "abc123" and child.data.tags["hmoe.space"] == "experts"
+    )
+    assert not (tmp_path / "trials").exists()  # no Train run was started

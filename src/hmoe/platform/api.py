@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,8 +57,11 @@ class TrainResult:
 
 
 def dataset_hash(data_dir: str | Path) -> str:
-    """A short hash of the prepared dataset's manifest (its spec, schema and shard checksums)."""
+    """The manifest's ``dataset_hash`` (written by ``prepare``), else a hash of the manifest."""
     blob = (Path(data_dir) / MANIFEST).read_bytes()
+    recorded = json.loads(blob).get("dataset_hash")
+    if isinstance(recorded, str) and recorded:
+        return recorded
     return hashlib.sha256(blob).hexdigest()[:DATASET_HASH_LENGTH]
 
 

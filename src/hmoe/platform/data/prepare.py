@@ -2,15 +2,22 @@
 
 The stages, and which of them stream:
 
-1. read + join side tables + validate (streaming map over file fragments), materialised once
-   in the object store (spilled to disk when large) because later stages read it several times;
+1. read + join side tables + validate (streaming map over file fragments: one task per text
+   file or Parquet row group), materialised once in the object store (spilled to disk when
+   large) because later stages read it several times. Side tables are read and indexed once
+   in the driver and broadcast; their embeddings are parsed once and rows carry only the key's
+   position;
 2. statistics passes (streaming maps returning small partial results merged in the driver):
    counts per quarantine reason, split boundaries (histogram narrowing), train vocabularies
    and numeric statistics;
 3. quarantine rows written (streaming);
 4. encoding (streaming map), then ONE shuffle: rows grouped by shard (by user when sequences
-   or exposure counts need each user's rows together), each shard sorted by row id, completed
-   with sequences / exposure counts and written as one file per split.
+   or exposure counts need each user's rows together; events of separate behaviour logs join
+   their user's shard), each shard sorted by row id, completed with sequences / exposure
+   counts and written as one file per split (``part-<shard>.parquet``, zstd, fixed row groups:
+   the same input gives byte-identical shards).
+
+A shard holds ``output.rows_per_shard`` rows on average, which bounds a write task's memory.
 
 Output, written into a temporary directory beside ``out_dir`` and renamed at the end (a killed
 run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)::

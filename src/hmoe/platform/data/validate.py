@@ -14,7 +14,9 @@ per reason add up to the quarantined rows). Reasons:
 * ``bad_weight``: a weight <= 0, or a propensity outside (0, 1]
 
 Parsed columns: ``__ts`` (float seconds), ``c:<name>`` (string, or list of strings when
-multi-valued), ``n:<name>`` float64, ``e:<name>`` list<float32>, ``label__<task>`` float32,
+multi-valued), ``n:<name>`` float64, ``e:<name>`` fixed-size list<float32> for an embedding in
+a log column, ``k:<name>`` int64 (the key's row in its side table) for an embedding held by a
+side table (parsed once in the driver, see ``side_embeddings``), ``label__<task>`` float32,
 ``__weight`` / ``__propensity`` float32, ``t:<column>`` tie-break strings. Invalid rows keep
 their raw values as JSON in ``__raw`` for the quarantine files.
 """

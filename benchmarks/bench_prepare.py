@@ -377,6 +377,20 @@ def _machine() -> str:
     )
 
 
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
 def _fmt_gb(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
@@ -490,6 +504,7 @@ def main() -> None:
         return
     print(f"# bench_prepare {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {_machine()}")
+    print(f"# hmoe commit {_git_commit()}")
     print(f"# Ray CPUs {args.cpus}, object store {args.object_store_gb or 'default'} GB")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.check:

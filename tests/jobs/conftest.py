@@ -22,7 +22,7 @@ import pytest
 
 from hmoe.platform.processes import free_port, session_members
 
-HEAD_CPUS = 3  # the smoke job needs 2 (1 worker, 1 Ray Data); 3 tells it from the session Ray
+HEAD_CPUS = 4  # 2 concurrent smoke trials (1 worker + 0.01 Tune driver each) + 1 Ray Data
 JOB_TIMEOUT_S = 480
 CLI_TIMEOUT_S = 240
 
@@ -98,7 +98,7 @@ def smoke_overrides(services: Services, prepared: Path, experiment: str, storage
         "tracking.experiment": experiment,
         "tracking.registered_model": f"{experiment}-best",
         "storage": str(storage),
-        "resources.concurrent_trials": 2,  # both trials at once: HEAD_CPUS = 2 workers + 1 data
+        "resources.concurrent_trials": 2,  # both trials at once (see HEAD_CPUS)
     }
 
 

@@ -123,7 +123,7 @@ def test_head_does_not_capture_the_sessions_own_ray(services: Services, ray_clus
     head = read_head(services.state_dir)
     own = ray_cluster.get_runtime_context().gcs_address
     assert own != head.gcs_address
-    assert ray_cluster.cluster_resources()["CPU"] == 2  # the head advertises HEAD_CPUS = 3
+    assert ray_cluster.cluster_resources()["CPU"] == 2  # the head advertises HEAD_CPUS = 4
 
 
 @pytest.mark.ray

@@ -163,7 +163,7 @@ def _offline_client(resources: dict[str, float]) -> tuple[JobClient, _RecordingS
 def test_capacity_check_refuses_before_submitting(tmp_path: Path):
     spec = load_job(_smoke(tmp_path, resources={"workers": 2, "concurrent_trials": 2}))
     client, sdk = _offline_client({"CPU": 4.0})
-    with pytest.raises(ConfigError, match=r"needs 5 CPUs .* has 4"):
+    with pytest.raises(ConfigError, match=r"needs 5\.02 CPUs .* has 4"):
         client.submit(spec)
     gpu = load_job(_smoke(tmp_path, resources={"gpus_per_worker": 0.5}))
     with pytest.raises(ConfigError, match=r"needs 0\.5 GPUs .* has 0"):

@@ -75,7 +75,7 @@ def test_cli_lists_and_reports_the_job(smoke_job: FinishedJob, services: Service
     assert smoke_job.job.result().parent_run_id in result.stdout
     cluster = hmoe_cli("cluster", "status", *flags)
     assert cluster.returncode == 0, cluster.stderr
-    assert "CPU 3" in cluster.stdout and services.dashboard_url in cluster.stdout
+    assert "CPU 4" in cluster.stdout and services.dashboard_url in cluster.stdout
 
 
 def _set(data: dict, dotted: str, value: object) -> None:
@@ -101,7 +101,7 @@ BAD_SPECS = {
         r"dataset\.prepared: .*no manifest",
     ),
     "unknown override": ("overrides.train.lrr", 0.1, r"JobSpec\.overrides: .*'lrr'"),
-    "more CPUs than the head": ("resources.workers", 4, r"needs 5 CPUs .* has 3"),
+    "more CPUs than the head": ("resources.workers", 4, r"needs 5\.01 CPUs .* has 4"),
     "a GPU on a CPU head": ("resources.gpus_per_worker", 1, r"needs 1 GPUs .* has 0"),
 }
 

@@ -44,6 +44,7 @@ DATA_ROOT_ENV = "HMOE_DATA_ROOT"
 PACKAGE_EXCLUDES = ("__pycache__", "*.pyc")
 MAX_NODES = 10_000
 HTTP_TIMEOUT_S = 30.0
+CAPACITY_SLACK = 1e-9  # float sums of fractional CPUs
 
 
 class JobError(RuntimeError):
@@ -150,13 +151,16 @@ class JobClient:
         """Refuse a job the cluster cannot run at all (``ConfigError`` naming the numbers)."""
         have = self.resources()
         res = spec.resources
-        for kind, need in (("CPU", res.cpus_needed()), ("GPU", res.gpus_needed())):
-            if need > have.get(kind, 0.0) + 1e-9:
+        shape = f"{res.concurrent_trials} trial(s) at once x {res.workers} worker(s)"
+        for kind, need, extra in (
+            ("CPU", spec.cpus_needed(), " + Tune trial drivers + 1 for Ray Data + driver_cpus"),
+            ("GPU", spec.gpus_needed(), ""),
+        ):
+            if need > have.get(kind, 0.0) + CAPACITY_SLACK:
                 raise ConfigError(
-                    f"JobSpec.resources: the job needs {need:g} {kind}s at once (concurrent_trials "
-                    f"{res.concurrent_trials} x workers {res.workers} x {kind.lower()}s_per_worker"
-                    f"{' + 1 for Ray Data + driver_cpus' if kind == 'CPU' else ''}) but the "
-                    f"cluster at {self.address} has {have.get(kind, 0.0):g}"
+                    f"JobSpec.resources: the job needs {need:g} {kind}s ({shape} x "
+                    f"{kind.lower()}s_per_worker{extra}) but the cluster at {self.address} "
+                    f"has {have.get(kind, 0.0):g}"
                 )
 
     def submit(

@@ -49,7 +49,6 @@ ROOT = "JobSpec"  # the key path prefix of every message, as in from_dict
 MANIFEST = "manifest.json"
 MAX_GPUS_PER_WORKER = 8  # one node's worth; more is a typo, not a request
 MAX_WORKERS = 1024
-DATA_INGEST_CPUS = 1.0  # hmoe.platform.api.DATA_CPUS: left free for Ray Data per search
 EXAMPLES = ("smoke", "ml100k_full", "criteo_tiny_experts", "synthetic_scale")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ANCHORS = ("/", "~", "$")  # absolute, home- or environment-anchored paths
@@ -166,14 +165,6 @@ class ResourcesSpec(Config):
         if self.driver_cpus < 0:
             raise ConfigError(f"resources.driver_cpus must be >= 0, got {self.driver_cpus}")
 
-    def cpus_needed(self) -> float:
-        """Logical CPUs the job occupies at its peak, Ray Data's share and the driver included."""
-        trials = self.concurrent_trials * self.workers * self.cpus_per_worker
-        return trials + DATA_INGEST_CPUS + self.driver_cpus
-
-    def gpus_needed(self) -> float:
-        return self.concurrent_trials * self.workers * self.gpus_per_worker
-
 
 @config
 class TrackingSpec(Config):
@@ -256,6 +247,21 @@ class JobSpec(Config):
     @property
     def kind(self) -> str:
         return "train" if self.search is None else "tune"
+
+    def cpus_needed(self) -> float:
+        """Logical CPUs the job holds at its peak, counted as ``hmoe.tune``/``hmoe.train`` do:
+        per trial its workers and its Tune driver, then Ray Data's share and the job driver."""
+        from hmoe.platform.api import DATA_CPUS
+        from hmoe.platform.tune import TRIAL_DRIVER_CPUS
+
+        res = self.resources
+        trial_driver = TRIAL_DRIVER_CPUS if self.search is not None else 0.0
+        per_trial = res.workers * res.cpus_per_worker + trial_driver
+        return res.concurrent_trials * per_trial + DATA_CPUS + res.driver_cpus
+
+    def gpus_needed(self) -> float:
+        res = self.resources
+        return res.concurrent_trials * res.workers * res.gpus_per_worker
 
 
 def example_path(name: str) -> Path:

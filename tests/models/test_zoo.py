@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from hmoe.config import Config, ConfigError, apply_overrides, iter_configs
+from hmoe.models import multitask, ranker
 from hmoe.models.losses import TrainWrapper
 from hmoe.models.multitask import MultiTaskRanker
 from hmoe.models.ranker import HeteroMoERanker
@@ -95,6 +97,18 @@ def test_build_picks_the_class_by_kind():
     assert type(build(get_preset("mmoe").model, schema)) is MultiTaskRanker
     with pytest.raises(TypeError, match="FeatureSchema"):
         build(get_preset("debug").model, {"tasks": TWO_TASKS})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("module", [ranker, multitask])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_modules_have_args_and_example():
+    for cls in (ranker.HeteroMoERanker, multitask.MultiTaskRanker):
+        doc = inspect.getdoc(cls) or ""
+        assert "Args:" in doc and "Example:" in doc, cls.__name__
 
 
 def test_get_preset_unknown_name():

@@ -150,10 +150,16 @@ class MultiTaskRanker(HeteroMoERanker):
         schema: the dataset's feature schema; one gate and tower per task in ``schema.tasks``.
 
     Example:
+        >>> import torch
         >>> from hmoe.models.experts import ExpertsConfig
+        >>> from hmoe.models.ranker import EmbeddingSetsConfig
         >>> from hmoe.models.testing import random_batch, tiny_schema
         >>> schema = tiny_schema(tasks=("click", "like"))
-        >>> cfg = ModelConfig(kind="stem", shared_experts=ExpertsConfig(counts={"mlp": 1}))
+        >>> cfg = ModelConfig(
+        ...     kind="stem",
+        ...     embedding=EmbeddingSetsConfig(assignment="shared"),
+        ...     shared_experts=ExpertsConfig(counts={"mlp": 1}),
+        ... )
         >>> model = MultiTaskRanker(cfg, schema)
         >>> model.set_names
         ('shared', 'task:click', 'task:like')

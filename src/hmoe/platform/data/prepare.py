@@ -30,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +63,7 @@ from hmoe.platform.data.validate import (
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
+LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _TMP_MARK = ".tmp-"
@@ -112,6 +115,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
     written = [w for w, _ in list_files(spec.log, base)]
+    stage = _Stages()
     parsed = (
         ray.data.from_items(frags, override_num_blocks=len(frags))
         .map_batches(
@@ -122,11 +126,14 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         )
         .materialize()
     )
+    stage("read + validate")
     pinned = pinned_file_splits(spec, written)
     totals = pstats.collect(parsed, pstats.block_totals, spec=spec, pinned=pinned)
+    stage("totals")
     if totals["valid"] == 0:
         raise ValueError(f"no valid rows in {spec.log.paths}: {dict(totals['reasons'])}")
     splitter = _splitter(spec, parsed, pinned, totals)
+    stage("split boundaries")
     train = pstats.collect(
         parsed,
         pstats.block_train_stats,
@@ -138,6 +145,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         raise ValueError("the train split is empty; check the split spec")
     vocabs = pstats.vocabularies(spec, train, totals)
     _write_vocab_files(tmp, vocabs)
+    stage("train statistics + vocabularies")
     if totals["valid"] < totals["read"]:
         parsed.map_batches(_quarantine_rows, batch_format="pyarrow").write_parquet(
             str(tmp / "quarantine")
@@ -152,13 +160,27 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         out_dir=str(tmp),
         embeddings=embeddings,
     )
+    stage("quarantine + behaviour logs")
     records = _write_shards(parsed, events, plan, totals["valid"], progress)
+    stage("encode + shuffle + write shards")
     manifest = _manifest(spec, totals, train, vocabs, records)
     manifest["behaviour_logs"] = {
         spec.sequences[index].name: pstats.collect(ds, pstats.block_reasons)
         for index, ds in events.items()
     }
     return manifest
+
+
+class _Stages:
+    """Logs the wall time of each stage (logger ``hmoe.platform.data.prepare``, INFO)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        LOG.info("prepare: %s took %.1f s", name, now - self.start)
+        self.start = now
 
 
 def _read_events(spec: DatasetSpec, base: Path) -> dict[int, Any]:

@@ -351,7 +351,7 @@ class SplitSpec(Config):
 class OutputSpec(Config):
     """Shard sizes and the statistics fitted for numeric features."""
 
-    rows_per_shard: int = 1_000_000  # bounds the memory of one write task
+    rows_per_shard: int = 250_000  # bounds a write task's memory; shards are written in parallel
     numeric_quantiles: int = 16  # bucket boundaries per numeric feature (fitted on train)
     quantile_sample_rows: int = 200_000  # train rows sampled (deterministically) for them
     read_batch_rows: int = 65_536  # rows per block read from text files

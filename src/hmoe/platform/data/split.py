@@ -20,7 +20,7 @@ from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_numbers,
 
 __all__ = ["Boundary", "SplitAssigner", "eligible_mask", "locate_boundary", "order_key", "row_hash"]
 
-COLLECT_ROWS = 1_000_000  # a boundary's candidate keys are sorted in the driver below this count
+COLLECT_ROWS = 100_000  # a boundary's candidate keys are sorted in the driver below this count
 HISTOGRAM_BINS = 4096  # bins per narrowing pass (each pass shrinks the candidates ~4096x)
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 

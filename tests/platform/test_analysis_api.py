@@ -60,6 +60,11 @@ def tracked_run(uri: str, data: Path, kind: str, seed: int = 0) -> tuple[str, st
     return uri, run.run_id
 
 
+@pytest.fixture(scope="module")
+def stem_run(store: str, prepared: Path) -> tuple[str, str]:
+    return tracked_run(store, prepared, "stem")
+
+
 def artifacts(uri: str, run_id: str) -> dict[str, int]:
     from mlflow import MlflowClient
 
@@ -87,21 +92,23 @@ def test_analyze_all_writes_and_logs_every_plot(tmp_path: Path, store: str, prep
     assert metrics["analysis/entangle_pairs"] > 0
 
 
-def test_analyze_one_kind_and_cli(tmp_path: Path, store: str, prepared: Path, capsys) -> None:
-    uri, run_id = tracked_run(store, prepared, "single")
+def test_analyze_one_kind_through_the_cli(
+    tmp_path: Path, stem_run: tuple[str, str], capsys
+) -> None:
+    uri, run_id = stem_run
     out = tmp_path / "cli"
-    code = cli_main(
-        ["analyze", run_id, "--kind", "collapse", "--out", str(out), "--tracking-uri", uri]
-    )
-    assert code == 0
+    args = ["analyze", run_id, "--kind", "collapse", "--out", str(out), "--tracking-uri", uri]
+    assert cli_main([*args, "--set", "plot.dpi=40"]) == 0
     printed = capsys.readouterr().out
-    assert f"collapse: {out / 'collapse_spectrum.png'}" in printed
-    assert "ia_set0_category" in printed
-    assert set(artifacts(uri, run_id)) == {"collapse_spectrum.png"}
+    path = out / "collapse_spectrum.png"
+    assert f"collapse: {path}" in printed and "ia_task-like_category = " in printed
+    assert sorted(out.iterdir()) == [path]
+    assert artifacts(uri, run_id)["collapse_spectrum.png"] == path.stat().st_size
     with pytest.raises(ValueError, match="unknown analysis kind"):
         analyze(run_id, "spectra", out, uri)
-    bad = cli_main(["analyze", run_id, "--set", "collapse.eps=-1", "--tracking-uri", uri])
-    assert bad == 2
+    assert cli_main([*args, "--set", "collapse.eps=-1"]) == 2
+    assert cli_main([*args, "--reference", "click"]) == 2
+    assert "TASK=RUN_ID" in capsys.readouterr().err
 
 
 def test_run_without_config_is_a_clear_error(store: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmoe.config import ConfigError
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.jobs.cli import main as cli_main
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.zoo import build
@@ -131,6 +131,16 @@ def test_identical_task_tables_give_an_empty_conflict_subset(tmp_path: Path, pre
     refs = {"click": build(h.model_config("single"), h.schema()), "like": other}
     report = entanglement_report(refs, h.schema(), prepared, tmp_path, AnalysisConfig())
     assert 0.0 < report.metrics["entangle_conflict_share"] < 1.0
+    # no reference for the tasks: plain histograms, no conflict metrics
+    mmoe = {"mmoe": build(h.model_config("mmoe"), h.schema())}
+    report = entanglement_report(mmoe, h.schema(), prepared, tmp_path, AnalysisConfig())
+    assert set(report.metrics) == {"entangle_pairs"}
+    two_sets = apply_overrides(
+        h.model_config("single"), {"embedding.assignment": "per_expert", "experts.counts.mlp": 2}
+    )
+    refs["click"] = build(two_sets, h.schema())
+    with pytest.raises(ValueError, match="reference needs one set"):
+        entanglement_report(refs, h.schema(), prepared, tmp_path, AnalysisConfig())
 
 
 def test_monitor_logs_abundance_and_gradient_conflict_on_its_epochs() -> None:

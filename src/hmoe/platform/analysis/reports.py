@@ -279,27 +279,27 @@ def _set_distances(
     return out
 
 
+def _reference(per_model: Mapping[str, Mapping[str, np.ndarray]], task: str) -> np.ndarray | None:
+    """Task ``task``'s reference distances: the model named ``task`` (a single-task reference
+    run) with one set, else any model's ``task:{task}`` set (STEM / STEM-AL), else ``None``."""
+    own = TASK_SET_PREFIX + task
+    if task in per_model:
+        sets = per_model[task]
+        if len(sets) == 1:
+            return next(iter(sets.values()))
+        if own not in sets:
+            raise ValueError(
+                f"the reference model of task {task!r} has {len(sets)} embedding sets "
+                f"{sorted(sets)}; a reference needs one set (a single-embedding model)"
+            )
+    return next((sets[own] for sets in per_model.values() if own in sets), None)
+
+
 def _task_distances(
     per_model: Mapping[str, Mapping[str, np.ndarray]], tasks: tuple[str, str]
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The reference distances of the two tasks: the ``task:{t}`` set of any analysed model
-    (STEM / STEM-AL), or the only set of a model named ``t`` (a single-task reference)."""
-    found = []
-    for task in tasks:
-        hits = [
-            sets[TASK_SET_PREFIX + task]
-            for sets in per_model.values()
-            if TASK_SET_PREFIX + task in sets
-        ]
-        hits += [
-            next(iter(sets.values()))
-            for name, sets in per_model.items()
-            if name == task and len(sets) == 1
-        ]
-        if not hits:
-            return None
-        found.append(hits[0])
-    return found[0], found[1]
+    far, near = _reference(per_model, tasks[0]), _reference(per_model, tasks[1])
+    return None if far is None or near is None else (far, near)
 
 
 def entanglement_report(

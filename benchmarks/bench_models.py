@@ -39,7 +39,7 @@ from hmoe.models.testing import criteo_like_schema, ml100k_like_schema, random_b
 from hmoe.schema import LABELS, FeatureSchema, seq_column
 
 PEER_VERSION = "0.3.0"
-THREADS = 2
+DEFAULT_THREADS = 2
 LEARNING_RATE = 1e-3
 NUM_DISTINCT_BATCHES = 3
 Batch = dict[str, torch.Tensor]
@@ -204,14 +204,14 @@ def peer_step(kind: str, schema: FeatureSchema) -> tuple[Callable[[Batch], None]
 # --- the run ------------------------------------------------------------------------------------
 
 
-def machine() -> str:
+def machine(threads: int) -> str:
     cpu = platform.processor() or "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                  if ln.startswith("model name")]  # fmt: skip
         cpu = f"{names[0]} x{len(names)}" if names else cpu
-    return f"{cpu}, torch {torch.__version__}, {THREADS} threads"
+    return f"{cpu}, torch {torch.__version__}, {threads} thread(s)"
 
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -283,15 +283,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variant-presets", nargs="+", default=["din", "dcnv2", "hmoe"])
     parser.add_argument("--no-peers", dest="peers", action="store_false")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="intra-op threads; on an oversubscribed machine 1 avoids OpenMP barrier stalls",
+    )
     parser.add_argument("--peer-dir", type=Path, default=Path("/tmp/hmoe-bench-peers"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     if args.peers:
         install_peer(args.peer_dir)
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = run(args)
-    print(f"\n{machine()}; {started}; median of {args.repeats} repeats of "
-          f">= {args.samples} samples (forward + backward + Adam step)\n")  # fmt: skip
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").is_file() else "?"
+    print(f"\n{machine(args.threads)}; load average {load} at the end; {started}; "
+          f"median of {args.repeats} rounds of >= {args.samples} samples per model "
+          "(forward + backward + optimizer step)\n")  # fmt: skip
     print(table(rows))
 
 

@@ -133,14 +133,16 @@ def install_peer(peer_dir: Path) -> None:
 
 
 def _peer_columns(schema: FeatureSchema, batch: Batch) -> dict[str, torch.Tensor]:
-    """Our Batch as DeepCTR columns: ids, the first value of multi-valued ids, raw numerics
-    (log1p for the Criteo counts), similarities, histories and their lengths."""
+    """Our Batch as DeepCTR columns: ids, the first value of multi-valued ids, log1p numerics,
+    similarities, histories and their lengths."""
     columns = {}
     for c in schema.categorical:
         ids = batch[c.name]
         columns[c.name] = ids[:, 0] if c.multi_valued else ids
-    for n in (*schema.numeric, *schema.similarity):
-        columns[n.name] = batch[n.name].clamp(min=0).log1p() if n.name[0] == "I" else batch[n.name]
+    for n in schema.numeric:
+        columns[n.name] = batch[n.name].clamp(min=0).log1p()  # counts and years, as dense inputs
+    for s in schema.similarity:
+        columns[s.name] = batch[s.name]
     for q in schema.sequences:
         columns[f"hist_{q.item_field}"] = batch[seq_column(q.name, "item")]
         if q.category_field is not None:

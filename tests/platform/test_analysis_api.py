@@ -17,6 +17,7 @@ from hmoe.platform.analysis.access import (
     embedding_sets,
     gradient_conflict_metrics,
     shared_parameters,
+    unwrap,
 )
 from hmoe.platform.analysis.api import ANALYSIS_ARTIFACT_DIR, analyze, load_run
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
@@ -181,3 +182,9 @@ def test_gradient_conflict_on_multitask_models() -> None:
     single = build(h.model_config("single"), h.schema())
     one_task = TrainWrapper(single, LossConfig(), tasks=h.TASKS[:1])
     assert gradient_conflict_metrics(one_task, batch) == {}
+
+
+def test_unwrap_sees_through_torch_compile() -> None:
+    model = build(h.model_config("single"), h.schema())
+    assert unwrap(torch.compile(model)) is model
+    assert set(embedding_sets(torch.compile(model))) == {"set0"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hmoe.config import ConfigError
+from hmoe.jobs.entry import RESULT_MARKER
 from tests.jobs.conftest import JOB_TIMEOUT_S, FinishedJob, Services, hmoe_cli, smoke_overrides
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -73,6 +74,8 @@ def test_cli_lists_and_reports_the_job(smoke_job: FinishedJob, services: Service
     result = hmoe_cli("jobs", "result", job_id, *flags)
     assert result.returncode == 0, result.stderr
     assert smoke_job.job.result().parent_run_id in result.stdout
+    followed = hmoe_cli("jobs", "logs", job_id, "--follow", *flags)  # ends with the job
+    assert followed.returncode == 0 and RESULT_MARKER in followed.stdout
     cluster = hmoe_cli("cluster", "status", *flags)
     assert cluster.returncode == 0, cluster.stderr
     assert "CPU 4" in cluster.stdout and services.dashboard_url in cluster.stdout

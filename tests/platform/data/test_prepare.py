@@ -7,6 +7,7 @@ features, the temporal split, train-only vocabularies, and byte-identical re-run
 
 from __future__ import annotations
 
+import importlib
 import json
 import zlib
 from collections import Counter
@@ -313,3 +314,18 @@ def test_ray_dataset_and_collate_give_batches(toy: dict) -> None:
     assert [len(b[WEIGHT]) for b in batches] == [50, 30]
     assert batches[0][LABELS].shape == (50, 2)
     assert batches[0][seq_column("hist", "similarity")].shape == (50, SEQ_LEN)
+
+
+def test_many_shards_with_the_push_shuffle_give_the_same_rows(
+    toy: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepare_module = importlib.import_module("hmoe.platform.data.prepare")
+    monkeypatch.setattr(prepare_module, "PULL_SHUFFLE_MAX_PARTITIONS", 2)
+    spec = spec_dict(output={"rows_per_shard": 64})  # 7 shards, each holding whole users
+    path = write_dataset(tmp_path / "raw", plant(make_log(n=400, seed=7)[0]), toy["items"], spec)
+    manifest = prepare(path, tmp_path / "out")
+    assert len(manifest["shards"]["train"]) > 2
+    frame = _all_splits(tmp_path / "out").set_index("rid").drop(columns="split")
+    frame.index = frame.index.astype(int)
+    expected = toy["shards"].drop(columns="split")
+    pd.testing.assert_frame_equal(frame.sort_index(), expected.sort_index(), check_like=True)

@@ -66,6 +66,7 @@ __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 LOG = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+PULL_SHUFFLE_MAX_PARTITIONS = 64  # shards; see _choose_shuffle
 _TMP_MARK = ".tmp-"
 
 
@@ -312,6 +313,7 @@ def _write_shards(
                 fn_kwargs={"plan": plan, "sequence": index},
             )
         )
+    _choose_shuffle(plan.num_shards)
     written = encoded.groupby("__shard", num_partitions=plan.num_shards).map_groups(
         write_shard, batch_format="pyarrow", fn_kwargs={"plan": plan}
     )
@@ -324,6 +326,19 @@ def _write_shards(
     return sorted(records, key=lambda r: r["path"])
 
 
+def _choose_shuffle(partitions: int) -> None:
+    """Pull-based sort shuffle (no start-up cost) for up to ``PULL_SHUFFLE_MAX_PARTITIONS``
+    shards; beyond, its M x R intermediate objects grow large and the push-based shuffle,
+    which merges map outputs early, takes over. ``_data_context`` restores the setting."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    pull = partitions <= PULL_SHUFFLE_MAX_PARTITIONS
+    DataContext.get_current().shuffle_strategy = (
+        ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if pull else ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED
+    )
+
+
 def _encode_valid(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
     valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
     return encode_batch(valid, plan)
@@ -333,10 +348,10 @@ def _write_vocab_files(tmp: Path, vocabs: dict) -> None:
     import pyarrow.parquet as pq
 
     for name, vocab in vocabs.items():
-        if vocab.values:
+        if len(vocab.keys):
             (tmp / "vocab").mkdir(exist_ok=True)
             pq.write_table(
-                pa.table({"value": pa.array(vocab.values, pa.string())}),
+                pa.table({"value": pa.array(vocab.keys.tolist(), pa.string())}),
                 tmp / "vocab" / f"{name}.parquet",
             )
 

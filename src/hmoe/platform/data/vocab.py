@@ -39,19 +39,28 @@ class Vocabulary:
 
     Args:
         mode: the ``VocabSpec.mode`` it was built with.
-        values: the known values in index order (fit, closed); empty for hash and identity.
+        keys: the known values in index order (fit, closed; a numpy string array, which
+            pickles to Ray tasks far faster than a tuple of millions of strings); empty for
+            hash and identity.
         hash_size: buckets of a hash vocabulary.
         max_id: the largest id of an identity vocabulary.
     """
 
     mode: str
-    values: tuple[str, ...] = ()
+    keys: np.ndarray = dataclasses.field(default_factory=lambda: np.array([], dtype=str))
     hash_size: int = 0
     max_id: int = -1
     _index: KeyIndex = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", KeyIndex.of(self.values))
+        keys = np.asarray(self.keys if len(self.keys) else np.array([], dtype=str), dtype=str)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "_index", KeyIndex(keys=keys))
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The known values in index order (index = position + 2)."""
+        return tuple(self.keys.tolist())
 
     @property
     def size(self) -> int:
@@ -60,7 +69,7 @@ class Vocabulary:
             return FIRST_INDEX + self.hash_size
         if self.mode == "identity":
             return FIRST_INDEX + self.max_id + 1
-        return FIRST_INDEX + len(self.values)
+        return FIRST_INDEX + len(self.keys)
 
     def encode(self, values: pa.Array) -> np.ndarray:
         """int64 indices of a string array; null -> padding, unknown -> OOV."""
@@ -136,10 +145,10 @@ def fit_vocabulary(spec: VocabSpec, counts: pa.Table, max_id: int) -> Vocabulary
     if spec.mode == "identity":
         return Vocabulary(mode="identity", max_id=max(max_id, 0))
     if spec.mode == "closed":
-        return Vocabulary(mode="closed", values=tuple(dict.fromkeys(spec.values)))
+        return Vocabulary(mode="closed", keys=np.array(list(dict.fromkeys(spec.values)), dtype=str))
     kept = counts.filter(pc.greater_equal(counts.column("count"), spec.min_count))
     order = pc.sort_indices(kept, sort_keys=[("count", "descending"), ("value", "ascending")])
     values = kept.column("value").take(order).to_pylist()
     if spec.max_size is not None:
         values = values[: spec.max_size]
-    return Vocabulary(mode="fit", values=tuple(values))
+    return Vocabulary(mode="fit", keys=np.array(values, dtype=str))

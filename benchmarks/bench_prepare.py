@@ -254,8 +254,11 @@ def baseline_prepare(src: Path, out: Path, rows_per_shard: int = 1_000_000) -> d
 # ----------------------------------------------------------------------------- measuring
 
 
-def _children() -> dict[int, list[int]]:
+def _processes() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """Children of every process, and every process's CPU seconds so far (user + system)."""
     tree: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -265,15 +268,18 @@ def _children() -> dict[int, list[int]]:
         except OSError:
             continue
         tree.setdefault(int(fields[1]), []).append(int(entry))
-    return tree
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return tree, cpu
 
 
-def _tree_pss(root: int) -> int:
-    """Bytes of PSS summed over ``root`` and its descendants (RSS where PSS is unreadable)."""
-    tree, total, stack = _children(), 0, [root]
+def _tree_sample(root: int) -> tuple[int, dict[int, float]]:
+    """Bytes of PSS summed over ``root`` and its descendants (RSS where PSS is unreadable), and
+    the CPU seconds of each of them."""
+    (tree, cpu), total, stack, seen = _processes(), 0, [root], {}
     while stack:
         pid = stack.pop()
         stack.extend(tree.get(pid, []))
+        seen[pid] = cpu.get(pid, 0.0)
         for path, field in (
             (f"/proc/{pid}/smaps_rollup", "Pss:"),
             (f"/proc/{pid}/status", "VmRSS:"),
@@ -286,7 +292,7 @@ def _tree_pss(root: int) -> int:
             if line is not None:
                 total += int(line.split()[1]) * 1024
                 break
-    return total
+    return total, seen
 
 
 def measure(argv: list[str], poll: float, log: Path, attempts: int = 3) -> dict:
@@ -303,15 +309,20 @@ def measure(argv: list[str], poll: float, log: Path, attempts: int = 3) -> dict:
 
 
 def _measure_once(argv: list[str], poll: float, log: Path) -> dict:
-    """Run a worker subprocess; its JSON result plus wall seconds and peak tree PSS."""
+    """Run a worker subprocess; its JSON result plus wall seconds, peak tree PSS and the CPU
+    seconds of the tree (as last polled: a process's final ``poll`` seconds can be missed)."""
     start = time.perf_counter()
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
     peak = [0]
+    cpu: dict[int, float] = {}
 
     def watch() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_pss(proc.pid))
+            pss, seen = _tree_sample(proc.pid)
+            peak[0] = max(peak[0], pss)
+            for pid, seconds in seen.items():
+                cpu[pid] = max(cpu.get(pid, 0.0), seconds)
             time.sleep(poll)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -321,7 +332,7 @@ def _measure_once(argv: list[str], poll: float, log: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} failed with exit code {proc.returncode}; see {log}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(wall_s=time.perf_counter() - start, peak_bytes=peak[0])
+    result.update(wall_s=time.perf_counter() - start, peak_bytes=peak[0], cpu_s=sum(cpu.values()))
     return result
 
 
@@ -448,7 +459,8 @@ def _bench(args: argparse.Namespace, rows: int) -> list[dict]:
             results.append({"rows": rows, "impl": impl, "repeat": repeat, "load1": load, **run})
             print(
                 f"{impl:<8} {rows:>11,} run {repeat}: {run['seconds']:.1f} s "
-                f"(process {run['wall_s']:.1f} s), peak {_fmt_gb(run['peak_bytes'])} GiB, "
+                f"(process {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s), "
+                f"peak {_fmt_gb(run['peak_bytes'])} GiB, "
                 f"load {load:.1f}",
                 flush=True,
             )
@@ -458,8 +470,8 @@ def _bench(args: argparse.Namespace, rows: int) -> list[dict]:
 def _table(results: list[dict]) -> str:
     lines = [
         "| rows | implementation | runs | median s | rows/s | speed-up | process s (median) "
-        "| peak PSS GiB (max) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU s (median) | peak PSS GiB (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     by_key: dict[tuple[int, str], list[dict]] = {}
     for r in results:
@@ -472,9 +484,10 @@ def _table(results: list[dict]) -> str:
             speedup = f"{statistics.median(r['seconds'] for r in base) / median:.2f}x"
         wall = statistics.median(r["wall_s"] for r in runs)
         peak = max(r["peak_bytes"] for r in runs)
+        cpu = statistics.median(r.get("cpu_s", float("nan")) for r in runs)
         lines.append(
             f"| {rows:,} | {impl} | {len(runs)} | {median:.1f} | {rows / median:,.0f} | "
-            f"{speedup} | {wall:.1f} | {_fmt_gb(peak)} |"
+            f"{speedup} | {wall:.1f} | {cpu:.1f} | {_fmt_gb(peak)} |"
         )
     return "\n".join(lines)
 

@@ -104,6 +104,7 @@ def test_manifest_contract(toy: dict) -> None:
     assert schema.user_field == "user" and schema.item_field == "item"
     (hist,) = schema.sequences
     assert (hist.max_len, hist.category_field, hist.has_similarity) == (SEQ_LEN, "cat", True)
+    assert hist.group == "user" and schema.categorical_by_name("item").group == "item"
     assert manifest["vocab_sizes"]["device"] == 4
     assert schema.categorical_by_name("tags").max_len == 3
     assert manifest["spec_hash"] and manifest["hmoe_version"]

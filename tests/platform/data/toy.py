@@ -104,6 +104,7 @@ def spec_dict(**overrides: object) -> dict:
                 "category_field": "cat",
                 "only_positive_of": "click",
                 "similarity_embedding": "item_emb",
+                "group": "user",
             }
         ],
         "count_exposures": True,

@@ -307,6 +307,7 @@ class SequenceSpec(Config):
     only_positive_of: str | None = None  # a task: keep behaviours whose label is 1
     behaviour_log: BehaviourLogSpec | None = None
     similarity_embedding: str | None = None  # an item EmbeddingSpec: cosine to the target item
+    group: str = "default"  # field group of the sequence's tokens (FeatureSchema)
 
     def __post_init__(self) -> None:
         if self.max_len < 1:

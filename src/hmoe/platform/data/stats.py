@@ -272,6 +272,7 @@ def feature_schema(spec: DatasetSpec, vocabs: dict[str, Vocabulary], train: dict
             item_field=q.item_field,
             category_field=q.category_field,
             has_similarity=q.similarity_embedding is not None,
+            group=q.group,
         )
         for q in spec.sequences
     )

@@ -20,6 +20,7 @@ import numpy as np
 from hmoe.platform.batches import SPLITS
 from hmoe.platform.data.reader import load_manifest, shard_paths
 from hmoe.platform.data.spec import label_column
+from hmoe.platform.data.vocab import FIRST_INDEX  # ids 0 and 1 are padding and OOV
 from hmoe.schema import FeatureSchema
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 PLANTED_MATRIX = "planted_correlation.npy"
 PLANTED_META = "planted_correlation.json"
 VOCAB_DIR = "vocab"
-FIRST_INDEX = 2  # encoded ids 0 and 1 are padding and OOV (hmoe.schema)
 
 
 def resolve_label(schema: FeatureSchema, task: str | None) -> str:

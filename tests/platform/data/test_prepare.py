@@ -330,3 +330,28 @@ def test_many_shards_with_the_push_shuffle_give_the_same_rows(
     frame.index = frame.index.astype(int)
     expected = toy["shards"].drop(columns="split")
     pd.testing.assert_frame_equal(frame.sort_index(), expected.sort_index(), check_like=True)
+
+
+def test_behaviour_filter_on_a_raw_column(ray_cluster, tmp_path: Path) -> None:
+    log, items = make_log(n=150, seed=9)
+    sequence = {
+        "name": "hist",
+        "max_len": SEQ_LEN,
+        "item_field": "item",
+        "filter": {"column": "price", "where": {"op": ">=", "value": 50}},
+    }
+    spec = spec_dict(sequences=[sequence], count_exposures=False)
+    prepare(write_dataset(tmp_path / "raw", log, items, spec), tmp_path / "out")
+    shards = _all_splits(tmp_path / "out")
+    shards.index = shards["rid"].astype(int)
+    frame = log.astype({"rid": int, "ts": float, "price": float})
+    vocab = ["<pad>", "<oov>", *_vocab(tmp_path / "out", "item")]
+    events = frame[frame["price"] >= 50]
+    for target in frame.itertuples():
+        history = events[(events["user"] == target.user) & (events["ts"] < target.ts)]
+        history = history.sort_values(["ts", "rid"], kind="stable").tail(SEQ_LEN)
+        row = shards.loc[target.rid]
+        n = len(history)
+        assert row[seq_column("hist", "length")] == n
+        decoded = [vocab[i] for i in row[seq_column("hist", "item")][:n]]
+        assert decoded == [i if i in vocab else "<oov>" for i in history["item"]]

@@ -32,6 +32,7 @@ from hmoe.platform.data.validate import (
     SideEmbedding,
     cat_column,
     emb_column,
+    filter_column,
     key_column,
     num_column,
 )
@@ -142,6 +143,9 @@ def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
         out[TS_COLUMN] = parsed.column(TS_COLUMN).combine_chunks()
         if spec.item_field is not None:
             out[ITEM_COLUMN] = parsed.column(cat_column(spec.item_field)).combine_chunks()
+        for q in spec.sequences:
+            if q.filter is not None:
+                out[filter_column(q.name)] = parsed.column(filter_column(q.name)).combine_chunks()
         for name in {q.similarity_embedding for q in spec.sequences} - {None}:
             column = key_column(name) if name in plan.embeddings else emb_column(name)
             out[column] = parsed.column(column).combine_chunks()
@@ -198,6 +202,8 @@ def _log_events(
     keep = np.ones(table.num_rows, dtype=bool)
     if q.only_positive_of is not None:
         keep = np.asarray(table.column(label_column(q.only_positive_of)), np.float32) == 1.0
+    if q.filter is not None:
+        keep &= np.asarray(table.column(filter_column(q.name)), dtype=bool)
     category = None
     if q.category_field is not None:
         category = np.asarray(table.column(q.category_field), dtype=np.int64)[keep]

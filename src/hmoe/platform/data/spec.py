@@ -39,6 +39,7 @@ __all__ = [
     "SPLITS",
     "BehaviourLogSpec",
     "CategoricalSpec",
+    "ColumnPredicate",
     "DatasetSpec",
     "EmbeddingSpec",
     "LabelSpec",
@@ -257,6 +258,15 @@ class Predicate(Config):
 
 
 @config
+class ColumnPredicate(Config):
+    """A rule on a raw column (after side-table joins), e.g. ``{column: rating, where: {op:
+    ">=", value: 4}}``; a missing value does not satisfy it."""
+
+    column: str
+    where: Predicate
+
+
+@config
 class LabelSpec(Config):
     """One task's binary label: the column itself (must be 0/1) or ``positive_if`` on it."""
 
@@ -294,7 +304,8 @@ class SequenceSpec(Config):
 
     Behaviours are the same user's events with a timestamp strictly earlier than the target's
     (ties excluded), the latest ``max_len`` of them, oldest first. Source ``log``: the log's own
-    valid rows (any split), optionally only those with ``only_positive_of`` == 1; the item and
+    valid rows (any split), optionally only those with ``only_positive_of`` == 1 and/or
+    satisfying ``filter``; the item and
     category are the row's ``item_field`` / ``category_field`` values. Source ``behaviour_log``:
     the events of ``behaviour_log``, encoded with the same vocabularies.
     """
@@ -305,6 +316,7 @@ class SequenceSpec(Config):
     category_field: str | None = None  # a CategoricalSpec name
     source: Literal["log", "behaviour_log"] = "log"
     only_positive_of: str | None = None  # a task: keep behaviours whose label is 1
+    filter: ColumnPredicate | None = None  # and/or keep rows satisfying a rule on a raw column
     behaviour_log: BehaviourLogSpec | None = None
     similarity_embedding: str | None = None  # an item EmbeddingSpec: cosine to the target item
     group: str = "default"  # field group of the sequence's tokens (FeatureSchema)
@@ -314,8 +326,8 @@ class SequenceSpec(Config):
             raise ConfigError(f"{self.name}: max_len must be >= 1")
         if (self.source == "behaviour_log") != (self.behaviour_log is not None):
             raise ConfigError(f"{self.name}: behaviour_log is given iff source is behaviour_log")
-        if self.source == "behaviour_log" and self.only_positive_of is not None:
-            raise ConfigError(f"{self.name}: only_positive_of applies to source 'log' only")
+        if self.source == "behaviour_log" and (self.only_positive_of or self.filter):
+            raise ConfigError(f"{self.name}: only_positive_of and filter apply to source 'log'")
 
 
 @config

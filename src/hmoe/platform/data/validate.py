@@ -52,6 +52,7 @@ __all__ = [
     "SideEmbedding",
     "cat_column",
     "emb_column",
+    "filter_column",
     "join_side_tables",
     "key_column",
     "num_column",
@@ -149,6 +150,11 @@ def _side_columns(side_spec: SideTableSpec, table: pa.Table) -> list[str]:
     return list(side_spec.columns) or [c for c in table.column_names if c != side_spec.key]
 
 
+def filter_column(sequence: str) -> str:
+    """Whether the row satisfies the sequence's behaviour ``filter``."""
+    return f"f:{sequence}"
+
+
 def key_column(embedding: str) -> str:
     """Position of the row's key in the side table holding ``embedding``."""
     return f"k:{embedding}"
@@ -217,6 +223,10 @@ def parse_batch(
         out[label_column(label.task)] = _parse_label(raw, label, reasons)
     if spec.weight is not None:
         out.update(_parse_weight(raw, spec, reasons))
+    for q in spec.sequences:
+        if q.filter is not None:
+            keep, _, _ = _apply_predicate(_column(raw, q.filter.column), q.filter.where)
+            out[filter_column(q.name)] = pa.array(keep)
     for name in spec.split.tie_break:
         out[tie_column(name)] = as_strings(_column(raw, name))
     out[REASON_COLUMN] = reasons.array()

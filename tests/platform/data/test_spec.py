@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,12 @@ def test_paths_resolve_against_the_spec_dir_and_data_root(
     )
     with pytest.raises(ConfigError, match="HMOE_NOT_SET_ANYWHERE"):
         resolve_path("${HMOE_NOT_SET_ANYWHERE}/x", tmp_path)
+
+
+def test_the_documented_example_spec_is_valid() -> None:
+    from hmoe.platform.data import spec as spec_module
+
+    doc = spec_module.__doc__
+    example = doc[doc.index("    name: toy") : doc.index("Encoded columns")]
+    spec = spec_from_dict(yaml.safe_load(textwrap.dedent(example)))
+    assert spec.sequences[0].only_positive_of == "click"

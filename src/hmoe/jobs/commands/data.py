@@ -94,7 +94,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     try:
         folder = fetch(args.name, args.out, archive=args.archive)
-    except FetchError as err:
+    except (FetchError, PermissionError) as err:
         print(f"hmoe data fetch: error: {err}", file=sys.stderr)
         return EXIT_FETCH_FAILED
     print(f"fetched {args.name} -> {folder}")

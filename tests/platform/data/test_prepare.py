@@ -113,6 +113,19 @@ def test_manifest_contract(toy: dict) -> None:
     assert not list(toy["out"].parent.glob(".prepared.tmp-*"))
 
 
+def test_numeric_statistics_are_fitted_on_train(toy: dict) -> None:
+    schema = feature_schema(toy["out"])
+    train = toy["log"].loc[(toy["shards"]["split"] == "train").to_numpy()]
+    price = next(n for n in schema.numeric if n.name == "price")
+    assert price.min_value == pytest.approx(train["price"].min())
+    assert price.max_value == pytest.approx(train["price"].max())
+    assert not price.is_integer
+    assert list(price.quantiles) == sorted(price.quantiles) and len(price.quantiles) == 15
+    assert price.min_value <= price.quantiles[0] and price.quantiles[-1] <= price.max_value
+    rid = next(n for n in schema.numeric if n.name == "rid")
+    assert rid.is_integer
+
+
 def test_temporal_split_puts_later_rows_later(toy: dict) -> None:
     log, shards = toy["log"], toy["shards"]
     ts = log.set_index("rid")["ts"]

@@ -83,3 +83,11 @@ def test_row_hash_is_uniform_and_deterministic() -> None:
     counts = np.histogram(u, bins=10, range=(0, 1))[0]
     assert counts.min() > 9_500
     np.testing.assert_array_equal(u, row_hash(np.arange(100_000), seed=0))
+
+
+def test_cutoff_split_uses_the_timestamps() -> None:
+    table = _rows(200, seed=3)
+    assigner = SplitAssigner(kind="cutoff", pinned={}, cutoffs=(20.0, 35.0))
+    splits = assigner.assign(table)
+    ts = np.asarray(table.column(TS_COLUMN))
+    np.testing.assert_array_equal(splits, np.where(ts < 20, 0, np.where(ts < 35, 1, 2)))

@@ -39,6 +39,9 @@ from hmoe.models.testing import criteo_like_schema, ml100k_like_schema, random_b
 from hmoe.schema import LABELS, FeatureSchema, seq_column
 
 PEER_VERSION = "0.3.0"
+#: the Q1 / Q2 peers; DCN-M is DeepCTR-Torch's DCN with the full-rank (matrix) cross of DCN V2,
+#: the same arithmetic as our dcnv2 (its Q2 DCN has the cheaper vector cross of DCN V1)
+PEERS = {"ml100k": ("DIN",), "criteo": ("DCN", "DCN-M")}
 DEFAULT_THREADS = 2
 LEARNING_RATE = 1e-3
 NUM_DISTINCT_BATCHES = 3
@@ -180,6 +183,7 @@ def peer_step(kind: str, schema: FeatureSchema) -> tuple[Callable[[Batch], None]
         model = DCN(
             features, features, cross_num=3, dnn_hidden_units=(400, 400, 400),
             dnn_dropout=0.2, device="cpu",
+            cross_parameterization="matrix" if kind == "DCN-M" else "vector",
         )  # fmt: skip
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -226,13 +230,10 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 for multitask in (False, True)
             }
             runners = {}
-            if args.peers:
-                kind = "DIN" if shape == "ml100k" else "DCN"
+            for kind in PEERS[shape] if args.peers else ():
                 step, convert = peer_step(kind, schemas(False)[shape])
-                runners[(f"DeepCTR-Torch {kind}", "adam")] = (
-                    step,
-                    [convert(b) for b in data[False]],
-                )
+                converted = [convert(b) for b in data[False]]
+                runners[(f"DeepCTR-Torch {kind}", "adam")] = (step, converted)
             for name in args.presets:
                 multitask = get_preset(name).model.kind != "single"
                 variants = args.variants if name in args.variant_presets else [args.variants[0]]

@@ -115,6 +115,11 @@ def main() -> None:
     args = parser.parse_args()
     args.data = str(Path(args.data).resolve())
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if any(v.startswith("ray") for v in args.variants):
+        import ray
+
+        # one local cluster for every variant, sized for 2 workers plus 1 CPU for Ray Data
+        ray.init(num_cpus=max(os.cpu_count() or 1, 2 * args.threads + 1), include_dashboard=False)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     for _ in range(args.repeats):
         for name in args.variants:  # interleaved, so load drift hits every variant alike

@@ -119,6 +119,15 @@ def test_model_logging_registry_and_reload(uri, model_cls, expected):
     model_uri, fmt = log_model(run, model, example, ["x"], "auto")
     assert fmt == expected and run.tags()["hmoe.model_uri"] == model_uri
     assert run.tags()["hmoe.model_format"] == expected
+    mlflow.set_tracking_uri(uri)
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        if expected == "pickle":  # the example is kept as named arrays
+            assert info.saved_input_example_info is not None
+        else:  # pt2 traces a tuple of tensors (not stored as a file) and keeps its TensorSpecs
+            assert [spec.name for spec in info.signature.inputs.inputs] == ["x"]
+    finally:
+        mlflow.set_tracking_uri(None)
     name = f"reg-{expected}"
     version = register_model(uri, model_uri, name)
     predict = load_model(uri, f"models:/{name}/{version}")

@@ -112,7 +112,8 @@ def log_model(
                 info = mlflow.pytorch.log_model(
                     _exportable(model, names) if fmt == "pt2" else plain,
                     name=MODEL_NAME,
-                    input_example=arrays if fmt == "pt2" else None,
+                    # pt2 traces positional tensors; pickle keeps the example as named arrays
+                    input_example=arrays if fmt == "pt2" else dict(zip(names, arrays, strict=True)),
                     signature=_signature(names, arrays) if fmt == "pt2" else None,
                     serialization_format=fmt,
                     metadata={INPUTS_METADATA: names},

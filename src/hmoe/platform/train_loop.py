@@ -259,14 +259,15 @@ def run_loop(
     while state.epoch < s.epochs:
         started = time.perf_counter()
         train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, s, resumed)
-        train_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         metrics: dict[str, float] = {
             "epoch": float(state.epoch),
             "train_loss": train_loss,
             "lr": float(scheduler.get_last_lr()[0]),
-            "train_seconds": train_seconds,
-            "train_samples_per_s": rows * runtime.world_size / max(train_seconds, 1e-9),
-        } | resumed_from
+            "train_seconds": seconds,
+            "train_samples_per_s": rows * runtime.world_size / max(seconds, 1e-9),
+            **resumed_from,
+        }
         stop = False
         if runtime.rank == 0:
             stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
@@ -274,12 +275,8 @@ def run_loop(
         if stop and runtime.rank == 0:
             metrics |= _finish(model, eval_data, schema, runtime, state, s, hooks)
         if runtime.rank == 0:
-            metrics["tracking_seconds"] = hooks.logger.seconds
-            hooks.logger.log_metrics(metrics, step=state.epoch)
-            state.history.append(metrics)
-            if hooks.progress is not None:
-                hooks.progress(_progress_line(metrics, s))
-            runtime.report(metrics, _checkpoint(model, optimizer, scheduler, state))
+            checkpoint = _checkpoint(model, optimizer, scheduler, state)
+            _report_rank0(metrics, checkpoint, runtime, state, s, hooks)
         else:
             runtime.report(metrics, None)
         final = metrics
@@ -287,6 +284,24 @@ def run_loop(
             break
         state.epoch += 1
     return LoopOutcome(final=final, history=state.history, model=model)
+
+
+def _report_rank0(
+    metrics: dict[str, float],
+    checkpoint: dict[str, Any],
+    runtime: Runtime,
+    state: _State,
+    s: LoopSettings,
+    hooks: LoopHooks,
+) -> None:
+    """Log the epoch (one batched tracking call), print it, and report it with a checkpoint."""
+    metrics["tracking_seconds"] = hooks.logger.seconds
+    hooks.logger.log_metrics(metrics, step=state.epoch)
+    state.history.append(metrics)
+    checkpoint["state"]["history"] = state.history
+    if hooks.progress is not None:
+        hooks.progress(_progress_line(metrics, s))
+    runtime.report(metrics, checkpoint)
 
 
 def _after_epoch(

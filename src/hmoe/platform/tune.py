@@ -218,12 +218,7 @@ def tune(
     """
     from hmoe.search_spaces import SPACES
 
-    if space not in SPACES:
-        raise ConfigError(f"unknown search space {space!r}; valid spaces: {sorted(SPACES)}")
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {list(SCHEDULERS)}")
-    if num_samples < 1 or max_concurrent < 1:
-        raise ConfigError("num_samples and max_concurrent must be >= 1")
+    _check_arguments(space, scheduler, num_samples, max_concurrent)
     cfg = build_experiment(
         preset,
         data,
@@ -256,6 +251,24 @@ def tune(
     }
     tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
+    grid = _fit(tuner, parent, num_samples, search, path)
+    return _summarise(cfg, grid, parent, search, path)
+
+
+def _check_arguments(space: str, scheduler: str, num_samples: int, max_concurrent: int) -> None:
+    from hmoe.search_spaces import SPACES
+
+    if space not in SPACES:
+        raise ConfigError(f"unknown search space {space!r}; valid spaces: {sorted(SPACES)}")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {list(SCHEDULERS)}")
+    if num_samples < 1 or max_concurrent < 1:
+        raise ConfigError("num_samples and max_concurrent must be >= 1")
+
+
+def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Path) -> Any:
+    """``tuner.fit()``; the parent run is closed as FAILED / KILLED when the search does not
+    complete (Tune returns normally on SIGINT/SIGUSR1 after saving its state)."""
     try:
         grid = tuner.fit()
     except BaseException as err:
@@ -264,7 +277,6 @@ def tune(
         raise
     unfinished = _unfinished_trials(grid, num_samples)
     if unfinished:
-        # Tune returns normally on SIGINT/SIGUSR1 after saving its state; so do not summarise
         parent.set_tags({TAG_FAILURE: f"interrupted with {unfinished} trial(s) unfinished"})
         parent.finish("KILLED")
         raise SearchInterrupted(
@@ -272,7 +284,7 @@ def tune(
             f"unfinished; its state is saved in {path}: run the same command with --resume "
             "(resume=True) to complete it"
         )
-    return _summarise(cfg, grid, parent, search, path)
+    return grid
 
 
 def _unfinished_trials(grid: Any, num_samples: int) -> int:

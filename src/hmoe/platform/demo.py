@@ -325,8 +325,8 @@ def leaderboard(
     for run in runs:
         trial = run.data.tags.get(TAG_TRIAL_ID, "?")
         metrics = run.data.metrics
-        val = {t: _metric(metrics, ("best_val_auc", "val_auc"), t) for t in tasks}
-        test = {t: _metric(metrics, ("test_auc",), t) for t in tasks}
+        val = {t: _best_epoch_value(client, run, f"val_auc_{t}") for t in tasks}
+        test = {t: float(metrics.get(f"test_auc_{t}", math.nan)) for t in tasks}
         epochs = len(client.get_metric_history(run.info.run_id, "val_auc"))
         rows.append(LeaderboardRow(
             trial_id=trial, run_id=run.info.run_id, status=run.info.status,
@@ -337,11 +337,14 @@ def leaderboard(
     return tuple(sorted(rows, key=lambda r: -r.score if not math.isnan(r.score) else math.inf))
 
 
-def _metric(metrics: Mapping[str, float], names: tuple[str, ...], task: str) -> float:
-    for name in names:
-        if f"{name}_{task}" in metrics:
-            return float(metrics[f"{name}_{task}"])
-    return math.nan
+def _best_epoch_value(client: Any, run: Any, name: str) -> float:
+    """``name`` at the run's best epoch (whose weights were kept), else its last value."""
+    history = client.get_metric_history(run.info.run_id, name)
+    best = run.data.metrics.get("best_epoch")
+    at_best = [m.value for m in history if best is not None and m.step == int(best)]
+    if at_best:
+        return float(at_best[-1])
+    return float(history[-1].value) if history else math.nan
 
 
 def _analyse(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,9 @@ FLAGS = {
     "seed": "seed",
 }
 PARAM_WIDTH = 14
+# the Train workers' ingest progress bars would drown the demo's own progress lines; a Ray that
+# this process starts passes its environment to its workers
+QUIET_RAY_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = demo_config(args)
     from hmoe.platform.demo import run_demo
 
+    for key, value in QUIET_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     start = time.perf_counter()
     result = run_demo(cfg, progress=lambda line: print(line, flush=True))
     print()

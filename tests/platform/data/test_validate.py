@@ -10,20 +10,18 @@ import pyarrow as pa
 import pytest
 
 from hmoe.platform.data.lookup import KeyIndex, SideTable
+from hmoe.platform.data.parsing import REASONS, parse_numbers
+from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import spec_from_dict
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
 from hmoe.platform.data.validate import (
     RAW_COLUMN,
     REASON_COLUMN,
-    REASONS,
     TS_COLUMN,
     cat_column,
     emb_column,
-    join_side_tables,
     num_column,
     parse_batch,
-    parse_numbers,
-    side_embeddings,
 )
 from tests.platform.data.toy import PLANTED, make_log, plant, spec_dict
 

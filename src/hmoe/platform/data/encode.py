@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
 from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
+from hmoe.platform.data.sides import SideEmbedding, key_column
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
 from hmoe.platform.data.split import SplitAssigner, row_hash
 from hmoe.platform.data.tables import ROW_COLUMN
@@ -29,11 +30,9 @@ from hmoe.platform.data.validate import (
     PROPENSITY_COLUMN,
     TS_COLUMN,
     WEIGHT_COLUMN,
-    SideEmbedding,
     cat_column,
     emb_column,
     filter_column,
-    key_column,
     num_column,
 )
 from hmoe.platform.data.vocab import Vocabulary

@@ -48,18 +48,12 @@ from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
 from hmoe.platform.data.encode import EncodePlan, encode_batch, output_columns, write_shard
 from hmoe.platform.data.lookup import KeyIndex, SideTable
+from hmoe.platform.data.sides import SideEmbedding, join_side_tables, side_embeddings
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundary
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
 from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
-from hmoe.platform.data.validate import (
-    RAW_COLUMN,
-    REASON_COLUMN,
-    SideEmbedding,
-    join_side_tables,
-    parse_batch,
-    side_embeddings,
-)
+from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from hmoe.platform.data.parsing import parse_numbers
 from hmoe.platform.data.spec import SPLITS, DatasetSpec
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
-from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_numbers, tie_column
+from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, tie_column
 
 __all__ = ["Boundary", "SplitAssigner", "eligible_mask", "locate_boundary", "order_key", "row_hash"]
 

@@ -23,7 +23,6 @@ their raw values as JSON in ``__raw`` for the quarantine files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -32,53 +31,42 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hmoe.platform.data.lookup import SideTable
-from hmoe.platform.data.spec import (
-    CategoricalSpec,
-    DatasetSpec,
-    EmbeddingSpec,
-    LabelSpec,
-    Predicate,
-    SideTableSpec,
-    label_column,
+from hmoe.platform.data.parsing import (
+    INTEGER_PATTERN,
+    Reasons,
+    apply_predicate,
+    column_of,
+    is_missing,
+    normalise,
+    parse_numbers,
 )
+from hmoe.platform.data.sides import (
+    SideEmbedding,
+    key_column,
+    parse_embedding,
+    side_embedding_keys,
+)
+from hmoe.platform.data.spec import CategoricalSpec, DatasetSpec, LabelSpec, label_column
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN, as_strings
 
 __all__ = [
     "RAW_COLUMN",
-    "REASONS",
     "REASON_COLUMN",
     "TS_COLUMN",
-    "SideEmbedding",
     "cat_column",
     "emb_column",
     "filter_column",
-    "join_side_tables",
-    "key_column",
     "num_column",
     "parse_batch",
-    "parse_numbers",
     "parse_timestamps",
-    "side_embeddings",
     "tie_column",
 ]
 
-REASONS = (
-    "missing_value",
-    "bad_number",
-    "bad_timestamp",
-    "bad_label",
-    "bad_embedding_length",
-    "unknown_category",
-    "bad_weight",
-)
 REASON_COLUMN = "__reason"
 RAW_COLUMN = "__raw"
 TS_COLUMN = "__ts"
 WEIGHT_COLUMN = "__weight"
 PROPENSITY_COLUMN = "__propensity"
-_NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
-_INTEGER = r"^\s*\+?\d+\s*$"
 _UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
@@ -98,97 +86,9 @@ def tie_column(name: str) -> str:
     return f"t:{name}"
 
 
-class _Reasons:
-    """The first reason per row, filled in check order."""
-
-    def __init__(self, n: int) -> None:
-        self.codes = np.full(n, -1, dtype=np.int8)
-
-    def add(self, reason: str, bad: np.ndarray) -> None:
-        self.codes[(self.codes < 0) & bad] = REASONS.index(reason)
-
-    def array(self) -> pa.Array:
-        names = np.array(REASONS, dtype=object)[np.maximum(self.codes, 0)]
-        return pa.array(names, type=pa.string(), mask=self.codes < 0)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SideEmbedding:
-    """An embedding held by a side table, parsed once in the driver.
-
-    Log rows carry only the position of their key (``k:<name>``); the vectors are gathered
-    when similarities are computed, so they never travel through the pipeline per row.
-    """
-
-    name: str
-    side: int  # index in spec.side_tables
-    vectors: np.ndarray  # [K, D] float32 (zeros where invalid)
-    unit: np.ndarray  # [K, D] float32, L2-normalised (zeros stay zeros)
-    reasons: np.ndarray  # [K] int8 reason code per key, -1 when the vector is valid
-
-
-def side_embeddings(spec: DatasetSpec, sides: list[SideTable]) -> dict[str, SideEmbedding]:
-    """Parse every embedding whose column a side table provides (once, in the driver)."""
-    out = {}
-    for embedding in spec.embeddings:
-        for index, (side_spec, side) in enumerate(zip(spec.side_tables, sides, strict=True)):
-            if embedding.source not in _side_columns(side_spec, side.table):
-                continue
-            reasons = _Reasons(side.table.num_rows)
-            column = _parse_embedding(side.table, embedding, reasons)
-            dim = embedding.dim
-            vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            unit = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-            out[embedding.name] = SideEmbedding(
-                name=embedding.name, side=index, vectors=vectors, unit=unit, reasons=reasons.codes
-            )
-    return out
-
-
-def _side_columns(side_spec: SideTableSpec, table: pa.Table) -> list[str]:
-    return list(side_spec.columns) or [c for c in table.column_names if c != side_spec.key]
-
-
 def filter_column(sequence: str) -> str:
     """Whether the row satisfies the sequence's behaviour ``filter``."""
     return f"f:{sequence}"
-
-
-def key_column(embedding: str) -> str:
-    """Position of the row's key in the side table holding ``embedding``."""
-    return f"k:{embedding}"
-
-
-def join_side_tables(
-    batch: pa.Table,
-    spec: DatasetSpec,
-    sides: list[SideTable],
-    embeddings: Mapping[str, SideEmbedding] | None = None,
-) -> pa.Table:
-    """Add the side tables' columns by key (order-preserving; a missing key gives nulls).
-
-    Side-table embeddings are not copied: the row gets ``k:<name>``, its key's position.
-    """
-    embeddings = embeddings or {}
-    by_column = {spec_embedding(spec, name).source: e for name, e in embeddings.items()}
-    for index, (side_spec, side) in enumerate(zip(spec.side_tables, sides, strict=True)):
-        if side_spec.join_on not in batch.column_names:
-            raise ValueError(f"side table join_on {side_spec.join_on!r} is not a log column")
-        positions = side.index.lookup(batch.column(side_spec.join_on))
-        for name in _side_columns(side_spec, side.table):
-            if name in batch.column_names:
-                raise ValueError(f"side table column {name!r} is already a log column")
-            held = by_column.get(name)
-            if held is not None and held.side == index:
-                batch = batch.append_column(key_column(held.name), pa.array(positions))
-            else:
-                batch = batch.append_column(name, side.take(name, positions))
-    return batch
-
-
-def spec_embedding(spec: DatasetSpec, name: str) -> EmbeddingSpec:
-    return next(e for e in spec.embeddings if e.name == name)
 
 
 def parse_batch(
@@ -198,7 +98,7 @@ def parse_batch(
 
     ``sides``: the side-table embeddings ``join_side_tables`` referenced by key position.
     """
-    reasons = _Reasons(raw.num_rows)
+    reasons = Reasons(raw.num_rows)
     out: dict[str, pa.Array] = {
         ROW_COLUMN: raw.column(ROW_COLUMN).combine_chunks(),
         FILE_COLUMN: raw.column(FILE_COLUMN).combine_chunks(),
@@ -216,79 +116,33 @@ def parse_batch(
         out[num_column(numeric.name)] = pa.array(np.nan_to_num(values, nan=0.0))
     for embedding in spec.embeddings:
         if key_column(embedding.name) in raw.column_names:
-            out[key_column(embedding.name)] = _side_embedding_keys(raw, embedding, sides, reasons)
+            out[key_column(embedding.name)] = side_embedding_keys(raw, embedding, sides, reasons)
         else:
-            out[emb_column(embedding.name)] = _parse_embedding(raw, embedding, reasons)
+            out[emb_column(embedding.name)] = parse_embedding(raw, embedding, reasons)
     for label in spec.labels:
         out[label_column(label.task)] = _parse_label(raw, label, reasons)
     if spec.weight is not None:
         out.update(_parse_weight(raw, spec, reasons))
     for q in spec.sequences:
         if q.filter is not None:
-            keep, _, _ = _apply_predicate(_column(raw, q.filter.column), q.filter.where)
+            keep, _, _ = apply_predicate(column_of(raw, q.filter.column), q.filter.where)
             out[filter_column(q.name)] = pa.array(keep)
     for name in spec.split.tie_break:
-        out[tie_column(name)] = as_strings(_column(raw, name))
+        out[tie_column(name)] = as_strings(column_of(raw, name))
     out[REASON_COLUMN] = reasons.array()
     out[RAW_COLUMN] = _raw_json(raw, reasons.codes >= 0)
     return pa.table(out)
 
 
-def _column(raw: pa.Table, name: str) -> pa.Array:
-    if name not in raw.column_names:
-        raise ValueError(f"column {name!r} not in the data; columns: {raw.column_names}")
-    return _normalise(raw.column(name).combine_chunks())
-
-
-def _normalise(array: pa.Array) -> pa.Array:
-    """Large strings and dictionary columns (pandas, Parquet) as plain arrays."""
-    if pa.types.is_dictionary(array.type):
-        array = array.dictionary_decode()
-    if pa.types.is_large_string(array.type):
-        array = array.cast(pa.string())
-    if pa.types.is_large_list(array.type):
-        array = array.cast(pa.list_(array.type.value_type))
-    return array
-
-
-def _missing(array: pa.Array) -> np.ndarray:
-    missing = array.is_null()
-    if pa.types.is_string(array.type):
-        missing = pc.or_(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(array)), 0))
-    return np.asarray(missing.fill_null(True), dtype=bool)
-
-
-def parse_numbers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(float64 values, missing, unparsable or non-finite)``; bad entries hold NaN."""
-    array = _normalise(array)
-    missing = _missing(array)
-    if pa.types.is_string(array.type):
-        ok = np.asarray(pc.match_substring_regex(array, _NUMBER).fill_null(False), dtype=bool)
-        text = pc.if_else(pa.array(ok), pc.utf8_trim_whitespace(array), pa.scalar("nan"))
-        values = np.asarray(pc.cast(text, pa.float64()), dtype=np.float64)
-    elif (
-        pa.types.is_boolean(array.type)
-        or pa.types.is_integer(array.type)
-        or pa.types.is_floating(array.type)
-        or pa.types.is_decimal(array.type)
-    ):
-        values = np.asarray(pc.cast(array, pa.float64()).fill_null(np.nan), dtype=np.float64)
-    else:
-        raise ValueError(f"cannot read numbers from a column of type {array.type}")
-    bad = ~missing & ~np.isfinite(values)
-    values = np.where(np.isfinite(values), values, np.nan)
-    return values, missing, bad
-
-
-def _numbers_of(raw: pa.Table, name: str, reasons: _Reasons) -> tuple[np.ndarray, np.ndarray]:
-    values, missing, bad = parse_numbers(_column(raw, name))
+def _numbers_of(raw: pa.Table, name: str, reasons: Reasons) -> tuple[np.ndarray, np.ndarray]:
+    values, missing, bad = parse_numbers(column_of(raw, name))
     reasons.add("bad_number", bad)
     return values, missing
 
 
-def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> pa.Array:
+def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: Reasons) -> pa.Array:
     assert spec.timestamp is not None
-    seconds, missing, bad = parse_timestamps(_column(raw, spec.timestamp.column), spec)
+    seconds, missing, bad = parse_timestamps(column_of(raw, spec.timestamp.column), spec)
     reasons.add("missing_value", missing)
     reasons.add("bad_timestamp", bad)
     return pa.array(seconds)
@@ -300,8 +154,8 @@ def parse_timestamps(
     """``(seconds, missing, unparsable or out of range)`` with the spec's unit and range."""
     ts = spec.timestamp
     assert ts is not None
-    array = _normalise(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-    missing = _missing(array)
+    array = normalise(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    missing = is_missing(array)
     if ts.unit == "iso8601":
         seconds = _iso_seconds(array)
     else:
@@ -339,9 +193,9 @@ def _iso_one(text: str | None) -> float:
 
 
 def _parse_categorical(
-    raw: pa.Table, feature: CategoricalSpec, spec: DatasetSpec, reasons: _Reasons
+    raw: pa.Table, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons
 ) -> pa.Array:
-    array = _column(raw, feature.source)
+    array = column_of(raw, feature.source)
     if feature.multi_valued:
         return _parse_multi(array, feature, spec, reasons)
     values = as_strings(array)
@@ -349,15 +203,17 @@ def _parse_categorical(
         values = _first_nonempty(values, feature.separator)
     elif feature.transform == "prefix":
         values = pc.utf8_slice_codeunits(values, 0, feature.prefix_len)
-    missing = _missing(values)
+    missing = is_missing(values)
     fill = pa.scalar(feature.fill_missing, pa.string())  # null (-> padding) when not given
     values = pc.if_else(pa.array(missing), fill, values)
     if feature.fill_missing is None and feature.required:
         reasons.add("missing_value", missing)
     vocab = spec.vocab_of(feature)
-    present = ~_missing(values)
+    present = ~is_missing(values)
     if vocab.mode == "identity":
-        ok = np.asarray(pc.match_substring_regex(values, _INTEGER).fill_null(False), dtype=bool)
+        ok = np.asarray(
+            pc.match_substring_regex(values, INTEGER_PATTERN).fill_null(False), dtype=bool
+        )
         reasons.add("bad_number", present & ~ok)
     elif vocab.mode == "closed":
         known = np.asarray(pc.is_in(values, value_set=pa.array(vocab.values)), dtype=bool)
@@ -375,7 +231,7 @@ def _tokens(array: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray, np.n
     lengths = np.asarray(pc.list_value_length(lists).fill_null(0), dtype=np.int64)
     flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
     owner = np.repeat(np.arange(len(lengths)), lengths)
-    kept = ~_missing(flat)
+    kept = ~is_missing(flat)
     owner = owner[kept]
     tokens = flat.filter(pa.array(kept))
     starts = np.searchsorted(owner, np.arange(len(lengths)), side="left")
@@ -392,7 +248,7 @@ def _first_nonempty(values: pa.Array, separator: str) -> pa.Array:
 
 
 def _parse_multi(
-    array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: _Reasons
+    array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons
 ) -> pa.Array:
     tokens, owner, rank = _tokens(array, feature.separator)
     short = rank < feature.max_len
@@ -417,107 +273,28 @@ def _parse_multi(
         unknown = ~np.asarray(pc.is_in(flat, value_set=pa.array(vocab.values)), dtype=bool)
         reasons.add("unknown_category", np.bincount(owners[unknown], minlength=n) > 0)
     elif vocab.mode == "identity":
-        ok = np.asarray(pc.match_substring_regex(flat, _INTEGER).fill_null(False), dtype=bool)
+        ok = np.asarray(
+            pc.match_substring_regex(flat, INTEGER_PATTERN).fill_null(False), dtype=bool
+        )
         reasons.add("bad_number", np.bincount(owners[~ok], minlength=n) > 0)
     return values
 
 
-def _parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: _Reasons) -> pa.Array:
-    """Vectors from a list column or a separated string, checked for length and finiteness."""
-    array = _column(raw, embedding.source)
-    if pa.types.is_string(array.type):
-        missing = _missing(array)
-        text = pc.utf8_trim_whitespace(array)
-        if embedding.separator.strip():
-            lists = pc.split_pattern(text, embedding.separator)
-        else:
-            lists = pc.utf8_split_whitespace(text)
-    elif pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
-        missing = np.asarray(array.is_null(), dtype=bool)
-        lists = array
-    else:
-        raise ValueError(f"embedding {embedding.name}: a list or string column, got {array.type}")
-    lengths = np.asarray(pc.list_value_length(lists).fill_null(0), dtype=np.int64)
-    values, _, bad_values = parse_numbers(pc.list_flatten(lists))
-    wrong_length = ~missing & (lengths != embedding.dim)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    bad = np.bincount(owner, weights=bad_values, minlength=len(lengths)) > 0
-    ok = ~missing & ~wrong_length & ~bad
-    starts = np.cumsum(lengths) - lengths
-    vectors = np.zeros((len(lengths), embedding.dim), dtype=np.float32)
-    gather = starts[ok][:, None] + np.arange(embedding.dim)[None, :]
-    vectors[ok] = values[gather]
-    reasons.add("missing_value", missing)
-    reasons.add("bad_embedding_length", wrong_length)
-    reasons.add("bad_number", bad & ~wrong_length & ~missing)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, embedding.dim)
-
-
-def _side_embedding_keys(
-    raw: pa.Table,
-    embedding: EmbeddingSpec,
-    sides: Mapping[str, SideEmbedding] | None,
-    reasons: _Reasons,
-) -> pa.Array:
-    assert sides is not None and embedding.name in sides, "side embedding not parsed"
-    positions = np.asarray(raw.column(key_column(embedding.name)), dtype=np.int64)
-    missing = positions < 0
-    codes = np.where(missing, -1, sides[embedding.name].reasons[np.maximum(positions, 0)])
-    reasons.add("missing_value", missing)
-    for code, reason in enumerate(REASONS):
-        reasons.add(reason, codes == code)
-    return pa.array(positions)
-
-
-def _parse_label(raw: pa.Table, label: LabelSpec, reasons: _Reasons) -> pa.Array:
-    array = _column(raw, label.source)
+def _parse_label(raw: pa.Table, label: LabelSpec, reasons: Reasons) -> pa.Array:
+    array = column_of(raw, label.source)
     rule = label.positive_if
     if rule is None:
         values, missing, bad = parse_numbers(array)
         reasons.add("missing_value", missing)
         reasons.add("bad_label", bad | (~missing & ~np.isin(values, (0.0, 1.0))))
         return pa.array(np.nan_to_num(values, nan=0.0).astype(np.float32))
-    positive, missing, bad = _apply_predicate(array, rule)
+    positive, missing, bad = apply_predicate(array, rule)
     reasons.add("missing_value", missing)
     reasons.add("bad_number", bad)
     return pa.array(positive.astype(np.float32))
 
 
-def _apply_predicate(array: pa.Array, rule: Predicate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    operands = rule.values if rule.op in ("in", "not_in") else (rule.value,)
-    numeric = all(isinstance(v, float) for v in operands)
-    if numeric:
-        values, missing, bad = parse_numbers(array)
-        left: np.ndarray = values
-    else:
-        strings = as_strings(array)
-        missing = _missing(strings)
-        bad = np.zeros(len(strings), dtype=bool)
-        left = np.asarray(strings.fill_null("").to_pylist(), dtype=object)
-        operands = tuple(_number_text(v) for v in operands)
-    compare = {
-        "==": lambda: left == operands[0],
-        "!=": lambda: left != operands[0],
-        ">": lambda: left > operands[0],
-        ">=": lambda: left >= operands[0],
-        "<": lambda: left < operands[0],
-        "<=": lambda: left <= operands[0],
-        "in": lambda: np.isin(left, operands),
-        "not_in": lambda: ~np.isin(left, operands),
-    }[rule.op]
-    with np.errstate(invalid="ignore"):
-        positive = np.asarray(compare(), dtype=bool) & ~missing & ~bad
-    return positive, missing, bad
-
-
-def _number_text(value: float | str | None) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _parse_weight(raw: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> dict[str, pa.Array]:
+def _parse_weight(raw: pa.Table, spec: DatasetSpec, reasons: Reasons) -> dict[str, pa.Array]:
     weight = spec.weight
     assert weight is not None
     values, missing = _numbers_of(raw, weight.column, reasons)

@@ -35,6 +35,8 @@ def test_flags_and_sets_make_the_config_and_defaults_stay():
         (("--cpus-per-worker", "0"), "cpus_per_worker"),
         (("--set", "analyses=[collapse,bogus]"), "bogus"),
         (("--set", "nope=1"), "nope"),
+        (("--space", "bogus"), "space"),
+        (("--set", "preset=bogus"), "preset"),
     ],
 )
 def test_bad_values_are_named(argv, match):

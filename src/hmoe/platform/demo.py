@@ -60,8 +60,15 @@ class DemoConfig(Config):
     analyses: tuple[str, ...] = ("collapse", "correlation")
 
     def __post_init__(self) -> None:
+        from hmoe.models.zoo import PRESETS
         from hmoe.platform.analysis.reports import ANALYSIS_KINDS
+        from hmoe.search_spaces import SPACES
 
+        # checked here so that a typo fails before minutes of data preparation
+        if self.preset not in PRESETS:
+            raise ConfigError(f"demo.preset: unknown {self.preset!r}; valid: {sorted(PRESETS)}")
+        if self.space not in SPACES:
+            raise ConfigError(f"demo.space: unknown {self.space!r}; valid: {sorted(SPACES)}")
         for name in ("rows", "trials", "epochs", "max_concurrent", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo.{name} must be >= 1, got {getattr(self, name)}")

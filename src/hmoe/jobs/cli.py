@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from hmoe import __version__
-from hmoe.config import ConfigError
 from hmoe.jobs.commands import COMMANDS, NotImplementedYet
 
 EXIT_USER_ERROR = 2
@@ -38,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotImplementedYet as err:
         print(f"hmoe {args.command}: not implemented yet ({err})", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
-    except (ConfigError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # user mistakes (ConfigError is a ValueError)
         print(f"hmoe {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
 

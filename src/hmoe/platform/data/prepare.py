@@ -28,13 +28,10 @@ run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,13 +40,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hmoe import __version__
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
-from hmoe.platform.data.encode import EncodePlan, encode_batch, output_columns, write_shard
+from hmoe.platform.data.encode import EncodePlan, encode_batch, write_shard
 from hmoe.platform.data.lookup import KeyIndex, SideTable
+from hmoe.platform.data.output import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    build_manifest,
+    commit,
+    make_tmp,
+    remove_stale_tmp,
+    write_vocab_files,
+)
 from hmoe.platform.data.sides import SideEmbedding, join_side_tables, side_embeddings
-from hmoe.platform.data.spec import SPLITS, DatasetSpec, label_column, load_spec
+from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundary
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
 from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
@@ -58,10 +63,7 @@ from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
 LOG = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 PULL_SHUFFLE_MAX_PARTITIONS = 64  # shards; see _choose_shuffle
-_TMP_MARK = ".tmp-"
 
 
 def prepare(
@@ -88,15 +90,14 @@ def prepare(
     base = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out)
-    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    remove_stale_tmp(out)
+    tmp = make_tmp(out)
     try:
         with _data_context(progress):
             manifest = _run(spec, base, tmp, progress)
         manifest["spec_path"] = spec_path
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _commit(tmp, out)
+        commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,7 +140,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     if train["rows"] == 0:
         raise ValueError("the train split is empty; check the split spec")
     vocabs = pstats.vocabularies(spec, train, totals)
-    _write_vocab_files(tmp, vocabs)
+    write_vocab_files(tmp, vocabs)
     stage("train statistics + vocabularies")
     if totals["valid"] < totals["read"]:
         parsed.map_batches(_quarantine_rows, batch_format="pyarrow").write_parquet(
@@ -158,7 +159,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     stage("quarantine + behaviour logs")
     records = _write_shards(parsed, events, plan, totals["valid"], progress)
     stage("encode + shuffle + write shards")
-    manifest = _manifest(spec, totals, train, vocabs, records)
+    manifest = build_manifest(spec, totals, train, vocabs, records)
     manifest["behaviour_logs"] = {
         spec.sequences[index].name: pstats.collect(ds, pstats.block_reasons)
         for index, ds in events.items()
@@ -338,57 +339,6 @@ def _encode_valid(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
     return encode_batch(valid, plan)
 
 
-def _write_vocab_files(tmp: Path, vocabs: dict) -> None:
-    import pyarrow.parquet as pq
-
-    for name, vocab in vocabs.items():
-        if len(vocab.keys):
-            (tmp / "vocab").mkdir(exist_ok=True)
-            pq.write_table(
-                pa.table({"value": pa.array(vocab.keys.tolist(), pa.string())}),
-                tmp / "vocab" / f"{name}.parquet",
-            )
-
-
-def _manifest(
-    spec: DatasetSpec, totals: dict, train: dict, vocabs: dict, records: list[dict]
-) -> dict[str, Any]:
-    per_split = {split: sum(r["rows"] for r in records if r["split"] == split) for split in SPLITS}
-    written = sum(per_split.values())
-    quarantined = {reason: int(n) for reason, n in sorted(totals["reasons"].items())}
-    assert totals["read"] == written + sum(quarantined.values()), "rows lost in the pipeline"
-    shards = {
-        split: [
-            {k: r[k] for k in ("path", "rows", "sha256")} for r in records if r["split"] == split
-        ]
-        for split in SPLITS
-    }
-    digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
-    schema = pstats.feature_schema(spec, vocabs, train)
-    return {
-        "format_version": MANIFEST_VERSION,
-        "hmoe_version": __version__,
-        "name": spec.name,
-        "spec": spec.to_dict(),
-        "spec_hash": spec.config_hash(),
-        "dataset_hash": digest[:16],
-        "feature_schema": schema.to_dict(),
-        "columns": output_columns(spec),
-        "label_columns": {label.task: label_column(label.task) for label in spec.labels},
-        "vocab_sizes": {name: v.size for name, v in vocabs.items()},
-        "vocabularies": {name: v.to_dict() for name, v in vocabs.items()},
-        "rows": {
-            "read": int(totals["read"]),
-            "written": written,
-            "quarantined": sum(quarantined.values()),
-            **per_split,
-        },
-        "quarantined_by_reason": quarantined,
-        "positive_rate": train["positive_rate"],
-        "shards": shards,
-    }
-
-
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
     """Ray Data settings for this call only (restored afterwards): progress bars on or off, and
@@ -405,32 +355,3 @@ def _data_context(progress: bool) -> Iterator[None]:
         yield
     finally:
         context.enable_progress_bars, context.shuffle_strategy = saved
-
-
-def _remove_stale_tmp(out: Path) -> None:
-    """Delete temporary directories of earlier runs for ``out`` whose process is gone."""
-    for path in out.parent.glob(f".{out.name}{_TMP_MARK}*"):
-        pid = path.name[len(f".{out.name}{_TMP_MARK}") :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` (a rename; an old ``out`` is moved aside first)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -33,6 +33,7 @@ def test_flags_and_sets_make_the_config_and_defaults_stay():
     [
         (("--trials", "0"), "trials"),
         (("--cpus-per-worker", "0"), "cpus_per_worker"),
+        (("--set", "spare_cpus=-1"), "spare_cpus"),
         (("--set", "analyses=[collapse,bogus]"), "bogus"),
         (("--set", "nope=1"), "nope"),
         (("--space", "bogus"), "space"),

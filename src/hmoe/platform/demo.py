@@ -39,7 +39,10 @@ class DemoConfig(Config):
     falls back to synthetic logs). ``space`` is a name in ``hmoe.search_spaces.SPACES``;
     ``trials`` of ``epochs`` each run ``max_concurrent`` at a time, ASHA stopping weak ones
     after their first epoch. ``analyses``: the analysis kinds of the best trial (correlation
-    is skipped on a dataset without a categorised behaviour sequence).
+    is skipped on a dataset without a categorised behaviour sequence). ``spare_cpus``: logical
+    CPUs beyond the trials' own when the demo starts Ray itself: Ray's placement-group cleaner
+    fails when several Ray instances share the machine, and the reservation of a trial that ASHA
+    stopped then outlives it; without spare CPUs the next trial's ingest would wait forever.
     """
 
     out: str = "hmoe-runs/demo"
@@ -55,6 +58,7 @@ class DemoConfig(Config):
     scheduler: Literal["asha", "fifo"] = "asha"
     batch_size: int = 512
     cpus_per_worker: float = 1.0
+    spare_cpus: float = 2.0
     experiment: str = "hmoe-demo"
     model_format: Literal["auto", "pt2", "pickle"] = "pickle"
     analyses: tuple[str, ...] = ("collapse", "correlation")
@@ -72,8 +76,8 @@ class DemoConfig(Config):
         for name in ("rows", "trials", "epochs", "max_concurrent", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo.{name} must be >= 1, got {getattr(self, name)}")
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"demo.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.cpus_per_worker <= 0 or self.spare_cpus < 0:
+            raise ConfigError("demo.cpus_per_worker must be > 0 and demo.spare_cpus >= 0")
         unknown = sorted(set(self.analyses) - set(ANALYSIS_KINDS))
         if unknown:
             raise ConfigError(f"demo.analyses: unknown {unknown}; valid: {list(ANALYSIS_KINDS)}")
@@ -132,13 +136,16 @@ class DemoResult:
 
 def run_demo(cfg: DemoConfig, progress: Callable[[str], None] | None = None) -> DemoResult:
     """Run the demo described by ``cfg``; ``progress`` gets one line per stage and epoch."""
+    import ray
+
     from hmoe.platform.api import ensure_ray
     from hmoe.platform.tune import TRIAL_DRIVER_CPUS
 
     say = progress or (lambda line: None)
     out = _fresh_out_dir(Path(cfg.out), say)
     # start Ray before Ray Data would start one sized only to the cores
-    ensure_ray(cfg.max_concurrent * (TRIAL_DRIVER_CPUS + cfg.cpus_per_worker))
+    spare = 0.0 if ray.is_initialized() else cfg.spare_cpus
+    ensure_ray(cfg.max_concurrent * (TRIAL_DRIVER_CPUS + cfg.cpus_per_worker) + spare)
     data = prepare_data(cfg, out, say)
     uri = f"sqlite:///{out / MLFLOW_DB}"
     say(f"searching {cfg.preset} over space {cfg.space!r}: {cfg.trials} trials x {cfg.epochs} "

@@ -55,6 +55,7 @@ def test_one_embedding_set_and_one_expert():
     [
         ("per_expert", (), (0, 1, 2, 3)),
         ("per_kind", (), (0, 0, 1, 2)),
+        ("by_interaction", (), (0, 0, 1, 1)),
         ("shared", (), (0, 0, 0, 0)),
         ("explicit", (1, 0, 1, 0), (1, 0, 1, 0)),
     ],

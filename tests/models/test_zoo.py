@@ -229,6 +229,7 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "gwpfm_linear": {"model.experts.gwpfm.use_linear": True},
     "ipnn_with_flat": {"model.experts.ipnn.include_flat": True},
     "expert_groups": {"model.embedding.assignment": "per_kind"},
+    "interaction_groups": {"model.embedding.assignment": "by_interaction"},
     "single_embedding": {"model.embedding.assignment": "shared"},
     "explicit_sets": {
         "model.embedding.assignment": "explicit",
@@ -255,3 +256,13 @@ def test_technique_reachable_by_configuration(technique):
     assert preset != base
     _, loss = _step(preset, TWO_TASKS)
     assert torch.isfinite(loss)
+
+
+def test_hmoe_expert_groups_survive_a_search_over_counts():
+    """hmoe groups experts by kind, so varying the counts (the experts space) stays buildable."""
+    preset = apply_overrides(
+        get_preset("hmoe"), {"model.experts.counts.gwpfm": 0, "model.experts.counts.dcnv2": 2}
+    )
+    model, _ = _step(preset, ("click",))
+    assert model.expert_kinds == ("ipnn", "dcnv2", "dcnv2", "mlp")
+    assert model.expert_sets == (0, 1, 1, 1)

@@ -48,7 +48,9 @@ __all__ = [
 
 ModelKind = Literal["single", "stem", "ame", "stem_al", "mmoe", "ple"]
 MODEL_KINDS: tuple[str, ...] = ("single", "stem", "ame", "stem_al", "mmoe", "ple")
-SetAssignment = Literal["per_expert", "per_kind", "shared", "explicit"]
+SetAssignment = Literal["per_expert", "per_kind", "by_interaction", "shared", "explicit"]
+# by_interaction: experts that interact field pairs share one set, flat-input experts another
+PAIRWISE_KINDS: tuple[str, ...] = ("gwpfm", "ipnn", "fm")
 # kinds whose sets belong to a task (or to the shared group): assignment applies within a group
 TASK_OWNED_SETS: tuple[str, ...] = ("stem", "stem_al")
 # kinds whose experts come in per-task groups plus a shared group
@@ -63,8 +65,11 @@ class EmbeddingSetsConfig(Config):
     (AME's asymmetric tables; empty: all ``embedding_dim``). A set read by a GwPFM expert gets
     ``dim * G`` (one part per field group). ``assignment`` maps experts (in ``expand_counts``
     order) to sets: ``per_expert`` one set each (the multi-embedding default), ``per_kind`` one
-    set per expert kind (an "expert group" sharing a table), ``shared`` one set for all (the
-    single-embedding baseline), ``explicit`` the set index of each expert in ``expert_sets``.
+    set per expert kind (an "expert group" sharing a table), ``by_interaction`` two groups as in
+    the third-party HMoE code (the field-pair experts GwPFM / IPNN / FM share one set, the
+    flat-input DCN V2 / FlatDNN another; stays valid when a search varies the counts),
+    ``shared`` one set for all (the single-embedding baseline), ``explicit`` the set index of
+    each expert in ``expert_sets``.
     For STEM / STEM-AL the assignment applies within each task's (and the shared) group.
     """
 
@@ -176,9 +181,13 @@ def assign_sets(kinds: Sequence[str], embedding: EmbeddingSetsConfig) -> tuple[i
         return tuple(range(len(kinds)))
     if embedding.assignment == "shared":
         return (0,) * len(kinds)
-    if embedding.assignment == "per_kind":
-        order = list(dict.fromkeys(kinds))
-        return tuple(order.index(k) for k in kinds)
+    if embedding.assignment in ("per_kind", "by_interaction"):
+        if embedding.assignment == "per_kind":
+            keys = list(kinds)
+        else:
+            keys = ["pairwise" if k in PAIRWISE_KINDS else "flat" for k in kinds]
+        order = list(dict.fromkeys(keys))
+        return tuple(order.index(k) for k in keys)
     if len(embedding.expert_sets) != len(kinds):
         raise ConfigError(
             f"embedding.expert_sets has {len(embedding.expert_sets)} entries for "

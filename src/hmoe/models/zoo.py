@@ -178,16 +178,15 @@ def hmoe() -> Preset:
     """The paper's single-task model (KDD'24 Fig. 1, spec §1.1): TIM (paper form, log
     time-interval buckets), MNSE (bases 2, 3), similarity encoding, heterogeneous experts GwPFM /
     IPNN / DCN V2 (2 cross layers) / FlatDNN each with a 256-unit layer, in two expert groups
-    (the third-party HMoE code's grouping: GwPFM + IPNN share embedding set 0, DCN V2 + FlatDNN
-    share set 1; set 0 has one 16-dim part per field group), a softmax gate with one logit per
-    expert from that expert's set, a 128-unit tower, and Combined-Pair (alpha 0.9). Two sets
-    rather than one per expert keep the step within 3x of ``dcnv2``'s cost (docs/benchmarks.md);
-    ``model.embedding.assignment=per_expert`` gives one set per expert."""
+    (the third-party HMoE code's grouping, ``assignment="by_interaction"``: GwPFM + IPNN share
+    embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set 1), a
+    softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
+    Combined-Pair (alpha 0.9). Two sets rather than one per expert keep the step within 3x of
+    ``dcnv2``'s cost (docs/benchmarks.md); ``model.embedding.assignment=per_expert`` gives one
+    set per expert."""
     model = ModelConfig(
         encoder=HMOE_ENCODER,
-        embedding=EmbeddingSetsConfig(
-            embedding_dim=16, assignment="explicit", expert_sets=(0, 0, 1, 1)
-        ),
+        embedding=EmbeddingSetsConfig(embedding_dim=16, assignment="by_interaction"),
         experts=_hetero_experts({"gwpfm": 1, "ipnn": 1, "dcnv2": 1, "mlp": 1}, _mlp(256)),
         combine=CombineConfig(method="gate", gate_source="expert_inputs"),
         tower=_mlp(128),

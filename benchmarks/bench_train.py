@@ -38,6 +38,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "train.cpus_per_worker": float(args.threads),
         "tracking.log_model": not args.no_model,
         "tracking.model_format": "pickle",
+        "data.materialize_train_max_mb": args.materialize_max_mb,
     }
 
 
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--no-model", action="store_true", help="skip MLflow model logging")
+    parser.add_argument("--materialize-max-mb", type=int, default=512,
+                        help="data.materialize_train_max_mb (0: stream every epoch)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.data = str(Path(args.data).resolve())

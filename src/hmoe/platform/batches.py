@@ -31,6 +31,7 @@ __all__ = [
     "make_collate",
     "read_split",
     "split_dataset",
+    "split_megabytes",
     "split_rows",
 ]
 
@@ -65,6 +66,14 @@ def split_rows(data_dir: str | Path, split: str) -> int:
 
     shards = reader.load_manifest(data_dir)["shards"][_split(split)]
     return sum(int(shard["rows"]) for shard in shards)
+
+
+def split_megabytes(data_dir: str | Path, split: str) -> float:
+    """On-disk size of a split's Parquet shards, in MB."""
+    from hmoe.platform.data import reader
+
+    paths = reader.shard_paths(data_dir, _split(split))
+    return sum(p.stat().st_size for p in paths) / 2**20
 
 
 def split_dataset(data_dir: str | Path, split: str) -> Any:

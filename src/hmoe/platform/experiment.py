@@ -39,18 +39,24 @@ class DataConfig(Config):
 
     ``shuffle_buffer_rows``: rows of the local shuffle buffer of each Train worker (0: no
     shuffling; standalone runs shuffle the whole split). ``eval_batch_size``: rows per forward
-    when evaluating the validation and test splits.
+    when evaluating the validation and test splits. ``materialize_train_max_mb``: a train split
+    whose Parquet shards total at most this many MB is read once into the Ray object store
+    instead of being streamed from the shards again every epoch (which costs a read start-up
+    per epoch, a large share of a short epoch); larger splits stream. 0 always streams.
     """
 
     path: str
     shuffle_buffer_rows: int = 20_000
     eval_batch_size: int = 4096
+    materialize_train_max_mb: int = 512
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ConfigError("data.path must name a prepared dataset directory")
         if self.shuffle_buffer_rows < 0 or self.eval_batch_size < 1:
             raise ConfigError("shuffle_buffer_rows must be >= 0 and eval_batch_size >= 1")
+        if self.materialize_train_max_mb < 0:
+            raise ConfigError("materialize_train_max_mb must be >= 0")
 
 
 @config

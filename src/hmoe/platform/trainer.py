@@ -22,6 +22,7 @@ from hmoe.platform.batches import (
     make_collate,
     read_split,
     split_dataset,
+    split_megabytes,
     split_rows,
 )
 from hmoe.platform.experiment import ExperimentConfig
@@ -161,6 +162,8 @@ def make_trainer(
     from ray.train.torch import TorchTrainer
 
     train = split_dataset(cfg.data.path, "train")
+    if split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb:
+        train = train.materialize()
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker} | (
         {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}

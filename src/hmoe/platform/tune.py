@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,9 @@ def _searcher_and_scheduler(
 
     metric = cfg.train.early_stopping_metric
     mode = metric_mode(metric)
-    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed, multivariate=True, group=True)
+    with warnings.catch_warnings():  # group=True is "experimental" in optuna 5; it is needed
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # for conditionals
+        sampler = optuna.samplers.TPESampler(seed=cfg.train.seed, multivariate=True, group=True)
     searcher = OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
     if scheduler == "fifo":
         return searcher, FIFOScheduler()

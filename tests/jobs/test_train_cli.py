@@ -71,3 +71,30 @@ def test_train_two_workers_survives_a_killed_worker_and_tracks_everything(
     assert run.data.metrics["resumed_from_epoch"] == 1.0  # restarted from the checkpoint
     check_run_contents(client, run_id, epochs=2)
     check_registered_model_reproduces_val_auc(uri, client, "cli-test-best", "1", run_id, data)
+
+
+def test_metrics_table_and_tune_report_print_every_task_and_split(capsys):
+    from types import SimpleNamespace
+
+    from hmoe.jobs.commands.train import metrics_table
+    from hmoe.jobs.commands.tune import report
+
+    per_task = {
+        "click": {"val_auc": 0.71, "val_gauc": 0.65, "val_logloss": 0.6, "test_auc": 0.7},
+        "like": {"val_auc": 0.81, "test_auc": 0.8, "test_logloss": 0.4},
+    }
+    table = metrics_table(per_task).splitlines()
+    assert table[0].split() == ["task", "split", "auc", "gauc", "logloss"]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table[2:]}
+    assert rows[("click", "val")] == ["0.7100", "0.6500", "0.6000"]
+    assert rows[("like", "test")] == ["0.8000", "nan", "0.4000"]
+    result = SimpleNamespace(
+        search_name="debug-smoke-1", num_trials=3, num_errors=1,
+        errors={"trial_2": "InfeasibleTrial: infeasible sample\nmore"}, best_trial_id="t1",
+        best_params={"train.lr": 0.01}, best_per_task=per_task, parent_run_id="p",
+        best_run_id="c", registered_model="hmoe-best", model_version="2",
+    )  # fmt: skip
+    assert report(result) == 0
+    out = capsys.readouterr().out
+    assert "3 trials, 1 failed" in out and "failed trial_2: InfeasibleTrial" in out
+    assert "MLflow parent run id: p; best trial run id: c" in out and "version 2" in out

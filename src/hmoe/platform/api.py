@@ -94,7 +94,9 @@ def ensure_ray(cpus_needed: float) -> None:
 
     if not ray.is_initialized():
         cpus = max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999))
-        ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+        # the dashboard serves the State API that Train V2's placement-group cleaner polls;
+        # without it every run prints a stream of "Failed to query ... actor state" warnings
+        ray.init(num_cpus=cpus, include_dashboard=True, configure_logging=False)
         return
     total = ray.cluster_resources().get("CPU", 0.0)
     if total - cpus_needed < DATA_CPUS:

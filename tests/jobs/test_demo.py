@@ -120,7 +120,7 @@ def test_leaderboard_table_lists_params_and_auc_per_task():
     assert "lr" in table[0] and "method" in table[0] and "val click" in table[0]
     assert table[2].split() == ["1", "a_00001", "gate", "0.01235", "3", "0.7100", "0.7000",
                                 "FINISHED"]  # fmt: skip
-    assert table[3].split()[-3:] == ["nan", "nan", "FAILED"]
+    assert table[3].split()[-3:] == ["-", "-", "FAILED"]
     assert math.isnan(rows[1].score) and rows[0].score == pytest.approx(0.71)
 
 

@@ -28,6 +28,7 @@ MLFLOW_DB = "mlflow.db"
 DATASET = "ml-100k"
 UI_HOST = "127.0.0.1"
 UI_PORT = 5000
+EARLY_STOPPED = "EARLY_STOPPED"  # a FINISHED child run without test metrics: ASHA stopped it
 
 
 @config
@@ -99,7 +100,8 @@ class LeaderboardRow:
     """One trial: its sampled parameters, status, epochs run and AUC per task.
 
     ``val_auc`` is the best epoch's validation AUC (the weights that were kept), ``test_auc``
-    the test AUC of those weights; a trial ASHA stopped early has both of its last epoch.
+    the test AUC of those weights. A trial ASHA stopped has status ``EARLY_STOPPED`` and no
+    test AUC: the test split is scored only when a run completes.
     """
 
     trial_id: str
@@ -342,8 +344,11 @@ def leaderboard(
         val = {t: _best_epoch_value(client, run, f"val_auc_{t}") for t in tasks}
         test = {t: float(metrics.get(f"test_auc_{t}", math.nan)) for t in tasks}
         epochs = len(client.get_metric_history(run.info.run_id, "val_auc"))
+        status = run.info.status
+        if status == "FINISHED" and all(math.isnan(v) for v in test.values()):
+            status = EARLY_STOPPED
         rows.append(LeaderboardRow(
-            trial_id=trial, run_id=run.info.run_id, status=run.info.status,
+            trial_id=trial, run_id=run.info.run_id, status=status,
             params=dict(params.get(trial, {})), epochs=epochs,
             val_auc={t: v for t, v in val.items() if not math.isnan(v)},
             test_auc={t: v for t, v in test.items() if not math.isnan(v)},

@@ -100,7 +100,7 @@ def leaderboard_table(rows: Sequence[Any], tasks: Sequence[str]) -> str:
         cells = [_cell(row.params.get(name)) for name in names]
         for task in tasks:
             cells_auc = (row.val_auc.get(task, math.nan), row.test_auc.get(task, math.nan))
-            cells += [f"{v:.4f}" for v in cells_auc]
+            cells += ["-" if math.isnan(v) else f"{v:.4f}" for v in cells_auc]
         line = f"{rank:<3}{row.trial_id:<14}"
         line += "".join(f"{c:>{PARAM_WIDTH + 1}}" for c in cells[: len(names)])
         line += f"{row.epochs:>7}"

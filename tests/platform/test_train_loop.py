@@ -189,3 +189,24 @@ def test_gpu_check_smoke_on_cpu_imports_neither_ray_nor_mlflow(tmp_path):
     assert set(results) == {"hmoe", "dcnv2"}
     for r in results.values():
         assert r["samples_per_s"] > 0 and 0.0 <= r["val_auc"] <= 1.0 and r["parameters"] > 0
+
+
+def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
+    from hmoe.models.zoo import build, get_preset
+    from hmoe.platform.analysis.monitor import MonitorConfig
+
+    preset = get_preset("debug")
+    torch.manual_seed(0)
+    model = build(preset.model, SCHEMA)
+    runtime = StandaloneRuntime(_data(128, 0), 32, 0, torch.device("cpu"))
+    data = EvalData(val=_data(96, 1), test=_data(96, 2))
+    settings = _settings(epochs=2, monitor=MonitorConfig())
+    run_loop(model, TrainWrapper(model, preset.loss), SCHEMA, runtime, data, settings)
+    max_dim = max(t.shape[1] for tables in model.embedding_tables() for t in tables.values())
+    for report in runtime.reports:
+        ia = [v for k, v in report.items() if k.startswith("ia_")]
+        assert ia, sorted(report)
+        # information abundance lies between 1 (rank one) and the embedding dimension
+        assert all(1.0 - 1e-6 <= v <= max_dim + 1e-6 for v in ia)
+        assert any(k.startswith("grad_cos_") for k in report), sorted(report)
+    assert not any(k.startswith("ia_") for k in _run(_settings(epochs=1))[1].reports[0])

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
+from hmoe.platform.analysis.monitor import MonitorConfig
 from hmoe.platform.metrics import METRIC_MODES
 from hmoe.platform.tracking import DEFAULT_TRACKING_URI
 
@@ -90,6 +91,8 @@ class TrainConfig(Config):
     checkpoints_to_keep: int = 2
     storage_path: str = DEFAULT_STORAGE
     fail_at_step: int | None = None
+    # per-epoch collapse (information abundance) and gradient-conflict metrics, on rank 0
+    monitor: MonitorConfig = MonitorConfig()
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "num_workers")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.batches import Batch, iter_minibatches
 from hmoe.platform.metrics import metric_mode, task_metrics
 from hmoe.platform.runtime import Runtime
@@ -52,6 +53,7 @@ class LoopSettings:
     seed: int
     steps_per_epoch: int
     fail_at_step: int | None = None
+    monitor: MonitorConfig | None = None  # None: no collapse / gradient-conflict metrics
 
 
 @dataclass(kw_only=True)
@@ -271,6 +273,7 @@ def run_loop(
         stop = False
         if runtime.rank == 0:
             stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
+            metrics |= _monitor(train_module, eval_data, runtime, state, s)
         stop = runtime.agree(stop) or state.epoch == s.epochs - 1
         if stop and runtime.rank == 0:
             metrics |= _finish(model, eval_data, schema, runtime, state, s, hooks)
@@ -333,6 +336,19 @@ def _after_epoch(
         state.bad_epochs += 1
     patience = s.early_stopping_patience
     return patience > 0 and state.bad_epochs >= patience
+
+
+def _monitor(
+    train_module: nn.Module, eval_data: EvalData, runtime: Runtime, state: _State, s: LoopSettings
+) -> dict[str, float]:
+    """Rank 0: information abundance per set and field, and per-task gradient conflict measured
+    on the first validation mini-batch (the bare wrapper, so no DDP collective is triggered)."""
+    if s.monitor is None:
+        return {}
+    batch = None
+    if eval_data.val is not None:
+        batch = {k: v[: s.eval_batch_size].to(runtime.device) for k, v in eval_data.val.items()}
+    return monitor_metrics(train_module, batch, s.monitor, state.epoch)
 
 
 def _progress_line(metrics: Mapping[str, float], s: LoopSettings) -> str:

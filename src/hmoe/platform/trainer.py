@@ -67,6 +67,7 @@ def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> Lo
         seed=t.seed,
         steps_per_epoch=max(1, math.ceil(train_rows / world_size / t.batch_size)),
         fail_at_step=t.fail_at_step,
+        monitor=t.monitor,
     )
 
 

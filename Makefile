@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.hmoe-installed
 
-.PHONY: venv test test-fast lint demo clean
+.PHONY: venv test test-fast browser-test lint demo clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ test: venv
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# the MLflow UI check in headless Chromium (Debian's chromium package; the test skips without it)
+browser-test: venv
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(VENV)/bin/python -m pytest -q tests/jobs/test_browser.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

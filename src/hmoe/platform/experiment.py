@@ -91,8 +91,9 @@ class TrainConfig(Config):
     checkpoints_to_keep: int = 2
     storage_path: str = DEFAULT_STORAGE
     fail_at_step: int | None = None
-    # per-epoch collapse (information abundance) and gradient-conflict metrics, on rank 0
-    monitor: MonitorConfig = MonitorConfig()
+    # per-epoch information abundance on rank 0 (cheap: left on); the gradient conflict needs an
+    # extra forward/backward on rank 0 and is opt-in (train.monitor.gradient_conflict=true)
+    monitor: MonitorConfig | None = MonitorConfig(gradient_conflict=False)
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "num_workers")

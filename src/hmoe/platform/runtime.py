@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from hmoe.platform.batches import Batch, iter_minibatches
 __all__ = ["CHECKPOINT_FILE", "RayRuntime", "Runtime", "StandaloneRuntime"]
 
 CHECKPOINT_FILE = "state.pt"
+FAULT_INJECTION_DELAY_S = 10.0
 
 
 class Runtime(Protocol):
@@ -178,4 +180,8 @@ class RayRuntime:
         if fail_at_step is None or resumed or self.rank != self.world_size - 1:
             return
         if step == fail_at_step:
+            # Train V2's controller registers a reported checkpoint asynchronously; dying right
+            # after a report can lose it (on a loaded box the restart then has nothing to
+            # resume from), so the injected crash waits until the report has been picked up.
+            time.sleep(FAULT_INJECTION_DELAY_S)
             os.kill(os.getpid(), signal.SIGKILL)

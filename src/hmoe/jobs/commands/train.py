@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from hmoe.jobs.commands import add_set_argument, parse_sets
 
@@ -46,6 +47,12 @@ def metrics_table(per_task: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def shortcut_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The resource and tracking flags ``hmoe train`` and ``hmoe tune`` share, as API keywords."""
+    names = ("workers", "gpus_per_worker", "tracking_uri", "experiment", "registered_model")
+    return {name: getattr(args, name) for name in names}
+
+
 def run(args: argparse.Namespace) -> int:
     # parse and validate before importing the platform (which imports torch and Ray)
     overrides = parse_sets(args.sets)
@@ -55,11 +62,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset,
         args.data,
         overrides,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        tracking_uri=args.tracking_uri,
-        experiment=args.experiment,
-        registered_model=args.registered_model,
+        **shortcut_options(args),
         progress=print,
     )
     print()

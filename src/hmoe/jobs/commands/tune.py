@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from hmoe.jobs.commands import add_set_argument, parse_sets
-from hmoe.jobs.commands.train import add_tracking_arguments, metrics_table
+from hmoe.jobs.commands.train import add_tracking_arguments, metrics_table, shortcut_options
 
 EXIT_INTERRUPTED = 130  # the shell's code for an interrupted (Ctrl+C) command
 
@@ -50,11 +50,7 @@ def run_search(tune: Any, args: argparse.Namespace, overrides: dict[str, Any]) -
         max_concurrent=args.max_concurrent,
         scheduler=args.scheduler,
         resume=args.resume,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        tracking_uri=args.tracking_uri,
-        experiment=args.experiment,
-        registered_model=args.registered_model,
+        **shortcut_options(args),
         progress=print,
     )
 

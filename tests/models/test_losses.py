@@ -263,3 +263,18 @@ def test_every_numeric_knob_has_an_effect() -> None:
     ]
     for cfg, path, value in perturbations:
         assert loss_of(apply_overrides(cfg, {path: value})) != loss_of(cfg), path
+
+
+def test_positive_weight_scales_only_the_positives_bce() -> None:
+    torch.manual_seed(5)
+    model, batch = TinyModel(), _batch()
+    cfg = LossConfig(use_sample_weight=False, positive_weight=0.2)
+    loss, _ = TrainWrapper(model, cfg)(batch)
+    logits, labels = model(batch), batch[LABELS]
+    per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    beta = torch.where(labels > 0.5, 0.2, 1.0)
+    torch.testing.assert_close(loss, (per_row * beta).mean(dim=0).sum())
+    plain, _ = TrainWrapper(model, LossConfig(use_sample_weight=False))(batch)
+    assert loss < plain  # positives weigh less, nothing else changed
+    with pytest.raises(ConfigError, match="positive_weight"):
+        LossConfig(positive_weight=0.0)

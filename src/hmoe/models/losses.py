@@ -93,15 +93,18 @@ class LossConfig(Config):
 
     ``task_weights``: weight per task name (missing tasks weigh 1). ``use_sample_weight``:
     multiply each sample's BCE by ``batch["weight"]`` (data weights or logged propensities).
-    ``embedding_l2``: ``embedding_l2 * sum(W^2)`` over every ``nn.Embedding``/``EmbeddingBag``
-    table (whole tables, as FuxiCTR's embedding regulariser); modules that define
-    ``regularization_loss()`` (e.g. GwPFM's pair weights) add theirs too.
+    ``positive_weight``: the BCE weight of every positive (beta_pos of the ranking-loss paper's
+    sparsity simulation, spec §5.1: positives down-weighted to mimic sparser clicks; the pair
+    term stays unweighted). ``embedding_l2``: ``embedding_l2 * sum(W^2)`` over every
+    ``nn.Embedding``/``EmbeddingBag`` table (whole tables, as FuxiCTR's embedding regulariser);
+    modules that define ``regularization_loss()`` (e.g. GwPFM's pair weights) add theirs too.
     """
 
     task_weights: Mapping[str, float] = FrozenMap()
     ranking: RankingLossConfig = RankingLossConfig()
     ipw: IPWConfig = IPWConfig()
     use_sample_weight: bool = True
+    positive_weight: float = 1.0
     embedding_l2: float = 0.0
 
     def __post_init__(self) -> None:
@@ -110,6 +113,8 @@ class LossConfig(Config):
             raise ConfigError(f"task_weights must be >= 0, got {negative}")
         if self.embedding_l2 < 0.0:
             raise ConfigError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+        if self.positive_weight <= 0.0:
+            raise ConfigError(f"positive_weight must be > 0, got {self.positive_weight}")
 
 
 def bce_per_task(
@@ -256,6 +261,13 @@ class TrainWrapper(nn.Module):
         weight_BK = None
         if self.config.use_sample_weight and WEIGHT in batch:
             weight_BK = batch[WEIGHT].unsqueeze(1).expand_as(labels_BK)
+        if self.config.positive_weight != 1.0:
+            beta_BK = torch.where(
+                labels_BK > POSITIVE_THRESHOLD,
+                torch.full_like(labels_BK, self.config.positive_weight),
+                torch.ones_like(labels_BK),
+            )
+            weight_BK = beta_BK if weight_BK is None else weight_BK * beta_BK
         if not self.ipw_tasks:
             return weight_BK
         if EXPOSURE not in batch:

@@ -112,6 +112,35 @@ def test_detached_experts_get_no_gradient_from_that_gate_and_same_forward() -> N
     assert gate_grad is not None and gate_grad.abs().sum() > 0  # the gate still learns
 
 
+class _Wrapped(torch.nn.Module):
+    """Positional tensors in, so ``torch.export`` can bind them."""
+
+    def __init__(self, comb: MixtureCombiner) -> None:
+        super().__init__()
+        self.comb = comb
+
+    def forward(self, a, b, c, g):
+        return self.comb([a, b, c], [g])
+
+
+def test_masked_and_detached_gates_export_and_match_eager() -> None:
+    """No branch or boolean-mask index on a tensor's values in forward: torch.export traces it
+    with a dynamic batch dim (STEM's masks: a single-expert gate and a detached expert)."""
+    torch.manual_seed(7)
+    allowed = [[True, True, True], [False, False, True]]
+    detached = [[False, True, False], [False, False, False]]
+    comb = MixtureCombiner(
+        CombineConfig(), (3, 3, 3), num_gates=2, gate_input_dims=(5,), allowed=allowed,
+        detached=detached,
+    )  # fmt: skip
+    args = (*_outputs(3, batch=4), torch.randn(4, 5))
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(_Wrapped(comb), args, dynamic_shapes=[{0: batch}] * 4)
+    other = (*_outputs(3, batch=7), torch.randn(7, 5))
+    for inputs in (args, other):
+        torch.testing.assert_close(program.module()(*inputs), comb(inputs[:3], [inputs[3]]))
+
+
 def test_projection_for_different_widths() -> None:
     outs = [torch.randn(4, 3), torch.randn(4, 5)]
     with pytest.raises(ValueError, match="output_dim"):

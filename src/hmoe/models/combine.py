@@ -96,8 +96,14 @@ class MixtureCombiner(nn.Module):
         if not bool(allowed_KE.any(dim=1).all()):
             raise ValueError(f"every gate needs >= 1 allowed expert, got {allowed_KE.tolist()}")
         self.register_buffer("allowed_KE", allowed_KE, persistent=False)
-        detached_KE = _mask(detached, (num_gates, num_experts), False, "detached")
-        self.register_buffer("detached_KE", detached_KE & allowed_KE, persistent=False)
+        detached_KE = _mask(detached, (num_gates, num_experts), False, "detached") & allowed_KE
+        self.register_buffer("detached_KE", detached_KE, persistent=False)
+        # Python flags and index lists fixed here, so forward never branches on (or indexes
+        # by) a tensor's values: torch.export cannot trace data-dependent control flow
+        self.any_detached = bool(detached_KE.any())
+        self._allowed_rows: tuple[tuple[int, ...], ...] = tuple(
+            tuple(int(e) for e in row.nonzero().flatten().tolist()) for row in allowed_KE
+        )
         self.projections = self._build_projections(config, expert_dims)
         self.output_dim = config.output_dim or expert_dims[0]
         self.sum_weights_KE = (
@@ -132,11 +138,16 @@ class MixtureCombiner(nn.Module):
                 f"got {list(input_dims)}"
             )
         dims = list(input_dims) * (self.num_gates // len(input_dims))
-        counts = self.allowed_KE.sum(dim=1).tolist()
+        # gate k's A_k softmax weights land on its allowed experts through a one-hot [A_k, E]
+        # placement (a matmul: no boolean-mask indexing, whose shape torch.export cannot know)
+        for k, row in enumerate(self._allowed_rows):
+            placement_AE = torch.zeros(len(row), self.num_experts)
+            placement_AE[torch.arange(len(row)), torch.tensor(row)] = 1.0
+            self.register_buffer(f"placement_{k}_AE", placement_AE, persistent=False)
         # a gate over a single expert has weight 1 and nothing to learn
         return nn.ModuleList(
-            self._gate_net(d, config, n) if n > 1 else nn.Identity()
-            for d, n in zip(dims, counts, strict=True)
+            self._gate_net(d, config, len(row)) if len(row) > 1 else nn.Identity()
+            for d, row in zip(dims, self._allowed_rows, strict=True)
         )
 
     @staticmethod
@@ -183,16 +194,14 @@ class MixtureCombiner(nn.Module):
             raise ValueError(
                 f"gate needs 1 or {self.num_gates} gate inputs, got {len(gate_inputs)}"
             )
-        batch = inputs[0].shape[0]
         rows = []
         for k, (gate, x_BX) in enumerate(zip(self.gates, inputs, strict=True)):
-            row_BE = x_BX.new_zeros(batch, self.num_experts)
-            allowed_E = self.allowed_KE[k]
+            placement_AE = getattr(self, f"placement_{k}_AE")
             if isinstance(gate, nn.Identity):
-                rows.append(row_BE.masked_fill(allowed_E, 1.0))
+                rows.append(placement_AE.sum(dim=0).to(x_BX.dtype).expand(x_BX.shape[0], -1))
                 continue
-            row_BE[:, allowed_E] = torch.softmax(gate(x_BX), dim=1)
-            rows.append(row_BE)
+            weights_BA = torch.softmax(gate(x_BX), dim=1)
+            rows.append(weights_BA @ placement_AE.to(weights_BA.dtype))
         return torch.stack(rows, dim=1)
 
     def forward(
@@ -208,7 +217,7 @@ class MixtureCombiner(nn.Module):
         outputs_BEX = torch.stack(list(expert_outputs), dim=1)
         weights_BKE = self.gate_weights(gate_inputs, batch_size=outputs_BEX.shape[0])
         weights_BKE = weights_BKE.to(outputs_BEX.dtype)
-        if not bool(self.detached_KE.any()):
+        if not self.any_detached:
             return torch.einsum("bke,bex->bkx", weights_BKE, outputs_BEX)
         # the gate weight keeps its gradient; only the expert's output is cut for that gate
         detached = self.detached_KE.to(weights_BKE.dtype)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
-from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
+from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_entries
 from hmoe.platform.data.sides import SideEmbedding, key_column
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
 from hmoe.platform.data.split import SplitAssigner, row_hash
@@ -234,23 +234,25 @@ def _logged_events(events: pa.Table, index: int, users: np.ndarray) -> _Events:
 def _sequence_columns(
     q: SequenceSpec, users: np.ndarray, ts: np.ndarray, unit: np.ndarray | None, ev: _Events
 ) -> dict[str, pa.Array]:
-    index_NL, length = sequence_indices(users, ts, ev.user, ev.ts, ev.order, q.max_len)
-    real_NL = index_NL >= 0
-    source_NL = np.maximum(index_NL, 0) if len(ev.user) else np.zeros_like(index_NL)
+    rows, slots, events, length = sequence_entries(users, ts, ev.user, ev.ts, ev.order, q.max_len)
+    shape_NL = (len(users), q.max_len)
 
-    def gather(values: np.ndarray) -> np.ndarray:
-        return np.where(real_NL, values[source_NL], PAD_INDEX) if len(values) else source_NL * 0
+    def scatter(values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
+        # only the real entries are computed; padding slots keep ``fill``
+        out_NL = np.full(shape_NL, fill, dtype=dtype)
+        out_NL[rows, slots] = values
+        return out_NL
 
-    columns = {"item": _fixed_list(gather(ev.item), pa.int64())}
+    columns = {"item": _fixed_list(scatter(ev.item[events], PAD_INDEX, np.int64), pa.int64())}
     if ev.category is not None:
-        columns["category"] = _fixed_list(gather(ev.category), pa.int64())
-    delta_NL = np.where(real_NL, ts[:, None] - (ev.ts[source_NL] if len(ev.ts) else 0.0), 0.0)
-    columns["time_delta"] = _fixed_list(delta_NL.astype(np.float32), pa.float32())
+        category_NL = scatter(ev.category[events], PAD_INDEX, np.int64)
+        columns["category"] = _fixed_list(category_NL, pa.int64())
+    delta = (ts[rows] - ev.ts[events]).astype(np.float32)
+    columns["time_delta"] = _fixed_list(scatter(delta, 0.0, np.float32), pa.float32())
     if unit is not None and ev.unit is not None:
         # cosine of unit vectors: one dot product per behaviour, norms computed once per row
-        sim_NL = np.einsum("nd,nld->nl", unit, ev.unit[source_NL]) if len(ev.unit) else delta_NL
-        sim_NL = np.where(real_NL, np.clip(sim_NL, -1.0, 1.0), 0.0).astype(np.float32)
-        columns["similarity"] = _fixed_list(sim_NL, pa.float32())
+        sim = np.clip(np.einsum("nd,nd->n", unit[rows], ev.unit[events]), -1.0, 1.0)
+        columns["similarity"] = _fixed_list(scatter(sim, 0.0, np.float32), pa.float32())
     columns["length"] = pa.array(length)
     return columns
 
@@ -317,7 +319,7 @@ def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
         rows = np.flatnonzero(splits == split_id)
         if not len(rows):
             continue
-        part = group.take(pa.array(rows)).select(columns)
+        part = group.select(columns).take(pa.array(rows))
         relative = f"{split}/part-{shard:05d}.parquet"
         path = Path(plan.out_dir) / relative
         path.parent.mkdir(parents=True, exist_ok=True)

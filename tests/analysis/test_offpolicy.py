@@ -9,6 +9,8 @@ import pytest
 
 from hmoe.platform.analysis import offpolicy
 from hmoe.platform.analysis.offpolicy import (
+    dm_estimate,
+    dr_estimate,
     ipw_estimate,
     snipw_estimate,
     thompson_slate_distribution,
@@ -44,6 +46,32 @@ def test_ipw_rejects_propensities_outside_0_1(bad: float) -> None:
 def test_ipw_rejects_length_mismatch() -> None:
     with pytest.raises(ValueError, match="differ"):
         ipw_estimate(REWARD[:3], PI_E, PI_B)
+
+
+# two rows, two actions: the rows' pi_e and reward-model predictions q_hat
+DR_PI_E = np.array([[0.25, 0.75], [1.0, 0.0]])
+DR_Q_HAT = np.array([[0.2, 0.4], [0.1, 0.3]])
+
+
+def test_dm_by_hand() -> None:
+    # rows: 0.25 * 0.2 + 0.75 * 0.4 = 0.35 and 1 * 0.1 = 0.1
+    assert dm_estimate(DR_PI_E, DR_Q_HAT) == pytest.approx((0.35 + 0.1) / 2)
+
+
+def test_dr_by_hand() -> None:
+    # logged actions 1 and 0 at pi_b 0.5: residual terms 0.75 / 0.5 * (1 - 0.4) = 0.9 and
+    # 1 / 0.5 * (0 - 0.1) = -0.2, added to the DM rows 0.35 and 0.1
+    got = dr_estimate(
+        np.array([1.0, 0.0]), np.array([1, 0]), np.array([0.5, 0.5]), DR_PI_E, DR_Q_HAT
+    )
+    assert got == pytest.approx((0.35 + 0.9 + 0.1 - 0.2) / 2)
+
+
+def test_dr_with_a_zero_reward_model_is_ipw() -> None:
+    pi_e = np.array([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
+    reward, action, pi_b = np.array([1.0, 1.0, 0.0]), np.array([0, 1, 1]), np.full(3, 0.5)
+    got = dr_estimate(reward, action, pi_b, pi_e, np.zeros_like(pi_e))
+    assert got == pytest.approx(ipw_estimate(reward, pi_e[np.arange(3), action], pi_b))
 
 
 def test_weighted_auc_by_hand() -> None:

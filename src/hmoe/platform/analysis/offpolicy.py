@@ -4,6 +4,9 @@
   rows logged by a behaviour policy, ``V = mean_i(r_i * pi_e(a_i | x_i) / pi_b(a_i | x_i))``
   (Horvitz-Thompson; unbiased when ``pi_b > 0`` wherever ``pi_e > 0``); ``snipw_estimate`` is
   its self-normalised variant (divides by the mean weight instead of 1: biased, lower variance).
+* ``dm_estimate`` / ``dr_estimate``: the direct method (the evaluation policy's expected reward
+  under a fitted reward model ``q_hat``) and doubly robust (DM plus the IPW-weighted residual of
+  the logged action: unbiased if either the propensities or ``q_hat`` are right).
 * ``thompson_slate_distribution``: the action distribution of a context-free Bernoulli Thompson
   sampling policy that shows the top ``len_list`` of one Beta draw per action, estimated by
   Monte Carlo with a seeded ``numpy.random.RandomState`` (the obp / Open Bandit convention, so
@@ -24,6 +27,8 @@ import numpy as np
 from hmoe.platform.metrics import LOGLOSS_EPS
 
 __all__ = [
+    "dm_estimate",
+    "dr_estimate",
     "importance_weights",
     "ipw_estimate",
     "snipw_estimate",
@@ -62,6 +67,42 @@ def snipw_estimate(reward: np.ndarray, pi_e: np.ndarray, pi_b: np.ndarray) -> fl
     weight_N = importance_weights(pi_e, pi_b)
     total = float(weight_N.sum())
     return float((reward_N * weight_N).sum() / total) if total > 0.0 else math.nan
+
+
+def _direct_rows(pi_e: np.ndarray, q_hat: np.ndarray) -> np.ndarray:
+    pi_e_NA = np.asarray(pi_e, dtype=np.float64)
+    q_hat_NA = np.asarray(q_hat, dtype=np.float64)
+    if pi_e_NA.ndim != 2 or pi_e_NA.shape != q_hat_NA.shape:
+        raise ValueError(f"pi_e {pi_e_NA.shape} and q_hat {q_hat_NA.shape} must be equal [N, A]")
+    return (pi_e_NA * q_hat_NA).sum(axis=1)
+
+
+def dm_estimate(pi_e: np.ndarray, q_hat: np.ndarray) -> float:
+    """Direct method ``mean_i sum_a pi_e(a | x_i) q_hat(x_i, a)``; both ``[N, A]``."""
+    rows_N = _direct_rows(pi_e, q_hat)
+    return float(rows_N.mean()) if rows_N.size else math.nan
+
+
+def dr_estimate(
+    reward: np.ndarray,
+    action: np.ndarray,
+    pi_b: np.ndarray,
+    pi_e: np.ndarray,
+    q_hat: np.ndarray,
+) -> float:
+    """Doubly robust: the DM row plus ``pi_e(a_i) / pi_b(a_i) * (r_i - q_hat(x_i, a_i))``.
+
+    ``pi_e`` and ``q_hat`` are ``[N, A]`` (the rows' own slate position already chosen);
+    ``reward``, ``action`` (column index into ``A``) and ``pi_b`` are ``[N]``.
+    """
+    direct_N = _direct_rows(pi_e, q_hat)
+    rows = np.arange(direct_N.size)
+    action_N = np.asarray(action, dtype=np.int64).ravel()
+    reward_N = np.asarray(reward, dtype=np.float64).ravel()
+    pi_e_NA, q_hat_NA = np.asarray(pi_e, np.float64), np.asarray(q_hat, np.float64)
+    weight_N = importance_weights(pi_e_NA[rows, action_N], pi_b)
+    residual_N = reward_N - q_hat_NA[rows, action_N]
+    return float(np.mean(direct_N + weight_N * residual_N)) if direct_N.size else math.nan
 
 
 def thompson_slate_distribution(

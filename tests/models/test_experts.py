@@ -256,6 +256,7 @@ def test_every_numeric_knob_has_an_effect() -> None:
         "gwpfm.pair_weight_init": ("gwpfm", 0.5),
         "gwpfm.pair_weight_l2": ("gwpfm", 0.1),
         "dcnv2.num_layers": ("dcnv2", 3),
+        "dcnv2.rank": ("dcnv2", 2),
         "ipnn.mlp.dropout": ("ipnn", 0.5),
         "mlp.mlp.hidden_dims": ("mlp", [5]),
         "fm.mlp.hidden_dims": ("fm", [6, 4]),

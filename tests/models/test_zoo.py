@@ -226,6 +226,7 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "gate_per_expert_input": {"model.combine.gate_source": "expert_inputs"},
     "combine_projection": {"model.combine.output_dim": 6},
     "dcn_parallel": {"model.experts.dcnv2.structure": "parallel"},
+    "dcn_low_rank": {"model.experts.dcnv2.rank": 3},
     "gwpfm_linear": {"model.experts.gwpfm.use_linear": True},
     "ipnn_with_flat": {"model.experts.ipnn.include_flat": True},
     "expert_groups": {"model.embedding.assignment": "per_kind"},

@@ -1,5 +1,7 @@
 """Heterogeneous interaction experts (paper §3.4–3.5): GwPFM, IPNN, DCN V2, FlatDNN and FM.
 
+The DCN V2 cross network and its config live in ``hmoe.models.cross`` (re-exported here).
+
 An expert is an explicit interaction over ONE embedding set's field tokens ``[B, F, D]`` followed
 by its own MLP; extra dense inputs (e.g. a sequence encoder's output) are concatenated to the
 interaction output before that MLP. An expert never mixes embedding sets: the caller hands it
@@ -13,13 +15,13 @@ Legend: ``B`` batch, ``F`` fields, ``D`` token dim, ``P`` field pairs, ``G`` fie
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
 from hmoe.config import Config, ConfigError, FrozenMap, config
 from hmoe.models.common import MLP, MLPConfig
+from hmoe.models.cross import CrossNetworkV2, DCNV2Config, FlatCross
 
 __all__ = [
     "EXPERT_KINDS",
@@ -65,23 +67,6 @@ class IPNNConfig(Config):
 
     mlp: MLPConfig = MLPConfig()
     include_flat: bool = False
-
-
-@config
-class DCNV2Config(Config):
-    """Full-rank DCN V2 cross network ``x_{l+1} = x0 * (W_l x_l + b_l) + x_l``.
-
-    ``stacked`` feeds the cross output to the MLP (ME repo); ``parallel`` concatenates the cross
-    output with the MLP of the flat tokens (the ranking-loss repo's backbone).
-    """
-
-    mlp: MLPConfig = MLPConfig()
-    num_layers: int = 3
-    structure: Literal["stacked", "parallel"] = "stacked"
-
-    def __post_init__(self) -> None:
-        if self.num_layers < 0:
-            raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
 
 
 @config
@@ -290,45 +275,6 @@ class GwPFMInteraction(nn.Module):
         return self._pair_matrix().detach()
 
 
-class CrossNetworkV2(nn.Module):
-    """Full-rank DCN V2 cross network over ``x0 = flatten(tokens)``: ``[B, X] -> [B, X]``.
-
-    Args:
-        input_dim: ``X = F * D``.
-        num_layers: the depth ``L`` (0 is the identity).
-
-    Example:
-        >>> CrossNetworkV2(12, 2)(torch.randn(4, 12)).shape
-        torch.Size([4, 12])
-    """
-
-    def __init__(self, input_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
-        for layer in self.layers:
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        self.output_dim = input_dim
-
-    def forward(self, x0_BX: torch.Tensor) -> torch.Tensor:
-        x_BX = x0_BX
-        for layer in self.layers:
-            x_BX = x0_BX * layer(x_BX) + x_BX
-        return x_BX
-
-
-class _FlatCross(nn.Module):
-    """Cross network reading the tokens, so every interaction has the same signature."""
-
-    def __init__(self, num_fields: int, embedding_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.cross = CrossNetworkV2(num_fields * embedding_dim, num_layers)
-        self.output_dim = self.cross.output_dim
-
-    def forward(self, tokens_BFD: torch.Tensor) -> torch.Tensor:
-        return self.cross(tokens_BFD.flatten(1))
-
-
 class Expert(nn.Module):
     """An interaction over one embedding set's tokens followed by its own MLP.
 
@@ -423,7 +369,7 @@ def build_expert(
     elif isinstance(cfg, IPNNConfig):
         interaction = InnerProductInteraction(num_fields, embedding_dim, cfg.include_flat)
     elif isinstance(cfg, DCNV2Config):
-        interaction = _FlatCross(num_fields, embedding_dim, cfg.num_layers)
+        interaction = FlatCross(num_fields, embedding_dim, cfg.num_layers, cfg.rank)
         parallel = cfg.structure == "parallel"
     elif isinstance(cfg, FMConfig):
         interaction = FMInteraction(embedding_dim)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from repro.common import Context, Section, fmt, seeds_of, table, values
+from repro.common import Context, Section, fmt, mean_std, seeds_of, table, values
 from repro.datasets import SPECS_DIR, prepared
 
 SECTION = "ipw"
@@ -318,6 +318,8 @@ def _weighted_metrics(model: Any, cfg: Any) -> dict[str, float]:
         weights_N = data[WEIGHT].numpy()
         # AUC on logits: float32 sigmoids of nearby logits can tie, the logits do not
         out[f"ipw_{name}_auc"] = weighted_auc(labels_N, logits_N, weights_N)
+        # the record's val_* are the last epoch's; this is the restored best epoch's model
+        out[f"plain_{name}_auc"] = weighted_auc(labels_N, logits_N, np.ones_like(weights_N))
         out[f"ipw_{name}_logloss"] = weighted_logloss(labels_N, probs_N, weights_N)
         out[f"{name}_mean_pred"] = float(probs_N.mean())
         out[f"{name}_clicks"] = float(labels_N.sum())
@@ -402,7 +404,7 @@ def _ope_text(record: dict[str, Any] | None) -> str:
     )
 
 
-def _train_table(runs: dict[tuple[str, str], list[dict]], weighted_rows: str) -> str:
+def _train_table(runs: dict[tuple[str, str], list[dict]], val_rows: str) -> str:
     header = [
         "model",
         "loss weights",
@@ -410,7 +412,8 @@ def _train_table(runs: dict[tuple[str, str], list[dict]], weighted_rows: str) ->
         "IPW test AUC",
         "test logloss",
         "IPW test logloss",
-        f"IPW val AUC ({weighted_rows})",
+        f"val AUC ({val_rows})",
+        f"IPW val AUC ({val_rows})",
         "mean p̂ test",
     ]
     rows = []
@@ -423,11 +426,41 @@ def _train_table(runs: dict[tuple[str, str], list[dict]], weighted_rows: str) ->
                 fmt(values(records, "ipw_test_auc")),
                 fmt(values(records, "test_logloss")),
                 fmt(values(records, "ipw_test_logloss")),
+                fmt(values(records, "plain_val_auc")),
                 fmt(values(records, "ipw_val_auc")),
                 fmt(values(records, "test_mean_pred"), 5),
             ]
         )
     return table(header, rows)
+
+
+def _weighting_effect(runs: dict[tuple[str, str], list[dict]]) -> str:
+    """Weighted minus plain test AUC per preset, against twice the larger seed std."""
+    parts, beyond = [], []
+    for preset in PRESETS:
+        weighted = values(runs.get((preset, "ipw"), []), "test_auc")
+        plain = values(runs.get((preset, "plain"), []), "test_auc")
+        if len(weighted) < 2 or len(plain) < 2:
+            continue
+        delta = mean_std(weighted)[0] - mean_std(plain)[0]
+        noise = 2.0 * max(mean_std(weighted)[1], mean_std(plain)[1])
+        parts.append(f"`{preset}` {delta:+.3f} (2 std {noise:.3f})")
+        if abs(delta) > noise:
+            beyond.append(preset)
+    if not parts:
+        return ""
+    verdict = (
+        f"larger than twice the seed std for {', '.join(beyond)}"
+        if beyond
+        else "every difference within twice the seed std, i.e. no measurable effect"
+    )
+    return f"Test AUC with minus without the weights: {'; '.join(parts)}: {verdict}.\n"
+
+
+def _entropy(clicks: float, rows: float) -> float:
+    """Logloss of the constant prediction clicks / rows on those rows."""
+    p = clicks / rows
+    return float(-(p * np.log(p) + (1.0 - p) * np.log1p(-p)))
 
 
 def _log_facts(ctx: Context, policy: str) -> dict[str, float] | None:
@@ -469,7 +502,28 @@ def _shipped_text(runs: dict[tuple[str, str], list[dict]], uniform: dict | None)
     )
 
 
-def _crossed_text(runs: dict[tuple[str, str], list[dict]], bts: dict | None) -> str:
+def _val_vs_test(runs: dict[tuple[str, str], list[dict]]) -> str:
+    """Does weighting the biased validation AUC bring it nearer the uniform-log test AUC?"""
+    every = [r for records in runs.values() for r in records]
+    names = ("plain_val_auc", "ipw_val_auc", "test_auc")
+    means = {m: mean_std(values(every, m))[0] for m in names}
+    if not all(np.isfinite(v) for v in means.values()):
+        return ""
+    nearer = abs(means["ipw_val_auc"] - means["test_auc"]) < abs(
+        means["plain_val_auc"] - means["test_auc"]
+    )
+    return (
+        f"Over all {len(every)} runs: plain val AUC {means['plain_val_auc']:.3f}, IPW val AUC "
+        f"{means['ipw_val_auc']:.3f}, test AUC on the uniform logs {means['test_auc']:.3f}: the "
+        f"weighting moves the validation estimate {'nearer to' if nearer else 'away from'} the "
+        "uniform-log truth. With a handful of validation clicks a few rows of weight in the "
+        "thousands decide the weighted AUC, so it is not a usable estimate at this size.\n"
+    )
+
+
+def _crossed_text(
+    runs: dict[tuple[str, str], list[dict]], bts: dict | None, uniform: dict | None
+) -> str:
     spread = (
         f"propensities {bts['p_min']:.1e} .. {bts['p_max']:.2f}, weights 1/p up to "
         f"{bts['w_max']:,.0f}, mean {bts['w_mean']:.0f}"
@@ -482,7 +536,14 @@ def _crossed_text(runs: dict[tuple[str, str], list[dict]], bts: dict | None) -> 
         f"80/20; {spread}; {_first(runs, 'val_clicks')} validation clicks), the test split is "
         f"all of `random/all` ({_first(runs, 'test_clicks')} clicks, uniform logging: its plain "
         "metrics are unbiased for uniform exposure, and its IPW columns equal them). The IPW "
-        "val AUC is the estimate of that test AUC from the biased validation logs.\n"
+        "val AUC is the estimate of that test AUC from the biased validation logs."
+        + (
+            " A constant prediction of the test click rate scores test logloss "
+            f"{_entropy(uniform['clicks'], uniform['rows']):.4f}."
+            if uniform
+            else ""
+        )
+        + "\n"
     )
 
 
@@ -507,7 +568,12 @@ def run(ctx: Context) -> Section:
         "noisy: differences of a few hundredths are noise.\n",
         _shipped_text(shipped, uniform),
         _train_table(shipped, "uniform logs"),
-        _crossed_text(crossed, bts),
+        "",
+        _weighting_effect(shipped),
+        _crossed_text(crossed, bts, uniform),
         _train_table(crossed, "bts logs"),
+        "",
+        _weighting_effect(crossed),
+        _val_vs_test(crossed),
     ]
     return Section(title="IPW on Open Bandit (small)", body="\n".join(parts))

@@ -16,6 +16,7 @@ environment.
     python benchmarks/bench_models.py                       # all presets, both shapes, 512/4096
     python benchmarks/bench_models.py --presets din dcnv2 hmoe \\
         --variants fused adam fused+sparse fused+compile --repeats 5
+    python benchmarks/bench_models.py --presets dcnv2 --shapes criteo --dcnv2-ranks 64
 """
 
 from __future__ import annotations
@@ -96,10 +97,19 @@ VARIANTS = {
 }
 
 
-def hmoe_step(name: str, schema: FeatureSchema, variant: str) -> Callable[[Batch], None]:
+def hmoe_step(
+    name: str,
+    schema: FeatureSchema,
+    variant: str,
+    model_overrides: Mapping[str, object] | None = None,
+) -> Callable[[Batch], None]:
     preset = get_preset(name)
     how = VARIANTS[variant]
-    overrides = {"use_compile": how["compiled"], "use_sparse_gradients": how["sparse"]}
+    overrides: dict[str, object] = {
+        "use_compile": how["compiled"],
+        "use_sparse_gradients": how["sparse"],
+        **(model_overrides or {}),
+    }
     torch.manual_seed(0)
     model = build(apply_overrides(preset.model, overrides), schema)
     model.train()
@@ -240,6 +250,12 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 for variant in variants:
                     step = hmoe_step(name, schemas(multitask)[shape], variant)
                     runners[(name, variant)] = (step, data[multitask])
+                    if name != "dcnv2":
+                        continue
+                    for rank in args.dcnv2_ranks:  # the low-rank cross beside the full-rank one
+                        overrides = {"experts.dcnv2.rank": rank}
+                        step = hmoe_step(name, schemas(False)[shape], variant, overrides)
+                        runners[(f"dcnv2 rank {rank}", variant)] = (step, data[False])
             rates = time_interleaved(runners, steps, args.repeats, args.warmup)
             for (model, variant), rate in rates.items():
                 rows.append(dict(shape=shape, batch=batch_size, model=model, variant=variant,
@@ -285,6 +301,13 @@ def main(argv: list[str] | None = None) -> None:
         help="step variants; presets outside --variant-presets get the first",
     )
     parser.add_argument("--variant-presets", nargs="+", default=["din", "dcnv2", "hmoe"])
+    parser.add_argument(
+        "--dcnv2-ranks",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also time dcnv2 with a low-rank cross of these ranks (model.experts.dcnv2.rank)",
+    )
     parser.add_argument("--no-peers", dest="peers", action="store_false")
     parser.add_argument(
         "--threads",

@@ -112,6 +112,14 @@ class MixtureCombiner(nn.Module):
             else None
         )
         self.gates = self._build_gates(config, gate_input_dims) if self.method == "gate" else None
+        # one expert, one gate, fixed weight 1 (a single-expert mean or plain sum): the mixture
+        # is that expert's output, so forward skips the weighting (the dcnv2 and dnn presets)
+        self._passthrough = (
+            self.method != "gate"
+            and self.sum_weights_KE is None
+            and num_experts == num_gates == 1
+            and not self.any_detached
+        )
 
     @staticmethod
     def _build_projections(config: CombineConfig, expert_dims: Sequence[int]) -> nn.ModuleList:
@@ -214,13 +222,23 @@ class MixtureCombiner(nn.Module):
             )
         if len(self.projections):
             expert_outputs = [p(o) for p, o in zip(self.projections, expert_outputs, strict=True)]
-        outputs_BEX = torch.stack(list(expert_outputs), dim=1)
-        weights_BKE = self.gate_weights(gate_inputs, batch_size=outputs_BEX.shape[0])
-        weights_BKE = weights_BKE.to(outputs_BEX.dtype)
+        if self.num_experts == 1:  # a view, not stack's copy
+            outputs_BEX = expert_outputs[0].unsqueeze(1)
+        else:
+            outputs_BEX = torch.stack(list(expert_outputs), dim=1)
+        if self.method == "gate":
+            weights = self.gate_weights(gate_inputs).to(outputs_BEX.dtype)
+            pattern = "bke,bex->bkx"
+        else:
+            if self._passthrough:
+                return outputs_BEX
+            # fixed weights [K, E]: one small matmul instead of a batch of [K, E] products
+            weights = self.gate_weights()[0].to(outputs_BEX.dtype)
+            pattern = "ke,bex->bkx"
         if not self.any_detached:
-            return torch.einsum("bke,bex->bkx", weights_BKE, outputs_BEX)
+            return torch.einsum(pattern, weights, outputs_BEX)
         # the gate weight keeps its gradient; only the expert's output is cut for that gate
-        detached = self.detached_KE.to(weights_BKE.dtype)
-        live = torch.einsum("bke,bex->bkx", weights_BKE * (1.0 - detached), outputs_BEX)
-        cut = torch.einsum("bke,bex->bkx", weights_BKE * detached, outputs_BEX.detach())
+        detached = self.detached_KE.to(weights.dtype)
+        live = torch.einsum(pattern, weights * (1.0 - detached), outputs_BEX)
+        cut = torch.einsum(pattern, weights * detached, outputs_BEX.detach())
         return live + cut

@@ -7,7 +7,12 @@ import pyarrow as pa
 import pytest
 
 from hmoe.platform.data import split as split_module
-from hmoe.platform.data.split import SplitAssigner, locate_boundary, row_hash
+from hmoe.platform.data.split import (
+    SplitAssigner,
+    locate_boundaries,
+    locate_boundary,
+    row_hash,
+)
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
 from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, tie_column
 
@@ -61,6 +66,46 @@ def test_boundaries_equal_a_full_stable_sort(collect_rows: int, monkeypatch) -> 
         before = boundary.before(ts, np.arange(300))
         assert before.sum() == rank
         np.testing.assert_array_equal(np.sort(np.flatnonzero(before)), np.sort(order[:rank]))
+
+
+@pytest.mark.parametrize("collect_rows", [10_000, 7])
+def test_boundaries_located_together_equal_one_at_a_time(collect_rows: int, monkeypatch) -> None:
+    monkeypatch.setattr(split_module, "COLLECT_ROWS", collect_rows)
+    monkeypatch.setattr(split_module, "HISTOGRAM_BINS", 4)
+    table = _rows(300, seed=4)
+    keys = np.asarray(table.column(TS_COLUMN))
+    passes = {"histogram": 0, "collect": 0}
+
+    def inside(lo, hi, inclusive):
+        return (keys >= lo) & ((keys <= hi) if inclusive else (keys < hi))
+
+    def histograms(queries):
+        passes["histogram"] += 1
+        return [np.histogram(keys[inside(*q[:3])], bins=q[3])[0] for q in queries]
+
+    def collects(intervals):
+        passes["collect"] += 1
+        out = []
+        for interval in intervals:
+            chosen = np.flatnonzero(inside(*interval))
+            out.append(
+                pa.table(
+                    {
+                        "key": keys[chosen],
+                        ROW_COLUMN: table.column(ROW_COLUMN).take(chosen),
+                        tie_column("user"): table.column(tie_column("user")).take(chosen),
+                    }
+                )
+            )
+        return out
+
+    ranks = [0, 150, 240, 300]
+    bounds = (float(keys.min()), float(keys.max()))
+    together = locate_boundaries(ranks, 300, bounds, histograms, collects, ("user",))
+    assert together == [_locate(table, rank) for rank in ranks]
+    assert passes["collect"] == 1  # one pass for every boundary, not one per boundary
+    if collect_rows == 7:
+        assert passes["histogram"] >= 1
 
 
 def test_assigner_respects_fractions_and_pins() -> None:

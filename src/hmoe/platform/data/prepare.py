@@ -55,7 +55,7 @@ from hmoe.platform.data.output import (
 )
 from hmoe.platform.data.sides import SideEmbedding, join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
-from hmoe.platform.data.split import SplitAssigner, locate_boundary
+from hmoe.platform.data.split import SplitAssigner, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
 from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
 from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
@@ -266,31 +266,25 @@ def _splitter(
     ranks = (round(n * s.fractions[0]), round(n * (s.fractions[0] + s.fractions[1])))
     bounds = (totals["key_min"], totals["key_max"])
 
-    def histogram(lo: float, hi: float, inclusive: bool, edges: np.ndarray) -> np.ndarray:
+    def histograms(queries: list[tuple[float, float, bool, np.ndarray]]) -> list[np.ndarray]:
         parts = pstats.collect_list(
-            parsed,
-            pstats.block_histogram,
-            kind=s.kind,
-            pinned=pinned,
-            interval=(lo, hi, inclusive),
-            edges=edges,
+            parsed, pstats.block_histograms, kind=s.kind, pinned=pinned, queries=queries
         )
-        return np.sum(parts, axis=0)
+        return [np.sum([p[j] for p in parts], axis=0) for j in range(len(queries))]
 
-    def collect(lo: float, hi: float, inclusive: bool) -> pa.Table:
+    def collects(intervals: list[tuple[float, float, bool]]) -> list[pa.Table]:
         parts = pstats.collect_list(
             parsed,
-            pstats.block_candidates,
+            pstats.block_candidate_sets,
             kind=s.kind,
             pinned=pinned,
-            interval=(lo, hi, inclusive),
+            intervals=intervals,
             tie_break=s.tie_break,
         )
-        return pa.concat_tables(parts)
+        return [pa.concat_tables([p[j] for p in parts]) for j in range(len(intervals))]
 
-    first, second = (
-        locate_boundary(rank, n, bounds, histogram, collect, s.tie_break) for rank in ranks
-    )
+    # both boundaries narrow in the same passes over the data
+    first, second = locate_boundaries(list(ranks), n, bounds, histograms, collects, s.tie_break)
     return SplitAssigner(kind=s.kind, pinned=pinned, boundaries=(first, second))
 
 

@@ -19,7 +19,15 @@ from hmoe.platform.data.spec import SPLITS, DatasetSpec
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
 from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, tie_column
 
-__all__ = ["Boundary", "SplitAssigner", "eligible_mask", "locate_boundary", "order_key", "row_hash"]
+__all__ = [
+    "Boundary",
+    "SplitAssigner",
+    "eligible_mask",
+    "locate_boundaries",
+    "locate_boundary",
+    "order_key",
+    "row_hash",
+]
 
 COLLECT_ROWS = 100_000  # a boundary's candidate keys are sorted in the driver below this count
 HISTOGRAM_BINS = 4096  # bins per narrowing pass (each pass shrinks the candidates ~4096x)
@@ -103,6 +111,9 @@ def pinned_files(spec: DatasetSpec, written_paths: list[str]) -> dict[int, int]:
 
 Histogram = Callable[[float, float, bool, np.ndarray], np.ndarray]
 Collect = Callable[[float, float, bool], pa.Table]
+Interval = tuple[float, float, bool]  # lo, hi, whether hi is included
+Histograms = Callable[[list[tuple[float, float, bool, np.ndarray]]], list[np.ndarray]]
+Collects = Callable[[list[Interval]], list[pa.Table]]
 
 
 def locate_boundary(
@@ -119,23 +130,75 @@ def locate_boundary(
     the interval; ``collect(lo, hi, hi_inclusive)`` returns the interval's eligible rows with
     ``key``, ``__row`` and the tie-break columns.
     """
-    if rank <= 0:
-        return Boundary(key=-np.inf)
-    if rank >= total:
-        return Boundary(key=np.inf)
-    lo, hi = bounds
-    inclusive, below, inside = True, 0, total
-    while inside > COLLECT_ROWS and lo < hi:
-        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-        counts = histogram(lo, hi, inclusive, edges)
-        cumulative = below + np.cumsum(counts)
-        b = int(np.searchsorted(cumulative, rank, side="right"))
-        if edges[b] == lo and edges[b + 1] == hi:
-            break  # the float range cannot be narrowed further
-        below += int(counts[:b].sum())
-        inclusive = inclusive and b == HISTOGRAM_BINS - 1
-        lo, hi, inside = float(edges[b]), float(edges[b + 1]), int(counts[b])
-    return _boundary_in(collect(lo, hi, inclusive), rank - below, tie_break)
+    (boundary,) = locate_boundaries(
+        [rank],
+        total,
+        bounds,
+        lambda queries: [histogram(*q) for q in queries],
+        lambda intervals: [collect(*i) for i in intervals],
+        tie_break,
+    )
+    return boundary
+
+
+@dataclasses.dataclass
+class _Search:
+    """The narrowing state of one boundary (see ``locate_boundaries``)."""
+
+    rank: int
+    lo: float
+    hi: float
+    inclusive: bool = True
+    below: int = 0
+    inside: int = 0
+    stuck: bool = False  # the float range cannot be narrowed further
+
+    def active(self) -> bool:
+        return not self.stuck and self.inside > COLLECT_ROWS and self.lo < self.hi
+
+
+def locate_boundaries(
+    ranks: list[int],
+    total: int,
+    bounds: tuple[float, float],
+    histograms: Histograms,
+    collects: Collects,
+    tie_break: tuple[str, ...],
+) -> list[Boundary]:
+    """``locate_boundary`` for several ranks at once: each narrowing round asks ``histograms``
+    for every boundary still being narrowed and the end asks ``collects`` once, so the data is
+    read once per round instead of once per round and boundary.
+
+    ``histograms([(lo, hi, hi_inclusive, edges), ...])`` and ``collects([(lo, hi,
+    hi_inclusive), ...])`` answer one query per entry, in order.
+    """
+    out: list[Boundary | None] = [None] * len(ranks)
+    searches: dict[int, _Search] = {}
+    for i, rank in enumerate(ranks):
+        if rank <= 0:
+            out[i] = Boundary(key=-np.inf)
+        elif rank >= total:
+            out[i] = Boundary(key=np.inf)
+        else:
+            searches[i] = _Search(rank=rank, lo=bounds[0], hi=bounds[1], inside=total)
+    while active := [s for s in searches.values() if s.active()]:
+        queries = [
+            (s.lo, s.hi, s.inclusive, np.linspace(s.lo, s.hi, HISTOGRAM_BINS + 1)) for s in active
+        ]
+        for s, (_, _, _, edges), counts in zip(active, queries, histograms(queries), strict=True):
+            cumulative = s.below + np.cumsum(counts)
+            b = int(np.searchsorted(cumulative, s.rank, side="right"))
+            if edges[b] == s.lo and edges[b + 1] == s.hi:
+                s.stuck = True
+                continue
+            s.below += int(counts[:b].sum())
+            s.inclusive = s.inclusive and b == HISTOGRAM_BINS - 1
+            s.lo, s.hi, s.inside = float(edges[b]), float(edges[b + 1]), int(counts[b])
+    chosen = list(searches)
+    tables = collects([(searches[i].lo, searches[i].hi, searches[i].inclusive) for i in chosen])
+    for i, table in zip(chosen, tables, strict=True):
+        out[i] = _boundary_in(table, searches[i].rank - searches[i].below, tie_break)
+    return [b for b in out if b is not None]
 
 
 def _boundary_in(candidates: pa.Table, rank: int, tie_break: tuple[str, ...]) -> Boundary:

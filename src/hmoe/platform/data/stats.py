@@ -29,8 +29,10 @@ from hmoe.schema import (
 )
 
 __all__ = [
+    "block_candidate_sets",
     "block_candidates",
     "block_histogram",
+    "block_histograms",
     "block_reasons",
     "block_totals",
     "block_train_stats",
@@ -138,6 +140,28 @@ def block_candidates(
     for name in tie_break:
         out[tie_column(name)] = table.column(tie_column(name)).take(chosen)
     return pa.table(out)
+
+
+def block_histograms(
+    table: pa.Table,
+    kind: str,
+    pinned: dict[int, int],
+    queries: list[tuple[float, float, bool, np.ndarray]],
+) -> list[np.ndarray]:
+    """``block_histogram`` for several ``(lo, hi, inclusive, edges)`` queries in one pass."""
+    keys = order_key(table, kind)[eligible_mask(table, pinned)]
+    return [np.histogram(keys[_in_interval(keys, q[:3])], bins=q[3])[0] for q in queries]
+
+
+def block_candidate_sets(
+    table: pa.Table,
+    kind: str,
+    pinned: dict[int, int],
+    intervals: list[tuple[float, float, bool]],
+    tie_break: tuple[str, ...],
+) -> list[pa.Table]:
+    """``block_candidates`` for several intervals in one pass."""
+    return [block_candidates(table, kind, pinned, interval, tie_break) for interval in intervals]
 
 
 def block_train_stats(

@@ -147,7 +147,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def _shard_table(ctx: dict, rows: np.ndarray) -> tuple[pa.Table, np.ndarray]:
     """The encoded columns of one shard's rows (already sorted by row id), and their splits."""
-    from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_indices
+    from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_entries
 
     spec = ctx["spec"]
     out: dict[str, pa.Array] = {name: pa.array(ctx["codes"][name][rows]) for name in CATEGORICAL}
@@ -161,22 +161,26 @@ def _shard_table(ctx: dict, rows: np.ndarray) -> tuple[pa.Table, np.ndarray]:
     users, items, ts = ctx["users"][rows], ctx["items"][rows], ctx["ts"][rows]
     click = ctx["labels"]["click"][rows]
     keep = click == 1.0
-    index_NL, length = sequence_indices(
+    # the same sparse gather as prepare: only the real (row, slot) entries are computed
+    entry_rows, slots, entry_events, length = sequence_entries(
         users, ts, users[keep], ts[keep], ctx["row_ids"][rows][keep], spec["max_len"]
     )
-    events = np.flatnonzero(keep)
-    real_NL = index_NL >= 0
-    source_NL = np.where(real_NL, events[np.maximum(index_NL, 0)] if len(events) else 0, 0)
+    source = np.flatnonzero(keep)[entry_events]
+    shape_NL = (len(rows), spec["max_len"])
+
+    def scatter(values: np.ndarray, dtype: type) -> np.ndarray:
+        out_NL = np.full(shape_NL, PAD, dtype=dtype)
+        out_NL[entry_rows, slots] = values
+        return out_NL
+
     for part, codes in (("item", out["item_id"]), ("category", out["category"])):
         values = np.asarray(codes, dtype=np.int64)
-        out[f"hist__{part}"] = _fixed(np.where(real_NL, values[source_NL], PAD), pa.int64())
-    delta_NL = np.where(real_NL, ts[:, None] - ts[source_NL], 0.0).astype(np.float32)
-    out["hist__time_delta"] = _fixed(delta_NL, pa.float32())
+        out[f"hist__{part}"] = _fixed(scatter(values[source], np.int64), pa.int64())
+    delta = (ts[entry_rows] - ts[source]).astype(np.float32)
+    out["hist__time_delta"] = _fixed(scatter(delta, np.float32), pa.float32())
     unit = _unit(item_vec)
-    sim_NL = np.einsum("nd,nld->nl", unit, unit[source_NL])
-    out["hist__similarity"] = _fixed(
-        np.where(real_NL, np.clip(sim_NL, -1.0, 1.0), 0.0).astype(np.float32), pa.float32()
-    )
+    sim = np.clip(np.einsum("nd,nd->n", unit[entry_rows], unit[source]), -1.0, 1.0)
+    out["hist__similarity"] = _fixed(scatter(sim, np.float32), pa.float32())
     out["hist__length"] = pa.array(length)
     for task in spec["tasks"]:
         out[f"label__{task}"] = pa.array(ctx["labels"][task][rows])

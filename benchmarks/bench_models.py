@@ -67,11 +67,14 @@ def time_interleaved(
     steps: int,
     repeats: int,
     warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median samples/s of each runner over ``repeats`` rounds of ``steps`` steps.
 
     Every round times every runner once, so drifts of a shared machine hit all of them alike;
-    ``warmup`` steps first (a compiled model compiles there).
+    ``warmup`` steps first (a compiled model compiles there). ``clock``: wall time, or this
+    process's CPU time (``time.process_time``), which with one thread does not count the time
+    the other sessions' load keeps us descheduled.
     """
     for step, batches in runners.values():
         for batch in batches[:warmup]:
@@ -80,15 +83,16 @@ def time_interleaved(
     for _ in range(repeats):
         for name, (step, batches) in runners.items():
             size = batches[0][LABELS].shape[0]
-            start = time.perf_counter()
+            start = clock()
             for i in range(steps):
                 step(batches[i % len(batches)])
-            rates[name].append(steps * size / (time.perf_counter() - start))
+            rates[name].append(steps * size / (clock() - start))
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
 #: how our step is run: the optimiser (plain Adam as the platform and the peers use it, or the
 #: fused CPU kernel), sparse id-table gradients with SparseAdam, torch.compile
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 VARIANTS = {
     "adam": dict(fused=False, sparse=False, compiled=False),
     "fused": dict(fused=True, sparse=False, compiled=False),
@@ -230,6 +234,12 @@ def machine(threads: int) -> str:
     return f"{cpu}, torch {torch.__version__}, {threads} thread(s)"
 
 
+def load_average() -> str:
+    """The 1-minute load average (the machine is shared: every printed table names it)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[0] if path.is_file() else "?"
+
+
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for shape in args.shapes:
@@ -256,7 +266,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                         overrides = {"experts.dcnv2.rank": rank}
                         step = hmoe_step(name, schemas(False)[shape], variant, overrides)
                         runners[(f"dcnv2 rank {rank}", variant)] = (step, data[False])
-            rates = time_interleaved(runners, steps, args.repeats, args.warmup)
+            clock = CLOCKS[args.clock]
+            rates = time_interleaved(runners, steps, args.repeats, args.warmup, clock)
             for (model, variant), rate in rates.items():
                 rows.append(dict(shape=shape, batch=batch_size, model=model, variant=variant,
                                  rate=rate))  # fmt: skip
@@ -315,16 +326,24 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_THREADS,
         help="intra-op threads; on an oversubscribed machine 1 avoids OpenMP barrier stalls",
     )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="cpu: samples per CPU second of this process (use with --threads 1 on a busy box)",
+    )
     parser.add_argument("--peer-dir", type=Path, default=Path("/tmp/hmoe-bench-peers"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.peers:
         install_peer(args.peer_dir)
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = load_average()
     rows = run(args)
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").is_file() else "?"
-    print(f"\n{machine(args.threads)}; load average {load} at the end; {started}; "
-          f"median of {args.repeats} rounds of >= {args.samples} samples per model "
+    print(f"\n{machine(args.threads)}; load average {load_start} at the start, "
+          f"{load_average()} at the end; {started}; "
+          f"{args.clock} clock; median of {args.repeats} rounds of >= {args.samples} samples "
+          "per model "
           "(forward + backward + optimizer step)\n")  # fmt: skip
     print(table(rows))
 

@@ -2,8 +2,9 @@
 
 MLflow 3's default ``pt2`` format (``torch.export``) takes positional tensors, while an hmoe
 model reads a ``Batch`` dict; ``PositionalModel`` adapts one to the other with a fixed input
-order that is stored in the model's metadata. Models whose forward cannot be exported (dynamic
-routing, Python control flow on data) fall back to ``pickle`` (platform notes, pitfall P6).
+order that is stored in the model's metadata. Every preset of ``hmoe.models.zoo`` exports
+(tests/models/test_export.py); a forward that cannot be exported (dynamic routing, Python
+control flow on data) falls back to ``pickle`` under ``auto`` (platform notes, pitfall P6).
 ``load_model`` hides the difference: it returns a callable ``Batch -> logits [B, K]``.
 """
 
@@ -100,7 +101,8 @@ def log_model(
 
     if model_format not in (*FORMATS, "auto"):
         raise ValueError(f"model_format must be one of {[*FORMATS, 'auto']}, got {model_format!r}")
-    model = model.to("cpu").eval()
+    # torch.compile's wrapper: export and pickle the module it compiles, not the wrapper
+    model = getattr(model, "_orig_mod", model).to("cpu").eval()
     names = [n for n in input_names if n in example]
     arrays = tuple(example[n].detach().cpu().numpy() for n in names)
     plain = PositionalModel(model, names)  # importable class: what pickle stores

@@ -531,7 +531,7 @@ def _crossed_text(
         else "varying propensities"
     )
     return (
-        f"\n**Thompson-sampling logs → uniform logs** (`{BTS_TO_RANDOM}`, a spec derived in "
+        f"**Thompson-sampling logs → uniform logs** (`{BTS_TO_RANDOM}`, a spec derived in "
         "`benchmarks/repro/ipw.py`): train and validation are the `bts/all` logs (temporal "
         f"80/20; {spread}; {_first(runs, 'val_clicks')} validation clicks), the test split is "
         f"all of `random/all` ({_first(runs, 'test_clicks')} clicks, uniform logging: its plain "

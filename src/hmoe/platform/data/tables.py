@@ -32,6 +32,7 @@ __all__ = [
 ROW_BITS = 40  # rows per file < 2**40; file index in the bits above
 ROW_COLUMN = "__row"
 FILE_COLUMN = "__file"
+UNKNOWN_ROWS = -1  # a fragment's row count before reading it (text files)
 _TEXT_DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
@@ -56,7 +57,8 @@ def list_files(table: TableSpec, base_dir: str | Path) -> list[tuple[str, Path]]
 
 
 def fragments(table: TableSpec, base_dir: str | Path) -> list[dict[str, Any]]:
-    """One read task per text file or Parquet row group, with its first row's id."""
+    """One fragment per text file or Parquet row group, with its first row's id and its row
+    count (``UNKNOWN_ROWS`` for text files)."""
     import pyarrow.parquet as pq
 
     out: list[dict[str, Any]] = []
@@ -65,20 +67,24 @@ def fragments(table: TableSpec, base_dir: str | Path) -> list[dict[str, Any]]:
             meta = pq.ParquetFile(path).metadata
             offset = 0
             for group in range(meta.num_row_groups):
-                out.append(_fragment(written, path, file_index, group, offset))
-                offset += meta.row_group(group).num_rows
+                rows = meta.row_group(group).num_rows
+                out.append(_fragment(written, path, file_index, group, offset, rows))
+                offset += rows
         else:
-            out.append(_fragment(written, path, file_index, -1, 0))
+            out.append(_fragment(written, path, file_index, -1, 0, UNKNOWN_ROWS))
     return out
 
 
-def _fragment(written: str, path: Path, file_index: int, group: int, offset: int) -> dict:
+def _fragment(
+    written: str, path: Path, file_index: int, group: int, offset: int, rows: int
+) -> dict:
     return {
         "written": written,
         "path": str(path),
         "file_index": file_index,
         "row_group": group,
         "row_offset": offset,
+        "rows": rows,
     }
 
 

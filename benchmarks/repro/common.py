@@ -1,0 +1,233 @@
+"""The reproduction report's runner: cached training runs, seed statistics, markdown tables.
+
+Every training run of the report is one *record* (section, dataset, variant, seed, the resolved
+overrides, the final validation/test metrics of the best-validation epoch, information abundance
+at that epoch, parameter count, wall time) appended to a JSON-lines store that is committed
+beside the report (``docs/results/runs.jsonl``). A record is reused while its overrides are
+unchanged, so an interrupted report resumes and the markdown can be re-rendered without
+re-training; ``--force`` retrains. Runs use the standalone loop (``train_standalone``): the same
+loop as ``hmoe train``, without Ray workers or MLflow, which measure nothing here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Extra = Callable[[Any, Any], Mapping[str, float]]  # (trained model, ExperimentConfig) -> metrics
+
+SEEDS = (1, 2, 3)  # the peers' seeds (shared docs/benchmarks.md)
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Where the report reads and writes, and how hard it trains."""
+
+    work: Path  # prepared datasets and scratch (not committed)
+    out: Path  # docs/results: runs.jsonl and figures/ (committed)
+    data_root: Path
+    seeds: tuple[int, ...] = SEEDS
+    threads: int = 2
+    force: bool = False
+    cached_only: bool = False  # render from the store; a missing run is left out, not trained
+    quick: bool = False  # 1 epoch, for a smoke run of the script itself
+    log: Callable[[str], None] = print
+    _records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def store(self) -> Path:
+        return self.out / "runs.jsonl"
+
+    @property
+    def figures(self) -> Path:
+        return self.out / "figures"
+
+    def load(self) -> None:
+        if self.store.exists():
+            lines = self.store.read_text().splitlines()
+            self._records = [json.loads(line) for line in lines if line.strip()]
+
+    def find(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        for record in reversed(self._records):
+            if all(record.get(k) == v for k, v in key.items()):
+                return record
+        return None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._records.append(record)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self.store.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def cached(self) -> Context:
+        """A view of this context that trains nothing (same store, same records)."""
+        return dataclasses.replace(self, cached_only=True, force=False)
+
+    def records(self, **key: Any) -> list[dict[str, Any]]:
+        """Latest record per (dataset, variant, seed) matching ``key``."""
+        latest: dict[tuple, dict[str, Any]] = {}
+        for record in self._records:
+            if all(record.get(k) == v for k, v in key.items()):
+                latest[(record["dataset"], record["variant"], record["seed"])] = record
+        return list(latest.values())
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import torch
+
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, CPU only"
+
+
+def train(
+    ctx: Context,
+    *,
+    section: str,
+    dataset: str,
+    variant: str,
+    preset: str,
+    data: Path,
+    overrides: Mapping[str, Any],
+    seed: int,
+    extra: Extra | None = None,
+) -> dict[str, Any] | None:
+    """One seeded training run (cached in the store); its record, or None if ``cached_only``
+    and it was never run."""
+    import torch
+
+    from hmoe.platform.experiment import build_experiment
+    from hmoe.platform.trainer import train_standalone
+
+    changes = dict(overrides) | {"train.seed": seed, "tracking.log_model": False}
+    if ctx.quick:
+        changes["train.epochs"] = 1
+    key = {
+        "section": section,
+        "dataset": dataset,
+        "variant": variant,
+        "seed": seed,
+        "preset": preset,
+        "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
+        "quick": ctx.quick,
+    }
+    cached = None if ctx.force else ctx.find(key)
+    if cached is not None or ctx.cached_only:
+        return cached
+    torch.set_num_threads(ctx.threads)
+    cfg = build_experiment(preset, data, changes)
+    started = time.perf_counter()
+    outcome = train_standalone(cfg)
+    wall = time.perf_counter() - started
+    best = _best_epoch(outcome.history, cfg.train.early_stopping_metric)
+    # test_* are scored after the best epoch's weights are restored; val_* of that same epoch
+    # come from its history entry (the final report's val_* belong to the last epoch)
+    metrics = {k: v for k, v in outcome.final.items() if k.startswith("test_")}
+    metrics |= {k: v for k, v in best.items() if k.startswith("val_")}
+    ia = {k: v for k, v in best.items() if k.startswith("ia_")}
+    if extra is not None:
+        metrics |= dict(extra(outcome.model, cfg))
+    record = key | {
+        "metrics": metrics,
+        "ia": ia,
+        "best_epoch": int(best.get("epoch", 0)) + 1,
+        "epochs_run": len(outcome.history),
+        "params": sum(p.numel() for p in outcome.model.parameters()),
+        "wall_s": round(wall, 1),
+        "config_hash": cfg.config_hash(),
+        "date": dt.date.today().isoformat(),
+    }
+    ctx.add(record)
+    shown = metrics.get("test_auc", float("nan"))
+    ctx.log(f"  {dataset:>8} {variant:<28} seed {seed}  test_auc {shown:.4f}  {wall:5.0f} s")
+    return record
+
+
+def _best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> Mapping[str, float]:
+    scored = [h for h in history if metric in h]
+    if not scored:
+        return history[-1] if history else {}
+    minimise = "logloss" in metric
+    return (min if minimise else max)(scored, key=lambda h: h[metric])
+
+
+def seeds_of(
+    ctx: Context,
+    *,
+    section: str,
+    dataset: str,
+    variant: str,
+    preset: str,
+    data: Path,
+    overrides: Mapping[str, Any],
+    extra: Extra | None = None,
+) -> list[dict[str, Any]]:
+    runs = [
+        train(
+            ctx,
+            section=section,
+            dataset=dataset,
+            variant=variant,
+            preset=preset,
+            data=data,
+            overrides=overrides,
+            seed=seed,
+            extra=extra,
+        )
+        for seed in ctx.seeds
+    ]
+    return [r for r in runs if r is not None]
+
+
+def values(records: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
+    out = []
+    for r in records:
+        source = r["ia"] if metric.startswith("ia_") else r["metrics"]
+        if metric in source:
+            out.append(float(source[metric]))
+    return out
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def fmt(xs: Sequence[float], digits: int = 4) -> str:
+    """``mean ± std`` (sample std over seeds), or ``n/a``."""
+    if not xs:
+        return "n/a"
+    m, s = mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass(kw_only=True)
+class Section:
+    """One part of the report: a title and its markdown body."""
+
+    title: str
+    body: str
+
+    def render(self) -> str:
+        return f"## {self.title}\n\n{self.body.strip()}\n"

@@ -113,3 +113,14 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
         child.data.tags["hmoe.trial_id"] == "abc123" and child.data.tags["hmoe.space"] == "experts"
     )
     assert not (tmp_path / "trials").exists()  # no Train run was started
+
+
+def test_resume_without_saved_state_fails_before_any_ray_or_mlflow_work(tmp_path, monkeypatch):
+    from hmoe.config import ConfigError
+    from hmoe.platform.tune import tune
+
+    data = write_prepared(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        tune("debug", "smoke", data, 2, resume=True)
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run was created

@@ -240,6 +240,11 @@ def tune(
             f"a search named {search} already exists at {path}; pass resume=True (--resume) "
             "to continue it, or remove the folder to start over"
         )
+    if resume and not (path / "tuner.pkl").exists():
+        # checked before any Ray or MLflow work, so a failed resume leaves no empty parent run;
+        # the name is the config's hash, so a changed config (or an hmoe version that added a
+        # config field) names a different search
+        raise ConfigError(f"nothing to resume: no search state at {path}")
     say = progress or (lambda line: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     ensure_ray(max_concurrent * per_trial)

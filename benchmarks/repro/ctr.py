@@ -1,7 +1,8 @@
 """Section: baselines, the hmoe preset and the best full-search configuration on Q1 and Q2.
 
-Protocol settings follow ../shared/docs/benchmarks.md (Q1: batch 256, up to 8 epochs; Q2:
-batch 512, up to 10 epochs; Adam lr 1e-3), with early stopping on validation AUC (patience 2)
+Protocol settings follow ../shared/docs/benchmarks.md (Q1: up to 8 epochs; Q2: batch 512, up to
+10 epochs; Adam lr 1e-3) except Q1's batch: 512 instead of the peers' 256, which halves the
+report's training time on 2 cores. Early stopping on validation AUC (patience 2)
 and the best epoch's weights restored before the test split is scored. Model sizes are the
 presets' own (``hmoe.models.zoo``; the baselines use the peers' sizes).
 """
@@ -18,7 +19,7 @@ from repro.datasets import prepared
 SECTION = "ctr"
 ML, CRITEO = "ml-100k-q1", "criteo_deeplight_tiny"
 PROTOCOL: dict[str, dict[str, Any]] = {
-    ML: {"train.epochs": 8, "train.batch_size": 256},
+    ML: {"train.epochs": 8, "train.batch_size": 512},
     CRITEO: {"train.epochs": 10, "train.batch_size": 512},
 }
 # peer test AUC / logloss (mean, std) from ../shared/docs/benchmarks.md
@@ -131,7 +132,10 @@ def run(ctx: Context) -> Section:
     for dataset, title in ((ML, "ml-100k, protocol Q1"), (CRITEO, "criteo-tiny, protocol Q2")):
         rows, means = _rows(ctx, dataset)
         settings = ", ".join(f"`{k}={v}`" for k, v in PROTOCOL[dataset].items())
-        parts.append(f"### {title}\n\nSettings: {settings}.\n\n{table(header, rows)}\n")
+        deviation = (
+            " (the peers used batch 256; 512 halves our time on 2 cores)" if dataset == ML else ""
+        )
+        parts.append(f"### {title}\n\nSettings: {settings}{deviation}.\n\n{table(header, rows)}\n")
         parts.append(_verdict(dataset, means) + "\n")
     best = best_search_params(ctx)
     if best is not None:

@@ -82,7 +82,7 @@ def _rows(ctx: Context, dataset: str) -> tuple[list[list[str]], dict[str, float]
         epochs = "/".join(str(r["best_epoch"]) for r in runs) or "n/a"
         rows.append(
             [
-                f"hmoe `{name}`" if name == preset else f"hmoe {name}",
+                f"ours `{name}`" if name == preset else f"ours: {name}",
                 fmt(aucs),
                 fmt(values(runs, "test_logloss")),
                 fmt(values(runs, "test_gauc")) if dataset == ML else "-",

@@ -5,7 +5,7 @@ on datasets prepared by ``hmoe data prepare``, keeps every run as a record in
 ``docs/results/runs.jsonl`` (so an interrupted report resumes and ``--cached`` re-renders the
 markdown without training), and writes its figures to ``docs/results/figures``.
 
-    python benchmarks/reproduce.py                      # every section (about an hour, 2 cores)
+    python benchmarks/reproduce.py --threads 1          # every section (~1 h on 2 cores)
     python benchmarks/reproduce.py --sections ctr sparse
     python benchmarks/reproduce.py --cached             # re-render from the stored runs only
 """
@@ -79,13 +79,7 @@ def main() -> None:
     wanted = set(args.sections)
     parts = [_header(ctx)]
     for name in SECTIONS:
-        try:
-            module = importlib.import_module(f"repro.{name}")
-        except ModuleNotFoundError as err:  # a section still being written
-            if err.name != f"repro.{name}":
-                raise
-            parts.append(Section(title=name, body="Not generated yet.").render())
-            continue
+        module = importlib.import_module(f"repro.{name}")
         if name in wanted:
             ctx.log(f"== section {name}")
             section: Section = module.run(ctx)

@@ -65,7 +65,7 @@ def variants(ctx: Context, dataset: str) -> list[tuple[str, str, dict[str, Any]]
             ),
             ("MNSE -> buckets", "MNSE", {"model.encoder.numeric.kind": "bucket"}),
         ]
-    data = ctx.work / "data" / dataset if ctx.cached_only else ctr.prepared(ctx, dataset)
+    data = ctr.prepared(ctx, dataset)
     if (data / "manifest.json").exists():
         dim = single_set_dim(data)
         out.append(

@@ -193,6 +193,20 @@ def seeds_of(
     return [r for r in runs if r is not None]
 
 
+def first_task_logits(model: Any, data: Mapping[str, Any], batch_size: int) -> Any:
+    """Logits ``[N]`` (float64 numpy) of the model's first task over a whole split in memory."""
+    import torch
+
+    from hmoe.platform.batches import iter_minibatches
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = [model(batch).float() for batch in iter_minibatches(data, batch_size)]
+    model.train(was_training)
+    return torch.cat(logits)[:, 0].double().numpy()
+
+
 def values(records: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
     out = []
     for r in records:

@@ -10,7 +10,6 @@ presets' own (``hmoe.models.zoo``; the baselines use the peers' sizes).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from repro.common import Context, Section, fmt, seeds_of, table, values
@@ -54,7 +53,7 @@ def best_search_params(ctx: Context) -> dict[str, Any] | None:
 def run_model(
     ctx: Context, dataset: str, variant: str, preset: str, extra_overrides: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    data: Path = prepared(ctx, dataset) if not ctx.cached_only else ctx.work / "data" / dataset
+    data = prepared(ctx, dataset)
     return seeds_of(
         ctx,
         section=SECTION,

@@ -32,11 +32,12 @@ SHIPPED = ("ml-100k", "criteo_deeplight_tiny", "adult", "open_bandit_small")
 
 
 def prepared(ctx: Context, name: str) -> Path:
-    """The prepared directory of ``name`` (a shipped spec or a derived one), made if missing."""
+    """The prepared directory of ``name`` (a shipped spec or a derived one), made if missing
+    (a ``cached_only`` context only renders stored runs: it gets the path, nothing is made)."""
     from hmoe.platform.data import prepare
 
     out = ctx.work / "data" / name
-    if (out / "manifest.json").exists():
+    if ctx.cached_only or (out / "manifest.json").exists():
         return out
     ctx.log(f"preparing {name} -> {out}")
     if name in DERIVED:

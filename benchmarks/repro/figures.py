@@ -46,7 +46,7 @@ def _analyse(prefix: str, ctx: Context, correlation: bool):
 
 
 def _run(ctx: Context, name: str, overrides: dict[str, Any], correlation: bool) -> Any:
-    data = ctx.work / "data" / ctr.ML if ctx.cached_only else ctr.prepared(ctx, ctr.ML)
+    data = ctr.prepared(ctx, ctr.ML)
     return train(
         ctx,
         section=SECTION,

@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from repro.common import Context, Section, fmt, mean_std, seeds_of, table, values
+from repro.common import (
+    Context,
+    Section,
+    first_task_logits,
+    fmt,
+    mean_std,
+    seeds_of,
+    table,
+    values,
+)
 from repro.datasets import SPECS_DIR, prepared
 
 SECTION = "ipw"
@@ -288,20 +297,6 @@ def _prepared_bts_to_random(ctx: Context) -> Path:
     return out
 
 
-def _logits(model: Any, data: Mapping[str, Any], batch_size: int) -> np.ndarray:
-    """Click logits ``[N]`` of the first (only) task, float64."""
-    import torch
-
-    from hmoe.platform.batches import iter_minibatches
-
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        logits = [model(batch).float() for batch in iter_minibatches(data, batch_size)]
-    model.train(was_training)
-    return torch.cat(logits)[:, 0].double().numpy()
-
-
 def _weighted_metrics(model: Any, cfg: Any) -> dict[str, float]:
     """IPW-weighted AUC / logloss (weight = 1 / logged propensity) of the val and test splits."""
     from hmoe.platform.analysis.offpolicy import weighted_auc, weighted_logloss
@@ -312,7 +307,7 @@ def _weighted_metrics(model: Any, cfg: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for split, name in (("val", "val"), ("test", "test")):
         data = read_split(cfg.data.path, split, schema)
-        logits_N = _logits(model, data, cfg.data.eval_batch_size)
+        logits_N = first_task_logits(model, data, cfg.data.eval_batch_size)
         probs_N = 1.0 / (1.0 + np.exp(-logits_N))
         labels_N = data[LABELS][:, 0].numpy()
         weights_N = data[WEIGHT].numpy()
@@ -550,7 +545,7 @@ def _crossed_text(
 def run(ctx: Context) -> Section:
     ope = _ope(ctx)
     uniform, bts = _log_facts(ctx, "random"), _log_facts(ctx, "bts")
-    shipped_data = Path() if ctx.cached_only else prepared(ctx, SHIPPED)
+    shipped_data = prepared(ctx, SHIPPED)
     shipped = _train(ctx, SHIPPED, shipped_data)
     crossed_data = Path() if ctx.cached_only else _prepared_bts_to_random(ctx)
     crossed = _train(ctx, BTS_TO_RANDOM, crossed_data)

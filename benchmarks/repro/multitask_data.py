@@ -91,7 +91,7 @@ def _prepare(ctx: Context, name: str, spec: Callable[[], dict[str, Any]], base: 
 def adult(ctx: Context, task: str | None = None) -> Path:
     """Prepared adult: both tasks (``task=None``) or only ``task``."""
     if task is None:
-        return ctx.work / "data" / ADULT if ctx.cached_only else prepared(ctx, ADULT)
+        return prepared(ctx, ADULT)
     shipped = yaml.safe_load((SPECS_DIR / f"{ADULT}.yaml").read_text())
     name = f"{ADULT}-{task}"
     return _prepare(ctx, name, lambda: _one_task(shipped, task, name), SPECS_DIR)

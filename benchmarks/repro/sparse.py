@@ -16,42 +16,34 @@ from typing import Any
 import numpy as np
 
 from repro import ctr
-from repro.common import Context, Section, fmt, mean_std, seeds_of, table, values
+from repro.common import Context, Section, first_task_logits, fmt, mean_std, seeds_of, table, values
 
 SECTION = "sparse"
 BACKBONE = "dcnv2"
 BETAS = (0.1, 0.2, 0.4, 1.0)
 BEST_ALPHA = {0.1: 0.7, 0.2: 0.6, 0.4: 0.8, 1.0: 0.9}  # the repo's best alpha per beta_pos
-EPS = 1e-7
 
 
 def weighted_test_metrics(beta: float):
     """``extra`` hook: test-split logloss with positives weighted ``beta``."""
 
     def extra(model: Any, cfg: Any) -> Mapping[str, float]:
-        import torch
-
-        from hmoe.platform.batches import iter_minibatches, load_schema, read_split
+        from hmoe.platform.analysis.offpolicy import weighted_logloss
+        from hmoe.platform.batches import load_schema, read_split
         from hmoe.schema import LABELS
 
-        schema = load_schema(cfg.data.path)
-        test = read_split(cfg.data.path, "test", schema)
-        model.eval()
-        with torch.no_grad():
-            logits = torch.cat(
-                [model(b)[:, 0] for b in iter_minibatches(test, cfg.data.eval_batch_size)]
-            )
-        p = np.clip(torch.sigmoid(logits).double().numpy(), EPS, 1 - EPS)
-        y = test[LABELS][:, 0].double().numpy()
-        w = np.where(y > 0.5, beta, 1.0)
-        loss = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()
-        return {"test_wlogloss": float(loss)}
+        test = read_split(cfg.data.path, "test", schema=load_schema(cfg.data.path))
+        logits_N = first_task_logits(model, test, cfg.data.eval_batch_size)
+        labels_N = test[LABELS][:, 0].double().numpy()
+        weights_N = np.where(labels_N > 0.5, beta, 1.0)
+        probs_N = 1.0 / (1.0 + np.exp(-logits_N))
+        return {"test_wlogloss": weighted_logloss(labels_N, probs_N, weights_N)}
 
     return extra
 
 
 def _runs(ctx: Context, beta: float, ranking: bool) -> list[dict[str, Any]]:
-    data = ctx.work / "data" / ctr.CRITEO if ctx.cached_only else ctr.prepared(ctx, ctr.CRITEO)
+    data = ctr.prepared(ctx, ctr.CRITEO)
     overrides = ctr.PROTOCOL[ctr.CRITEO] | {"loss.positive_weight": beta}
     if ranking:
         overrides |= {"loss.ranking.enabled": True, "loss.ranking.alpha": BEST_ALPHA[beta]}

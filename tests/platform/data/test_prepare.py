@@ -7,7 +7,6 @@ features, the temporal split, train-only vocabularies, and byte-identical re-run
 
 from __future__ import annotations
 
-import importlib
 import json
 import zlib
 from collections import Counter
@@ -111,6 +110,7 @@ def test_manifest_contract(toy: dict) -> None:
     assert manifest["columns"] == read_split_table(toy["out"], "valid").column_names
     verify_shards(toy["out"])
     assert not list(toy["out"].parent.glob(".prepared.tmp-*"))
+    assert not (toy["out"] / ".pieces").exists()  # the scratch pieces are removed
 
 
 def test_numeric_statistics_are_fitted_on_train(toy: dict) -> None:
@@ -330,11 +330,7 @@ def test_ray_dataset_and_collate_give_batches(toy: dict) -> None:
     assert batches[0][seq_column("hist", "similarity")].shape == (50, SEQ_LEN)
 
 
-def test_many_shards_with_the_push_shuffle_give_the_same_rows(
-    toy: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    prepare_module = importlib.import_module("hmoe.platform.data.prepare")
-    monkeypatch.setattr(prepare_module, "PULL_SHUFFLE_MAX_PARTITIONS", 2)
+def test_many_shards_give_the_same_rows(toy: dict, tmp_path: Path) -> None:
     spec = spec_dict(output={"rows_per_shard": 64})  # 7 shards, each holding whole users
     path = write_dataset(tmp_path / "raw", plant(make_log(n=400, seed=7)[0]), toy["items"], spec)
     manifest = prepare(path, tmp_path / "out")

@@ -3,7 +3,7 @@
 Events are validated like log rows (a missing user or item is ``missing_value``, a bad time is
 ``bad_timestamp``; invalid events are dropped and counted in the manifest), encoded with the
 vocabularies of the sequence's item and category fields, and sent to the shard of their user so
-that ``write_shard`` sees a user's impressions and behaviours together. User and item values
+that ``finish_shard`` sees a user's impressions and behaviours together. User and item values
 must match the log's values as written (no transform is applied to them).
 """
 

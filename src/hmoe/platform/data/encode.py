@@ -1,10 +1,10 @@
 """Encoding parsed rows into Batch columns, and building + writing one shard.
 
 ``encode_batch`` is a streaming map (vocabularies, numerics, similarity features, labels,
-weights, split and shard ids). ``write_shard`` runs once per shard after the one shuffle of the
-pipeline (rows grouped by shard; with sequences or exposure counts a shard holds whole users):
-it sorts by row id, builds point-in-time sequences and exposure counts, and writes one Parquet
-file per split with a deterministic name and content.
+weights, split and shard ids). ``finish_shard`` runs once per shard after the rows are grouped
+by shard (see ``pieces``; with sequences or exposure counts a shard holds whole users): it sorts
+by row id, builds point-in-time sequences and exposure counts, and writes one Parquet file per
+split with a deterministic name and content.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ from hmoe.schema import EXPOSURE, PAD_INDEX, WEIGHT, seq_column
 
 __all__ = [
     "PROPENSITY",
+    "RECORD_SCHEMA",
     "SHARD_COLUMN",
     "SPLIT_COLUMN",
     "EncodePlan",
     "encode_batch",
+    "finish_shard",
     "output_columns",
-    "write_shard",
 ]
 
 SHARD_COLUMN = "__shard"
@@ -107,7 +108,7 @@ def shard_ids(keys: pa.Array, num_shards: int) -> np.ndarray:
 
 
 def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
-    """Encode valid parsed rows; keeps the helper columns ``write_shard`` needs."""
+    """Encode valid parsed rows; keeps the helper columns ``finish_shard`` needs."""
     spec = plan.spec
     out: dict[str, pa.Array] = {}
     for feature in spec.categorical:
@@ -315,14 +316,11 @@ def _empty_events() -> pa.Table:
     )
 
 
-def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
-    """Build the user features of one shard and write its per-split files; return records."""
-    shard = int(group.column(SHARD_COLUMN)[0].as_py())
-    events = None
-    if EVENT_SEQUENCE in group.column_names:
-        is_event = np.asarray(group.column(EVENT_SEQUENCE).is_valid(), dtype=bool)
-        events = group.filter(pa.array(is_event))
-        group = group.filter(pa.array(~is_event))
+def finish_shard(
+    shard: int, group: pa.Table, events: pa.Table | None, plan: EncodePlan
+) -> pa.Table:
+    """Build the user features of one shard (its rows, in any order, and its behaviour-log
+    events) and write its per-split files; return their records."""
     group = group.sort_by(ROW_COLUMN)
     if plan.spec.needs_user_pass:
         group = add_user_features(group, plan.spec, events, plan.embeddings)
@@ -341,10 +339,10 @@ def write_shard(group: pa.Table, plan: EncodePlan) -> pa.Table:
         records.append(
             {"split": split, "path": relative, "rows": len(rows), "sha256": _sha256(path)}
         )
-    return pa.Table.from_pylist(records, schema=_RECORD_SCHEMA)
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
-_RECORD_SCHEMA = pa.schema(
+RECORD_SCHEMA = pa.schema(
     [("split", pa.string()), ("path", pa.string()), ("rows", pa.int64()), ("sha256", pa.string())]
 )
 

@@ -11,13 +11,16 @@ The stages, and which of them stream:
    counts per quarantine reason, split boundaries (histogram narrowing), train vocabularies
    and numeric statistics;
 3. quarantine rows written (streaming);
-4. encoding (streaming map), then ONE shuffle: rows grouped by shard (by user when sequences
-   or exposure counts need each user's rows together; events of separate behaviour logs join
-   their user's shard), each shard sorted by row id, completed with sequences / exposure
-   counts and written as one file per split (``part-<shard>.parquet``, zstd, fixed row groups:
+4. encoding (streaming map) that scatters each block's rows into per-shard pieces on disk
+   (``pieces``; rows go to their user's shard when sequences or exposure counts need each
+   user's rows together, and events of separate behaviour logs to their user's shard); the
+   parsed blocks are then released;
+5. one task per shard gathers its pieces, sorts them by row id, adds sequences / exposure
+   counts and writes one file per split (``part-<shard>.parquet``, zstd, fixed row groups:
    the same input gives byte-identical shards).
 
-A shard holds ``output.rows_per_shard`` rows on average, which bounds a write task's memory.
+A shard holds ``output.rows_per_shard`` rows on average, which bounds a finishing task's
+memory; no stage moves the encoded rows through the object store.
 
 Output, written into a temporary directory beside ``out_dir`` and renamed at the end (a killed
 run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)::
@@ -42,7 +45,13 @@ import pyarrow.compute as pc
 
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
-from hmoe.platform.data.encode import EncodePlan, encode_batch, write_shard
+from hmoe.platform.data.encode import (
+    RECORD_SCHEMA,
+    SHARD_COLUMN,
+    EncodePlan,
+    encode_batch,
+    finish_shard,
+)
 from hmoe.platform.data.lookup import KeyIndex, SideTable
 from hmoe.platform.data.output import (
     MANIFEST,
@@ -53,7 +62,8 @@ from hmoe.platform.data.output import (
     remove_stale_tmp,
     write_vocab_files,
 )
-from hmoe.platform.data.sides import SideEmbedding, join_side_tables, side_embeddings
+from hmoe.platform.data.pieces import SUFFIX, gather, scatter
+from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
@@ -63,7 +73,7 @@ from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
 LOG = logging.getLogger(__name__)
-PULL_SHUFFLE_MAX_PARTITIONS = 64  # shards; see _choose_shuffle
+PIECES = ".pieces"  # scratch folder of the encoded pieces inside the temporary output
 READ_TASK_ROWS = 400_000  # rows per read task (block) at most; see read_tasks
 MIN_READ_TASKS = 8  # read tasks at least, as long as there are enough fragments
 
@@ -107,6 +117,7 @@ def prepare(
 
 
 def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
+    import ray
     import ray.data
 
     sides = _side_tables(spec, base)
@@ -121,7 +132,8 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
             _read_and_parse,
             batch_size=1,
             batch_format="pyarrow",
-            fn_kwargs={"spec": spec, "sides": sides, "embeddings": embeddings},
+            # side tables by reference: put once, not copied into every task's UDF
+            fn_kwargs={"spec": spec, "sides": ray.put((sides, embeddings))},
         )
         .materialize()
     )
@@ -160,13 +172,20 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         embeddings=embeddings,
     )
     stage("quarantine + behaviour logs")
-    records = _write_shards(parsed, events, plan, totals["valid"], progress)
-    stage("encode + shuffle + write shards")
-    manifest = build_manifest(spec, totals, train, vocabs, records)
-    manifest["behaviour_logs"] = {
+    behaviour = {
         spec.sequences[index].name: pstats.collect(ds, pstats.block_reasons)
         for index, ds in events.items()
     }
+    plan_ref = ray.put(plan)  # once in the object store, not in every task's UDF
+    pieces = tmp / PIECES
+    _scatter(parsed, events, plan_ref, pieces)
+    del parsed, events  # the parsed blocks are not needed any more: free the object store
+    stage("encode + scatter into pieces")
+    records = _finish(plan_ref, num_shards, pieces, totals["valid"], progress)
+    shutil.rmtree(pieces)
+    stage("finish + write shards")
+    manifest = build_manifest(spec, totals, train, vocabs, records)
+    manifest["behaviour_logs"] = behaviour
     return manifest
 
 
@@ -231,15 +250,15 @@ def _side_tables(spec: DatasetSpec, base: Path) -> list[SideTable]:
     return out
 
 
-def _read_and_parse(
-    items: pa.Table,
-    spec: DatasetSpec,
-    sides: list[SideTable],
-    embeddings: dict[str, SideEmbedding],
-) -> Iterator[pa.Table]:
+def _read_and_parse(items: pa.Table, spec: DatasetSpec, sides: Any) -> Iterator[pa.Table]:
+    """Read and validate a task's fragments; ``sides`` is the ObjectRef of ``(side tables,
+    side embeddings)``."""
+    import ray
+
+    tables, embeddings = ray.get(sides)
     for fragment in _task_fragments(items):
         for raw in read_fragment(spec.log, fragment, spec.output.read_batch_rows):
-            joined = join_side_tables(raw, spec, sides, embeddings)
+            joined = join_side_tables(raw, spec, tables, embeddings)
             yield parse_batch(joined, spec, embeddings)
 
 
@@ -319,23 +338,37 @@ def _splitter(
     return SplitAssigner(kind=s.kind, pinned=pinned, boundaries=(first, second))
 
 
-def _write_shards(
-    parsed: Any, events: dict[int, Any], plan: EncodePlan, total: int, progress: bool
-) -> list[dict]:
+def _scatter(parsed: Any, events: dict[int, Any], plan: Any, pieces: Path) -> None:
+    """Encode every block of valid rows (and of behaviour-log events) and scatter it into
+    per-shard pieces (``pieces.scatter``); ``plan`` is the ObjectRef of the ``EncodePlan``."""
+    parsed.map_batches(
+        _scatter_rows,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={"plan": plan, "folder": str(pieces / "rows")},
+    ).materialize()
+    for index, ds in events.items():
+        ds.map_batches(
+            _scatter_events,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_kwargs={"plan": plan, "folder": str(pieces / "events"), "sequence": index},
+        ).materialize()
+
+
+def _finish(plan: Any, num_shards: int, pieces: Path, total: int, progress: bool) -> list[dict]:
+    """Finish and write each shard from its pieces (one task per shard); the files' records."""
+    import ray.data
     from tqdm.auto import tqdm
 
-    encoded = parsed.map_batches(_encode_valid, batch_format="pyarrow", fn_kwargs={"plan": plan})
-    for index, ds in events.items():
-        encoded = encoded.union(
-            ds.map_batches(
-                encode_events,
-                batch_format="pyarrow",
-                fn_kwargs={"plan": plan, "sequence": index},
-            )
-        )
-    _choose_shuffle(plan.num_shards)
-    written = encoded.groupby("__shard", num_partitions=plan.num_shards).map_groups(
-        write_shard, batch_format="pyarrow", fn_kwargs={"plan": plan}
+    shards = ray.data.from_items(
+        [{"shard": s} for s in range(num_shards)], override_num_blocks=num_shards
+    )
+    written = shards.map_batches(
+        _finish_shards,
+        batch_size=None,
+        batch_format="pyarrow",
+        fn_kwargs={"plan": plan, "folder": str(pieces)},
     )
     records: list[dict] = []
     with tqdm(total=total, unit="rows", desc="rows written", disable=not progress) as bar:
@@ -346,37 +379,56 @@ def _write_shards(
     return sorted(records, key=lambda r: r["path"])
 
 
-def _choose_shuffle(partitions: int) -> None:
-    """Pull-based sort shuffle (no start-up cost) for up to ``PULL_SHUFFLE_MAX_PARTITIONS``
-    shards; beyond, its M x R intermediate objects grow large and the push-based shuffle,
-    which merges map outputs early, takes over. ``_data_context`` restores the setting."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    pull = partitions <= PULL_SHUFFLE_MAX_PARTITIONS
-    DataContext.get_current().shuffle_strategy = (
-        ShuffleStrategy.SORT_SHUFFLE_PULL_BASED if pull else ShuffleStrategy.SORT_SHUFFLE_PUSH_BASED
-    )
+def _piece_name(rows: pa.Table, prefix: str = "") -> str:
+    first = pc.min(rows.column(ROW_COLUMN)).as_py()
+    return f"{prefix}{first:016x}{SUFFIX}"
 
 
-def _encode_valid(parsed: pa.Table, plan: EncodePlan) -> pa.Table:
+def _scatter_rows(parsed: pa.Table, plan: Any, folder: str) -> pa.Table:
+    import ray
+
+    plan = ray.get(plan)
     valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
-    return encode_batch(valid, plan)
+    encoded = encode_batch(valid, plan)
+    shards = np.asarray(encoded.column(SHARD_COLUMN), dtype=np.int64)
+    path = Path(folder) / _piece_name(parsed)
+    scatter(encoded.drop_columns([SHARD_COLUMN]), shards, plan.num_shards, path)
+    return pa.table({"rows": [encoded.num_rows]})
+
+
+def _scatter_events(parsed: pa.Table, plan: Any, folder: str, sequence: int) -> pa.Table:
+    import ray
+
+    plan = ray.get(plan)
+    encoded = encode_events(parsed, plan, sequence)
+    shards = np.asarray(encoded.column(SHARD_COLUMN), dtype=np.int64)
+    path = Path(folder) / _piece_name(parsed, prefix=f"{sequence:03d}-")
+    scatter(encoded.drop_columns([SHARD_COLUMN]), shards, plan.num_shards, path)
+    return pa.table({"rows": [encoded.num_rows]})
+
+
+def _finish_shards(items: pa.Table, plan: Any, folder: str) -> pa.Table:
+    import ray
+
+    plan = ray.get(plan)
+    records = []
+    for shard in items.column("shard").to_pylist():
+        rows = gather(Path(folder) / "rows", shard)
+        if rows is not None:
+            events = gather(Path(folder) / "events", shard)
+            records.append(finish_shard(shard, rows, events, plan))
+    return pa.concat_tables(records) if records else RECORD_SCHEMA.empty_table()
 
 
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
-    """Ray Data settings for this call only (restored afterwards): progress bars on or off, and
-    the task-based sort shuffle, which on a few cores starts in well under a second where the
-    actor-based hash shuffle takes several (measured: 0.7 s vs 6-9 s for a 400-row dataset)."""
+    """Ray Data's progress bars on or off for this call only (restored afterwards)."""
     from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
 
     context = DataContext.get_current()
-    saved = (context.enable_progress_bars, context.shuffle_strategy)
+    saved = context.enable_progress_bars
     context.enable_progress_bars = progress
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     try:
         yield
     finally:
-        context.enable_progress_bars, context.shuffle_strategy = saved
+        context.enable_progress_bars = saved

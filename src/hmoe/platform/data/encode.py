@@ -240,8 +240,10 @@ def _sequence_columns(
     flat = rows * q.max_len + slots  # entries' positions in the row-major [N, L] arrays
 
     def scatter(values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
-        # only the real entries are computed; padding slots keep ``fill``
-        out_NL = np.full((len(users), q.max_len), fill, dtype=dtype)
+        # only the real entries are computed; padding slots keep ``fill``. np.zeros maps
+        # untouched pages to the zero page instead of writing every slot (most are padding)
+        shape = (len(users), q.max_len)
+        out_NL = np.zeros(shape, dtype=dtype) if fill == 0 else np.full(shape, fill, dtype)
         out_NL.reshape(-1)[flat] = values
         return out_NL
 
@@ -321,23 +323,27 @@ def finish_shard(
 ) -> pa.Table:
     """Build the user features of one shard (its rows, in any order, and its behaviour-log
     events) and write its per-split files; return their records."""
-    group = group.sort_by(ROW_COLUMN)
+    # one sort by (split, row id): each split's file is then a slice in row-id order (user
+    # features do not depend on the row order: sequences and counts break ties by row id)
+    splits = np.asarray(group.column(SPLIT_COLUMN), dtype=np.int8)
+    order = np.lexsort((np.asarray(group.column(ROW_COLUMN), dtype=np.int64), splits))
+    group = group.take(pa.array(order))
     if plan.spec.needs_user_pass:
         group = add_user_features(group, plan.spec, events, plan.embeddings)
-    splits = np.asarray(group.column(SPLIT_COLUMN), dtype=np.int8)
-    columns = output_columns(plan.spec)
+    bounds = np.searchsorted(splits[order], np.arange(len(SPLITS) + 1))
+    table = group.select(output_columns(plan.spec))
     records = []
     for split_id, split in enumerate(SPLITS):
-        rows = np.flatnonzero(splits == split_id)
-        if not len(rows):
+        start, stop = int(bounds[split_id]), int(bounds[split_id + 1])
+        if start == stop:
             continue
-        part = group.select(columns).take(pa.array(rows))
         relative = f"{split}/part-{shard:05d}.parquet"
         path = Path(plan.out_dir) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        part = table.slice(start, stop - start)
         pq.write_table(part, path, row_group_size=ROW_GROUP_ROWS, compression="zstd")
         records.append(
-            {"split": split, "path": relative, "rows": len(rows), "sha256": _sha256(path)}
+            {"split": split, "path": relative, "rows": stop - start, "sha256": _sha256(path)}
         )
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 

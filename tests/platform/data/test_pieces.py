@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hmoe.platform.data.pieces import gather, scatter
+from hmoe.platform.data.pieces import gather, load, save, scatter
 
 
 def _block(rows: np.ndarray) -> pa.Table:
@@ -42,3 +42,10 @@ def test_empty_block_and_missing_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "x.arrow").exists()
     assert gather(tmp_path, 0) is None
     assert gather(tmp_path / "absent", 0) is None
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    table = _block(np.arange(10, 20))
+    save(table, tmp_path / "a" / "block.arrow")
+    assert load(tmp_path / "a" / "block.arrow").equals(table)
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["block.arrow"]

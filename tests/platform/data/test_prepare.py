@@ -110,7 +110,8 @@ def test_manifest_contract(toy: dict) -> None:
     assert manifest["columns"] == read_split_table(toy["out"], "valid").column_names
     verify_shards(toy["out"])
     assert not list(toy["out"].parent.glob(".prepared.tmp-*"))
-    assert not (toy["out"] / ".pieces").exists()  # the scratch pieces are removed
+    assert not (toy["out"] / ".pieces").exists()  # the scratch files are removed
+    assert not (toy["out"] / ".parsed").exists()
 
 
 def test_numeric_statistics_are_fitted_on_train(toy: dict) -> None:

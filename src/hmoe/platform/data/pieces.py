@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["gather", "scatter"]
+__all__ = ["gather", "load", "save", "scatter"]
 
 SUFFIX = ".arrow"
 
@@ -51,3 +51,17 @@ def gather(folder: Path, shard: int) -> pa.Table | None:
     if not parts:
         return None
     return pa.concat_tables(parts, promote_options="default")
+
+
+def save(table: pa.Table, path: Path) -> None:
+    """Write a whole table to ``path`` (Arrow IPC, renamed into place when complete)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with pa.ipc.new_file(str(partial), table.schema) as writer:
+        writer.write_table(table)
+    partial.rename(path)
+
+
+def load(path: str | Path) -> pa.Table:
+    """A table written by ``save``, memory-mapped (no copy; pages come from the page cache)."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()

@@ -2,14 +2,15 @@
 
 The stages, and which of them stream:
 
-1. read + join side tables + validate (streaming map over file fragments: one task per text
-   file or Parquet row group), materialised once in the object store (spilled to disk when
-   large) because later stages read it several times. Side tables are read and indexed once
-   in the driver and broadcast; their embeddings are parsed once and rows carry only the key's
-   position;
-2. statistics passes (streaming maps returning small partial results merged in the driver):
-   counts per quarantine reason, split boundaries (histogram narrowing), train vocabularies
-   and numeric statistics;
+1. read + join side tables + validate (one task per group of file fragments, see
+   ``read_tasks``), each task writing its parsed rows to one Arrow IPC file in the temporary
+   output (so memory does not grow with the data: no parsed row sits in the object store or
+   is spilled by it) and returning the block's totals (rows, counts per quarantine reason,
+   key range). Side tables are read and indexed once in the driver and passed by reference;
+   their embeddings are parsed once and rows carry only the key's position;
+2. statistics passes over the parsed files (streaming maps returning small partial results
+   merged in the driver): split boundaries (histogram narrowing), train vocabularies and
+   numeric statistics;
 3. quarantine rows written (streaming);
 4. encoding (streaming map) that scatters each block's rows into per-shard pieces on disk
    (``pieces``; rows go to their user's shard when sequences or exposure counts need each
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,7 +64,7 @@ from hmoe.platform.data.output import (
     remove_stale_tmp,
     write_vocab_files,
 )
-from hmoe.platform.data.pieces import SUFFIX, gather, scatter
+from hmoe.platform.data.pieces import SUFFIX, gather, load, save, scatter
 from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundaries
@@ -73,6 +75,7 @@ from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
 LOG = logging.getLogger(__name__)
+PARSED = ".parsed"  # scratch folder of the parsed blocks inside the temporary output
 PIECES = ".pieces"  # scratch folder of the encoded pieces inside the temporary output
 READ_TASK_ROWS = 400_000  # rows per read task (block) at most; see read_tasks
 MIN_READ_TASKS = 8  # read tasks at least, as long as there are enough fragments
@@ -125,22 +128,9 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     frags = fragments(spec.log, base)
     written = [w for w, _ in list_files(spec.log, base)]
     stage = _Stages()
-    tasks = read_tasks(frags, spec.output.read_batch_rows)
-    parsed = (
-        ray.data.from_items(tasks, override_num_blocks=len(tasks))
-        .map_batches(
-            _read_and_parse,
-            batch_size=1,
-            batch_format="pyarrow",
-            # side tables by reference: put once, not copied into every task's UDF
-            fn_kwargs={"spec": spec, "sides": ray.put((sides, embeddings))},
-        )
-        .materialize()
-    )
-    stage("read + validate")
     pinned = pinned_file_splits(spec, written)
-    totals = pstats.collect(parsed, pstats.block_totals, spec=spec, pinned=pinned)
-    stage("totals")
+    parsed, totals = _read(spec, frags, ray.put((sides, embeddings)), tmp / PARSED, pinned)
+    stage("read + validate + totals")
     if totals["valid"] == 0:
         raise ValueError(f"no valid rows in {spec.log.paths}: {dict(totals['reasons'])}")
     splitter = _splitter(spec, parsed, pinned, totals)
@@ -179,7 +169,8 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     plan_ref = ray.put(plan)  # once in the object store, not in every task's UDF
     pieces = tmp / PIECES
     _scatter(parsed, events, plan_ref, pieces)
-    del parsed, events  # the parsed blocks are not needed any more: free the object store
+    del parsed, events
+    shutil.rmtree(tmp / PARSED, ignore_errors=True)
     stage("encode + scatter into pieces")
     records = _finish(plan_ref, num_shards, pieces, totals["valid"], progress)
     shutil.rmtree(pieces)
@@ -250,16 +241,61 @@ def _side_tables(spec: DatasetSpec, base: Path) -> list[SideTable]:
     return out
 
 
-def _read_and_parse(items: pa.Table, spec: DatasetSpec, sides: Any) -> Iterator[pa.Table]:
-    """Read and validate a task's fragments; ``sides`` is the ObjectRef of ``(side tables,
-    side embeddings)``."""
+def _read(
+    spec: DatasetSpec, frags: list[dict], sides: Any, folder: Path, pinned: dict[int, int]
+) -> tuple[Any, dict[str, Any]]:
+    """Read + validate every read task into one Arrow IPC file of parsed rows under ``folder``
+    (block totals computed on the way); return a Dataset that loads those files (each later
+    pass maps them from the page cache: no parsed row sits in the object store or is spilled
+    by it) and the merged totals. ``sides`` is the ObjectRef of ``(side tables, embeddings)``.
+    """
+    import ray.data
+
+    tasks = read_tasks(frags, spec.output.read_batch_rows)
+    rows = (
+        ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        .map_batches(
+            _read_and_save,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"spec": spec, "sides": sides, "folder": str(folder), "pinned": pinned},
+        )
+        .take_all()
+    )
+    totals = pstats.merge(pstats.block_totals, [pickle.loads(r["totals"]) for r in rows])
+    paths = sorted(r["path"] for r in rows)
+    parsed = ray.data.from_items(
+        [{"path": p} for p in paths], override_num_blocks=max(1, len(paths))
+    ).map_batches(_load_parsed, batch_size=None, batch_format="pyarrow")
+    return parsed, totals
+
+
+def _read_and_save(
+    items: pa.Table, spec: DatasetSpec, sides: Any, folder: str, pinned: dict[int, int]
+) -> pa.Table:
     import ray
 
     tables, embeddings = ray.get(sides)
-    for fragment in _task_fragments(items):
-        for raw in read_fragment(spec.log, fragment, spec.output.read_batch_rows):
-            joined = join_side_tables(raw, spec, tables, embeddings)
-            yield parse_batch(joined, spec, embeddings)
+    paths, totals = [], []
+    for task in items.to_pylist():
+        parts = [
+            parse_batch(join_side_tables(raw, spec, tables, embeddings), spec, embeddings)
+            for fragment in task["fragments"]
+            for raw in read_fragment(spec.log, fragment, spec.output.read_batch_rows)
+        ]
+        parsed = pa.concat_tables(parts, promote_options="default") if parts else None
+        if parsed is None or not parsed.num_rows:
+            continue
+        path = Path(folder) / _piece_name(parsed)
+        save(parsed, path)
+        paths.append(str(path))
+        totals.append(pickle.dumps(pstats.block_totals(parsed, spec=spec, pinned=pinned)))
+    return pa.table({"path": pa.array(paths, pa.string()), "totals": pa.array(totals, pa.binary())})
+
+
+def _load_parsed(items: pa.Table) -> Iterator[pa.Table]:
+    for path in items.column("path").to_pylist():
+        yield load(path)
 
 
 def read_tasks(frags: list[dict[str, Any]], batch_rows: int) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ __all__ = [
     "collect",
     "collect_list",
     "feature_schema",
+    "merge",
     "vocabularies",
 ]
 
@@ -59,7 +60,12 @@ def collect_list(ds: Any, block_fn: Callable[..., Any], **kwargs: Any) -> list[A
 
 def collect(ds: Any, block_fn: Callable[..., dict], **kwargs: Any) -> dict[str, Any]:
     """Run a ``block_*`` function and merge its partials."""
-    return _MERGES[block_fn.__name__](collect_list(ds, block_fn, **kwargs))
+    return merge(block_fn, collect_list(ds, block_fn, **kwargs))
+
+
+def merge(block_fn: Callable[..., dict], partials: list[Any]) -> dict[str, Any]:
+    """Merge the partials of a ``block_*`` function (computed elsewhere, e.g. while reading)."""
+    return _MERGES[block_fn.__name__](partials)
 
 
 def _valid(table: pa.Table) -> pa.Table:

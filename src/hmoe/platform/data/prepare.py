@@ -21,7 +21,10 @@ The stages, and which of them stream:
    the same input gives byte-identical shards).
 
 A shard holds ``output.rows_per_shard`` rows on average, which bounds a finishing task's
-memory; no stage moves the encoded rows through the object store.
+memory; no stage moves parsed or encoded rows through the object store. The scratch files
+(``.parsed/``, then ``.pieces/``: about 125 bytes per row each for the synth log) live in the
+temporary output directory, which every worker must see (as for the shards themselves), and
+are deleted before the rename.
 
 Output, written into a temporary directory beside ``out_dir`` and renamed at the end (a killed
 run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)::

@@ -130,3 +130,25 @@ def test_propensity_becomes_inverse_weight() -> None:
     assert out.column(REASON_COLUMN).to_pylist() == [None, "bad_weight", "bad_weight"]
     assert out.column("__weight").to_pylist()[0] == pytest.approx(4.0)
     assert out.column("__propensity").to_pylist()[0] == pytest.approx(0.25)
+
+
+def test_number_typed_ids_are_text_and_only_nulls_are_missing() -> None:
+    ids = pa.array([196, None, 7], pa.int64())
+    floats = pa.array([196.0, 2.5, None], pa.float64())
+    raw = _raw(pd.DataFrame({"y": ["1", "0", "1"]}))
+    raw = raw.append_column("u", ids).append_column("f", floats)
+    spec = spec_from_dict(
+        {
+            **_one_column_spec(),
+            "categorical": [
+                {"name": "u"},
+                {"name": "f", "required": False},
+                {"name": "g", "column": "f", "fill_missing": "none"},
+            ],
+        }
+    )
+    out = parse_batch(raw, spec)
+    assert out.column(REASON_COLUMN).to_pylist() == [None, "missing_value", None]
+    assert out.column(cat_column("u")).to_pylist() == ["196", None, "7"]
+    assert out.column(cat_column("f")).to_pylist() == ["196", "2.5", None]
+    assert out.column(cat_column("g")).to_pylist() == ["196", "2.5", "none"]

@@ -198,18 +198,22 @@ def _parse_categorical(
     array = column_of(raw, feature.source)
     if feature.multi_valued:
         return _parse_multi(array, feature, spec, reasons)
+    # numbers written as text are never blank: only nulls are missing (saves the trims)
+    numeric = pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
     values = as_strings(array)
     if feature.transform == "first_token":
         values = _first_nonempty(values, feature.separator)
     elif feature.transform == "prefix":
         values = pc.utf8_slice_codeunits(values, 0, feature.prefix_len)
-    missing = is_missing(values)
+    missing = _nulls(values) if numeric and feature.transform == "none" else is_missing(values)
     fill = pa.scalar(feature.fill_missing, pa.string())  # null (-> padding) when not given
-    values = pc.if_else(pa.array(missing), fill, values)
+    if missing.any():
+        values = pc.if_else(pa.array(missing), fill, values)
     if feature.fill_missing is None and feature.required:
         reasons.add("missing_value", missing)
     vocab = spec.vocab_of(feature)
-    present = ~is_missing(values)
+    # without a fill the missing values became nulls and the rest is unchanged
+    present = ~missing if feature.fill_missing is None else ~is_missing(values)
     if vocab.mode == "identity":
         ok = np.asarray(
             pc.match_substring_regex(values, INTEGER_PATTERN).fill_null(False), dtype=bool
@@ -219,6 +223,10 @@ def _parse_categorical(
         known = np.asarray(pc.is_in(values, value_set=pa.array(vocab.values)), dtype=bool)
         reasons.add("unknown_category", present & ~known)
     return values
+
+
+def _nulls(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.is_null(), dtype=bool)
 
 
 def _tokens(array: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:

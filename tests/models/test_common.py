@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hmoe.config import ConfigError, apply_overrides
-from hmoe.models.common import ACTIVATIONS, MLP, Dice, MLPConfig, make_activation
+from hmoe.models.common import ACTIVATIONS, MLP, Dice, Dropout, MLPConfig, make_activation
 
 REFERENCE_MLP_SUM = 0.9588494  # torch.manual_seed(0), CPU float32
 
@@ -113,3 +113,32 @@ def test_invalid_mlp_config_raises(overrides: dict, message: str) -> None:
 def test_mlp_rejects_empty_input() -> None:
     with pytest.raises(ValueError, match="input_dim"):
         MLP(0, MLPConfig())
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_preserves_the_mean() -> None:
+    torch.manual_seed(0)
+    drop = Dropout(0.2)
+    x = torch.ones(400, 500)
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1.25))
+    # 200k Bernoulli(0.8) draws: std of the mean is ~0.0009
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.007
+
+
+def test_dropout_gradient_is_the_same_mask_and_eval_is_identity() -> None:
+    torch.manual_seed(1)
+    drop = Dropout(0.5)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * 2.0)
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0)(x) is x
+
+
+def test_dropout_rejects_p_outside_unit_interval() -> None:
+    with pytest.raises(ValueError, match="dropout p"):
+        Dropout(1.0)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hmoe.config import Config, ConfigError, config
-from hmoe.models.common import MLP, MLPConfig
+from hmoe.models.common import MLP, Dropout, MLPConfig
 from hmoe.models.embeddings import init_embedding_
 
 __all__ = [
@@ -255,7 +255,7 @@ class _SelfAttentionBlock(nn.Module):
         self.norm_ffn = nn.LayerNorm(dim)
         hidden = config.ffn_multiplier * dim
         self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x_BLD: torch.Tensor, allowed_BLL: torch.Tensor) -> torch.Tensor:
         b, seq_len, dim = x_BLD.shape
@@ -281,7 +281,7 @@ class _SASRec(nn.Module):
             _SelfAttentionBlock(config, dim) for _ in range(config.num_layers)
         )
         self.norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.pooling = config.pooling
         self.scale = 1.0 / math.sqrt(dim)
 

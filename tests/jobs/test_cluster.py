@@ -4,6 +4,7 @@ test session's own Ray)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -136,3 +137,55 @@ def test_mlflow_server_is_healthy_and_recorded(services: Services):
     assert status["server"].url == services.tracking_uri
     assert services.tracking_uri.startswith("http://127.0.0.1:")
     assert http_status(f"http://127.0.0.1:{free_port()}/health") is None
+
+
+# Train V2's placement-group cleaner asks the State API whether its controller is alive; the
+# probe asks the same question from inside a Ray actor. Without a named API server the client
+# scans the machine for Ray processes and refuses when it finds several, as it does here (the
+# session's own Ray and the head), and the cleaner then never frees a stopped trial's CPUs.
+STATE_PROBE = """
+import sys, ray
+from ray._private.services import find_gcs_addresses
+from hmoe.platform.api import ensure_ray
+
+if len(sys.argv) > 1:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+else:
+    ensure_ray(1.0)
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def state(self, actor_id):
+        from ray.util.state import get_actor
+        return get_actor(actor_id, timeout=60).state
+
+probe = Probe.remote()
+print(len(find_gcs_addresses()), ray.get(probe.state.remote(probe._actor_id.hex())))
+"""
+
+
+def _probe_state_api(env: dict[str, str], *address: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", STATE_PROBE, *address],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rays, state = done.stdout.split()[-2:]
+    return int(rays), state
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_workers_reach_the_state_api_beside_other_rays(services: Services, ray_cluster):
+    from hmoe.platform.cluster import read_head
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    base["RAY_USAGE_STATS_ENABLED"] = "0"
+    # a Ray that hmoe starts itself (hmoe train/tune without a cluster)
+    rays, state = _probe_state_api(base)
+    assert rays >= 3 and state == "ALIVE"
+    # the head of `hmoe cluster up`, reached as users do, with its token
+    head = read_head(services.state_dir)
+    env = base | {k: v for k, v in head.client_env().items() if k != "RAY_ADDRESS"}
+    rays, state = _probe_state_api(env, head.gcs_address)
+    assert rays >= 2 and state == "ALIVE"

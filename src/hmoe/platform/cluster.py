@@ -65,6 +65,8 @@ DASHBOARD_READY = (200, 401)  # 401: token auth is on and the probe sends no tok
 ADDRESS_FILE = "ray_current_cluster"  # written by ray start into its temp dir
 ADDRESS_POLL_S = 0.2
 TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 chars
+# read by Ray's State API clients in every worker before they search the machine for a Ray
+RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 @config
@@ -184,13 +186,15 @@ def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> 
     return argv
 
 
-def _head_env(token_file: Path) -> dict[str, str]:
+def _head_env(token_file: Path, dashboard_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env |= {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # workers inherit it: Train V2's placement-group cleaner must not scan for other Rays
+        RAY_API_SERVER_ENV: dashboard_url,
     }
     return env
 
@@ -222,7 +226,10 @@ def start_head(cfg: ClusterConfig, state_dir: Path) -> HeadInfo:
     _ensure_token(token_file)
     temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX))
     log_file = state_dir / "ray-head.log"
-    argv, env = _head_argv(cfg, gcs, dashboard, temp_dir), _head_env(token_file)
+    argv, env = (
+        _head_argv(cfg, gcs, dashboard, temp_dir),
+        _head_env(token_file, f"http://{LOOPBACK}:{dashboard}"),
+    )
     # jobs inherit the head's working directory: keep their relative paths out of the caller's
     process = spawn(argv, env, log_file, cwd=state_dir)
     info = HeadInfo(

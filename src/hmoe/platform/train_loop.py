@@ -81,9 +81,11 @@ class LoopOutcome:
 
 
 def _make_optimizer(params: Iterable[nn.Parameter], s: LoopSettings) -> torch.optim.Optimizer:
+    # fused: one pass over each parameter instead of a chain of foreach kernels; on the
+    # 15.5M-value Criteo tables it doubles the dcnv2 step rate at batch 512 (bench_models.py)
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
 
 
 def _lr_factor(step: int, s: LoopSettings) -> float:

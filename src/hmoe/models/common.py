@@ -62,8 +62,9 @@ class Dropout(nn.Module):
     def forward(self, x_BX: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x_BX
-        keep_BX = (torch.rand_like(x_BX) >= self.p).to(x_BX.dtype)
-        return x_BX * (keep_BX * (1.0 / (1.0 - self.p)))
+        # scaled in place: the mask is the one extra [B, X] tensor autograd keeps
+        mask_BX = (torch.rand_like(x_BX) >= self.p).to(x_BX.dtype).mul_(1.0 / (1.0 - self.p))
+        return x_BX * mask_BX
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

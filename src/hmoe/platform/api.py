@@ -17,7 +17,7 @@ from typing import Any
 
 from hmoe.config import apply_overrides
 from hmoe.platform.batches import MANIFEST
-from hmoe.platform.cluster import RAY_API_SERVER_ENV
+from hmoe.platform.cluster import api_server_env
 from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
 from hmoe.platform.processes import LOOPBACK, free_port
 from hmoe.platform.tracking import (
@@ -98,17 +98,15 @@ def ensure_ray(cpus_needed: float) -> None:
         cpus = max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999))
         # the dashboard serves the State API that Train V2's placement-group cleaner polls;
         # without it every run prints a stream of "Failed to query ... actor state" warnings.
-        # The cleaner finds the API by scanning the machine for Ray processes and gives up when
-        # there is more than one Ray: the placement groups of trials that ASHA stopped then stay
-        # reserved and later trials starve. Naming the API to every worker avoids the scan.
+        # Without api_server_env the placement groups of ASHA-stopped trials stay reserved
+        # whenever another Ray runs on the machine, and later trials starve.
         dashboard_port = free_port()
-        api_server = {RAY_API_SERVER_ENV: f"http://{LOOPBACK}:{dashboard_port}"}
         ray.init(
             num_cpus=cpus,
             include_dashboard=True,
             dashboard_host=LOOPBACK,
             dashboard_port=dashboard_port,
-            runtime_env={"env_vars": api_server},
+            runtime_env={"env_vars": api_server_env(dashboard_port)},
             configure_logging=False,
         )
         return

@@ -69,6 +69,16 @@ TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 
 RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
+def dashboard_url(port: int) -> str:
+    return f"http://{LOOPBACK}:{port}"
+
+
+def api_server_env(dashboard_port: int) -> dict[str, str]:
+    """What a Ray's workers must inherit so that Train V2's placement-group cleaner reaches this
+    Ray's State API instead of scanning the machine (it gives up when it finds several Rays)."""
+    return {RAY_API_SERVER_ENV: dashboard_url(dashboard_port)}
+
+
 @config
 class ClusterConfig(Config):
     """How ``hmoe cluster up`` starts the head.
@@ -186,17 +196,15 @@ def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> 
     return argv
 
 
-def _head_env(token_file: Path, dashboard_url: str) -> dict[str, str]:
+def _head_env(token_file: Path, dashboard_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env |= {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # workers inherit it: Train V2's placement-group cleaner must not scan for other Rays
-        RAY_API_SERVER_ENV: dashboard_url,
     }
-    return env
+    return env | api_server_env(dashboard_port)
 
 
 def read_head(state_dir: Path) -> HeadInfo | None:
@@ -226,16 +234,13 @@ def start_head(cfg: ClusterConfig, state_dir: Path) -> HeadInfo:
     _ensure_token(token_file)
     temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX))
     log_file = state_dir / "ray-head.log"
-    argv, env = (
-        _head_argv(cfg, gcs, dashboard, temp_dir),
-        _head_env(token_file, f"http://{LOOPBACK}:{dashboard}"),
-    )
+    argv, env = _head_argv(cfg, gcs, dashboard, temp_dir), _head_env(token_file, dashboard)
     # jobs inherit the head's working directory: keep their relative paths out of the caller's
     process = spawn(argv, env, log_file, cwd=state_dir)
     info = HeadInfo(
         pid=process.pid,
         gcs_address=f"{LOOPBACK}:{gcs}",
-        dashboard_url=f"http://{LOOPBACK}:{dashboard}",
+        dashboard_url=dashboard_url(dashboard),
         token_file=str(token_file.absolute()),
         temp_dir=str(temp_dir),
         log_file=str(log_file),

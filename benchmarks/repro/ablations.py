@@ -63,6 +63,11 @@ def variants(ctx: Context, dataset: str) -> list[tuple[str, str, dict[str, Any]]
                 "TIM",
                 {"model.encoder.sequence.kind": "din", "model.encoder.sequence.tim": None},
             ),
+            (
+                "TIM -> DIN+",
+                "TIM (DIN+ instead)",
+                {"model.encoder.sequence.kind": "din_plus", "model.encoder.sequence.tim": None},
+            ),
             ("MNSE -> buckets", "MNSE", {"model.encoder.numeric.kind": "bucket"}),
         ]
     data = ctr.prepared(ctx, dataset)
@@ -78,6 +83,7 @@ def variants(ctx: Context, dataset: str) -> list[tuple[str, str, dict[str, Any]]
     out += [
         ("hetero -> 4 MLP experts", "heterogeneous experts", {"model.experts.counts": {"mlp": 4}}),
         ("Combined-Pair -> BCE", "ranking loss", {"loss.ranking.enabled": False}),
+        ("embedding L2 -> none", "embedding L2", {"loss.embedding_l2": 0.0}),
     ]
     return out
 

@@ -117,12 +117,17 @@ def hmoe_step(
     torch.manual_seed(0)
     model = build(apply_overrides(preset.model, overrides), schema)
     model.train()
-    wrapper = TrainWrapper(model, preset.loss, tasks=schema.tasks)
     inner = getattr(model, "_orig_mod", model)  # the module under torch.compile
+    sparse = bool(inner.sparse_parameters())
+    # as `hmoe train` does: Adam carries the embedding L2 (no sparse tables to exclude)
+    wrapper = TrainWrapper(
+        model, preset.loss, tasks=schema.tasks, embedding_l2_by_optimizer=not sparse
+    )
+    dense = inner.dense_parameters() if sparse else wrapper.param_groups(0.0)
     optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(inner.dense_parameters(), lr=LEARNING_RATE, fused=how["fused"])
+        torch.optim.Adam(dense, lr=LEARNING_RATE, fused=how["fused"])
     ]
-    if inner.sparse_parameters():
+    if sparse:
         optimizers.append(torch.optim.SparseAdam(inner.sparse_parameters(), lr=LEARNING_RATE))
 
     def step(batch: Batch) -> None:

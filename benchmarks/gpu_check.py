@@ -40,7 +40,7 @@ def check(preset: str, args: argparse.Namespace, device: torch.device) -> dict[s
     made = PRESETS[preset]()
     torch.manual_seed(0)
     model = build(made.model, schema)
-    wrapper = TrainWrapper(model, made.loss, tasks=schema.tasks)
+    wrapper = TrainWrapper(model, made.loss, tasks=schema.tasks, embedding_l2_by_optimizer=True)
     train = _data(schema, args.rows, 1, device)
     val = _data(schema, max(args.rows // VAL_FRACTION, 2), 2, device)
     runtime = StandaloneRuntime(train, args.batch_size, 0, device)

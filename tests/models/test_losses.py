@@ -278,3 +278,40 @@ def test_positive_weight_scales_only_the_positives_bce() -> None:
     assert loss < plain  # positives weigh less, nothing else changed
     with pytest.raises(ConfigError, match="positive_weight"):
         LossConfig(positive_weight=0.0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_embedding_l2_by_optimizer_matches_the_l2_in_the_loss(fused: bool) -> None:
+    """Adam's coupled L2 on the tables' group takes exactly the gradient of the loss's term."""
+    cfg = apply_overrides(LossConfig(), {"ranking.enabled": True, "embedding_l2": 0.05})
+    torch.manual_seed(3)
+    in_loss = TinyModel(l2=0.1)
+    by_optimizer = TinyModel(l2=0.1)
+    by_optimizer.load_state_dict(in_loss.state_dict())
+    wrap_a = TrainWrapper(in_loss, cfg)
+    wrap_b = TrainWrapper(by_optimizer, cfg, embedding_l2_by_optimizer=True)
+    groups = wrap_b.param_groups(1e-3)
+    assert [g["weight_decay"] for g in groups] == [1e-3 + 2 * 0.05, 1e-3]
+    assert groups[0]["params"] == [by_optimizer.emb.weight]
+    opt_a = torch.optim.Adam(wrap_a.param_groups(1e-3), lr=0.1, fused=fused)
+    opt_b = torch.optim.Adam(groups, lr=0.1, fused=fused)
+    for step in range(3):
+        batch = _batch(seed=10 + step)
+        loss_a, out_a = wrap_a(batch)
+        loss_b, out_b = wrap_b(batch)
+        torch.testing.assert_close(loss_b, loss_a)  # the reported loss keeps the term's value
+        torch.testing.assert_close(out_b["regularization"], out_a["regularization"])
+        for opt, loss in ((opt_a, loss_a), (opt_b, loss_b)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, a), b in zip(in_loss.named_parameters(), by_optimizer.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_without_embedding_l2_by_optimizer_there_is_one_group() -> None:
+    cfg = apply_overrides(LossConfig(), {"embedding_l2": 0.05})
+    groups = TrainWrapper(TinyModel(), cfg).param_groups(0.01)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+    off = TrainWrapper(TinyModel(), LossConfig(), embedding_l2_by_optimizer=True)
+    assert len(off.param_groups(0.0)) == 1

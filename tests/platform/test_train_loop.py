@@ -210,3 +210,30 @@ def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
         assert all(1.0 - 1e-6 <= v <= max_dim + 1e-6 for v in ia)
         assert any(k.startswith("grad_cos_") for k in report), sorted(report)
     assert not any(k.startswith("ia_") for k in _run(_settings(epochs=1))[1].reports[0])
+
+
+def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():
+    from hmoe.platform.train_loop import _make_optimizer
+
+    model = _ItemModel()
+    cfg = LossConfig(embedding_l2=0.01)
+    wrapper = TrainWrapper(model, cfg, embedding_l2_by_optimizer=True)
+    adam = _make_optimizer(wrapper, _settings(weight_decay=1e-4))
+    assert [g["weight_decay"] for g in adam.param_groups] == [1e-4 + 0.02]
+    with pytest.raises(ValueError, match="coupled L2"):
+        _make_optimizer(wrapper, _settings(optimizer="adamw"))
+    in_loss = _make_optimizer(TrainWrapper(model, cfg), _settings(optimizer="adamw"))
+    assert [g["weight_decay"] for g in in_loss.param_groups] == [0.0]
+
+
+@pytest.mark.parametrize(("optimizer", "by_optimizer"), [("adam", True), ("adamw", False)])
+def test_hmoe_train_puts_the_embedding_l2_on_adam_only(optimizer, by_optimizer, tmp_path):
+    from hmoe.platform.batches import load_schema
+    from hmoe.platform.experiment import build_experiment
+    from hmoe.platform.trainer import build_model
+    from tests.platform.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "tiny")
+    cfg = build_experiment("debug", data, {"train.optimizer": optimizer})
+    _, wrapper = build_model(cfg, load_schema(data))
+    assert wrapper.embedding_l2_by_optimizer is by_optimizer

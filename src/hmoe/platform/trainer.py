@@ -47,7 +47,13 @@ def build_model(cfg: ExperimentConfig, schema: FeatureSchema) -> tuple[nn.Module
 
     torch.manual_seed(cfg.train.seed)
     model = build(cfg.model, schema)
-    return model, TrainWrapper(model, cfg.loss, tasks=schema.tasks)
+    # torch's Adam applies weight decay as a coupled L2, so it can carry the embedding L2
+    # (AdamW's decoupled decay is a different regulariser: there the loss keeps it)
+    by_optimizer = cfg.train.optimizer == "adam"
+    wrapper = TrainWrapper(
+        model, cfg.loss, tasks=schema.tasks, embedding_l2_by_optimizer=by_optimizer
+    )
+    return model, wrapper
 
 
 def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> LoopSettings:

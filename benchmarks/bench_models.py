@@ -118,7 +118,7 @@ def hmoe_step(
     model = build(apply_overrides(preset.model, overrides), schema)
     model.train()
     inner = getattr(model, "_orig_mod", model)  # the module under torch.compile
-    sparse = bool(inner.sparse_parameters())
+    sparse = inner.sparse_parameters()
     # as `hmoe train` does: Adam carries the embedding L2 (no sparse tables to exclude)
     wrapper = TrainWrapper(
         model, preset.loss, tasks=schema.tasks, embedding_l2_by_optimizer=not sparse
@@ -128,7 +128,7 @@ def hmoe_step(
         torch.optim.Adam(dense, lr=LEARNING_RATE, fused=how["fused"])
     ]
     if sparse:
-        optimizers.append(torch.optim.SparseAdam(inner.sparse_parameters(), lr=LEARNING_RATE))
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=LEARNING_RATE))
 
     def step(batch: Batch) -> None:
         for optimizer in optimizers:

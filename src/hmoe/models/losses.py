@@ -219,8 +219,9 @@ def regularization_loss(model: nn.Module, embedding_l2: float) -> torch.Tensor:
         own = getattr(module, "regularization_loss", None)
         if callable(own):
             total = total + own()
-        if embedding_l2 > 0.0 and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            total = total + embedding_l2 * module.weight.square().sum()
+    if embedding_l2 > 0.0:
+        for weight in embedding_tables(model):
+            total = total + embedding_l2 * weight.square().sum()
     return total
 
 
@@ -264,6 +265,8 @@ class TrainWrapper(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding_l2_by_optimizer = embedding_l2_by_optimizer
+        # looked up once: the per-step L2 value must not walk the module tree
+        self._tables = embedding_tables(model)
         tasks = tuple(tasks if tasks is not None else getattr(model, "tasks", ()))
         if not tasks:
             raise ValueError("TrainWrapper needs the task names (pass tasks= or set model.tasks)")
@@ -285,7 +288,7 @@ class TrainWrapper(nn.Module):
         l2 = self.config.embedding_l2
         if not (self.embedding_l2_by_optimizer and l2 > 0.0):
             return [{"params": params, "weight_decay": weight_decay}]
-        tables = {id(w) for w in embedding_tables(self.model)}
+        tables = {id(w) for w in self._tables}
         decayed = [p for p in params if id(p) in tables]
         rest = [p for p in params if id(p) not in tables]
         groups = [
@@ -300,7 +303,7 @@ class TrainWrapper(nn.Module):
         l2 = self.config.embedding_l2
         if l2 > 0.0:
             with torch.no_grad():
-                for w in embedding_tables(self.model):
+                for w in self._tables:
                     total = total + w.flatten().dot(w.flatten())
         return l2 * total
 

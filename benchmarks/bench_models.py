@@ -22,6 +22,7 @@ environment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import statistics
@@ -114,15 +115,17 @@ def hmoe_step(
         "use_sparse_gradients": how["sparse"],
         **(model_overrides or {}),
     }
+    loss = preset.loss
+    if how["sparse"]:
+        # lazy SparseAdam moves only the looked-up rows: a whole-table L2 has no place there
+        loss = dataclasses.replace(loss, embedding_l2=0.0)
     torch.manual_seed(0)
     model = build(apply_overrides(preset.model, overrides), schema)
     model.train()
     inner = getattr(model, "_orig_mod", model)  # the module under torch.compile
     sparse = inner.sparse_parameters()
     # as `hmoe train` does: Adam carries the embedding L2 (no sparse tables to exclude)
-    wrapper = TrainWrapper(
-        model, preset.loss, tasks=schema.tasks, embedding_l2_by_optimizer=not sparse
-    )
+    wrapper = TrainWrapper(model, loss, tasks=schema.tasks, embedding_l2_by_optimizer=not sparse)
     dense = inner.dense_parameters() if sparse else wrapper.param_groups(0.0)
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.Adam(dense, lr=LEARNING_RATE, fused=how["fused"])

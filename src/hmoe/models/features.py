@@ -173,13 +173,17 @@ class FeatureEncoder(nn.Module):
         target_BD = item_table(_column(batch, q.item_field))
         if q.category_field is not None and self.sequence_config.use_category:
             category_table = self.categorical[self._categorical_index[q.category_field]]
-            behaviours_BLD = behaviours_BLD + category_table.lookup(
-                _column(batch, seq_column(q.name, "category"))
+            # in place into the fresh lookup: at large B * L * D a new buffer per sum costs
+            # page faults as much as the sum itself (docs/benchmarks.md)
+            behaviours_BLD = behaviours_BLD.add_(
+                category_table.lookup(_column(batch, seq_column(q.name, "category")))
             )
             target_BD = target_BD + category_table(_column(batch, q.category_field))
         if str(index) in self.side_similarity:
             side = self.side_similarity[str(index)]
-            behaviours_BLD = behaviours_BLD + side(_column(batch, seq_column(q.name, "similarity")))
+            behaviours_BLD = behaviours_BLD.add_(
+                side(_column(batch, seq_column(q.name, "similarity")))
+            )
             target_BD = target_BD + side(torch.ones_like(target_BD[:, 0]))  # cos(t, t) = 1
         lengths_B = _column(batch, seq_column(q.name, "length"))
         time_delta_BL = _column(batch, seq_column(q.name, "time_delta"))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.models.attention import masked_softmax, target_attention
 from hmoe.models.common import MLP, Dropout, MLPConfig
 from hmoe.models.embeddings import init_embedding_
 
@@ -136,13 +137,6 @@ def valid_mask(lengths_B: torch.Tensor, seq_len: int) -> torch.Tensor:
     return positions_L.unsqueeze(0) < lengths_B.unsqueeze(1)
 
 
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim restricted to ``mask``; zero where masked, and an all-masked
-    row gives all zeros (the finite fill keeps the softmax finite, then the mask zeroes it)."""
-    filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-    return torch.softmax(filled, dim=-1) * mask.to(logits.dtype)
-
-
 class _TIM(nn.Module):
     """Target-aware temporal encoding + target-aware attention + target-aware representation."""
 
@@ -174,14 +168,15 @@ class _TIM(nn.Module):
         self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
     ) -> tuple[Tensor, Tensor]:
         mask_BL = valid_mask(lengths_B, behaviours_BLD.shape[1])
-        e_BLD = behaviours_BLD + self.temporal(self.temporal_index(lengths_B, time_delta_BL))
+        # the sum goes into the fresh lookup, not into a new [B, L, D] buffer
+        e_BLD = self.temporal(self.temporal_index(lengths_B, time_delta_BL)).add_(behaviours_BLD)
         v_BD = target_BD + self.temporal.weight[0]
-        logits_BL = torch.einsum("bld,bd->bl", e_BLD, v_BD) * self.scale
-        alpha_BL = masked_softmax(logits_BL, mask_BL)
+        pooled_BD, alpha_BL = target_attention(e_BLD, v_BD, mask_BL, self.scale)
         if self.form == "paper":
-            u_BD = torch.einsum("bl,bld->bd", alpha_BL, e_BLD * v_BD.unsqueeze(1))
-            return u_BD.unsqueeze(1), alpha_BL
-        u_BD = self.project(self.norm(torch.einsum("bl,bld->bd", alpha_BL, e_BLD)))
+            # sum_i alpha_i (e~_i * v~) = (sum_i alpha_i e~_i) * v~: the product after the pooling
+            # spares a [B, L, D] product and its backward (a third of the step at batch 4096)
+            return (pooled_BD * v_BD).unsqueeze(1), alpha_BL
+        u_BD = self.project(self.norm(pooled_BD))
         return torch.stack([u_BD, v_BD, u_BD * v_BD], dim=1), alpha_BL
 
 

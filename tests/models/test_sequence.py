@@ -296,3 +296,17 @@ def test_gradcheck_masked_softmax_and_tim_in_float64() -> None:
     assert torch.autograd.gradcheck(
         lambda e, v: encoder(e, v, lengths, delta.double()), (behaviours, target)
     )
+
+
+@pytest.mark.parametrize("name", list(KIND_CONFIGS))
+def test_a_training_batch_of_one_sample(name: str) -> None:
+    # a split's last batch can hold one row; the code form's BatchNorm then uses running stats
+    encoder = _encoder(name).train()
+    behaviours, target, lengths, delta = _inputs(lengths=torch.tensor([3]))
+    tokens = encoder(behaviours, target, lengths, delta)
+    if tokens.requires_grad:  # mean pooling has no parameter
+        tokens.sum().backward()
+    assert torch.isfinite(tokens).all()
+    if name == "tim_code":
+        encoder.eval()
+        torch.testing.assert_close(encoder(behaviours, target, lengths, delta), tokens)

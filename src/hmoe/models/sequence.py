@@ -63,7 +63,7 @@ class TIMConfig(Config):
     """TIM: ``time_intervals=None`` encodes the relative position (official code: newest
     behaviour 1, target 0); otherwise log time-interval buckets (target 0, bucket k -> k + 1).
     ``form`` selects the paper's ``sum alpha (e~ * v~)`` or the official code's tokens (its
-    BatchNorm, as in the code, needs training batches of more than one sample)."""
+    BatchNorm, as in the code; a training batch of one sample uses the running statistics)."""
 
     time_intervals: TimeIntervalConfig | None = None
     form: Literal["paper", "code"] = "paper"
@@ -176,8 +176,19 @@ class _TIM(nn.Module):
             # sum_i alpha_i (e~_i * v~) = (sum_i alpha_i e~_i) * v~: the product after the pooling
             # spares a [B, L, D] product and its backward (a third of the step at batch 4096)
             return (pooled_BD * v_BD).unsqueeze(1), alpha_BL
-        u_BD = self.project(self.norm(pooled_BD))
+        u_BD = self.project(self._normalise(pooled_BD))
         return torch.stack([u_BD, v_BD, u_BD * v_BD], dim=1), alpha_BL
+
+
+    def _normalise(self, pooled_BD: Tensor) -> Tensor:
+        # one sample has no batch statistics: a training batch of one (a split's last rows)
+        # is normalised with the running ones, as at inference, instead of raising
+        if self.training and pooled_BD.shape[0] == 1:
+            n = self.norm
+            return nn.functional.batch_norm(
+                pooled_BD, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps
+            )
+        return self.norm(pooled_BD)
 
 
 class _DIN(nn.Module):

@@ -179,7 +179,6 @@ class _TIM(nn.Module):
         u_BD = self.project(self._normalise(pooled_BD))
         return torch.stack([u_BD, v_BD, u_BD * v_BD], dim=1), alpha_BL
 
-
     def _normalise(self, pooled_BD: Tensor) -> Tensor:
         # one sample has no batch statistics: a training batch of one (a split's last rows)
         # is normalised with the running ones, as at inference, instead of raising

@@ -69,6 +69,11 @@ def variants(ctx: Context, dataset: str) -> list[tuple[str, str, dict[str, Any]]
                 "TIM (DIN+ instead)",
                 {"model.encoder.sequence.kind": "din_plus", "model.encoder.sequence.tim": None},
             ),
+            (
+                "TIM code form -> paper form",
+                "TIM's code-form tokens (paper form instead)",
+                {"model.encoder.sequence.tim.form": "paper"},
+            ),
             ("MNSE -> buckets", "MNSE", {"model.encoder.numeric.kind": "bucket"}),
         ]
     data = ctr.prepared(ctx, dataset)

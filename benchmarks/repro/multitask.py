@@ -34,8 +34,9 @@ SIZES = {"model.experts.mlp.mlp.hidden_dims": EXPERT_DIMS, "model.tower.hidden_d
 SHARED_SIZES = {"model.shared_experts.mlp.mlp.hidden_dims": EXPERT_DIMS}
 SINGLE = "single_task"
 HMOE_SINGLE = "hmoe_single_task"  # the same encoders and loss as STEM / AME, without sharing
-# the multi-task presets have no embedding L2; the single-task hmoe drops its own to stay comparable
-SAME_LOSS_AS_STEM = {"loss.embedding_l2": 0.0}
+# the multi-task presets have no embedding L2 and use TIM's paper form; the single-task hmoe
+# drops its L2 and its code-form TIM tokens to stay comparable
+SAME_AS_STEM = {"loss.embedding_l2": 0.0, "model.encoder.sequence.tim.form": "paper"}
 # a difference counts as clear when it exceeds this many standard errors of the difference
 CLEAR_SE = 2.0
 
@@ -53,7 +54,7 @@ MODELS = (
     Model(variant=SINGLE, label="Single-task (one net per task)", preset="shared_bottom",
           overrides=SIZES, per_task=True),
     Model(variant=HMOE_SINGLE, label="HMoE single-task (`hmoe`, one per task)", preset="hmoe",
-          overrides=SAME_LOSS_AS_STEM, per_task=True),
+          overrides=SAME_AS_STEM, per_task=True),
     Model(variant="shared_bottom", label="Shared-bottom", preset="shared_bottom",
           overrides=SIZES),
     Model(variant="mmoe", label="MMoE (8 experts)", preset="mmoe", overrides=SIZES),

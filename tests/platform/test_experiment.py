@@ -43,6 +43,7 @@ def test_round_trip_and_run_name(data_dir):
         ({"train.epochs": 0}, "train.epochs"),
         ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
         ({"tracking.model_format": "onnx"}, "model_format"),
+        ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
     ],
 )
 def test_invalid_overrides_name_the_problem(data_dir, overrides, message):

@@ -110,7 +110,9 @@ class ModelConfig(Config):
     ``use_sparse_gradients`` makes the id tables (the big ones) produce sparse gradients: train
     ``sparse_parameters()`` with ``torch.optim.SparseAdam`` (lazy Adam: only the rows in the
     batch move) and the rest with Adam; it skips the whole-table zero-fill, gradient and Adam
-    update per step, and cannot be combined with a whole-table ``loss.embedding_l2``.
+    update per step, and cannot be combined with a whole-table ``loss.embedding_l2``. Only
+    callers that build that optimizer pair use it (``benchmarks/bench_models.py``); ``hmoe
+    train`` refuses it (``ExperimentConfig``).
     """
 
     kind: ModelKind = "single"

@@ -151,6 +151,15 @@ class ExperimentConfig(Config):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def __post_init__(self) -> None:
+        if self.model.use_sparse_gradients:
+            # the loop builds one fused Adam/AdamW, which rejects sparse gradients mid-epoch;
+            # SparseAdam on the id tables is timed by benchmarks/bench_models.py only
+            raise ConfigError(
+                "model.use_sparse_gradients=true is not supported by hmoe train: its optimizer "
+                "(fused Adam/AdamW) cannot take sparse id-table gradients; set it to false"
+            )
+
 
 def run_name(cfg: ExperimentConfig) -> str:
     """The MLflow run name of the run-identity contract: ``{preset}-{config_hash}``."""

@@ -54,8 +54,15 @@ def _header(ctx: Context) -> str:
         "patience 2). Peer numbers are those of `../shared/docs/benchmarks.md` (DeepCTR-Torch / "
         "FuxiCTR on the same protocols, same machine class). Raw runs: "
         "[`docs/results/runs.jsonl`](results/runs.jsonl).\n\n"
-        f"Machine: {machine()}. Rendered {dt.date.today().isoformat()}.\n"
+        f"Rendered {dt.date.today().isoformat()} on {machine()}. Stored runs by the machine "
+        f"they were trained on: {_machines(ctx)}.\n"
     )
+
+
+def _machines(ctx: Context) -> str:
+    counts = ctx.machines()
+    # runs stored before the machine was recorded came from the project's 2-core CPU boxes
+    return "; ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "none"
 
 
 def main() -> None:

@@ -72,6 +72,14 @@ class Context:
         """A view of this context that trains nothing (same store, same records)."""
         return dataclasses.replace(self, cached_only=True, force=False)
 
+    def machines(self) -> dict[str, int]:
+        """Stored runs per machine they were trained on (``"not recorded"``: older runs)."""
+        counts: dict[str, int] = {}
+        for record in self._records:
+            name = record.get("machine", "not recorded")
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def records(self, **key: Any) -> list[dict[str, Any]]:
         """Latest record per (dataset, variant, seed) matching ``key``."""
         latest: dict[tuple, dict[str, Any]] = {}
@@ -150,6 +158,7 @@ def train(
         "wall_s": round(wall, 1),
         "config_hash": cfg.config_hash(),
         "date": dt.date.today().isoformat(),
+        "machine": machine(),
     }
     ctx.add(record)
     shown = metrics.get("test_auc", float("nan"))

@@ -350,7 +350,8 @@ validation AUC of the tasks; the single-task nets on their own task's.
 * Models: single-task = the shared-bottom network trained once per task on that task's label
   only (the STEM repository's single-task baseline); HMoE single-task = the paper's single-task
   `hmoe` preset trained once per task (the same encoders and loss as STEM / AME, so it is their
-  no-sharing reference; hence without the preset's embedding L2, which they lack);
+  no-sharing reference; hence without the preset's embedding L2, which they lack, and with
+  TIM's paper form, which they use);
   shared-bottom, MMoE (8 experts) and PLE
   (1 specific per task + 8 shared) are the STEM-repo baselines (plain encoders, BCE);
   `hmoe_stem` and `hmoe_ame` are the presets (HMoE encoders: MNSE numerics, TIM history,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hmoe.models.zoo import MULTITASK_EMBEDDING_L2
 from repro import multitask_data as md
 from repro.common import Context, Section, fmt, mean_std, seeds_of, table, values
 
@@ -34,9 +35,12 @@ SIZES = {"model.experts.mlp.mlp.hidden_dims": EXPERT_DIMS, "model.tower.hidden_d
 SHARED_SIZES = {"model.shared_experts.mlp.mlp.hidden_dims": EXPERT_DIMS}
 SINGLE = "single_task"
 HMOE_SINGLE = "hmoe_single_task"  # the same encoders and loss as STEM / AME, without sharing
-# the multi-task presets have no embedding L2 and use TIM's paper form; the single-task hmoe
-# drops its L2 and its code-form TIM tokens to stay comparable
-SAME_AS_STEM = {"loss.embedding_l2": 0.0, "model.encoder.sequence.tim.form": "paper"}
+# the single-task hmoe takes the multi-task presets' embedding L2 and TIM's paper form, so that
+# it differs from STEM / AME in the sharing only
+SAME_AS_STEM = {
+    "loss.embedding_l2": MULTITASK_EMBEDDING_L2,
+    "model.encoder.sequence.tim.form": "paper",
+}
 # a difference counts as clear when it exceeds this many standard errors of the difference
 CLEAR_SE = 2.0
 
@@ -350,8 +354,8 @@ validation AUC of the tasks; the single-task nets on their own task's.
 * Models: single-task = the shared-bottom network trained once per task on that task's label
   only (the STEM repository's single-task baseline); HMoE single-task = the paper's single-task
   `hmoe` preset trained once per task (the same encoders and loss as STEM / AME, so it is their
-  no-sharing reference; hence without the preset's embedding L2, which they lack, and with
-  TIM's paper form, which they use);
+  no-sharing reference; hence with their whole-table embedding L2 ({MULTITASK_EMBEDDING_L2:g})
+  instead of its own, and with TIM's paper form, which they use);
   shared-bottom, MMoE (8 experts) and PLE
   (1 specific per task + 8 shared) are the STEM-repo baselines (plain encoders, BCE);
   `hmoe_stem` and `hmoe_ame` are the presets (HMoE encoders: MNSE numerics, TIM history,

@@ -61,3 +61,18 @@ def test_gradient_only_on_the_inputs_that_need_it() -> None:
     pooled_BD, _ = target_attention(e_BLD, v_BD, mask_BL, SCALE)
     pooled_BD.sum().backward()
     assert e_BLD.grad is not None and torch.isfinite(e_BLD.grad).all()
+
+
+def test_backward_after_an_autocast_forward() -> None:
+    # as the train loop does on CUDA: forward under bf16 autocast, backward outside it
+    e_BLD, v_BD, mask_BL = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled_BD, alpha_BL = target_attention(e_BLD, v_BD, mask_BL, SCALE)
+        loss = pooled_BD.float().square().sum() + alpha_BL.float().sum()
+    grads = torch.autograd.grad(loss, (e_BLD, v_BD))
+    expected_pooled, expected_alpha = _reference(e_BLD, v_BD, mask_BL, SCALE)
+    loss = expected_pooled.square().sum() + expected_alpha.sum()
+    expected = torch.autograd.grad(loss, (e_BLD, v_BD))
+    for grad, reference in zip(grads, expected, strict=True):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, reference, atol=3e-2, rtol=3e-2)

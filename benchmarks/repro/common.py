@@ -5,7 +5,9 @@ overrides, the final validation/test metrics of the best-validation epoch, infor
 at that epoch, parameter count, wall time) appended to a JSON-lines store that is committed
 beside the report (``docs/results/runs.jsonl``). A record is reused while its overrides are
 unchanged, so an interrupted report resumes and the markdown can be re-rendered without
-re-training; ``--force`` retrains. Runs use the standalone loop (``train_standalone``): the same
+re-training; ``--force`` retrains. Records stored since 2026-11-29 also carry ``model_hash``
+(the resolved model, loss and training config): when a preset's contents change, such a record
+is retrained, or flagged in the log when only rendering. Runs use the standalone loop (``train_standalone``): the same
 loop as ``hmoe train``, without Ray workers or MLflow, which measure nothing here.
 """
 
@@ -133,11 +135,19 @@ def train(
         "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
         "quick": ctx.quick,
     }
+    cfg = build_experiment(preset, data, changes) if (data / "manifest.json").exists() else None
     cached = None if ctx.force else ctx.find(key)
+    if cached is not None and cfg is not None and _stale(cached, cfg):
+        if ctx.cached_only:
+            ctx.log(f"  stale: {dataset} {variant} seed {seed} was trained with another preset")
+            return cached
+        ctx.log(f"  {dataset} {variant} seed {seed}: the preset changed since, retraining")
+        cached = None
     if cached is not None or ctx.cached_only:
         return cached
     torch.set_num_threads(ctx.threads)
-    cfg = build_experiment(preset, data, changes)
+    if cfg is None:
+        cfg = build_experiment(preset, data, changes)
     started = time.perf_counter()
     outcome = train_standalone(cfg)
     wall = time.perf_counter() - started
@@ -157,6 +167,7 @@ def train(
         "params": sum(p.numel() for p in outcome.model.parameters()),
         "wall_s": round(wall, 1),
         "config_hash": cfg.config_hash(),
+        "model_hash": model_hash(cfg),
         "date": dt.date.today().isoformat(),
         "machine": machine(),
     }
@@ -164,6 +175,20 @@ def train(
     shown = metrics.get("test_auc", float("nan"))
     ctx.log(f"  {dataset:>8} {variant:<28} seed {seed}  test_auc {shown:.4f}  {wall:5.0f} s")
     return record
+
+
+def model_hash(cfg: Any) -> str:
+    """Hash of what decides a run's numbers (model, loss, training), not of where its data or
+    tracking live: the cache key holds the preset's name only, so this catches a preset whose
+    contents changed since a run was stored."""
+    from hmoe.config import config_hash
+
+    return "".join(config_hash(part) for part in (cfg.model, cfg.loss, cfg.train))
+
+
+def _stale(record: Mapping[str, Any], cfg: Any) -> bool:
+    stored = record.get("model_hash")  # runs stored before 2026-11-29 have none: trusted
+    return stored is not None and stored != model_hash(cfg)
 
 
 def _best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> Mapping[str, float]:

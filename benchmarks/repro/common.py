@@ -7,8 +7,9 @@ beside the report (``docs/results/runs.jsonl``). A record is reused while its ov
 unchanged, so an interrupted report resumes and the markdown can be re-rendered without
 re-training; ``--force`` retrains. Records stored since 2026-11-29 also carry ``model_hash``
 (the resolved model, loss and training config): when a preset's contents change, such a record
-is retrained, or flagged in the log when only rendering. Runs use the standalone loop (``train_standalone``): the same
-loop as ``hmoe train``, without Ray workers or MLflow, which measure nothing here.
+is retrained, or flagged in the log when only rendering. Runs use the standalone loop
+(``train_standalone``): the same loop as ``hmoe train``, without Ray workers or MLflow, which
+measure nothing here.
 """
 
 from __future__ import annotations

@@ -142,3 +142,13 @@ def test_dropout_gradient_is_the_same_mask_and_eval_is_identity() -> None:
 def test_dropout_rejects_p_outside_unit_interval() -> None:
     with pytest.raises(ValueError, match="dropout p"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "dice"])
+def test_a_training_batch_of_one_row_uses_the_running_statistics(activation: str) -> None:
+    # a split's last batch can hold one row: BatchNorm (and Dice's) then normalises as in eval
+    mlp = MLP(4, MLPConfig(hidden_dims=(3,), activation=activation, use_batch_norm=True)).train()
+    x_1X = torch.randn(1, 4)
+    out = mlp(x_1X)
+    out.sum().backward()
+    torch.testing.assert_close(out, mlp.eval()(x_1X))

@@ -70,6 +70,17 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def batch_norm_rows(norm: nn.BatchNorm1d, x_NX: torch.Tensor) -> torch.Tensor:
+    """``norm`` over the rows of ``[N, X]``. One row has no batch statistics: a training batch
+    of one (a split's last rows) is normalised with the running ones, as at inference, instead
+    of raising."""
+    if norm.training and x_NX.shape[0] == 1 and norm.running_mean is not None:
+        return nn.functional.batch_norm(
+            x_NX, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+        )
+    return norm(x_NX)
+
+
 class Dice(nn.Module):
     """DIN's data-adaptive activation: ``p(x) * x + (1 - p(x)) * alpha * x``, ``p`` a batch-normed
     sigmoid. Works on any leading shape; the statistics are taken over all leading positions.
@@ -89,7 +100,7 @@ class Dice(nn.Module):
 
     def forward(self, x_BX: torch.Tensor) -> torch.Tensor:
         flat = x_BX.reshape(-1, x_BX.shape[-1])
-        p = torch.sigmoid(self.norm(flat)).reshape(x_BX.shape)
+        p = torch.sigmoid(batch_norm_rows(self.norm, flat)).reshape(x_BX.shape)
         return p * x_BX + (1.0 - p) * self.alpha * x_BX
 
 
@@ -131,7 +142,7 @@ class _LastDimBatchNorm(nn.Module):
         self.norm = nn.BatchNorm1d(width)
 
     def forward(self, x_BX: torch.Tensor) -> torch.Tensor:
-        return self.norm(x_BX.reshape(-1, x_BX.shape[-1])).reshape(x_BX.shape)
+        return batch_norm_rows(self.norm, x_BX.reshape(-1, x_BX.shape[-1])).reshape(x_BX.shape)
 
 
 class MLP(nn.Module):

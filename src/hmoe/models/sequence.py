@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hmoe.config import Config, ConfigError, config
 from hmoe.models.attention import masked_softmax, target_attention
-from hmoe.models.common import MLP, Dropout, MLPConfig
+from hmoe.models.common import MLP, Dropout, MLPConfig, batch_norm_rows
 from hmoe.models.embeddings import init_embedding_
 
 __all__ = [
@@ -176,18 +176,8 @@ class _TIM(nn.Module):
             # sum_i alpha_i (e~_i * v~) = (sum_i alpha_i e~_i) * v~: the product after the pooling
             # spares a [B, L, D] product and its backward (a third of the step at batch 4096)
             return (pooled_BD * v_BD).unsqueeze(1), alpha_BL
-        u_BD = self.project(self._normalise(pooled_BD))
+        u_BD = self.project(batch_norm_rows(self.norm, pooled_BD))
         return torch.stack([u_BD, v_BD, u_BD * v_BD], dim=1), alpha_BL
-
-    def _normalise(self, pooled_BD: Tensor) -> Tensor:
-        # one sample has no batch statistics: a training batch of one (a split's last rows)
-        # is normalised with the running ones, as at inference, instead of raising
-        if self.training and pooled_BD.shape[0] == 1:
-            n = self.norm
-            return nn.functional.batch_norm(
-                pooled_BD, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps
-            )
-        return self.norm(pooled_BD)
 
 
 class _DIN(nn.Module):

@@ -60,9 +60,7 @@ def _header(ctx: Context) -> str:
 
 
 def _machines(ctx: Context) -> str:
-    counts = ctx.machines()
-    # runs stored before the machine was recorded came from the project's 2-core CPU boxes
-    return "; ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "none"
+    return "; ".join(f"{name}: {n}" for name, n in sorted(ctx.machines().items())) or "none"
 
 
 def main() -> None:

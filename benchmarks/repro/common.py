@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,11 +78,7 @@ class Context:
 
     def machines(self) -> dict[str, int]:
         """Stored runs per machine they were trained on (``"not recorded"``: older runs)."""
-        counts: dict[str, int] = {}
-        for record in self._records:
-            name = record.get("machine", "not recorded")
-            counts[name] = counts.get(name, 0) + 1
-        return counts
+        return dict(Counter(record.get("machine", "not recorded") for record in self._records))
 
     def records(self, **key: Any) -> list[dict[str, Any]]:
         """Latest record per (dataset, variant, seed) matching ``key``."""
@@ -136,7 +133,9 @@ def train(
         "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
         "quick": ctx.quick,
     }
-    cfg = build_experiment(preset, data, changes) if (data / "manifest.json").exists() else None
+    # a render (cached_only) may lack the prepared data: then there is nothing to check against
+    prepared = (data / "manifest.json").exists()
+    cfg = build_experiment(preset, data, changes) if prepared or not ctx.cached_only else None
     cached = None if ctx.force else ctx.find(key)
     if cached is not None and cfg is not None and _stale(cached, cfg):
         if ctx.cached_only:
@@ -147,8 +146,6 @@ def train(
     if cached is not None or ctx.cached_only:
         return cached
     torch.set_num_threads(ctx.threads)
-    if cfg is None:
-        cfg = build_experiment(preset, data, changes)
     started = time.perf_counter()
     outcome = train_standalone(cfg)
     wall = time.perf_counter() - started

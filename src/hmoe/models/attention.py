@@ -33,12 +33,11 @@ class _TargetAttention(torch.autograd.Function):
         pooled_BD = torch.bmm(alpha_BL.unsqueeze(1), e_BLD).squeeze(1)
         ctx.save_for_backward(e_BLD, v_BD, alpha_BL)
         ctx.scale = scale
-        ctx.v_dtype = v_BD.dtype
         return pooled_BD, alpha_BL
 
     @staticmethod
     def backward(ctx, grad_pooled_BD: Tensor | None, grad_alpha_BL: Tensor | None):
-        e_BLD, v_BD, alpha_BL = ctx.saved_tensors
+        e_BLD, v_saved_BD, alpha_BL = ctx.saved_tensors
         # under autocast the forward's matmuls emit bf16/fp16 while the saved inputs keep their
         # dtype, and the backward runs outside autocast: compute it in the inputs' dtype
         dtype = e_BLD.dtype
@@ -46,7 +45,7 @@ class _TargetAttention(torch.autograd.Function):
             grad_pooled_BD = torch.zeros_like(e_BLD[:, 0])
         grad_pooled_BD = grad_pooled_BD.to(dtype)
         alpha_BL = alpha_BL.to(dtype)
-        v_BD = v_BD.to(dtype)
+        v_BD = v_saved_BD.to(dtype)
         # d loss / d alpha: through the pooling, plus any direct use of the weights
         grad_a_BL = torch.bmm(e_BLD, grad_pooled_BD.unsqueeze(-1)).squeeze(-1)
         if grad_alpha_BL is not None:
@@ -61,7 +60,7 @@ class _TargetAttention(torch.autograd.Function):
             grad_e_BLD = torch.bmm(left_BL2, right_B2D)
         if ctx.needs_input_grad[1]:
             grad_v_BD = torch.bmm(grad_logits_BL.unsqueeze(1), e_BLD).squeeze(1)
-            grad_v_BD = grad_v_BD.to(ctx.v_dtype)
+            grad_v_BD = grad_v_BD.to(v_saved_BD.dtype)
         return grad_e_BLD, grad_v_BD, None, None
 
 

@@ -26,7 +26,7 @@ from repro.common import Context, Section, machine
 
 REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
-SECTIONS = ("ctr", "ablations", "sparse", "multitask", "ipw", "figures")
+SECTIONS = ("ctr", "coldstart", "ablations", "sparse", "multitask", "ipw", "figures")
 
 
 def _args() -> argparse.Namespace:

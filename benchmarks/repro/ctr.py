@@ -116,6 +116,8 @@ def _verdict(dataset: str, means: dict[str, float]) -> str:
         f"{' + 0.01' if dataset == ML else ''}): **{met}** (mean {ours:.4f}, "
         f"{ours - target:+.4f})."
     )
+    if dataset == ML and ours < target:
+        line += ' Where the gap lies: section "Q1: new users against returning ones" below.'
     ranked = sorted(means.items(), key=lambda kv: -kv[1])
     return (
         line

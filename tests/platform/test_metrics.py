@@ -69,6 +69,16 @@ def test_gauc_of_one_user_equals_auc():
     assert gauc(labels, scores, np.zeros(100)) == pytest.approx(auc(labels, scores))
 
 
+def test_gauc_leaves_out_ids_that_name_many_users():
+    # id 1 (out-of-vocabulary) would be scored as one user with AUC 0.0; user 5 has AUC 1.0
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3])
+    users = np.array([1, 1, 1, 1, 5, 5])
+    assert gauc(labels, scores, users) == pytest.approx((4 * 0.0 + 2 * 1.0) / 6)
+    assert gauc(labels, scores, users, ignore_users=(0, 1)) == pytest.approx(1.0)
+    assert math.isnan(gauc(labels, scores, users, ignore_users=(1, 5)))
+
+
 def test_logloss_closed_form_and_clipping():
     assert logloss(np.array([1, 0]), np.array([0.8, 0.2])) == pytest.approx(-math.log(0.8))
     # a confident wrong prediction is clipped at eps = 1e-7, not infinite

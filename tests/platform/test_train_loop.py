@@ -13,9 +13,17 @@ from torch import nn
 
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.testing import random_batch, tiny_schema
+from hmoe.platform.metrics import gauc
 from hmoe.platform.runtime import StandaloneRuntime
-from hmoe.platform.train_loop import EvalData, LoopHooks, LoopSettings, _lr_factor, run_loop
-from hmoe.schema import LABELS
+from hmoe.platform.train_loop import (
+    EvalData,
+    LoopHooks,
+    LoopSettings,
+    _lr_factor,
+    evaluate,
+    run_loop,
+)
+from hmoe.schema import LABELS, OOV_INDEX
 from tests.conftest import REPO_ROOT
 
 SCHEMA = tiny_schema(("click", "like"))
@@ -82,6 +90,20 @@ def test_loop_learns_the_planted_signal_and_reports_every_metric():
     for key in ("val_auc_click", "val_gauc_like", "val_logloss", "best_val_auc", "best_epoch"):
         assert key in last
     assert "test_auc" not in first  # test metrics only at the end, on the best weights
+
+
+def test_evaluate_leaves_padding_and_out_of_vocabulary_users_out_of_gauc():
+    data = _data(96, 1)
+    data["user"] = torch.arange(96) % 6  # ids 0 (padding) and 1 (OOV) name no single user
+    model = _ItemModel()
+    nn.init.normal_(model.table.weight, generator=torch.Generator().manual_seed(0))
+    out = evaluate(model, data, SCHEMA, "val", torch.device("cpu"), 32)
+    logits = model(data)[:, 0].detach().numpy()
+    known = data["user"].numpy() > OOV_INDEX
+    labels = data[LABELS][:, 0].numpy()
+    expected = gauc(labels[known], logits[known], data["user"].numpy()[known])
+    assert out["val_gauc_click"] == pytest.approx(expected)
+    assert out["val_gauc_click"] != pytest.approx(gauc(labels, logits, data["user"].numpy()))
 
 
 def test_loop_is_deterministic_for_a_seed():

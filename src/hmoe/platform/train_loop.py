@@ -31,7 +31,7 @@ from hmoe.platform.batches import Batch, iter_minibatches
 from hmoe.platform.metrics import metric_mode, task_metrics
 from hmoe.platform.runtime import Runtime
 from hmoe.platform.tracking import MetricLogger, NullLogger
-from hmoe.schema import LABELS, FeatureSchema
+from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
 __all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
 
@@ -137,7 +137,9 @@ def evaluate(
     model.train(was_training)
     logits_BK = torch.cat(logits).numpy()
     users = data[schema.user_field].numpy() if schema.user_field is not None else None
-    return task_metrics(split, schema.tasks, logits_BK, data[LABELS].numpy(), users)
+    return task_metrics(
+        split, schema.tasks, logits_BK, data[LABELS].numpy(), users, (PAD_INDEX, OOV_INDEX)
+    )
 
 
 @dataclass(kw_only=True)

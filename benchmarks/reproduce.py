@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from repro.common import Context, Section, machine
+from repro.datasets import DERIVED, SHIPPED
 
 REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
@@ -39,6 +40,14 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true", help="retrain even when a run is stored")
+    p.add_argument(
+        "--retrain",
+        nargs="+",
+        default=[],
+        choices=[*DERIVED, *SHIPPED],
+        metavar="DATASET",
+        help="retrain the stored runs of these datasets only (e.g. after a metric changed)",
+    )
     p.add_argument("--cached", action="store_true", help="render from stored runs, train nothing")
     p.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
     return p.parse_args()
@@ -76,6 +85,7 @@ def main() -> None:
         seeds=tuple(args.seeds),
         threads=args.threads,
         force=args.force,
+        retrain=tuple(args.retrain),
         cached_only=args.cached,
         quick=args.quick,
     )

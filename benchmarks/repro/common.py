@@ -5,11 +5,11 @@ overrides, the final validation/test metrics of the best-validation epoch, infor
 at that epoch, parameter count, wall time) appended to a JSON-lines store that is committed
 beside the report (``docs/results/runs.jsonl``). A record is reused while its overrides are
 unchanged, so an interrupted report resumes and the markdown can be re-rendered without
-re-training; ``--force`` retrains. Records stored since 2026-11-29 also carry ``model_hash``
-(the resolved model, loss and training config): when a preset's contents change, such a record
-is retrained, or flagged in the log when only rendering. Runs use the standalone loop
-(``train_standalone``): the same loop as ``hmoe train``, without Ray workers or MLflow, which
-measure nothing here.
+re-training; ``--force`` retrains (``--retrain DATASET``: only that dataset's runs, e.g. after
+a metric changed). Records stored since 2026-11-29 also carry ``model_hash`` (the resolved
+model, loss and training config): when a preset's contents change, such a record is retrained,
+or flagged in the log when only rendering. Runs use the standalone loop (``train_standalone``):
+the same loop as ``hmoe train``, without Ray workers or MLflow, which measure nothing here.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ class Context:
     seeds: tuple[int, ...] = SEEDS
     threads: int = 2
     force: bool = False
+    retrain: tuple[str, ...] = ()  # datasets whose runs are retrained even when stored
     cached_only: bool = False  # render from the store; a missing run is left out, not trained
     quick: bool = False  # 1 epoch, for a smoke run of the script itself
     log: Callable[[str], None] = print
     _records: list[dict[str, Any]] = field(default_factory=list)
+    _loaded: int = 0  # records read from the store; ``retrain`` skips these, not new ones
 
     @property
     def store(self) -> Path:
@@ -59,9 +61,11 @@ class Context:
         if self.store.exists():
             lines = self.store.read_text().splitlines()
             self._records = [json.loads(line) for line in lines if line.strip()]
+        self._loaded = len(self._records)
 
-    def find(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
-        for record in reversed(self._records):
+    def find(self, key: Mapping[str, Any], *, since: int = 0) -> dict[str, Any] | None:
+        """The latest record matching ``key`` among those from index ``since`` on."""
+        for record in reversed(self._records[since:]):
             if all(record.get(k) == v for k, v in key.items()):
                 return record
         return None
@@ -74,7 +78,7 @@ class Context:
 
     def cached(self) -> Context:
         """A view of this context that trains nothing (same store, same records)."""
-        return dataclasses.replace(self, cached_only=True, force=False)
+        return dataclasses.replace(self, cached_only=True, force=False, retrain=())
 
     def machines(self) -> dict[str, int]:
         """Stored runs per machine they were trained on (``"not recorded"``: older runs)."""
@@ -136,7 +140,10 @@ def train(
     # a render (cached_only) may lack the prepared data: then there is nothing to check against
     prepared = (data / "manifest.json").exists()
     cfg = build_experiment(preset, data, changes) if prepared or not ctx.cached_only else None
-    cached = None if ctx.force else ctx.find(key)
+    # a retrained dataset reuses only runs of this process (a resumed retrain, or a run that
+    # two sections share), never the stored ones
+    since = ctx._loaded if dataset in ctx.retrain else 0
+    cached = None if ctx.force else ctx.find(key, since=since)
     if cached is not None and cfg is not None and _stale(cached, cfg):
         if ctx.cached_only:
             ctx.log(f"  stale: {dataset} {variant} seed {seed} was trained with another preset")

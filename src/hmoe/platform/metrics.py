@@ -58,8 +58,8 @@ def gauc(
     """Per-user AUC averaged with weights = the user's row count, over users with both labels.
 
     Rows whose user id is in ``ignore_users`` are left out: ids such as the encoder's shared
-    out-of-vocabulary id stand for many users, and scoring them as one user would make GAUC
-    mostly the AUC of everyone new (86% of ml-100k Q1's test rows).
+    out-of-vocabulary id stand for many users, and scoring them as one user would turn GAUC
+    into the plain AUC of everyone unseen in training (most of a temporal split's test rows).
 
     Vectorised: one lexsort by (user, score), tie-averaged ranks within each user, and
     per-user rank sums with ``bincount``. NaN when no user has both labels.

@@ -39,6 +39,19 @@ def _new_user_mask(split: Mapping[str, Any], schema: Any) -> np.ndarray:
     return split[schema.user_field].numpy() == OOV_INDEX
 
 
+def _smoothed(positives: np.ndarray, rows: np.ndarray, strength: float, prior: float) -> np.ndarray:
+    """A positive rate with ``strength`` pseudo-rows at the ``prior`` rate added."""
+    return (positives + strength * prior) / (rows + strength)
+
+
+def _smoothed_rate_I(
+    index_N: np.ndarray, labels_N: np.ndarray, size: int, strength: float, prior: float
+) -> np.ndarray:
+    """The smoothed positive rate of each index ``[I]`` over the rows ``index_N``."""
+    positives_I = np.bincount(index_N, weights=labels_N, minlength=size)
+    return _smoothed(positives_I, np.bincount(index_N, minlength=size), strength, prior)
+
+
 def _group_aucs(labels_N: np.ndarray, scores_N: np.ndarray, new_N: np.ndarray) -> dict[str, float]:
     from hmoe.platform.metrics import auc
 
@@ -75,12 +88,10 @@ def item_reference(ctx: Context) -> dict[str, Any]:
     size = schema.categorical_by_name(item).vocab_size
     labels = {name: s[LABELS][:, 0].double().numpy() for name, s in splits.items()}
     items = {name: s[item].numpy() for name, s in splits.items()}
-    rows_I = np.bincount(items["train"], minlength=size)
-    positives_I = np.bincount(items["train"], weights=labels["train"], minlength=size)
     prior = float(labels["train"].mean())
 
     def rate_I(strength: float) -> np.ndarray:
-        return (positives_I + strength * prior) / (rows_I + strength)
+        return _smoothed_rate_I(items["train"], labels["train"], size, strength, prior)
 
     by_val = {s: auc(labels["val"], rate_I(s)[items["val"]]) for s in SMOOTHING}
     strength = max(by_val, key=by_val.__getitem__)
@@ -131,13 +142,9 @@ def past_labels_reference(
     test_start = len(label_N) - test_rows
     prior = float(label_N[:train_rows].mean())
 
-    def smoothed(positives: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return (positives + strength * prior) / (rows + strength)
-
     items, item_index_N = np.unique(item_N, return_inverse=True)
-    item_rate_N = smoothed(
-        np.bincount(item_index_N[:train_rows], label_N[:train_rows], len(items)),
-        np.bincount(item_index_N[:train_rows], minlength=len(items)),
+    item_rate_N = _smoothed_rate_I(
+        item_index_N[:train_rows], label_N[:train_rows], len(items), strength, prior
     )[item_index_N]
     # earlier labels of the row's user: running sums over (user, time), taken at the first
     # row of each (user, timestamp) block so that same-timestamp rows are not counted
@@ -152,7 +159,7 @@ def past_labels_reference(
     past_pos = labels_before[first_of_block] - labels_before[first_of_user]
     past_rows = (first_of_block - first_of_user).astype(np.float64)
     user_rate_N = np.empty_like(label_N)
-    user_rate_N[by_user] = smoothed(past_pos, past_rows)
+    user_rate_N[by_user] = _smoothed(past_pos, past_rows, strength, prior)
 
     def logit(p: np.ndarray) -> np.ndarray:
         return np.log(p / (1.0 - p))

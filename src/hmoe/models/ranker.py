@@ -405,11 +405,8 @@ class HeteroMoERanker(nn.Module):
         """A Batch (see ``hmoe.schema``) -> logits ``[B, K]`` in ``schema.tasks`` order."""
         tokens = self.set_tokens(batch)
         mixtures_BGX = self.combiner(self.expert_outputs(tokens), self.gate_inputs(tokens))
-        # unbind / squeeze, not indexing: each index's backward zero-fills a whole [B, G, X]
-        if mixtures_BGX.shape[1] == 1:
-            per_gate = (mixtures_BGX.squeeze(1),)
-        else:
-            per_gate = mixtures_BGX.unbind(1)
+        # unbind, not indexing: each index's backward zero-fills a whole [B, G, X]
+        per_gate = mixtures_BGX.unbind(1)
         logits = [
             tower(per_gate[gate])
             for tower, gate in zip(self.towers, self.plan.tower_gates, strict=True)

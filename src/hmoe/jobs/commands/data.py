@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -19,7 +20,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     prepare = sub.add_parser("prepare", help="encode raw logs into Parquet shards (Ray Data)")
     prepare.add_argument("spec", help="dataset spec (YAML)")
-    prepare.add_argument("--out", required=True, help="output directory (prepared dataset)")
+    prepare.add_argument(
+        "--out",
+        required=True,
+        help="output directory, replaced as a whole: absent, empty or a prepared dataset",
+    )
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out that is not a prepared dataset (never the current "
+        "directory, its parents or a directory holding the spec or an input)",
+    )
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=run_prepare)
 
@@ -48,7 +59,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     from hmoe.platform.data import prepare
 
-    manifest = prepare(args.spec, args.out, progress=not args.quiet)
+    # the warnings are printed below, after the summary: not a second time by logging's
+    # last-resort handler (a handler on the logger, here one that drops them, replaces it)
+    logger = logging.getLogger(prepare.__module__)
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)
+    try:
+        manifest = prepare(args.spec, args.out, progress=not args.quiet, overwrite=args.overwrite)
+    finally:
+        logger.removeHandler(quiet)
     rows = manifest["rows"]
     print(f"prepared {manifest['name']} -> {args.out}")
     print(
@@ -59,6 +78,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     for reason, count in manifest["quarantined_by_reason"].items():
         print(f"  quarantined {reason}: {count:,}")
     print(f"  manifest {Path(args.out) / 'manifest.json'}")
+    for warning in manifest["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

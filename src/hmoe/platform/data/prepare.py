@@ -26,8 +26,8 @@ memory; no stage moves parsed or encoded rows through the object store. The scra
 temporary output directory, which every worker must see (as for the shards themselves), and
 are deleted before the rename.
 
-Output, written into a temporary directory beside ``out_dir`` and renamed at the end (a killed
-run leaves only a ``.<name>.tmp-<pid>-...`` directory that the next run removes)::
+Output, written into a temporary directory beside ``out_dir`` and renamed at the end (what a
+killed run leaves beside ``out_dir`` is cleaned up by the next run, see ``output``)::
 
     out_dir/manifest.json  train/part-*.parquet  valid/...  test/...  quarantine/  vocab/
 """
@@ -62,9 +62,10 @@ from hmoe.platform.data.output import (
     MANIFEST,
     MANIFEST_VERSION,
     build_manifest,
+    check_out,
+    clean_leftovers,
     commit,
     make_tmp,
-    remove_stale_tmp,
     write_vocab_files,
 )
 from hmoe.platform.data.pieces import SUFFIX, gather, load, save, scatter
@@ -91,15 +92,25 @@ def prepare(
     *,
     base_dir: str | Path | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prepare a dataset; returns the manifest (also written to ``out_dir/manifest.json``).
 
+    Empty splits and tasks with one class in a split are logged as warnings and listed in the
+    manifest's ``warnings`` (counts per split and task in ``label_counts``).
+
     Args:
         spec: a ``DatasetSpec`` or the path of its YAML file.
-        out_dir: the prepared directory (replaced if it exists).
+        out_dir: the prepared directory, replaced as a whole: it must be absent, empty or a
+            prepared dataset (any other directory only with ``overwrite``), and neither the
+            current directory, one of its parents, nor a directory holding the spec or an input.
         base_dir: anchors the spec's relative paths (default: the spec file's directory, or the
             current directory for a spec object).
         progress: show Ray Data's progress bars and a rows-written bar.
+        overwrite: replace a non-empty ``out_dir`` that holds no prepared dataset.
+
+    Raises:
+        ValueError: ``out_dir`` may not be replaced (before anything is read or written).
     """
     spec_path: str | None = None
     if not isinstance(spec, DatasetSpec):
@@ -107,9 +118,11 @@ def prepare(
         base_dir = base_dir if base_dir is not None else Path(spec).absolute().parent
         spec = load_spec(spec)
     base = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
-    out = Path(out_dir).absolute()
+    # the real path: a symlinked out_dir is compared, and replaced, where it points
+    out = Path(out_dir).resolve()
+    check_out(out, spec, base, Path(spec_path) if spec_path else None, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
+    clean_leftovers(out)
     tmp = make_tmp(out)
     try:
         with _data_context(progress):
@@ -120,6 +133,8 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for warning in manifest["warnings"]:
+        LOG.warning("prepare %s: %s", spec.name, warning)
     return manifest
 
 

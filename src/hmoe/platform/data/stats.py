@@ -217,18 +217,23 @@ def _merge_train(parts: list[dict]) -> dict[str, Any]:
             all(s[2] for s in stats),
             np.sort(np.concatenate([s[3] for s in stats])),
         )
-    positive_rate = {}
+    positive_rate, label_counts = {}, {}
     for split in SPLITS:
         n = sum(p["labels"][split][0] for p in parts)
         sums = Counter()
         for p in parts:
             sums.update(p["labels"][split][1])
         positive_rate[split] = {task: (s / n if n else None) for task, s in sorted(sums.items())}
+        # labels are 0/1, so a sum is a count of positives
+        label_counts[split] = {
+            task: {"rows": n, "positives": round(s)} for task, s in sorted(sums.items())
+        }
     return {
         "rows": sum(p["rows"] for p in parts),
         "counts": counts,
         "numeric": numeric,
         "positive_rate": positive_rate,
+        "label_counts": label_counts,
     }
 
 

@@ -68,9 +68,8 @@ def check_out(
         if real == out or real.is_relative_to(out):
             relation = "is" if real == out else "holds"
             raise ValueError(
-                f"refusing to replace {out}: it {relation} {what} ({real}); prepare replaces "
-                "its output directory as a whole and never deletes its inputs, not even with "
-                "--overwrite: choose another output directory"
+                f"refusing to replace {out}: it {relation} {what} ({real}), which prepare "
+                "never deletes, not even with --overwrite: choose another output directory"
             )
     if not out.exists():
         return

@@ -177,6 +177,14 @@ def test_what_may_be_replaced(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a directory"):
         check(tmp_path / "file", overwrite=True)
+    # a folder beside the files a wildcard reads holds none of them
+    logs = tmp_path / "logs"
+    (logs / "prepared").mkdir(parents=True)
+    (logs / "a.csv").write_text("ts\n1\n")
+    globbed = spec_from_dict(spec_dict(log={"paths": ["logs/*"], "format": "csv"}))
+    check_out(logs / "prepared", globbed, tmp_path, None, overwrite=False)
+    with pytest.raises(ValueError, match=r"it holds the input 'logs/\*' of log.paths"):
+        check_out(logs, globbed, tmp_path, None, overwrite=True)
 
 
 def _dead_pid() -> int:

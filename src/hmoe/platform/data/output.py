@@ -116,8 +116,9 @@ def _protected(spec: DatasetSpec, base: Path, spec_path: Path | None) -> list[tu
             path = resolve_path(written, base)
             what = f"the input {written!r} of {key}.paths"
             if any(ch in str(path) for ch in _GLOB_CHARS):
-                # the files it matches and the folder above its first wildcard
-                out += [(what, Path(p)) for p in glob.glob(str(path))]
+                # the files it matches (as the reader, which skips folders) and the folder
+                # above its first wildcard
+                out += [(what, Path(p)) for p in glob.glob(str(path)) if Path(p).is_file()]
                 fixed = itertools.takewhile(
                     lambda part: not any(c in part for c in _GLOB_CHARS), path.parts
                 )

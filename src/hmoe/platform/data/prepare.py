@@ -325,13 +325,17 @@ def _check_quarantine(spec: DatasetSpec, totals: dict[str, Any], fields: Counter
     """Fail (one line) when no row is valid or more than ``max_quarantine_fraction`` of the rows
     are quarantined, naming the top reasons with the spec entries that gave them."""
     read, bad = totals["read"], totals["read"] - totals["valid"]
+    if not read:
+        raise ValueError(f"no rows in {list(spec.log.paths)}: the files hold no data lines")
     limit = spec.validate.max_quarantine_fraction
-    if totals["valid"] and bad <= limit * read:
-        return
     top = "; ".join(
         f"{reason}{f' in {field}' if field else ''}: {n}"
         for (reason, field), n in fields.most_common(TOP_REASONS)
     )
+    if totals["valid"] and bad <= limit * read:
+        if bad:
+            LOG.warning("prepare: %d of %d rows quarantined (%s)", bad, read, top)
+        return
     hint = ""
     if any(reason == "bad_label" for (reason, _), _ in fields.most_common(TOP_REASONS)):
         hint = " (a label column that is not 0/1 needs positive_if)"

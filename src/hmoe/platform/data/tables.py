@@ -80,11 +80,14 @@ def fragments(table: TableSpec, base_dir: str | Path) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     for file_index, (written, path) in enumerate(list_files(table, base_dir)):
-        if _is_empty(table, path):
+        if _checked(path, lambda p: p.stat().st_size) == 0:
             LOG.warning("skipping %s: an empty file", path)
             continue
         if table.format == "parquet":
             meta = _checked(path, lambda p: pq.ParquetFile(p).metadata)
+            if meta.num_rows == 0:
+                LOG.warning("skipping %s: a Parquet file of no rows", path)
+                continue
             offset = 0
             for group in range(meta.num_row_groups):
                 rows = meta.row_group(group).num_rows

@@ -1,10 +1,11 @@
 """Separate behaviour logs (``SequenceSpec.source = behaviour_log``): parse and encode events.
 
 Events are validated like log rows (a missing user or item is ``missing_value``, a bad time is
-``bad_timestamp``; invalid events are dropped and counted in the manifest), encoded with the
-vocabularies of the sequence's item and category fields, and sent to the shard of their user so
-that ``finish_shard`` sees a user's impressions and behaviours together. User and item values
-must match the log's values as written (no transform is applied to them).
+``bad_timestamp``, a text line with the wrong number of fields is ``malformed_line``; invalid
+events are dropped and counted in the manifest), encoded with the vocabularies of the
+sequence's item and category fields, and sent to the shard of their user so that
+``finish_shard`` sees a user's impressions and behaviours together. User and item values must
+match the log's values as written (no transform is applied to them).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hmoe.platform.data.spec import BehaviourLogSpec, DatasetSpec, SequenceSpec
-from hmoe.platform.data.tables import ROW_COLUMN, as_strings
+from hmoe.platform.data.tables import MALFORMED_COLUMN, ROW_COLUMN, as_strings
 from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_timestamps
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ def parse_events(raw: pa.Table, spec: DatasetSpec, q: SequenceSpec) -> pa.Table:
     log = _log(q)
     n = raw.num_rows
     reason = np.full(n, None, dtype=object)
+    if MALFORMED_COLUMN in raw.column_names:
+        reason[np.asarray(raw.column(MALFORMED_COLUMN).is_valid(), dtype=bool)] = "malformed_line"
     columns = {}
     for key, name in ((USER, log.user_column), (_RAW_ITEM, log.item_column)):
         values = pc.utf8_trim_whitespace(as_strings(raw.column(name)))

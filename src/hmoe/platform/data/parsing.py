@@ -1,5 +1,6 @@
 """Column parsing shared by log rows, side tables and behaviour logs: numbers, missing values,
-predicates, and the quarantine reasons (first failing check per row)."""
+predicates, and the quarantine reasons (first failing check per row, with the spec entry that
+failed it, so that a message can say which field quarantined the rows)."""
 
 from __future__ import annotations
 
@@ -30,23 +31,37 @@ REASONS = (
     "bad_embedding_length",
     "unknown_category",
     "bad_weight",
+    "malformed_line",
 )
 NUMBER_PATTERN = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 INTEGER_PATTERN = r"^\s*\+?\d+\s*$"
 
 
 class Reasons:
-    """The first reason per row, filled in check order."""
+    """The first reason per row, filled in check order, and the spec entry that gave it
+    (``field``, e.g. ``numeric[0] 'age'``; None for a check of the whole row)."""
 
     def __init__(self, n: int) -> None:
         self.codes = np.full(n, -1, dtype=np.int8)
+        self.field_codes = np.full(n, -1, dtype=np.int32)
+        self.fields: list[str] = []
 
-    def add(self, reason: str, bad: np.ndarray) -> None:
-        self.codes[(self.codes < 0) & bad] = REASONS.index(reason)
+    def add(self, reason: str, bad: np.ndarray, field: str | None = None) -> None:
+        first = (self.codes < 0) & bad
+        self.codes[first] = REASONS.index(reason)
+        if field is not None and first.any():
+            if field not in self.fields:
+                self.fields.append(field)
+            self.field_codes[first] = self.fields.index(field)
 
     def array(self) -> pa.Array:
         names = np.array(REASONS, dtype=object)[np.maximum(self.codes, 0)]
         return pa.array(names, type=pa.string(), mask=self.codes < 0)
+
+    def field_array(self) -> pa.Array:
+        """The failing spec entry per row (null for valid rows and whole-row checks)."""
+        names = np.array([*self.fields, ""], dtype=object)[self.field_codes]
+        return pa.array(names, type=pa.string(), mask=self.field_codes < 0)
 
 
 def column_of(raw: pa.Table, name: str) -> pa.Array:

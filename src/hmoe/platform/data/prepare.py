@@ -2,16 +2,21 @@
 
 The stages, and which of them stream:
 
+0. before any Ray work: the spec against the data (``columns``: every column it names in each
+   file's schema or header, 0/1 labels in the first rows), each a one-line ``ValueError``;
 1. read + join side tables + validate (one task per group of file fragments, see
    ``read_tasks``), each task writing its parsed rows to one Arrow IPC file in the temporary
    output (so memory does not grow with the data: no parsed row sits in the object store or
    is spilled by it) and returning the block's totals (rows, counts per quarantine reason,
-   key range). Side tables are read and indexed once in the driver and passed by reference;
-   their embeddings are parsed once and rows carry only the key's position;
+   key range); more than ``validate.max_quarantine_fraction`` of the rows quarantined fails
+   the run here (one line: the share, the top reasons with their fields). Side tables are
+   read and indexed once in the driver and passed by reference; their embeddings are parsed
+   once and rows carry only the key's position. An error raised in a task reaches the caller
+   as itself, out of Ray's wrappers;
 2. statistics passes over the parsed files (streaming maps returning small partial results
    merged in the driver): split boundaries (histogram narrowing), train vocabularies and
    numeric statistics;
-3. quarantine rows written (streaming);
+3. quarantine rows written (streaming; with the failing spec entry and the source file);
 4. encoding (streaming map) that scatters each block's rows into per-shard pieces on disk
    (``pieces``; rows go to their user's shard when sequences or exposure counts need each
    user's rows together, and events of separate behaviour logs to their user's shard); the
@@ -40,6 +45,7 @@ import logging
 import pickle
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,7 @@ import pyarrow.compute as pc
 
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
+from hmoe.platform.data.columns import check_columns, check_labels
 from hmoe.platform.data.encode import (
     RECORD_SCHEMA,
     SHARD_COLUMN,
@@ -73,8 +80,15 @@ from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
-from hmoe.platform.data.tables import ROW_COLUMN, fragments, list_files, read_fragment, read_table
-from hmoe.platform.data.validate import RAW_COLUMN, REASON_COLUMN, parse_batch
+from hmoe.platform.data.tables import (
+    FILE_COLUMN,
+    ROW_COLUMN,
+    fragments,
+    list_files,
+    read_fragment,
+    read_table,
+)
+from hmoe.platform.data.validate import FIELD_COLUMN, RAW_COLUMN, REASON_COLUMN, parse_batch
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
@@ -84,6 +98,8 @@ PIECES = ".pieces"  # scratch folder of the encoded pieces inside the temporary 
 READ_TASK_ROWS = 400_000  # rows per read task (block) at most; see read_tasks
 MIN_READ_TASKS = 8  # read tasks at least, as long as there are enough fragments
 TASKS_PER_CPU = 4  # Ray tasks per CPU in a pass at most; see _num_tasks
+RAY_RETRY_NOTE = "Failed to "  # how Ray Data's note on a failed map task's retries begins
+TOP_REASONS = 3  # (reason, field) pairs named when too many rows are quarantined
 
 
 def prepare(
@@ -139,19 +155,77 @@ def prepare(
 
 
 def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
-    import ray
-    import ray.data
-
+    # the spec against the files before Ray starts: a wrong column fails in a second
+    check_columns(spec, base)
+    check_labels(spec, base)
     sides = _side_tables(spec, base)
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
-    written = [w for w, _ in list_files(spec.log, base)]
+    files = list_files(spec.log, base)
+    try:
+        with _original_task_errors():
+            return _run_on_ray(spec, base, tmp, progress, sides, embeddings, frags, files)
+    except Exception as err:
+        root = _root_cause(err)
+        if root is err or not isinstance(root, (ValueError, FileNotFoundError)):
+            raise
+        raise _without_retry_note(root) from None  # a user's mistake found in a Ray task
+
+
+@contextlib.contextmanager
+def _original_task_errors() -> Iterator[None]:
+    """Ray Data raises a map task's own exception (inside ``RayTaskError``) for this call,
+    not its ``UserCodeException``, which reaches the driver without it (only as text)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = context.raise_original_map_exception
+    context.raise_original_map_exception = True
+    try:
+        yield
+    finally:
+        context.raise_original_map_exception = saved
+
+
+def _without_retry_note(err: BaseException) -> BaseException:
+    """``err`` without the retry advice Ray Data appends to its message (``RAY_RETRY_NOTE``
+    on a line of its own, or as an argument of its own): the user's message, one line."""
+    args = [a for a in err.args if not (isinstance(a, str) and a.startswith(RAY_RETRY_NOTE))]
+    if args and isinstance(args[0], str):
+        args[0] = args[0].split(f"\n{RAY_RETRY_NOTE}", 1)[0]
+    err.args = tuple(args)
+    return err
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The exception a Ray task raised, out of ``RayTaskError`` wrappers."""
+    from ray.exceptions import RayTaskError
+
+    seen = set()
+    while isinstance(err, RayTaskError) and err.cause is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.cause
+    return err
+
+
+def _run_on_ray(
+    spec: DatasetSpec,
+    base: Path,
+    tmp: Path,
+    progress: bool,
+    sides: list[SideTable],
+    embeddings: dict,
+    frags: list[dict],
+    files: list[tuple[str, Path]],
+) -> dict[str, Any]:
+    import ray
+
+    written = [w for w, _ in files]
     stage = _Stages()
     pinned = pinned_file_splits(spec, written)
-    parsed, totals = _read(spec, frags, ray.put((sides, embeddings)), tmp / PARSED, pinned)
+    parsed, totals, fields = _read(spec, frags, ray.put((sides, embeddings)), tmp / PARSED, pinned)
     stage("read + validate + totals")
-    if totals["valid"] == 0:
-        raise ValueError(f"no valid rows in {spec.log.paths}: {dict(totals['reasons'])}")
+    _check_quarantine(spec, totals, fields)
     splitter = _splitter(spec, parsed, pinned, totals)
     stage("split boundaries")
     train = pstats.collect(
@@ -167,9 +241,11 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     write_vocab_files(tmp, vocabs)
     stage("train statistics + vocabularies")
     if totals["valid"] < totals["read"]:
-        parsed.map_batches(_quarantine_rows, batch_format="pyarrow").write_parquet(
-            str(tmp / "quarantine")
-        )
+        parsed.map_batches(
+            _quarantine_rows,
+            batch_format="pyarrow",
+            fn_kwargs={"files": _file_names(files, base)},
+        ).write_parquet(str(tmp / "quarantine"))
     events = _read_events(spec, base)
     num_shards = max(1, -(-totals["valid"] // spec.output.rows_per_shard))
     plan = EncodePlan(
@@ -260,13 +336,49 @@ def _side_tables(spec: DatasetSpec, base: Path) -> list[SideTable]:
     return out
 
 
+def _check_quarantine(spec: DatasetSpec, totals: dict[str, Any], fields: Counter) -> None:
+    """Fail (one line) when no row is valid or more than ``max_quarantine_fraction`` of the rows
+    are quarantined, naming the top reasons with the spec entries that gave them."""
+    read, bad = totals["read"], totals["read"] - totals["valid"]
+    if not read:
+        raise ValueError(f"no rows in {list(spec.log.paths)}: the files hold no data lines")
+    limit = spec.validate.max_quarantine_fraction
+    top = "; ".join(
+        f"{reason}{f' in {field}' if field else ''}: {n}"
+        for (reason, field), n in fields.most_common(TOP_REASONS)
+    )
+    if totals["valid"] and bad <= limit * read:
+        if bad:
+            LOG.warning("prepare: %d of %d rows quarantined (%s)", bad, read, top)
+        return
+    hint = ""
+    if any(reason == "bad_label" for (reason, _), _ in fields.most_common(TOP_REASONS)):
+        hint = " (a label column that is not 0/1 needs positive_if)"
+    if not totals["valid"]:
+        raise ValueError(f"no valid rows in {list(spec.log.paths)}: {top}{hint}")
+    raise ValueError(
+        f"{bad} of {read} rows quarantined ({bad / read:.1%}), more than "
+        f"validate.max_quarantine_fraction = {limit:g}: {top}{hint}; fix the spec or the data, "
+        "or raise validate.max_quarantine_fraction in the spec"
+    )
+
+
+def _file_names(files: list[tuple[str, Path]], base: Path) -> list[str]:
+    """Each log file's name as the quarantine records it: relative to the spec's directory
+    when inside it."""
+    return [
+        str(path.relative_to(base)) if path.is_relative_to(base) else str(path) for _, path in files
+    ]
+
+
 def _read(
     spec: DatasetSpec, frags: list[dict], sides: Any, folder: Path, pinned: dict[int, int]
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any], Counter]:
     """Read + validate every read task into one Arrow IPC file of parsed rows under ``folder``
     (block totals computed on the way); return a Dataset that loads those files (each later
     pass maps them from the page cache: no parsed row sits in the object store or is spilled
-    by it) and the merged totals. ``sides`` is the ObjectRef of ``(side tables, embeddings)``.
+    by it), the merged totals and the quarantined rows per (reason, field). ``sides`` is the
+    ObjectRef of ``(side tables, embeddings)``.
     """
     import ray.data
 
@@ -282,11 +394,12 @@ def _read(
         .take_all()
     )
     totals = pstats.merge(pstats.block_totals, [pickle.loads(r["totals"]) for r in rows])
+    fields = sum((pickle.loads(r["fields"]) for r in rows), Counter())
     paths = sorted(r["path"] for r in rows)
     parsed = ray.data.from_items(
         [{"path": p} for p in paths], override_num_blocks=_num_tasks(len(paths))
     ).map_batches(_load_parsed, batch_size=None, batch_format="pyarrow")
-    return parsed, totals
+    return parsed, totals, fields
 
 
 def _read_and_save(
@@ -295,7 +408,7 @@ def _read_and_save(
     import ray
 
     tables, embeddings = ray.get(sides)
-    paths, totals = [], []
+    paths, totals, fields = [], [], []
     for task in items.to_pylist():
         parts = [
             parse_batch(join_side_tables(raw, spec, tables, embeddings), spec, embeddings)
@@ -309,7 +422,23 @@ def _read_and_save(
         save(parsed, path)
         paths.append(str(path))
         totals.append(pickle.dumps(pstats.block_totals(parsed, spec=spec, pinned=pinned)))
-    return pa.table({"path": pa.array(paths, pa.string()), "totals": pa.array(totals, pa.binary())})
+        fields.append(pickle.dumps(_reason_fields(parsed)))
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "totals": pa.array(totals, pa.binary()),
+            "fields": pa.array(fields, pa.binary()),
+        }
+    )
+
+
+def _reason_fields(parsed: pa.Table) -> Counter:
+    """Quarantined rows per (reason, failing spec entry or None)."""
+    bad = parsed.filter(pc.is_valid(parsed.column(REASON_COLUMN)))
+    pairs = zip(
+        bad.column(REASON_COLUMN).to_pylist(), bad.column(FIELD_COLUMN).to_pylist(), strict=True
+    )
+    return Counter(pairs)
 
 
 def _load_parsed(items: pa.Table) -> Iterator[pa.Table]:
@@ -331,7 +460,7 @@ def read_tasks(frags: list[dict[str, Any]], batch_rows: int) -> list[dict[str, A
     tasks: list[dict[str, Any]] = []
     rows = target
     for fragment, size in zip(frags, sizes, strict=True):
-        if rows + size > target:
+        if not tasks or rows + size > target:
             tasks.append({"fragments": []})
             rows = 0
         tasks[-1]["fragments"].append(fragment)
@@ -344,13 +473,17 @@ def _task_fragments(items: pa.Table) -> Iterator[dict[str, Any]]:
         yield from task["fragments"]
 
 
-def _quarantine_rows(parsed: pa.Table) -> pa.Table:
+def _quarantine_rows(parsed: pa.Table, files: list[str]) -> pa.Table:
+    """The quarantined rows: id, reason, raw row (JSON), failing spec entry, source file."""
     bad = parsed.filter(pc.is_valid(parsed.column(REASON_COLUMN)))
+    names = pa.array(files, pa.string()).take(bad.column(FILE_COLUMN).combine_chunks())
     return pa.table(
         {
             "row_id": bad.column(ROW_COLUMN),
             "reason": bad.column(REASON_COLUMN),
             "raw": bad.column(RAW_COLUMN),
+            "field": bad.column(FIELD_COLUMN),
+            "file": names,
         }
     )
 

@@ -102,7 +102,9 @@ def spec_embedding(spec: DatasetSpec, name: str) -> EmbeddingSpec:
     return next(e for e in spec.embeddings if e.name == name)
 
 
-def parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: Reasons) -> pa.Array:
+def parse_embedding(
+    raw: pa.Table, embedding: EmbeddingSpec, reasons: Reasons, field: str | None = None
+) -> pa.Array:
     """Vectors from a list column or a separated string, checked for length and finiteness."""
     array = column_of(raw, embedding.source)
     if pa.types.is_string(array.type):
@@ -127,9 +129,9 @@ def parse_embedding(raw: pa.Table, embedding: EmbeddingSpec, reasons: Reasons) -
     vectors = np.zeros((len(lengths), embedding.dim), dtype=np.float32)
     gather = starts[ok][:, None] + np.arange(embedding.dim)[None, :]
     vectors[ok] = values[gather]
-    reasons.add("missing_value", missing)
-    reasons.add("bad_embedding_length", wrong_length)
-    reasons.add("bad_number", bad & ~wrong_length & ~missing)
+    reasons.add("missing_value", missing, field)
+    reasons.add("bad_embedding_length", wrong_length, field)
+    reasons.add("bad_number", bad & ~wrong_length & ~missing, field)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, embedding.dim)
 
@@ -139,12 +141,13 @@ def side_embedding_keys(
     embedding: EmbeddingSpec,
     sides: Mapping[str, SideEmbedding] | None,
     reasons: Reasons,
+    field: str | None = None,
 ) -> pa.Array:
     assert sides is not None and embedding.name in sides, "side embedding not parsed"
     positions = np.asarray(raw.column(key_column(embedding.name)), dtype=np.int64)
     missing = positions < 0
     codes = np.where(missing, -1, sides[embedding.name].reasons[np.maximum(positions, 0)])
-    reasons.add("missing_value", missing)
+    reasons.add("missing_value", missing, field)
     for code, reason in enumerate(REASONS):
-        reasons.add(reason, codes == code)
+        reasons.add(reason, codes == code, field)
     return pa.array(positions)

@@ -22,6 +22,14 @@ set in the environment. A minimal spec::
 
 Encoded columns carry the feature names (``CategoricalSpec.name`` ...), labels are written as
 ``label__<task>`` (see ``label_column``); the reader assembles them into ``Batch["labels"]``.
+
+Before any Ray work, every column the spec names (fields, labels, timestamp, weight, filters,
+tie-breaks, side-table keys and columns, behaviour-log columns) is checked against each file's
+schema or header, and each label without ``positive_if`` against its first rows (it must hold
+0/1): a mismatch is one error naming the spec entry, the column, the file and its columns.
+Rows that fail validation are quarantined (``quarantine/`` in the output: row id, reason, raw
+row, failing field, source file); ``validate.max_quarantine_fraction`` fails the run when a
+larger share of the rows is quarantined (see ``ValidateSpec``).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ __all__ = [
     "SplitSpec",
     "TableSpec",
     "TimestampSpec",
+    "ValidateSpec",
     "VocabSpec",
     "WeightSpec",
     "data_root",
@@ -180,6 +189,27 @@ class OutputSpec(Config):
 
 
 @config
+class ValidateSpec(Config):
+    """How much of the log may be quarantined before ``prepare`` fails.
+
+    ``max_quarantine_fraction``: the run fails (naming the share, the top reasons with their
+    fields and this key; nothing is written) when more than this fraction of the rows read is
+    quarantined. The default, 0.5, lets through logs with a share of corrupt rows however
+    large it is in practice, while a spec that misreads the data (a text column read as a
+    number, a rating used as a 0/1 label, timestamps in another unit) quarantines most rows
+    and fails. Set 1.0 to keep any run that leaves at least one valid row.
+    """
+
+    max_quarantine_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            raise ConfigError(
+                f"max_quarantine_fraction must be in [0, 1], got {self.max_quarantine_fraction}"
+            )
+
+
+@config
 class DatasetSpec(Config):
     """A whole dataset: raw tables, column roles, sequences, vocabulary rules and the split."""
 
@@ -200,6 +230,7 @@ class DatasetSpec(Config):
     vocab: VocabSpec = VocabSpec()
     split: SplitSpec = SplitSpec()
     output: OutputSpec = OutputSpec()
+    validate: ValidateSpec = ValidateSpec()
 
     def __post_init__(self) -> None:
         _check_spec(self)

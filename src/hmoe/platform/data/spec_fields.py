@@ -63,7 +63,11 @@ class SideTableSpec(Config):
 
 @config
 class TimestampSpec(Config):
-    """The event time column; parsed to float seconds since the epoch (UTC)."""
+    """The event time column; parsed to float seconds since the epoch (UTC).
+
+    With a numeric ``unit``, a value that is an ISO-8601 string is read as that moment (naive
+    times as UTC), so a log whose files write the time differently needs no second spec.
+    """
 
     column: str
     unit: Literal["s", "ms", "us", "iso8601"] = "s"

@@ -1,8 +1,9 @@
 """Row validation: raw (side-table-joined) batches to parsed columns plus a quarantine reason.
 
 Every row gets ``__reason``: null when valid, else the first failing check in the order
-timestamp, categorical, numeric, embeddings, labels, weight (one reason per row, so the counts
-per reason add up to the quarantined rows). Reasons:
+line, timestamp, categorical, numeric, embeddings, labels, weight (one reason per row, so the
+counts per reason add up to the quarantined rows), and ``__field``: the spec entry whose check
+failed (e.g. ``numeric[0] 'age' (column 'age_text')``; null for a malformed line). Reasons:
 
 * ``missing_value``: a required value is null or empty
 * ``bad_number``: a number (numeric field, identity id, embedding element, numeric label rule)
@@ -12,6 +13,13 @@ per reason add up to the quarantined rows). Reasons:
 * ``bad_embedding_length``: a vector's length differs from the spec's ``dim``
 * ``unknown_category``: a value outside a closed vocabulary
 * ``bad_weight``: a weight <= 0, or a propensity outside (0, 1]
+* ``malformed_line``: a text line with the wrong number of fields (its raw value holds the line
+  number, the field counts and the text)
+
+A float-typed id column (pandas writes integer ids with a missing value as floats) reads its
+whole numbers as integers (``196.0`` -> ``"196"``), NaN as missing, and infinities or values
+too large to be exact integers (>= 2**53) as ``bad_number``. A timestamp in a numeric unit
+that is an ISO-8601 string (e.g. one file of a log written differently) is read as such.
 
 Parsed columns: ``__ts`` (float seconds), ``c:<name>`` (string, or list of strings when
 multi-valued), ``n:<name>`` float64, ``e:<name>`` fixed-size list<float32> for an embedding in
@@ -47,9 +55,17 @@ from hmoe.platform.data.sides import (
     side_embedding_keys,
 )
 from hmoe.platform.data.spec import CategoricalSpec, DatasetSpec, LabelSpec, label_column
-from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN, as_strings
+from hmoe.platform.data.tables import (
+    EXACT_FLOAT_INTEGERS,
+    FILE_COLUMN,
+    MALFORMED_COLUMN,
+    ROW_COLUMN,
+    as_strings,
+    float_values,
+)
 
 __all__ = [
+    "FIELD_COLUMN",
     "RAW_COLUMN",
     "REASON_COLUMN",
     "TS_COLUMN",
@@ -63,6 +79,7 @@ __all__ = [
 ]
 
 REASON_COLUMN = "__reason"
+FIELD_COLUMN = "__field"
 RAW_COLUMN = "__raw"
 TS_COLUMN = "__ts"
 WEIGHT_COLUMN = "__weight"
@@ -86,6 +103,15 @@ def tie_column(name: str) -> str:
     return f"t:{name}"
 
 
+def field_label(kind: str, index: int | None, name: str, column: str | None = None) -> str:
+    """How messages name a spec entry: ``numeric[0] 'age'``, plus ``(column 'x')`` when the
+    column differs from the name; ``timestamp (column 'ts')`` for an entry without index."""
+    entry = f"{kind}[{index}] {name!r}" if index is not None else kind
+    if index is None:
+        return f"{entry} (column {name!r})"
+    return entry if column in (None, name) else f"{entry} (column {column!r})"
+
+
 def filter_column(sequence: str) -> str:
     """Whether the row satisfies the sequence's behaviour ``filter``."""
     return f"f:{sequence}"
@@ -103,24 +129,32 @@ def parse_batch(
         ROW_COLUMN: raw.column(ROW_COLUMN).combine_chunks(),
         FILE_COLUMN: raw.column(FILE_COLUMN).combine_chunks(),
     }
+    if MALFORMED_COLUMN in raw.column_names:
+        reasons.add("malformed_line", _present(raw.column(MALFORMED_COLUMN)))
     if spec.timestamp is not None:
         out[TS_COLUMN] = _parse_timestamp(raw, spec, reasons)
-    for feature in spec.categorical:
-        out[cat_column(feature.name)] = _parse_categorical(raw, feature, spec, reasons)
-    for numeric in spec.numeric:
-        values, missing = _numbers_of(raw, numeric.source, reasons)
+    for index, feature in enumerate(spec.categorical):
+        field = field_label("categorical", index, feature.name, feature.column)
+        out[cat_column(feature.name)] = _parse_categorical(raw, feature, spec, reasons, field)
+    for index, numeric in enumerate(spec.numeric):
+        field = field_label("numeric", index, numeric.name, numeric.column)
+        values, missing = _numbers_of(raw, numeric.source, reasons, field)
         if numeric.fill_missing is not None:
             values[missing] = numeric.fill_missing
         elif numeric.required:
-            reasons.add("missing_value", missing)
+            reasons.add("missing_value", missing, field)
         out[num_column(numeric.name)] = pa.array(np.nan_to_num(values, nan=0.0))
-    for embedding in spec.embeddings:
+    for index, embedding in enumerate(spec.embeddings):
+        field = field_label("embeddings", index, embedding.name, embedding.column)
         if key_column(embedding.name) in raw.column_names:
-            out[key_column(embedding.name)] = side_embedding_keys(raw, embedding, sides, reasons)
+            out[key_column(embedding.name)] = side_embedding_keys(
+                raw, embedding, sides, reasons, field
+            )
         else:
-            out[emb_column(embedding.name)] = parse_embedding(raw, embedding, reasons)
-    for label in spec.labels:
-        out[label_column(label.task)] = _parse_label(raw, label, reasons)
+            out[emb_column(embedding.name)] = parse_embedding(raw, embedding, reasons, field)
+    for index, label in enumerate(spec.labels):
+        field = field_label("labels", index, label.task, label.column)
+        out[label_column(label.task)] = _parse_label(raw, label, reasons, field)
     if spec.weight is not None:
         out.update(_parse_weight(raw, spec, reasons))
     for q in spec.sequences:
@@ -130,21 +164,29 @@ def parse_batch(
     for name in spec.split.tie_break:
         out[tie_column(name)] = as_strings(column_of(raw, name))
     out[REASON_COLUMN] = reasons.array()
+    out[FIELD_COLUMN] = reasons.field_array()
     out[RAW_COLUMN] = _raw_json(raw, reasons.codes >= 0)
     return pa.table(out)
 
 
-def _numbers_of(raw: pa.Table, name: str, reasons: Reasons) -> tuple[np.ndarray, np.ndarray]:
+def _present(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.combine_chunks().is_valid(), dtype=bool)
+
+
+def _numbers_of(
+    raw: pa.Table, name: str, reasons: Reasons, field: str
+) -> tuple[np.ndarray, np.ndarray]:
     values, missing, bad = parse_numbers(column_of(raw, name))
-    reasons.add("bad_number", bad)
+    reasons.add("bad_number", bad, field)
     return values, missing
 
 
 def _parse_timestamp(raw: pa.Table, spec: DatasetSpec, reasons: Reasons) -> pa.Array:
     assert spec.timestamp is not None
+    field = field_label("timestamp", None, spec.timestamp.column)
     seconds, missing, bad = parse_timestamps(column_of(raw, spec.timestamp.column), spec)
-    reasons.add("missing_value", missing)
-    reasons.add("bad_timestamp", bad)
+    reasons.add("missing_value", missing, field)
+    reasons.add("bad_timestamp", bad, field)
     return pa.array(seconds)
 
 
@@ -159,8 +201,11 @@ def parse_timestamps(
     if ts.unit == "iso8601":
         seconds = _iso_seconds(array)
     else:
-        values, _, _ = parse_numbers(array)
+        values, _, unparsed = parse_numbers(array)
         seconds = values * _UNIT_SECONDS[ts.unit]
+        if unparsed.any() and pa.types.is_string(array.type):
+            # an ISO-8601 moment is unambiguous whatever the unit (no number parses as one)
+            seconds[unparsed] = _iso_seconds(array.filter(pa.array(unparsed)))
     with np.errstate(invalid="ignore"):
         bad = ~missing & ~((seconds >= ts.min_seconds) & (seconds <= ts.max_seconds))
     return np.nan_to_num(seconds, nan=0.0), missing, bad
@@ -193,11 +238,16 @@ def _iso_one(text: str | None) -> float:
 
 
 def _parse_categorical(
-    raw: pa.Table, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons
+    raw: pa.Table, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons, field: str
 ) -> pa.Array:
     array = column_of(raw, feature.source)
     if feature.multi_valued:
-        return _parse_multi(array, feature, spec, reasons)
+        return _parse_multi(array, feature, spec, reasons, field)
+    if pa.types.is_floating(array.type):
+        # no id survives a float that is infinite or too large to be an exact integer
+        with np.errstate(invalid="ignore"):
+            inexact = np.abs(float_values(array)) >= EXACT_FLOAT_INTEGERS
+        reasons.add("bad_number", inexact, field)
     # numbers written as text are never blank: only nulls are missing (saves the trims)
     numeric = pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
     values = as_strings(array)
@@ -210,7 +260,7 @@ def _parse_categorical(
     if missing.any():
         values = pc.if_else(pa.array(missing), fill, values)
     if feature.fill_missing is None and feature.required:
-        reasons.add("missing_value", missing)
+        reasons.add("missing_value", missing, field)
     vocab = spec.vocab_of(feature)
     # without a fill the missing values became nulls and the rest is unchanged
     present = ~missing if feature.fill_missing is None else ~is_missing(values)
@@ -218,10 +268,10 @@ def _parse_categorical(
         ok = np.asarray(
             pc.match_substring_regex(values, INTEGER_PATTERN).fill_null(False), dtype=bool
         )
-        reasons.add("bad_number", present & ~ok)
+        reasons.add("bad_number", present & ~ok, field)
     elif vocab.mode == "closed":
         known = np.asarray(pc.is_in(values, value_set=pa.array(vocab.values)), dtype=bool)
-        reasons.add("unknown_category", present & ~known)
+        reasons.add("unknown_category", present & ~known, field)
     return values
 
 
@@ -256,7 +306,7 @@ def _first_nonempty(values: pa.Array, separator: str) -> pa.Array:
 
 
 def _parse_multi(
-    array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons
+    array: pa.Array, feature: CategoricalSpec, spec: DatasetSpec, reasons: Reasons, field: str
 ) -> pa.Array:
     tokens, owner, rank = _tokens(array, feature.separator)
     short = rank < feature.max_len
@@ -273,46 +323,47 @@ def _parse_multi(
     pool = pa.concat_arrays([tokens, pa.array([feature.fill_missing or ""], pa.string())])
     values = pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(index)))
     if feature.required:
-        reasons.add("missing_value", missing & ~filled)
+        reasons.add("missing_value", missing & ~filled, field)
     vocab = spec.vocab_of(feature)
     flat = values.flatten()
     owners = np.repeat(np.arange(n), sizes)
     if vocab.mode == "closed":
         unknown = ~np.asarray(pc.is_in(flat, value_set=pa.array(vocab.values)), dtype=bool)
-        reasons.add("unknown_category", np.bincount(owners[unknown], minlength=n) > 0)
+        reasons.add("unknown_category", np.bincount(owners[unknown], minlength=n) > 0, field)
     elif vocab.mode == "identity":
         ok = np.asarray(
             pc.match_substring_regex(flat, INTEGER_PATTERN).fill_null(False), dtype=bool
         )
-        reasons.add("bad_number", np.bincount(owners[~ok], minlength=n) > 0)
+        reasons.add("bad_number", np.bincount(owners[~ok], minlength=n) > 0, field)
     return values
 
 
-def _parse_label(raw: pa.Table, label: LabelSpec, reasons: Reasons) -> pa.Array:
+def _parse_label(raw: pa.Table, label: LabelSpec, reasons: Reasons, field: str) -> pa.Array:
     array = column_of(raw, label.source)
     rule = label.positive_if
     if rule is None:
         values, missing, bad = parse_numbers(array)
-        reasons.add("missing_value", missing)
-        reasons.add("bad_label", bad | (~missing & ~np.isin(values, (0.0, 1.0))))
+        reasons.add("missing_value", missing, field)
+        reasons.add("bad_label", bad | (~missing & ~np.isin(values, (0.0, 1.0))), field)
         return pa.array(np.nan_to_num(values, nan=0.0).astype(np.float32))
     positive, missing, bad = apply_predicate(array, rule)
-    reasons.add("missing_value", missing)
-    reasons.add("bad_number", bad)
+    reasons.add("missing_value", missing, field)
+    reasons.add("bad_number", bad, field)
     return pa.array(positive.astype(np.float32))
 
 
 def _parse_weight(raw: pa.Table, spec: DatasetSpec, reasons: Reasons) -> dict[str, pa.Array]:
     weight = spec.weight
     assert weight is not None
-    values, missing = _numbers_of(raw, weight.column, reasons)
-    reasons.add("missing_value", missing)
+    field = field_label("weight", None, weight.column)
+    values, missing = _numbers_of(raw, weight.column, reasons, field)
+    reasons.add("missing_value", missing, field)
     with np.errstate(invalid="ignore"):
         if weight.kind == "propensity":
             bad = ~missing & ~((values > 0.0) & (values <= 1.0))
         else:
             bad = ~missing & ~(values > 0.0)
-    reasons.add("bad_weight", bad & np.isfinite(values))
+    reasons.add("bad_weight", bad & np.isfinite(values), field)
     clean = np.where(np.isfinite(values) & (values > 0.0), values, 1.0)
     if weight.kind == "weight":
         return {WEIGHT_COLUMN: pa.array(clean.astype(np.float32))}
@@ -323,12 +374,17 @@ def _parse_weight(raw: pa.Table, spec: DatasetSpec, reasons: Reasons) -> dict[st
 
 
 def _raw_json(raw: pa.Table, bad: np.ndarray) -> pa.Array:
-    """The raw row as JSON for invalid rows (null for valid ones, which need no copy)."""
+    """The raw row as JSON for invalid rows (null for valid ones, which need no copy); for a
+    malformed line, the line as the reader reported it."""
     texts: list[str | None] = [None] * raw.num_rows
     rows = np.flatnonzero(bad)
     if len(rows):
-        names = [c for c in raw.column_names if c not in (ROW_COLUMN, FILE_COLUMN)]
+        internal = (ROW_COLUMN, FILE_COLUMN, MALFORMED_COLUMN)
+        names = [c for c in raw.column_names if c not in internal]
         subset = raw.select(names).take(pa.array(rows)).to_pylist()
-        for i, record in zip(rows, subset, strict=True):
-            texts[i] = json.dumps(record, default=str)
+        lines: list[str | None] = [None] * len(rows)
+        if MALFORMED_COLUMN in raw.column_names:
+            lines = raw.column(MALFORMED_COLUMN).take(pa.array(rows)).to_pylist()
+        for i, record, line in zip(rows, subset, lines, strict=True):
+            texts[i] = line if line is not None else json.dumps(record, default=str)
     return pa.array(texts, type=pa.string())

@@ -135,3 +135,14 @@ def test_resources_are_checked_against_the_connected_cluster(monkeypatch):
     check_resources(TrainConfig(gpus_per_worker=1, cpus_per_worker=0.5), 1.0, extra_cpus=0.01)
     with pytest.raises(ConfigError, match=r"\+ 0.5 for the trial driver"):
         check_resources(TrainConfig(cpus_per_worker=1.0), 1.0, extra_cpus=0.5)
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_a_non_finite_set_value_exits_2_naming_the_key(tmp_path, monkeypatch, capsys, value):
+    data = write_prepared(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--preset", "debug", "--data", str(data), "--set", f"train.lr={value}"]
+    assert main(argv) == EXIT_USER_ERROR
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hmoe train: error: ExperimentConfig.train.lr: expected a finite")
+    assert not (tmp_path / "mlflow.db").exists()

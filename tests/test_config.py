@@ -186,3 +186,24 @@ def test_feature_schema_round_trip_and_validation():
         )
     with pytest.raises(ConfigError, match="used twice"):
         FeatureSchema(categorical=(schema.categorical[0], schema.categorical[0]))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan"), 10**400])
+def test_non_finite_floats_are_refused_with_the_key_path(bad):
+    with pytest.raises(ConfigError, match=r"Outer\.inner\.rate: expected a finite number"):
+        Outer.from_dict({"name": "x", "inner": {"rate": bad}})
+    with pytest.raises(ConfigError, match=r"Outer\.inner\.rate: expected a finite number"):
+        apply_overrides(Outer(name="x"), {"inner.rate": bad})
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".NaN"])
+def test_non_finite_set_values_are_refused(text):
+    """``--set train.lr=.inf`` parses as YAML inf; nan also slipped past ``lr <= 0``."""
+    from hmoe.platform.data.spec import SplitSpec
+    from hmoe.platform.experiment import TrainConfig
+
+    value = parse_override_value(text)
+    with pytest.raises(ConfigError, match=r"TrainConfig\.lr: expected a finite number"):
+        apply_overrides(TrainConfig(), {"lr": value})
+    with pytest.raises(ConfigError, match=r"fractions\[1\]: expected a finite number"):
+        SplitSpec.from_dict({"fractions": [0.9, value, 0.1]})

@@ -13,7 +13,8 @@ the search spaces and the tests all go through it) and a stable ``config_hash``.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 nested ``Config`` subclasses, ``tuple[T, ...]`` / fixed ``tuple[A, B]`` and ``Mapping[str, T]``
-(stored as an immutable, hashable ``FrozenMap``). ``@config`` is
+(stored as an immutable, hashable ``FrozenMap``). A ``float`` must be finite (``.inf`` and
+``.nan`` are refused with the key path). ``@config`` is
 ``@dataclass(frozen=True, kw_only=True, slots=True)`` whose constructor also checks and
 normalises every value against its annotation, so a config built in Python is as strict as one
 read from YAML. Cross-field validation goes in ``__post_init__`` and raises ``ConfigError``;
@@ -26,6 +27,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -239,7 +241,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a float, got {value!r}")
-        return float(value)
+        # no field gives inf or nan a meaning (``None`` is how a field says "no limit"), and
+        # a non-finite value slips past range checks (nan > 0 and nan <= 0 are both false)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")

@@ -8,8 +8,10 @@ planted signal (even items are positive) makes the model learn within one epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from hmoe.models.testing import random_batch, tiny_schema
+from hmoe.platform.batches import Batch
 from hmoe.schema import LABELS, FeatureSchema
 
 SPLIT_ROWS = {"train": 512, "valid": 256, "test": 256}
@@ -38,32 +41,54 @@ def _table(batch: dict[str, torch.Tensor], schema: FeatureSchema) -> pa.Table:
     return pa.table(columns)
 
 
-def write_prepared(root: Path, tasks: tuple[str, ...] = ("click",), seed: int = 0) -> Path:
-    """Write the dataset under ``root`` and return it."""
+def write_prepared(
+    root: Path,
+    tasks: tuple[str, ...] = ("click",),
+    seed: int = 0,
+    *,
+    rows: Mapping[str, int] = SPLIT_ROWS,
+    sequences: bool = True,
+    labels: Callable[[str, Batch], torch.Tensor] | None = None,
+) -> Path:
+    """Write the dataset under ``root`` and return it.
+
+    ``rows``: rows per split (0 gives empty shards); ``sequences=False`` leaves the behaviour
+    sequence out of the schema; ``labels(split, batch)`` replaces the planted labels with its
+    ``[B]`` 0/1 tensor (the same for every task).
+    """
     schema = tiny_schema(tasks)
+    if not sequences:
+        schema = dataclasses.replace(schema, sequences=())
     generator = torch.Generator().manual_seed(seed)
-    rows: dict[str, int] = {}
+    written: dict[str, int] = {}
     shards: dict[str, list[dict]] = {}
-    for split, count in SPLIT_ROWS.items():
-        batch = random_batch(schema, count, generator)
+    for split, count in rows.items():
+        # random_batch plants edge cases in rows 0 and 1, so draw at least 2 rows
+        batch = random_batch(schema, max(count, 2), generator)
+        batch = {k: v[:count] for k, v in batch.items()}
         noise = torch.rand(count, generator=generator) < 0.1
         positive = ((batch["item"] % 2 == 0) ^ noise).float()
+        if labels is not None:
+            positive = labels(split, batch).float()
         batch[LABELS] = positive.unsqueeze(1).repeat(1, len(tasks))
         folder = root / split
         folder.mkdir(parents=True)
         table = _table(batch, schema)
-        step = count // SHARDS_PER_SPLIT
+        bounds = np.linspace(0, count, SHARDS_PER_SPLIT + 1).astype(int)
         for i in range(SHARDS_PER_SPLIT):
             path = folder / f"part-{i:05d}.parquet"
-            pq.write_table(table.slice(i * step, step), path)
+            start, stop = int(bounds[i]), int(bounds[i + 1])
+            pq.write_table(table.slice(start, stop - start), path)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             rel = str(path.relative_to(root))
-            shards.setdefault(split, []).append({"path": rel, "rows": step, "sha256": digest})
-        rows[split] = count
+            shards.setdefault(split, []).append(
+                {"path": rel, "rows": stop - start, "sha256": digest}
+            )
+        written[split] = count
     manifest = {
         "name": "tiny",
         "feature_schema": schema.to_dict(),
-        "rows": rows,
+        "rows": written,
         "shards": shards,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -1,7 +1,9 @@
 """The ``hmoe`` command line: argument parsing and printing over the Python API, nothing else.
 
 Each subcommand lives in ``hmoe.jobs.commands.<name>`` with ``add_parser(subparsers)`` that
-registers its arguments and a ``run(args) -> int`` handler.
+registers its arguments and a ``run(args) -> int`` handler. A user mistake (a ``ValueError`` or
+``FileNotFoundError``, also when it is the root cause of a Ray error) prints one line and exits
+with code 2; another error raised through Ray prints its root cause and exits with code 1.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Sequence
 
 from hmoe import __version__
 from hmoe.jobs.commands import COMMANDS, NotImplementedYet
+from hmoe.platform.failures import failure_reason, is_user_error, root_cause
 
+EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_NOT_IMPLEMENTED = 3
 
@@ -37,9 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotImplementedYet as err:
         print(f"hmoe {args.command}: not implemented yet ({err})", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
-    except (ValueError, FileNotFoundError) as err:  # user mistakes (ConfigError is a ValueError)
-        print(f"hmoe {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except Exception as err:
+        root = root_cause(err)  # behind Ray's wrappers (a worker's error reaches us wrapped)
+        if is_user_error(root):  # user mistakes (ConfigError is a ValueError)
+            print(f"hmoe {args.command}: error: {root}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if root is err:
+            raise  # an internal error keeps its traceback
+        # the worker's traceback is in its log already; the wrappers' add nothing
+        print(f"hmoe {args.command}: error: {failure_reason(root)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

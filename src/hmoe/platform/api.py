@@ -1,7 +1,8 @@
 """The Python API behind ``hmoe train``: one run on Ray Train, tracked in MLflow.
 
-``train(...)`` validates everything first (an unknown ``--set`` key fails before Ray starts),
-creates the MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract),
+``train(...)`` validates everything first (an unknown ``--set`` key, a config the dataset or
+the cluster cannot run: ``hmoe.platform.preflight``; all before Ray starts), creates the
+MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract),
 fits a ``TorchTrainer`` and returns a ``TrainResult``. ``hmoe.tune`` lives in ``tune``.
 """
 
@@ -19,6 +20,8 @@ from hmoe.config import apply_overrides
 from hmoe.platform.batches import MANIFEST
 from hmoe.platform.cluster import api_server_env
 from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
+from hmoe.platform.failures import failure_reason
+from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.processes import LOOPBACK, free_port
 from hmoe.platform.tracking import (
     TAG_CONFIG_HASH,
@@ -166,6 +169,8 @@ def train(
         registered_model=registered_model,
     )
     cfg = resolve(cfg)
+    check_run(cfg)
+    check_resources(cfg.train, DATA_CPUS)
     say = progress or (lambda line: None)
     run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), run_tags(cfg))
     run.log_config(cfg.to_dict())
@@ -177,7 +182,7 @@ def train(
         trainer = make_trainer(cfg, run.run_id, f"train-{run.run_id}", cfg.train.storage_path)
         result = trainer.fit()
     except BaseException as err:
-        run.set_tags({TAG_FAILURE: f"{type(err).__name__}: {err}"[:500]})
+        run.set_tags({TAG_FAILURE: failure_reason(err)})
         run.finish("FAILED")
         raise
     return _finish_run(cfg, run, dict(result.metrics or {}), register)

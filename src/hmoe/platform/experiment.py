@@ -68,8 +68,9 @@ class TrainConfig(Config):
     ``early_stopping_patience=0`` disables early stopping (the best epoch is still restored at
     the end). ``use_bf16`` autocasts to bfloat16 on CUDA only (CPU runs stay float32, so they
     are deterministic for a ``seed``). ``max_failures``: worker-group restarts from the latest
-    checkpoint. ``fail_at_step`` is fault injection for resilience tests: the last worker kills
-    itself at that global step, once (a resumed run does not fail again).
+    checkpoint after a lost worker (a deterministic error is not retried). ``fail_at_step`` is
+    fault injection for resilience tests: the last worker kills itself at that global step,
+    once (a resumed run does not fail again).
     """
 
     epochs: int = 4

@@ -8,6 +8,11 @@ metric; at the end rank 0 restores the best epoch's weights, evaluates the test 
 the model to ``on_final`` (MLflow model logging). A restarted worker group resumes from the
 latest checkpoint. On CPU the loop is deterministic for a seed.
 
+A NaN metric is never silent: a per-task AUC, GAUC or logloss that is NaN (a split too small or
+with one class) warns once with the split's label counts, and a NaN early-stopping metric ends
+the run with ``DegenerateRunError`` (no best epoch could be chosen or restored), after logging
+that epoch's metrics.
+
 Legend: ``B`` batch, ``K`` tasks.
 """
 
@@ -17,6 +22,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +34,15 @@ from torch import nn
 from hmoe.models.losses import TrainWrapper
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.batches import Batch, iter_minibatches
-from hmoe.platform.metrics import metric_mode, task_metrics
+from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
+from hmoe.platform.metrics import METRIC_MODES, metric_mode, task_metrics
 from hmoe.platform.runtime import Runtime
 from hmoe.platform.tracking import MetricLogger, NullLogger
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
 __all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
+
+SPLIT_NAMES = {"val": "validation", "test": "test"}  # metric prefix -> split, for messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +160,7 @@ class _State:
     bad_epochs: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)  # NaN metrics warned about (not checkpointed)
 
 
 def _improved(value: float, best: float, mode: str) -> bool:
@@ -232,6 +242,7 @@ def _finish(
         out |= evaluate(
             model, eval_data.test, schema, "test", runtime.device, s.eval_batch_size, s.use_bf16
         )
+        _warn_nan(_nan_metrics(out, "test", eval_data.test, schema.tasks), state)
     if hooks.on_final is not None and eval_data.val is not None:
         example = next(iter_minibatches(eval_data.val, min(8, s.eval_batch_size)))
         started = time.perf_counter()
@@ -285,7 +296,12 @@ def run_loop(
         }
         stop = False
         if runtime.rank == 0:
-            stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
+            try:
+                stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
+            except DegenerateRunError:
+                # the failed epoch's metrics stay visible in MLflow
+                hooks.logger.log_metrics(metrics, step=state.epoch)
+                raise
             metrics |= _monitor(train_module, eval_data, runtime, state, s)
         stop = runtime.agree(stop) or state.epoch == s.epochs - 1
         if stop and runtime.rank == 0:
@@ -342,6 +358,17 @@ def _after_epoch(
             f"early-stopping metric {s.early_stopping_metric!r} is not computed; "
             f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
         )
+    nan = _nan_metrics(metrics, "val", eval_data.val, schema.tasks)
+    _warn_nan(nan, state)
+    if math.isnan(value):
+        metric = s.early_stopping_metric
+        why = [reason for key, reason in nan.items() if key.startswith(f"{metric}_")]
+        raise DegenerateRunError(
+            f"the early-stopping metric {metric} is NaN after epoch {state.epoch + 1} "
+            f"({'; '.join(why) or 'the validation outputs are not finite'}), so no best epoch "
+            "can be chosen: set train.early_stopping_metric to one that is defined here (e.g. "
+            "val_logloss) or prepare a validation split with both classes for every task"
+        )
     if _improved(value, state.best, mode):
         state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
         state.best_model = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
@@ -349,6 +376,37 @@ def _after_epoch(
         state.bad_epochs += 1
     patience = s.early_stopping_patience
     return patience > 0 and state.bad_epochs >= patience
+
+
+def _nan_metrics(
+    metrics: Mapping[str, float], split: str, data: Batch, tasks: tuple[str, ...]
+) -> dict[str, str]:
+    """``{split}_{metric}_{task}`` keys that are NaN -> why, from the split's label counts."""
+    positive_BK = data[LABELS].numpy() > 0.5
+    rows = len(positive_BK)
+    name = SPLIT_NAMES.get(split, split)
+    out = {}
+    for k, task in enumerate(tasks):
+        positives = int(positive_BK[:, k].sum())
+        counts = f"the {name} split has {rows} row(s), {positives} positive for task {task}"
+        hints = {
+            "auc": f"AUC needs both classes and {counts}",
+            "gauc": f"GAUC needs a user with both classes, and no user has both ({counts})",
+            "logloss": f"{counts}, or the model's outputs are not finite",
+        }
+        for metric in METRIC_MODES:
+            key = f"{split}_{metric}_{task}"
+            if key in metrics and math.isnan(metrics[key]):
+                out[key] = f"{key} is NaN: {hints[metric]}"
+    return out
+
+
+def _warn_nan(reasons: Mapping[str, str], state: _State) -> None:
+    """Warn once per metric key and run."""
+    for key, reason in reasons.items():
+        if key not in state.warned:
+            state.warned.add(key)
+            warnings.warn(reason, DegenerateMetricWarning, stacklevel=2)
 
 
 def _monitor(

@@ -163,10 +163,13 @@ def make_trainer(
     """A ``TorchTrainer`` for ``cfg``: the train split streamed and split across workers.
 
     ``name`` must be deterministic: running again with the same name and storage resumes the
-    run from its latest checkpoint (Ray Train V2 has no ``restore``).
+    run from its latest checkpoint (Ray Train V2 has no ``restore``). A lost worker restarts
+    the worker group from that checkpoint up to ``train.max_failures`` times; a deterministic
+    error (``hmoe.platform.failures``) ends the run at once.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from hmoe.platform.retries import FailFastTorchTrainer
 
     train = split_dataset(cfg.data.path, "train")
     if split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb:
@@ -175,7 +178,7 @@ def make_trainer(
     resources = {"CPU": t.cpus_per_worker} | (
         {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}
     )
-    return TorchTrainer(
+    return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},
         scaling_config=ray.train.ScalingConfig(

@@ -24,6 +24,7 @@ from typing import Any
 
 from hmoe.config import ConfigError
 from hmoe.platform.api import (
+    DATA_CPUS,
     TrainResult,
     ensure_ray,
     metrics_by_task,
@@ -31,7 +32,9 @@ from hmoe.platform.api import (
     run_tags,
 )
 from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+from hmoe.platform.failures import failure_reason
 from hmoe.platform.metrics import metric_mode
+from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.tracking import (
     TAG_FAILURE,
     TAG_MODEL_URI,
@@ -129,7 +132,11 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         storage_path=settings["storage"],
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # Tune's callback closes the run as FAILED; this says why
+        run.set_tags({TAG_FAILURE: failure_reason(err)})
+        raise
     run.finish("FINISHED")
 
 
@@ -245,6 +252,8 @@ def tune(
         # the name is the config's hash, so a changed config (or an hmoe version that added a
         # config field) names a different search
         raise ConfigError(f"nothing to resume: no search state at {path}")
+    check_run(cfg)
+    check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)
     say = progress or (lambda line: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     ensure_ray(max_concurrent * per_trial)
@@ -280,7 +289,7 @@ def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Pat
     try:
         grid = tuner.fit()
     except BaseException as err:
-        parent.set_tags({TAG_FAILURE: f"{type(err).__name__}: {err}"[:500]})
+        parent.set_tags({TAG_FAILURE: failure_reason(err)})
         parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     unfinished = _unfinished_trials(grid, num_samples)
@@ -352,7 +361,8 @@ def _summarise(
     from hmoe.platform.model_registry import register_model
 
     metric = cfg.train.early_stopping_metric
-    errors = {r.path.rsplit("/", 1)[-1]: str(r.error)[:300] for r in grid if r.error is not None}
+    failed = [r for r in grid if r.error is not None]
+    errors = {r.path.rsplit("/", 1)[-1]: failure_reason(r.error) for r in failed}
     ok = [r for r in grid if r.error is None and r.metrics and metric in r.metrics]
     best = (
         grid.get_best_result(metric=metric, mode=metric_mode(metric), scope="all") if ok else None

@@ -1,0 +1,68 @@
+"""NaN metrics are never silent: a NaN early-stopping metric fails the run, other NaNs warn once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hmoe.models.losses import LossConfig, TrainWrapper
+from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
+from hmoe.platform.runtime import StandaloneRuntime
+from hmoe.platform.train_loop import EvalData, LoopHooks, run_loop
+from hmoe.schema import LABELS
+from tests.platform.test_train_loop import SCHEMA, _data, _ItemModel, _settings
+
+
+class _Recorder:
+    """A MetricLogger that keeps what it is given."""
+
+    seconds = 0.0
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+
+def _loop(val, test, settings, logger=None):
+    torch.manual_seed(settings.seed)
+    model = _ItemModel()
+    runtime = StandaloneRuntime(_data(128, 0), 32, settings.seed, torch.device("cpu"))
+    hooks = LoopHooks(logger=logger) if logger is not None else None
+    wrapper = TrainWrapper(model, LossConfig())
+    run_loop(model, wrapper, SCHEMA, runtime, EvalData(val=val, test=test), settings, hooks)
+    return runtime
+
+
+def test_a_nan_early_stopping_metric_fails_the_run_after_logging_its_epoch():
+    val = _data(96, 1)
+    val[LABELS][:, 1] = 1.0  # every validation row is a "like": AUC is undefined for it
+    logger = _Recorder()
+    with pytest.warns(DegenerateMetricWarning) as caught, pytest.raises(DegenerateRunError) as err:
+        _loop(val, _data(96, 2), _settings(early_stopping_metric="val_auc"), logger)
+    warned = sorted(str(w.message).split(" is NaN")[0] for w in caught)
+    assert warned == ["val_auc_like", "val_gauc_like"]
+    message = str(err.value)
+    assert "early-stopping metric val_auc is NaN after epoch 1" in message
+    assert "96 row(s), 96 positive for task like" in message and "val_logloss" in message
+    assert "val_auc_click" not in message  # click has both classes
+    assert [step for step, _ in logger.logged] == [0]  # the failed epoch is still logged
+    assert "train_loss" in logger.logged[0][1]
+
+
+def test_a_nan_metric_that_does_not_stop_the_run_warns_once():
+    val = _data(96, 1)
+    val[LABELS][:, 1] = 0.0  # no "like" in validation: val_auc_like NaN every epoch
+    test = {k: v[1:2] for k, v in _data(96, 2).items()}  # a 1-row test split
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runtime = _loop(val, test, _settings(early_stopping_metric="val_logloss", epochs=3))
+    assert len(runtime.reports) == 3  # the run itself goes on
+    messages = [str(w.message) for w in caught if w.category is DegenerateMetricWarning]
+    val_like = [m for m in messages if m.startswith("val_auc_like is NaN")]
+    assert len(val_like) == 1 and "0 positive for task like" in val_like[0]
+    assert sum(m.startswith("test_auc_click is NaN") for m in messages) == 1
+    assert any("test split has 1 row(s)" in m for m in messages)

@@ -89,6 +89,7 @@ from hmoe.platform.data.tables import (
     read_table,
 )
 from hmoe.platform.data.validate import FIELD_COLUMN, RAW_COLUMN, REASON_COLUMN, parse_batch
+from hmoe.platform.failures import is_user_error, root_cause
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
@@ -166,8 +167,8 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         with _original_task_errors():
             return _run_on_ray(spec, base, tmp, progress, sides, embeddings, frags, files)
     except Exception as err:
-        root = _root_cause(err)
-        if root is err or not isinstance(root, (ValueError, FileNotFoundError)):
+        root = root_cause(err)
+        if root is err or not is_user_error(root):
             raise
         raise _without_retry_note(root) from None  # a user's mistake found in a Ray task
 
@@ -194,17 +195,6 @@ def _without_retry_note(err: BaseException) -> BaseException:
     if args and isinstance(args[0], str):
         args[0] = args[0].split(f"\n{RAY_RETRY_NOTE}", 1)[0]
     err.args = tuple(args)
-    return err
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    """The exception a Ray task raised, out of ``RayTaskError`` wrappers."""
-    from ray.exceptions import RayTaskError
-
-    seen = set()
-    while isinstance(err, RayTaskError) and err.cause is not None and id(err) not in seen:
-        seen.add(id(err))
-        err = err.cause
     return err
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -157,17 +158,25 @@ def run_command(command: str, cwd: Path, env: dict[str, str]) -> str:
         argv = ["python", "snippet.py"]
     else:
         argv = ["bash", "-o", "pipefail", "-c", command]
-    done = subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"`{command}` exited {done.returncode}:\n{output[-4000:]}"
+    # a session of its own: a command that runs too long is stopped with all it started
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"`{command}` ran over {COMMAND_TIMEOUT_S} s:\n{(stdout + stderr)[-4000:]}")
+    output = stdout + stderr
+    assert proc.returncode == 0, f"`{command}` exited {proc.returncode}:\n{output[-4000:]}"
     for shape, pattern in EXPECTED_OUTPUT.items():
         if re.match(shape, command_key(command)):
-            assert re.search(pattern, done.stdout), (
+            assert re.search(pattern, stdout), (
                 f"`{command}` did not print {pattern!r}:\n{output[-4000:]}"
             )
-    return done.stdout
+    return stdout
 
 
 def run_scenario(name: str, work: Path, env: dict[str, str]) -> None:

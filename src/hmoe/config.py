@@ -145,7 +145,7 @@ def iter_configs(config: Config, prefix: str = "") -> Iterator[tuple[str, Config
 def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
     """Return a copy of ``config`` with dotted paths set, validated as ``from_dict`` would.
 
-    ``apply_overrides(cfg, {"model.experts.counts.dcn": 2})``. Every path must already exist
+    ``apply_overrides(cfg, {"model.experts.counts.dcnv2": 2})``. Every path must already exist
     (an unknown key raises ``ConfigError`` naming the path and the valid keys); a whole
     sub-config or mapping can be replaced by giving a dict at its path.
     """

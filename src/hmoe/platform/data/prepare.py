@@ -127,6 +127,9 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     import ray
     import ray.data
 
+    from hmoe.platform.ray_start import start_ray
+
+    start_ray()  # before Ray Data would join whichever Ray the machine started last
     sides = _side_tables(spec, base)
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)

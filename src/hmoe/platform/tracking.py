@@ -168,14 +168,13 @@ def open_store(uri: str) -> Any:
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
     path = sqlite_path(uri)
     if path is None or uri in _OPENED:
-        return client
+        return MlflowClient(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.with_name(path.name + LOCK_SUFFIX)):
         try:
-            client.search_experiments(max_results=1)  # the tracking store: tables, migrations
+            client = MlflowClient(uri)  # builds the tracking store: tables, migrations
             client.search_registered_models(max_results=1)  # the registry store
         except Exception as err:  # MLflow, SQLAlchemy and alembic each raise their own types
             message = _broken_store(path, uri, err)

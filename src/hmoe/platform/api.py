@@ -32,7 +32,9 @@ from hmoe.platform.tracking import (
     TAG_MODEL_URI,
     TAG_PID,
     TAG_PRESET,
+    TAG_SEARCH,
     TAG_SPACE,
+    TAG_TRIAL_ID,
     MlflowRun,
     end_orphans,
     git_commit,
@@ -245,6 +247,11 @@ def resume(
     except MlflowException as err:
         raise ValueError(f"run {run_id} has no {CONFIG_ARTIFACT}: it is not an hmoe run") from err
     cfg = ExperimentConfig.from_dict(json.loads(Path(config).read_text()))
+    if TAG_TRIAL_ID in tags:
+        raise ValueError(
+            f"run {run_id} is a trial of search {tags.get(TAG_SEARCH, '?')}: resume the search "
+            "(hmoe tune ... --resume)"
+        )
     folder = Path(cfg.train.storage_path) / train_run_name(run_id)
     saved = folder.is_dir() and any(p.name.startswith(CHECKPOINT_PREFIX) for p in folder.iterdir())
     if not saved:

@@ -113,14 +113,14 @@ def resolve(cfg: ExperimentConfig, base: Path | None = None) -> ExperimentConfig
     )
 
 
-def ensure_ray(cpus_needed: float, address: str | None = None) -> None:
+def ensure_ray(cpus_needed: float) -> None:
     """Connect to Ray (``ray_start.start_ray``: a private local Ray sized for ``cpus_needed``
-    plus ingest, or the cluster ``address`` / ``RAY_ADDRESS`` names) and check its CPUs."""
+    plus ingest, or the cluster ``RAY_ADDRESS`` names) and check its CPUs."""
     import ray
 
     from hmoe.platform.ray_start import start_ray
 
-    start_ray(max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999)), address)
+    start_ray(max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999)))
     total = ray.cluster_resources().get("CPU", 0.0)
     if total - cpus_needed < DATA_CPUS:
         raise ValueError(

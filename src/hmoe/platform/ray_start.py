@@ -1,9 +1,9 @@
 """Starting Ray for one hmoe process: a private local Ray, unless told to join a cluster.
 
-``ray.init()`` without an address joins the latest Ray started on the machine (the address
-file in Ray's temp dir), so a second independent ``hmoe train`` would quietly run inside the
-first one's cluster and die with it. ``start_ray`` therefore starts a Ray of its own
-(``address="local"``) unless ``RAY_ADDRESS`` or an explicit address names a cluster to join.
+``ray.init()`` without an address joins the latest cluster ``ray start`` started on the
+machine (the address file in Ray's temp dir), so an independent ``hmoe train`` would quietly run
+inside someone else's cluster. ``start_ray`` therefore starts a Ray of its own
+(``address="local"``) unless ``RAY_ADDRESS`` names a cluster to join.
 
 Starting several local Rays at once on a small machine makes each raylet slow to register
 with its GCS; past Ray's fixed 30 s wait ``ray.init`` gives up with "The current node timed out
@@ -69,19 +69,17 @@ def _start_turn() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def start_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
+def start_ray(num_cpus: int | None = None) -> bool:
     """Make sure this process is connected to Ray; returns whether this call connected it.
 
-    Args:
-        num_cpus: logical CPUs of a local Ray this call starts (``None``: the machine's).
-        address: a cluster to join (else ``RAY_ADDRESS``); without either, a private local
-            Ray is started (with its dashboard, whose State API Train V2 polls).
+    It joins the cluster ``RAY_ADDRESS`` names, else starts a private local Ray of ``num_cpus``
+    logical CPUs (``None``: the machine's), with its dashboard, whose State API Train V2 polls.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    target = address or os.environ.get(RAY_ADDRESS_ENV)
+    target = os.environ.get(RAY_ADDRESS_ENV)
     if target:
         ray.init(address=target, configure_logging=False)
         return True

@@ -129,7 +129,7 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
 
     from hmoe.platform.ray_start import start_ray
 
-    start_ray()  # before Ray Data would join whichever Ray the machine started last
+    start_ray()  # before Ray Data's own ray.init() could join a `ray start` cluster
     sides = _side_tables(spec, base)
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)

@@ -14,7 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "gc", help="mark KILLED the RUNNING runs of this host whose process has ended"
     )
     add_tracking_uri_argument(gc)
-    gc.add_argument("--dry-run", action="store_true", help="list the runs it would mark, change nothing")
+    gc.add_argument(
+        "--dry-run", action="store_true", help="list the runs it would mark, change nothing"
+    )
     gc.set_defaults(func=run_gc)
 
 

@@ -45,6 +45,17 @@ def test_failed_synth_leaves_no_staging_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_dashboard_url_in_ray_address_is_refused_with_the_fix(monkeypatch):
+    import ray
+
+    from hmoe.platform.ray_start import start_ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(ValueError, match="set RAY_ADDRESS to its GCS address HOST:PORT"):
+        start_ray()
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_synth_and_prepare_start_their_own_ray_in_a_fresh_process(tmp_path):

@@ -30,6 +30,7 @@ __all__ = ["RAY_ADDRESS_ENV", "start_ray"]
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 START_ATTEMPTS = 3
+HTTP_SCHEMES = ("http://", "https://")
 STARTUP_TIMEOUT_TEXT = "timed out during startup"  # Ray's message when its raylet is late
 _LOG = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ def start_ray(num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     target = os.environ.get(RAY_ADDRESS_ENV)
+    if target and target.startswith(HTTP_SCHEMES):
+        raise ValueError(
+            f"RAY_ADDRESS={target} is a dashboard (Jobs API) address, which hmoe submit takes; "
+            "to run on that cluster from here set RAY_ADDRESS to its GCS address HOST:PORT "
+            "(hmoe cluster status prints it)"
+        )
     if target:
         ray.init(address=target, configure_logging=False)
         return True

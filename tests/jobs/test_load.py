@@ -22,13 +22,21 @@ TIMEOUT_S = 1800
 
 
 def _finish_all(procs: list[subprocess.Popen], logs: list) -> None:
-    for proc, log in zip(procs, logs, strict=True):
-        proc.wait(timeout=TIMEOUT_S)
-        assert proc.returncode == 0, log.read_text()[-3000:]
+    """Wait for every process; kill those still running when the wait or a check fails."""
+    try:
+        for proc, log in zip(procs, logs, strict=True):
+            proc.wait(timeout=TIMEOUT_S)
+            assert proc.returncode == 0, log.read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()  # its private Ray shares its fate
+                proc.wait()
 
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(TIMEOUT_S)
 def test_eight_trains_at_once_on_a_new_store(tmp_path):
     from mlflow import MlflowClient
 
@@ -54,6 +62,7 @@ def test_eight_trains_at_once_on_a_new_store(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(TIMEOUT_S)
 def test_two_searches_at_once_on_one_cluster(tmp_path):
     from mlflow import MlflowClient
 

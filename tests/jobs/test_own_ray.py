@@ -58,6 +58,7 @@ def test_a_dashboard_url_in_ray_address_is_refused_with_the_fix(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2 * CLI_TIMEOUT_S)
 def test_synth_and_prepare_start_their_own_ray_in_a_fresh_process(tmp_path):
     env = scrubbed_env(RAY_TMPDIR=str(short_tmp()))
     synth = subprocess.run(
@@ -81,6 +82,7 @@ def _sessions(ray_tmp: Path) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(HEAD_START_TIMEOUT_S + CLI_TIMEOUT_S)
 def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path):
     """Two ``hmoe train`` started 1.5 s apart beside a ``ray start`` head that shares their
     Ray temp dir (so a plain ``ray.init()`` would join it) both finish, each on its own Ray."""
@@ -91,6 +93,7 @@ def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path):
                  f"--port={free_port()}", "--include-dashboard=false", "--num-cpus=1",
                  f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]  # fmt: skip
     head = spawn(head_argv, env, tmp_path / "head.log")
+    procs: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + HEAD_START_TIMEOUT_S
         while not (ray_tmp / "ray" / "ray_current_cluster").exists():
@@ -100,7 +103,6 @@ def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path):
             time.sleep(0.5)
         before = _sessions(ray_tmp)
         data = write_prepared(tmp_path / "tiny")
-        procs = []
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
             argv = hmoe_argv("train", "--preset", "debug", "--data", str(data), *CHEAP_TRAIN)
@@ -114,4 +116,8 @@ def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path):
             assert p.returncode == 0, (out[-2000:], err[-3000:])
         assert len(_sessions(ray_tmp) - before) == 2  # neither joined the head nor each other
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()  # its private Ray shares its fate
+                proc.wait()
         stop_session(head.pid, STOP_GRACE_S, leader=head)

@@ -23,6 +23,7 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of regist
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(CHECKPOINT_TIMEOUT_S + CLI_TIMEOUT_S)
 def test_a_killed_train_resumes_from_its_checkpoint_into_the_same_run(tmp_path):
     from mlflow import MlflowClient
 
@@ -41,18 +42,20 @@ def test_a_killed_train_resumes_from_its_checkpoint_into_the_same_run(tmp_path):
         first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
     run_id, snapshot = None, None
-    while True:
-        assert first.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        if run_id is None and (found := re.search(r"MLflow run (\w+) ", log.read_text())):
-            run_id = found.group(1)
-            snapshot = tmp_path / "hmoe_runs" / f"train-{run_id}" / SNAPSHOT
-        # the controller records a reported checkpoint after the report; kill only once it has
-        if snapshot is not None and snapshot.exists() and "checkpoint_" in snapshot.read_text():
-            break
-        time.sleep(0.2)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    try:
+        while True:
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            if run_id is None and (found := re.search(r"MLflow run (\w+) ", log.read_text())):
+                run_id = found.group(1)
+                snapshot = tmp_path / "hmoe_runs" / f"train-{run_id}" / SNAPSHOT
+            # the controller records a reported checkpoint after the report: kill once it has
+            if snapshot is not None and snapshot.exists() and "checkpoint_" in snapshot.read_text():
+                break
+            time.sleep(0.2)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     assert client.get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves

@@ -56,6 +56,39 @@ def test_a_dashboard_url_in_ray_address_is_refused_with_the_fix(monkeypatch):
         start_ray()
 
 
+def test_a_local_start_that_runs_out_of_time_is_retried(monkeypatch):
+    """Ray's startup timeouts on a busy machine are retried; other errors are not."""
+    import ray
+
+    from hmoe.platform import ray_start
+
+    calls = []
+
+    def init(**kwargs: object) -> None:
+        calls.append(kwargs["address"])
+        if len(calls) == 1:
+            raise Exception("The current node timed out during startup. This could happen ...")
+        if len(calls) == 2:
+            raise Exception("The last 20 lines of /tmp/x/logs/dashboard.log (it contains ...")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", init)
+    assert ray_start.start_ray(2) is True
+    assert calls == ["local"] * 3  # a private Ray, never the machine's latest cluster
+
+    def broken(**kwargs: object) -> None:
+        calls.append(kwargs["address"])
+        raise ValueError("something else")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(ValueError, match="something else"):
+        ray_start.start_ray(2)
+    assert len(calls) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(2 * CLI_TIMEOUT_S)

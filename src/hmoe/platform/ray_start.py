@@ -7,9 +7,10 @@ inside someone else's cluster. ``start_ray`` therefore starts a Ray of its own
 
 Starting several local Rays at once on a small machine makes each raylet slow to register
 with its GCS; past Ray's fixed 30 s wait ``ray.init`` gives up with "The current node timed out
-during startup". Local starts therefore take turns under a machine-wide file lock, and a start
-that timed out anyway (a machine busy training) is retried after the processes of the failed
-attempt (this process's new children: its GCS, raylet, dashboard) are stopped.
+during startup" (and past 60 s, with the dashboard's log). Local starts therefore take turns
+under a machine-wide file lock, and a start that ran out of time anyway (a machine busy
+training) is retried after the processes of the failed attempt (this process's new children:
+its GCS, raylet, dashboard) are stopped.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ __all__ = ["RAY_ADDRESS_ENV", "start_ray"]
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 START_ATTEMPTS = 3
 HTTP_SCHEMES = ("http://", "https://")
-STARTUP_TIMEOUT_TEXT = "timed out during startup"  # Ray's message when its raylet is late
+# Ray's messages for a start that ran out of time on a busy machine: the raylet did not
+# register within 30 s, or the dashboard did not come up within 60 s (or lost its port)
+STARTUP_FAILURES = ("timed out during startup", "dashboard.log")
 _LOG = logging.getLogger(__name__)
 
 
@@ -111,7 +114,7 @@ def start_ray(num_cpus: int | None = None) -> bool:
                 ray.shutdown()
                 # the half-started node is not registered with ray, so shutdown leaves it
                 _stop(_children() - before)
-                if STARTUP_TIMEOUT_TEXT not in str(err) or attempt == START_ATTEMPTS:
+                if not any(t in str(err) for t in STARTUP_FAILURES) or attempt == START_ATTEMPTS:
                     raise
-                _LOG.warning("local Ray start %d timed out; trying again", attempt)
+                _LOG.warning("local Ray start %d failed on a busy machine; trying again", attempt)
     return False  # unreachable: the last attempt returns or raises

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.jobs.test_own_ray import hmoe_argv, short_tmp
+from tests.jobs.test_own_ray import hmoe_argv
 from tests.platform.prepared import write_prepared
 from tests.platform.test_store import scrubbed_env
 
@@ -37,7 +37,7 @@ def _finish_all(procs: list[subprocess.Popen], logs: list) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(TIMEOUT_S)
-def test_eight_trains_at_once_on_a_new_store(tmp_path):
+def test_eight_trains_at_once_on_a_new_store(tmp_path, short_tmp):
     from mlflow import MlflowClient
 
     data = write_prepared(tmp_path / "tiny")
@@ -63,7 +63,7 @@ def test_eight_trains_at_once_on_a_new_store(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(TIMEOUT_S)
-def test_two_searches_at_once_on_one_cluster(tmp_path):
+def test_two_searches_at_once_on_one_cluster(tmp_path, short_tmp):
     from mlflow import MlflowClient
 
     from hmoe.platform.cluster import read_head

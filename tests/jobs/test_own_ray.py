@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,11 +20,6 @@ HEAD_START_TIMEOUT_S = 180
 STAGGER_S = 1.5  # the second train starts while the first one's Ray is starting
 STOP_GRACE_S = 10.0
 CHEAP_TRAIN = ("--set", "train.epochs=1", "--set", "tracking.log_model=false")
-
-
-def short_tmp() -> Path:
-    """A Ray temp dir short enough for Ray's unix socket paths (at most 107 characters)."""
-    return Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))
 
 
 def hmoe_argv(*args: str) -> list[str]:
@@ -92,7 +86,7 @@ def test_a_local_start_that_runs_out_of_time_is_retried(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(2 * CLI_TIMEOUT_S)
-def test_synth_and_prepare_start_their_own_ray_in_a_fresh_process(tmp_path):
+def test_synth_and_prepare_start_their_own_ray_in_a_fresh_process(tmp_path, short_tmp):
     env = scrubbed_env(RAY_TMPDIR=str(short_tmp()))
     synth = subprocess.run(
         hmoe_argv("data", "synth", "--out", "logs/", "--rows", "1000"),
@@ -116,7 +110,7 @@ def _sessions(ray_tmp: Path) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(HEAD_START_TIMEOUT_S + CLI_TIMEOUT_S)
-def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path):
+def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path, short_tmp):
     """Two ``hmoe train`` started 1.5 s apart beside a ``ray start`` head that shares their
     Ray temp dir (so a plain ``ray.init()`` would join it) both finish, each on its own Ray."""
     ray_tmp = short_tmp()

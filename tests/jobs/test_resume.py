@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.jobs.test_own_ray import hmoe_argv, short_tmp
+from tests.jobs.test_own_ray import hmoe_argv
 from tests.platform.prepared import write_prepared
 from tests.platform.test_store import scrubbed_env
 
@@ -24,7 +24,7 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of regist
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(CHECKPOINT_TIMEOUT_S + CLI_TIMEOUT_S)
-def test_a_killed_train_resumes_from_its_checkpoint_into_the_same_run(tmp_path):
+def test_a_killed_train_resumes_from_its_checkpoint_into_the_same_run(tmp_path, short_tmp):
     from mlflow import MlflowClient
 
     data = write_prepared(tmp_path / "tiny")

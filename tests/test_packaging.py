@@ -12,7 +12,9 @@ import pytest
 from hmoe.jobs.cli import EXIT_NOT_IMPLEMENTED, build_parser, main
 from tests.conftest import REPO_ROOT
 
-SUBCOMMANDS = ["data", "train", "tune", "analyze", "cluster", "ui", "submit", "jobs", "demo"]
+SUBCOMMANDS = [
+    "data", "train", "tune", "analyze", "runs", "cluster", "ui", "submit", "jobs", "demo",
+]  # fmt: skip
 
 
 def test_stdlib_platform_not_shadowed():

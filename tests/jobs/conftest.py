@@ -12,9 +12,12 @@ shared by the submission and browser tests.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +129,18 @@ def smoke_job(
     )
     status = job.wait(timeout=JOB_TIMEOUT_S)
     return FinishedJob(job=job, status=status, experiment=experiment)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Callable[[], Path]]:
+    """Makes Ray temp dirs short enough for Ray's unix socket paths (at most 107 characters);
+    they are removed after the test."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="hr", dir="/tmp")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

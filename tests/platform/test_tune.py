@@ -86,7 +86,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
 
     from hmoe.platform.api import resolve
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.tracking import MlflowRun
+    from hmoe.platform.tracking import MlflowRun, owner_tags
     from hmoe.platform.tune import InfeasibleTrial, trial_driver
 
     class _Context:
@@ -98,7 +98,8 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     cfg = resolve(build_experiment("dcnv2", data), tmp_path)
     parent = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, "search", {})
     settings = {"base": cfg.to_dict(), "parent": parent.run_id, "space": "experts",
-                "search": "s", "storage": str(tmp_path / "trials")}  # fmt: skip
+                "search": "s", "storage": str(tmp_path / "trials"),
+                "owner": owner_tags()}  # fmt: skip
     zero = {"model.experts.counts.dcnv2": 0, "model.experts.counts.mlp": 0}
     with pytest.raises(InfeasibleTrial, match="no expert at all"):
         trial_driver(zero, settings)

@@ -2,8 +2,11 @@
 
 ``train(...)`` validates everything first (an unknown ``--set`` key, a config the dataset or
 the cluster cannot run: ``hmoe.platform.preflight``; all before Ray starts), creates the
-MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract),
-fits a ``TorchTrainer`` and returns a ``TrainResult``. ``hmoe.tune`` lives in ``tune``.
+MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract), fits a
+``TorchTrainer`` and returns a ``TrainResult``. ``resume(run_id)`` continues a run that did not
+finish from its latest checkpoint, into the same MLflow run: the config is the run's logged
+``config.json`` and the Ray Train run (``train-{run_id}`` in the same storage) is the same, so
+Ray Train V2 restores its checkpoint. ``hmoe.tune`` lives in ``tune``.
 """
 
 from __future__ import annotations
@@ -18,27 +21,47 @@ from typing import Any
 
 from hmoe.config import apply_overrides
 from hmoe.platform.batches import MANIFEST
-from hmoe.platform.cluster import api_server_env
 from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.preflight import check_resources, check_run
-from hmoe.platform.processes import LOOPBACK, free_port
 from hmoe.platform.tracking import (
+    CONFIG_ARTIFACT,
+    STATUS_RUNNING,
     TAG_CONFIG_HASH,
     TAG_DATASET_HASH,
     TAG_FAILURE,
     TAG_GIT_COMMIT,
+    TAG_HOST,
     TAG_MODEL_URI,
+    TAG_PID,
     TAG_PRESET,
+    TAG_SEARCH,
     TAG_SPACE,
+    TAG_TRIAL_ID,
     MlflowRun,
+    end_orphans,
     git_commit,
+    open_store,
+    owner_gone,
     resolve_tracking_uri,
 )
+from hmoe.platform.tracking import tracking_uri as store_uri
 
-__all__ = ["TrainResult", "dataset_hash", "ensure_ray", "metrics_by_task", "resolve", "train"]
+__all__ = [
+    "TrainResult",
+    "dataset_hash",
+    "ensure_ray",
+    "metrics_by_task",
+    "resolve",
+    "resume",
+    "tracking_option",
+    "train",
+]
 
 DATASET_HASH_LENGTH = 12
+TRACKING_URI_PATH = "tracking.uri"
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train V2's checkpoint folders in a run's storage
+FINISHED = "FINISHED"
 DATA_CPUS = 1.0  # logical CPUs left to Ray Data ingest, or it stalls on its resource budget
 
 
@@ -94,25 +117,13 @@ def resolve(cfg: ExperimentConfig, base: Path | None = None) -> ExperimentConfig
 
 
 def ensure_ray(cpus_needed: float) -> None:
-    """Start a local Ray sized for ``cpus_needed`` plus ingest, or check the connected one."""
+    """Connect to Ray (``ray_start.start_ray``: a private local Ray sized for ``cpus_needed``
+    plus ingest, or the cluster ``RAY_ADDRESS`` names) and check its CPUs."""
     import ray
 
-    if not ray.is_initialized():
-        cpus = max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999))
-        # the dashboard serves the State API that Train V2's placement-group cleaner polls;
-        # without it every run prints a stream of "Failed to query ... actor state" warnings.
-        # Without api_server_env the placement groups of ASHA-stopped trials stay reserved
-        # whenever another Ray runs on the machine, and later trials starve.
-        dashboard_port = free_port()
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=True,
-            dashboard_host=LOOPBACK,
-            dashboard_port=dashboard_port,
-            runtime_env={"env_vars": api_server_env(dashboard_port)},
-            configure_logging=False,
-        )
-        return
+    from hmoe.platform.ray_start import start_ray
+
+    start_ray(max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999)))
     total = ray.cluster_resources().get("CPU", 0.0)
     if total - cpus_needed < DATA_CPUS:
         raise ValueError(
@@ -120,6 +131,14 @@ def ensure_ray(cpus_needed: float) -> None:
             f"plus {DATA_CPUS:g} free for Ray Data ingest (lower train.cpus_per_worker or "
             "train.num_workers)"
         )
+
+
+def tracking_option(uri: str | None, overrides: Mapping[str, Any] | None) -> str | None:
+    """The ``tracking_uri`` shortcut MLflow's way: ``uri``, else a ``tracking.uri`` override
+    (kept: ``None``), else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``."""
+    if uri is None and TRACKING_URI_PATH in (overrides or {}):
+        return None
+    return store_uri(uri)
 
 
 def run_tags(cfg: ExperimentConfig, space: str | None = None) -> dict[str, str]:
@@ -154,7 +173,8 @@ def train(
         data: a prepared dataset directory (``hmoe data prepare``).
         overrides: dotted ExperimentConfig paths -> values (``{"train.lr": 3e-3}``).
         workers, gpus_per_worker, tracking_uri, experiment, registered_model: shortcuts for
-            ``train.num_workers``, ``train.gpus_per_worker``, ``tracking.*``.
+            ``train.num_workers``, ``train.gpus_per_worker``, ``tracking.*``; the store is
+            ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
         register: register the trained model in the MLflow Model Registry.
         progress: called with one line per stage (the CLI prints them).
     """
@@ -164,7 +184,7 @@ def train(
         overrides,
         workers=workers,
         gpus_per_worker=gpus_per_worker,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_option(tracking_uri, overrides),
         experiment=experiment,
         registered_model=registered_model,
     )
@@ -175,17 +195,80 @@ def train(
     run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), run_tags(cfg))
     run.log_config(cfg.to_dict())
     say(f"MLflow run {run.run_id} ({run_name(cfg)}) in {cfg.tracking.uri}")
+    return _fit(cfg, run, register)
+
+
+def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
+    """Fit the Ray Train run ``train-{run_id}`` (resumed when its storage holds one)."""
     try:
         ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
         from hmoe.platform.trainer import make_trainer
 
-        trainer = make_trainer(cfg, run.run_id, f"train-{run.run_id}", cfg.train.storage_path)
+        trainer = make_trainer(cfg, run.run_id, train_run_name(run.run_id), cfg.train.storage_path)
         result = trainer.fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})
         run.finish("FAILED")
         raise
     return _finish_run(cfg, run, dict(result.metrics or {}), register)
+
+
+def train_run_name(run_id: str) -> str:
+    """The Ray Train run of MLflow run ``run_id`` (deterministic, so it can be resumed)."""
+    return f"train-{run_id}"
+
+
+def resume(
+    run_id: str,
+    *,
+    tracking_uri: str | None = None,
+    register: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Resume the ``hmoe train`` run ``run_id`` from its latest checkpoint, in the same run.
+
+    The config is the run's logged ``config.json``. A FINISHED run, a run whose process is
+    still alive, and a run without a checkpoint are refused (``ValueError``, one line).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from hmoe.platform.experiment import ExperimentConfig
+
+    uri = store_uri(tracking_uri)
+    client = open_store(uri)
+    end_orphans(uri)  # a run whose process was killed is RUNNING until now
+    try:
+        info = client.get_run(run_id)
+    except MlflowException as err:
+        raise ValueError(f"no MLflow run {run_id} in {uri}") from err
+    tags = info.data.tags
+    if info.info.status == FINISHED:
+        raise ValueError(f"run {run_id} is FINISHED: there is nothing to resume")
+    if info.info.status == STATUS_RUNNING and not owner_gone(tags):
+        owner = f"process {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}"
+        raise ValueError(f"run {run_id} is still RUNNING in {owner}; stop that first")
+    try:
+        config = client.download_artifacts(run_id, CONFIG_ARTIFACT)
+    except MlflowException as err:
+        raise ValueError(f"run {run_id} has no {CONFIG_ARTIFACT}: it is not an hmoe run") from err
+    cfg = ExperimentConfig.from_dict(json.loads(Path(config).read_text()))
+    if TAG_TRIAL_ID in tags:
+        raise ValueError(
+            f"run {run_id} is a trial of search {tags.get(TAG_SEARCH, '?')}: resume the search "
+            "(hmoe tune ... --resume)"
+        )
+    folder = Path(cfg.train.storage_path) / train_run_name(run_id)
+    saved = folder.is_dir() and any(p.name.startswith(CHECKPOINT_PREFIX) for p in folder.iterdir())
+    if not saved:
+        raise ValueError(
+            f"run {run_id} has no checkpoint in {folder}: it cannot be resumed (train again)"
+        )
+    run = MlflowRun(uri, run_id)
+    run.claim()
+    (progress or (lambda line: None))(
+        f"resuming MLflow run {run_id} ({info.info.run_name}) from its checkpoint in {folder}"
+    )
+    return _fit(cfg, run, register)
 
 
 def _finish_run(
@@ -199,7 +282,7 @@ def _finish_run(
     version = None
     if register and model_uri is not None:
         version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
-    run.finish("FINISHED")
+    run.finish(FINISHED)
     history = _history(run, metrics)
     tasks = load_schema(cfg.data.path).tasks
     return TrainResult(

@@ -149,7 +149,10 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] | None = None) -> 
     spare = 0.0 if ray.is_initialized() else cfg.spare_cpus
     ensure_ray(cfg.max_concurrent * (TRIAL_DRIVER_CPUS + cfg.cpus_per_worker) + spare)
     data = prepare_data(cfg, out, say)
-    uri = f"sqlite:///{out / MLFLOW_DB}"
+    from hmoe.platform.tracking import tracking_uri
+
+    # MLFLOW_TRACKING_URI, as for every command; else a store of the demo's own, in its folder
+    uri = tracking_uri(None, default=f"sqlite:///{out / MLFLOW_DB}")
     say(f"searching {cfg.preset} over space {cfg.space!r}: {cfg.trials} trials x {cfg.epochs} "
         f"epochs, {cfg.max_concurrent} at a time ({cfg.scheduler})")  # fmt: skip
     trials = _TrialLog(say)

@@ -6,13 +6,27 @@ time spent in tracking calls is measured so that its overhead can be reported. T
 config is logged flat as params (``train.lr``) and whole as ``config.json``; runs carry the tags
 of the run-identity contract (``hmoe.preset``, ``hmoe.space``, ``hmoe.config_hash``,
 ``hmoe.dataset_hash``, ``hmoe.git_commit``, and ``mlflow.parentRunId`` for trials).
+
+The store follows MLflow's convention (``tracking_uri``): an explicit URI, else
+``MLFLOW_TRACKING_URI``, else ``./mlflow.db``. A new sqlite store is created under a file lock
+beside the database (``<db>.lock``): MLflow creates the tables and runs its migrations without
+one, and two processes doing it at once leave a store that no later command can open. Every run
+records the process that owns it (``hmoe.host``, ``hmoe.pid``, ``hmoe.process_start``); a RUNNING
+run whose process is gone is ended as KILLED the next time a run is created (``end_orphans``,
+also ``hmoe runs gc``), so a killed ``hmoe train`` leaves no run RUNNING forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import json
+import logging
 import math
+import os
+import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -23,15 +37,28 @@ from typing import Any, Protocol
 __all__ = [
     "CONFIG_ARTIFACT",
     "DEFAULT_TRACKING_URI",
+    "TRACKING_URI_ENV",
     "MetricLogger",
     "MlflowRun",
     "NullLogger",
+    "Orphan",
+    "StoreError",
+    "end_orphans",
     "flatten",
     "git_commit",
+    "open_store",
+    "owner_gone",
+    "owner_tags",
     "resolve_tracking_uri",
+    "tracking_uri",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, read by every hmoe command
+SQLITE_PREFIX = "sqlite:///"
+LOCK_SUFFIX = ".lock"  # the store-creation lock file beside the sqlite database
+MIGRATION_LEFTOVER_PREFIX = "_alembic_tmp_"  # tables of an interrupted sqlite migration
+SEARCH_PAGE = 1000  # runs / experiments per search request while looking for orphans
 CONFIG_ARTIFACT = "config.json"
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
 MAX_PARAM_VALUE_CHARS = 6000  # MLflow's limit for one param value
@@ -46,6 +73,17 @@ TAG_MODEL_URI = "hmoe.model_uri"
 TAG_MODEL_FORMAT = "hmoe.model_format"
 TAG_FAILURE = "hmoe.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_HOST = "hmoe.host"  # the machine of the process that owns a run
+TAG_PID = "hmoe.pid"  # ... that process (for Tune trials: the search's driver)
+TAG_PROCESS_START = "hmoe.process_start"  # its start time, so a reused pid is not mistaken
+STATUS_RUNNING = "RUNNING"
+STATUS_KILLED = "KILLED"
+_LOG = logging.getLogger(__name__)
+_OPENED: set[str] = set()  # stores this process has opened (created under the lock) already
+
+
+class StoreError(ValueError):
+    """The tracking store cannot be used as it is; the message says how to repair it."""
 
 
 class MetricLogger(Protocol):
@@ -91,6 +129,187 @@ def resolve_tracking_uri(uri: str, base: Path | None = None) -> str:
     if "://" not in uri and not uri.startswith("sqlite"):
         return Path(base or Path.cwd()).joinpath(uri).resolve().as_uri()
     return uri
+
+
+def tracking_uri(
+    uri: str | None = None, default: str = DEFAULT_TRACKING_URI, base: Path | None = None
+) -> str:
+    """The store to use, MLflow's way: ``uri`` (``--tracking-uri``), else the
+    ``MLFLOW_TRACKING_URI`` environment variable, else ``default`` (``./mlflow.db``); made
+    absolute (``resolve_tracking_uri``)."""
+    chosen = uri or os.environ.get(TRACKING_URI_ENV) or default
+    return resolve_tracking_uri(chosen, base)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for other stores)."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(uri[len(SQLITE_PREFIX) :].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_store(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri``; a sqlite store is created (or checked) under its lock.
+
+    MLflow builds the tables and runs its migrations the first time a process touches a
+    store; this does that once per process, holding ``<db>.lock``, so processes started
+    together wait for the first instead of migrating the same file at once. A store that is
+    half-created or out of date raises ``StoreError`` with the command that repairs it.
+    """
+    from mlflow import MlflowClient
+
+    path = sqlite_path(uri)
+    if path is None or uri in _OPENED:
+        return MlflowClient(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_name(path.name + LOCK_SUFFIX)):
+        try:
+            client = MlflowClient(uri)  # builds the tracking store: tables, migrations
+            client.search_registered_models(max_results=1)  # the registry store
+        except Exception as err:  # MLflow, SQLAlchemy and alembic each raise their own types
+            message = _broken_store(path, uri, err)
+            if message is None:
+                raise
+            raise StoreError(message) from err
+    _OPENED.add(uri)
+    return client
+
+
+def _broken_store(path: Path, uri: str, err: Exception) -> str | None:
+    """The one-line repair message for a half-created / out-of-date store, else ``None``."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+            version = None
+            if "alembic_version" in tables:
+                found = db.execute("SELECT version_num FROM alembic_version").fetchone()
+                version = found[0] if found else None
+    except sqlite3.Error:
+        return None
+    leftovers = sorted(t for t in tables if t.startswith(MIGRATION_LEFTOVER_PREFIX))
+    schema_error = "schema" in str(err).lower() or type(err).__module__.startswith("alembic")
+    if not leftovers and not schema_error:
+        return None
+    drop = "; ".join(f"DROP TABLE {t}" for t in leftovers)
+    steps = f"sqlite3 {path} '{drop}', then " if leftovers else ""
+    cause = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return (
+        f"the MLflow store {path} is half-created or out of date (schema version "
+        f"{version or 'none'}{', leftover tables ' + ', '.join(leftovers) if leftovers else ''}: "
+        f"{cause}); back it up, then run {steps}mlflow db upgrade {uri} "
+        f"(or delete {path} if it holds no runs you need)"
+    )
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc), if known."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces; field 22 counts from after its ")"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """The tags that name the process owning a run (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(pid)}
+    start = _process_start(pid)
+    if start is not None:
+        tags[TAG_PROCESS_START] = start
+    return tags
+
+
+def owner_gone(tags: Mapping[str, str]) -> bool:
+    """Whether the run's owning process (on this host) has ended; unknown owners are alive."""
+    if tags.get(TAG_HOST) != socket.gethostname() or not str(tags.get(TAG_PID, "")).isdigit():
+        return False
+    pid = int(tags[TAG_PID])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process: alive
+    recorded = tags.get(TAG_PROCESS_START)
+    current = _process_start(pid)
+    return recorded is not None and current is not None and recorded != current
+
+
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    """A RUNNING run whose owning process has ended (``end_orphans`` marks it KILLED)."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    host: str
+    pid: str
+
+    @property
+    def reason(self) -> str:
+        return f"process {self.pid} on {self.host} ended without finishing the run"
+
+
+def end_orphans(uri: str, dry_run: bool = False) -> list[Orphan]:
+    """End every RUNNING run of this host whose owning process is gone as KILLED.
+
+    Each gets ``hmoe.failure_reason`` = "process <pid> on <host> ended without finishing the
+    run". Runs of other hosts, and runs without an owner tag, are left alone.
+    """
+    client = open_store(uri)
+    host = socket.gethostname()
+    # host names cannot hold quotes, so the filter needs no escaping
+    query = f"attributes.status = '{STATUS_RUNNING}' and tags.`{TAG_HOST}` = '{host}'"
+    orphans = []
+    for run in _search_runs(client, query):
+        if owner_gone(run.data.tags):
+            orphans.append(
+                Orphan(
+                    run_id=run.info.run_id,
+                    run_name=run.info.run_name or "",
+                    experiment_id=run.info.experiment_id,
+                    host=host,
+                    pid=run.data.tags[TAG_PID],
+                )
+            )
+    for orphan in [] if dry_run else orphans:
+        client.set_tag(orphan.run_id, TAG_FAILURE, orphan.reason)
+        client.set_terminated(orphan.run_id, status=STATUS_KILLED)
+        _LOG.warning("marked MLflow run %s KILLED: %s", orphan.run_id, orphan.reason)
+    return orphans
+
+
+def _search_runs(client: Any, query: str) -> Iterator[Any]:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(max_results=SEARCH_PAGE, page_token=token)
+        experiments += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
+    if not experiments:
+        return
+    token = None
+    while True:
+        page = client.search_runs(
+            experiments, filter_string=query, max_results=SEARCH_PAGE, page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def git_commit() -> str:
@@ -143,21 +362,38 @@ class MlflowRun:
     """
 
     def __init__(self, uri: str, run_id: str) -> None:
-        from mlflow import MlflowClient
-
         self.uri = uri
         self.run_id = run_id
-        self.client = MlflowClient(uri)
+        self.client = open_store(uri)
         self.seconds = 0.0  # time spent in tracking calls (the overhead we report)
 
     @classmethod
-    def create(cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> MlflowRun:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(uri)
+    def create(
+        cls,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        owner: Mapping[str, str] | None = None,
+    ) -> MlflowRun:
+        """A new RUNNING run owned by ``owner`` (``owner_tags()``: this process); orphans of
+        processes that died on this host are ended first."""
+        client = open_store(uri)
+        end_orphans(uri)
         exp_id = experiment_id(client, experiment, uri)
-        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+        all_tags = dict(tags) | dict(owner if owner is not None else owner_tags())
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
         return cls(uri, run.info.run_id)
+
+    def claim(self, owner: Mapping[str, str] | None = None) -> None:
+        """Make ``owner`` (default: this process) the owner of this run again and mark it
+        RUNNING (a resumed run or search); a previous failure reason is dropped."""
+        with self._timed():
+            for key, value in dict(owner if owner is not None else owner_tags()).items():
+                self.client.set_tag(self.run_id, key, value)
+            if TAG_FAILURE in self.client.get_run(self.run_id).data.tags:
+                self.client.delete_tag(self.run_id, TAG_FAILURE)
+            self.client.update_run(self.run_id, status=STATUS_RUNNING)
 
     @contextlib.contextmanager
     def _timed(self) -> Iterator[None]:

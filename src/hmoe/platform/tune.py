@@ -30,6 +30,7 @@ from hmoe.platform.api import (
     metrics_by_task,
     resolve,
     run_tags,
+    tracking_option,
 )
 from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
 from hmoe.platform.failures import failure_reason
@@ -43,6 +44,8 @@ from hmoe.platform.tracking import (
     TAG_TRIAL_ID,
     MlflowRun,
     experiment_id,
+    open_store,
+    owner_tags,
 )
 
 __all__ = ["TuneResult", "tune"]
@@ -85,9 +88,7 @@ class TuneResult:
 
 def find_run(uri: str, experiment: str, tags: Mapping[str, str]) -> MlflowRun | None:
     """The run carrying all ``tags`` (used to re-attach a resumed search or trial)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
+    client = open_store(uri)
     exp_id = experiment_id(client, experiment, uri)
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([exp_id], filter_string=query, max_results=1)
@@ -118,7 +119,12 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
             TAG_TRIAL_ID: trial_id,
             TAG_SEARCH: settings["search"],
         }
-        run = MlflowRun.create(uri, experiment, f"{run_name(cfg)}-{trial_id}", tags)
+        # owned by the search's driver: a killed driver leaves its trials' runs to end_orphans
+        run = MlflowRun.create(
+            uri, experiment, f"{run_name(cfg)}-{trial_id}", tags, owner=settings["owner"]
+        )
+    else:
+        run.claim(settings["owner"])  # a restarted or resumed trial
     if reason is not None:
         run.set_tags({TAG_FAILURE: reason[:500]})
         run.finish("FAILED")
@@ -188,6 +194,7 @@ def _parent_run(cfg: ExperimentConfig, space: str, search: str) -> MlflowRun:
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     found = find_run(uri, experiment, {TAG_SEARCH: search, "hmoe.role": "search"})
     if found is not None:
+        found.claim()
         return found
     tags = run_tags(cfg, space) | {TAG_SEARCH: search, "hmoe.role": "search"}
     run = MlflowRun.create(uri, experiment, search, tags)
@@ -235,7 +242,7 @@ def tune(
         overrides,
         workers=workers,
         gpus_per_worker=gpus_per_worker,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking_option(tracking_uri, overrides),
         experiment=experiment,
         registered_model=registered_model,
     )
@@ -265,6 +272,7 @@ def tune(
         "space": space,
         "search": search,
         "storage": str(path / "trials"),
+        "owner": owner_tags(),
     }
     tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip

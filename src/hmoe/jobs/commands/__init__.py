@@ -38,10 +38,11 @@ from hmoe.jobs.commands import (  # noqa: E402 - the command modules import the 
     data,
     demo,
     jobs,
+    runs,
     submit,
     train,
     tune,
     ui,
 )
 
-COMMANDS = (data, train, tune, analyze, cluster, ui, submit, jobs, demo)
+COMMANDS = (data, train, tune, analyze, runs, cluster, ui, submit, jobs, demo)

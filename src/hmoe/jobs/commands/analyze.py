@@ -6,6 +6,7 @@ import argparse
 
 from hmoe.config import ConfigError, apply_overrides
 from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.train import add_tracking_uri_argument
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--kind", choices=["collapse", "correlation", "entanglement", "all"], default="all"
     )
     parser.add_argument("--out", default=None, help="local directory for the PNG plots")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: ./mlflow.db)")
+    add_tracking_uri_argument(parser)
     parser.add_argument(
         "--reference",
         action="append",

@@ -7,13 +7,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from hmoe.config import ConfigError
 from hmoe.jobs.commands import add_set_argument, parse_sets
 
 METRIC_COLUMNS = ("auc", "gauc", "logloss")
+TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+# what --resume takes from the run's logged config instead
+CONFIG_FLAGS = ("preset", "data", "sets", "workers", "gpus_per_worker", "experiment",
+                "registered_model")  # fmt: skip
+
+
+def add_tracking_uri_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
 
 
 def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default: ./mlflow.db)")
+    add_tracking_uri_argument(parser)
     parser.add_argument("--experiment", default=None, help="MLflow experiment name")
     parser.add_argument(
         "--registered-model",
@@ -24,8 +33,15 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train one model (Ray Train)")
-    parser.add_argument("--preset", required=True, help="model preset, e.g. hmoe, dcnv2, debug")
-    parser.add_argument("--data", required=True, help="prepared dataset directory")
+    parser.add_argument("--preset", help="model preset, e.g. hmoe, dcnv2, debug (required)")
+    parser.add_argument("--data", help="prepared dataset directory (required)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        default=None,
+        help="resume this unfinished run from its checkpoint, with its logged config "
+        "(instead of --preset/--data)",
+    )
     add_set_argument(parser)
     parser.add_argument("--workers", type=int, default=None, help="Ray Train workers (DDP)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker")
@@ -55,6 +71,16 @@ def shortcut_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     # parse and validate before importing the platform (which imports torch and Ray)
+    if args.resume is not None:
+        given = [name for name in CONFIG_FLAGS if getattr(args, name) is not None]
+        if given:
+            flags = ", ".join("--" + ("set" if n == "sets" else n.replace("_", "-")) for n in given)
+            raise ConfigError(f"--resume takes the run's logged config; drop {flags}")
+        from hmoe.platform.api import resume
+
+        return print_result(resume(args.resume, tracking_uri=args.tracking_uri, progress=print))
+    if args.preset is None or args.data is None:
+        raise ConfigError("--preset and --data are required (or --resume RUN_ID)")
     overrides = parse_sets(args.sets)
     from hmoe.platform.api import train
 
@@ -65,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         **shortcut_options(args),
         progress=print,
     )
+    return print_result(result)
+
+
+def print_result(result: Any) -> int:
     print()
     print(metrics_table(result.per_task))
     print()

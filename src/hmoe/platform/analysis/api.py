@@ -57,23 +57,22 @@ class AnalysisResult:
 
 
 def _tracking_uri(uri: str | None) -> str:
-    from hmoe.platform.tracking import DEFAULT_TRACKING_URI, resolve_tracking_uri
+    from hmoe.platform.tracking import tracking_uri
 
-    return resolve_tracking_uri(uri or DEFAULT_TRACKING_URI)
+    return tracking_uri(uri)
 
 
 def load_run(run_id: str, tracking_uri: str | None = None) -> LoadedRun:
     """Rebuild the run's model from its ``config.json`` and load the logged weights into it."""
     import mlflow.pytorch
-    from mlflow import MlflowClient
 
     from hmoe.models.zoo import build
     from hmoe.platform.batches import load_schema
     from hmoe.platform.experiment import ExperimentConfig
-    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI
+    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI, open_store
 
     uri = _tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client = open_store(uri)
     run = client.get_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -127,7 +126,7 @@ def analyze(
         kind: which analysis; ``all`` runs the three and skips correlation on a dataset without
             a categorised sequence and entanglement on a single-task dataset.
         out_dir: local folder of the PNG files (default ``./analysis/<run_id>``).
-        tracking_uri: the MLflow store (default ``sqlite:///mlflow.db``).
+        tracking_uri: the MLflow store (default: ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
         config: the analyses' knobs (default ``AnalysisConfig()``).
         reference_runs: entanglement only: ``{task: run_id}`` of single-task runs that define
             the conflict subset (without them a STEM run's own task sets define it).

@@ -163,6 +163,9 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
     files = list_files(spec.log, base)
+    from hmoe.platform.ray_start import start_ray
+
+    start_ray()  # before Ray Data's own ray.init() could join a `ray start` cluster
     try:
         with _original_task_errors():
             return _run_on_ray(spec, base, tmp, progress, sides, embeddings, frags, files)

@@ -40,6 +40,7 @@ import numpy as np
 
 from hmoe.config import Config, ConfigError, config
 from hmoe.platform.data import synth_model as sm
+from hmoe.platform.ray_start import start_ray
 
 __all__ = ["KNOWN_TASKS", "PlantedConfig", "SynthConfig", "SynthResult", "synthesize"]
 
@@ -199,8 +200,26 @@ def synthesize(
     users = sm.resolved_users(rows, cfg)
     layouts = sm.plan_blocks(rows, users, cfg.block_rows)
     world = sm.build_world(seed, cfg)
+    start_ray()  # a Ray of this process's own, or the cluster RAY_ADDRESS names
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return _write(out, staging, rows, users, layouts, world, seed, cfg)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # no half-written staging folder left behind
+        raise
+
+
+def _write(
+    out: Path,
+    staging: Path,
+    rows: int,
+    users: int,
+    layouts: list[sm.BlockLayout],
+    world: sm.World,
+    seed: int,
+    cfg: SynthConfig,
+) -> SynthResult:
     (staging / "impressions").mkdir(parents=True)
     (staging / "users").mkdir()
     stats = _run_blocks(staging, layouts, seed, cfg)

@@ -1,10 +1,12 @@
 """``hmoe demo``: flags to config, dataset choice and fallbacks, the table, and one tiny demo end
-to end (synthetic logs, 2 trials of 1 epoch) on the session Ray."""
+to end (synthetic logs, 2 trials of 1 epoch) as documented, in a fresh process."""
 
 from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from hmoe.jobs.cli import EXIT_USER_ERROR, build_parser, main
 from hmoe.jobs.commands.demo import demo_config, leaderboard_table
 from hmoe.platform import demo
 from hmoe.platform.demo import DemoConfig, LeaderboardRow, PreparedData
+from tests.platform.test_store import scrubbed_env
 
 
 def _config(*argv: str) -> DemoConfig:
@@ -130,16 +133,26 @@ def test_ui_command_points_at_the_store():
                      cmd)  # fmt: skip
 
 
+#: the tiny demo exactly as docs/demo.md shows it (tests/test_docs_commands.py names this test)
+TINY_DEMO = "hmoe demo --synthetic --rows 3000 --trials 2 --epochs 1"
+DEMO_TIMEOUT_S = 900
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_tiny_demo_end_to_end(ray_cluster, tmp_path, capsys):
+@pytest.mark.timeout(DEMO_TIMEOUT_S)
+def test_tiny_demo_end_to_end(tmp_path, short_tmp):
+    """The documented command in a fresh process (its own Ray and store, nothing inherited)."""
     from mlflow import MlflowClient
 
-    out = tmp_path / "demo"
-    argv = ["demo", "--synthetic", "--rows", "3000", "--trials", "2", "--epochs", "1",
-            "--cpus-per-worker", "0.5", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
+    out = tmp_path / "hmoe-runs" / "demo"  # the default --out, under the working directory
+    env = scrubbed_env(RAY_TMPDIR=str(short_tmp()))
+    done = subprocess.run(
+        [sys.executable, "-m", "hmoe.jobs.cli", *TINY_DEMO.split()[1:]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
     assert "synthetic logs, as asked" in printed
 
     header = printed.index("#  trial")

@@ -182,7 +182,7 @@ def debug() -> Preset:
     )
     loss = LossConfig(
         ranking=RankingLossConfig(enabled=True, alpha=0.8),
-        ipw=IPWConfig(enabled=True, exponent=0.5, max_weight=1.5),
+        ipw=IPWConfig(enabled=True, exponent=0.5, min_weight=0.5),
         embedding_l2=1e-4,
     )
     return Preset(model=model, loss=loss, description="tiny model for tests, every technique on")

@@ -119,11 +119,11 @@ def test_one_class_batch_skips_pair_term_without_nan(labels: torch.Tensor) -> No
 def _slow_ipw(counts: list[float], positive: list[bool], rho_of, min_weight: float) -> list[float]:
     """Independent reference: one float at a time, no torch (see ``IPWConfig``)."""
     clipped = [min(max(1.0 / rho_of(max(k, 0.0)), min_weight), 1.0) for k in counts]
-    chosen = [w for w, p in zip(clipped, positive) if p]
+    chosen = [w for w, p in zip(clipped, positive, strict=True) if p]
     if not chosen:
         return [1.0] * len(counts)
     mean = sum(chosen) / len(chosen)
-    return [w / mean if p else 1.0 for w, p in zip(clipped, positive)]
+    return [w / mean if p else 1.0 for w, p in zip(clipped, positive, strict=True)]
 
 
 COUNTS = [0.0, 1.0, 3.0, 8.0, 50.0, 2.0, 0.0, 1.5]

@@ -17,8 +17,8 @@ def _encoder(**overrides: object) -> SimilarityEncoder:
     return SimilarityEncoder(DIM, SimilarityEncoderConfig(**overrides), init_std=0.2)
 
 
-def _buckets(num_buckets: int = 20, low: float = -1.0, high: float = 1.0) -> SimilarityEncoder:
-    return _encoder(kind="bucket", num_buckets=num_buckets, low=low, high=high)
+def _buckets(num_levels: int = 20, low: float = -1.0, high: float = 1.0) -> SimilarityEncoder:
+    return _encoder(kind="bucket", num_levels=num_levels, low=low, high=high)
 
 
 def _slow_mnse(enc: SimilarityEncoder, value: float) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_bucket_edges_clipping_and_nan() -> None:
 
 
 def test_bucket_respects_custom_range() -> None:
-    enc = _buckets(num_buckets=4, low=0.0, high=1.0)
+    enc = _buckets(num_levels=4, low=0.0, high=1.0)
     assert enc.level(torch.tensor([0.0, 0.26, 0.5, 0.74, 0.99, -1.0])).tolist() == [
         0, 1, 2, 2, 3, 0,
     ]  # fmt: skip
@@ -120,9 +120,9 @@ def test_bucket_gradients_finite_and_only_on_used_buckets() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num_buckets": 1}, "num_buckets"),
         ({"low": 1.0, "high": 1.0}, "low < high"),
         ({"num_levels": 1}, "num_levels"),
+        ({"kind": "bucket", "num_levels": 1}, "num_levels"),
         ({"bases": (1, 3)}, "bases"),
         ({"bases": (2, 2)}, "bases"),
         ({"bases": ()}, "bases"),

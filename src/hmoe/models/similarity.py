@@ -1,11 +1,11 @@
 """Similarity encoding (paper_spec §2.3, [RECON]): the cosine of two pre-trained embeddings is a
 numeric feature, encoded by MNSE by default.
 
-``kind="mnse"`` maps the cosine on ``[low, high]`` linearly onto ``num_levels`` integer levels
-and encodes the level with MNSE over ``bases`` (``hmoe.models.mnse``: nearby similarities share
-their high-order digits' embeddings, so the encoding keeps the order of the scores);
-``kind="bucket"`` looks the cosine up in a table of ``num_buckets`` equal-width buckets, each
-with its own learned embedding.
+The cosine on ``[low, high]`` is mapped linearly onto ``num_levels`` equal-width integer levels.
+``kind="mnse"`` encodes the level with MNSE over ``bases`` (``hmoe.models.mnse``: nearby
+similarities share their high-order digits' embeddings, so the encoding keeps the order of the
+scores); ``kind="bucket"`` gives every level its own learned embedding (a bucket table; the
+former default was 20 buckets: ``num_levels: 20``).
 
 Used for a ``SimilarityFeature`` (one token) and, inside a sequence, as the per-behaviour side
 embedding of the behaviour's cosine to the target (added like TIM's temporal encoding).
@@ -34,22 +34,19 @@ MISSING_SIMILARITY = 0.0  # a NaN cosine (an embedding was missing) is encoded a
 class SimilarityEncoderConfig(Config):
     """How a similarity on ``[low, high]`` (values outside are clipped) becomes a token.
 
-    ``kind="mnse"`` (default): ``num_levels`` equal-width levels, MNSE over ``bases``
-    (``common_width`` pads every base to the widest base's digit count).
-    ``kind="bucket"``: ``num_buckets`` equal-width buckets, one learned embedding each.
+    ``num_levels`` equal-width levels; ``kind="mnse"`` (default) encodes a level with MNSE over
+    ``bases`` (``common_width`` pads every base to the widest base's digit count),
+    ``kind="bucket"`` looks it up in a table of one learned embedding per level.
     """
 
     kind: Literal["mnse", "bucket"] = "mnse"
     num_levels: int = 1024
     bases: tuple[int, ...] = (2, 3)
     common_width: bool = False
-    num_buckets: int = 20
     low: float = -1.0
     high: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.num_buckets < 2:
-            raise ConfigError(f"num_buckets must be >= 2, got {self.num_buckets}")
         if not self.low < self.high:
             raise ConfigError(f"need low < high, got [{self.low}, {self.high}]")
         # the numeric encoder's checks of num_levels and bases, with this config's key names
@@ -78,8 +75,8 @@ class SimilarityEncoder(nn.Module):
         >>> enc = SimilarityEncoder(4, SimilarityEncoderConfig(), init_std=0.01)
         >>> enc(torch.tensor([-1.0, 0.3, 1.0])).shape, enc.level(torch.tensor([1.0])).item()
         (torch.Size([3, 4]), 1023)
-        >>> buckets = SimilarityEncoder(4, SimilarityEncoderConfig(kind="bucket"), init_std=0.01)
-        >>> buckets.level(torch.tensor([1.0])).item()
+        >>> table = SimilarityEncoderConfig(kind="bucket", num_levels=20)
+        >>> SimilarityEncoder(4, table, init_std=0.01).level(torch.tensor([1.0])).item()
         19
     """
 
@@ -88,18 +85,17 @@ class SimilarityEncoder(nn.Module):
         self.kind = config.kind
         self.low = config.low
         self.high = config.high
+        self.num_levels = config.num_levels
         self.encoder: nn.Module
         if config.kind == "mnse":
             feature = NumericFeature(name="similarity", min_value=config.low, max_value=config.high)
             self.encoder = NumericEncoder(feature, dim, config.numeric_config(), init_std)
-            self.num_levels = config.num_levels
         else:
-            self.encoder = nn.Embedding(config.num_buckets, dim)
+            self.encoder = nn.Embedding(config.num_levels, dim)
             init_embedding_(self.encoder.weight, init_std, padding_row=None)
-            self.num_levels = config.num_buckets
 
     def level(self, similarity: torch.Tensor) -> torch.Tensor:
-        """The equal-width level (MNSE) or bucket index in ``[0, num_levels)``."""
+        """The equal-width level in ``[0, num_levels)``; NaN gets the level of 0 similarity."""
         unit = (self._values(similarity) - self.low) / (self.high - self.low)
         return torch.floor(unit * self.num_levels).clamp(0, self.num_levels - 1).long()
 
@@ -109,7 +105,7 @@ class SimilarityEncoder(nn.Module):
         return self.encoder(self.level(similarity))
 
     def token_table(self) -> torch.Tensor:
-        """The token of every level or bucket, ``[num_levels, D]``."""
+        """The token of every level, ``[num_levels, D]``."""
         if self.kind == "mnse":
             return self.encoder.token_table()
         return self.encoder.weight

@@ -167,7 +167,7 @@ def debug() -> Preset:
     encoder = FeatureEncoderConfig(
         init_std=0.1,
         numeric=NumericEncoderConfig(num_levels=64, bases=(2, 3)),
-        similarity=SimilarityEncoderConfig(num_buckets=5),
+        similarity=SimilarityEncoderConfig(num_levels=5),
         sequence=SequenceEncoderConfig(
             kind="tim",
             tim=TIMConfig(time_intervals=TimeIntervalConfig(num_buckets=8, unit_seconds=86400.0)),

@@ -191,11 +191,11 @@ def debug() -> Preset:
 def hmoe() -> Preset:
     """The paper's single-task model (KDD'24 Fig. 1, spec §1.1): TIM (log time-interval buckets, the
     official code's tokens; ``model.encoder.sequence.tim.form=paper`` gives the paper's
-    ``sum alpha (e~ * v~)``), MNSE (bases 2, 3), similarity encoding, heterogeneous experts GwPFM /
-    IPNN / DCN V2 (2 cross layers) / FlatDNN each with a 256-unit layer, in two expert groups
-    (the third-party HMoE code's grouping, ``assignment="by_interaction"``: GwPFM + IPNN share
-    embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set 1), a
-    softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
+    ``sum alpha (e~ * v~)``), MNSE (bases 2, 3) of numerics and similarities, heterogeneous
+    experts GwPFM / IPNN / DCN V2 (2 cross layers) / FlatDNN each with a 256-unit layer, in two
+    expert groups (the third-party HMoE code's grouping, ``assignment="by_interaction"``: GwPFM +
+    IPNN share embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set
+    1), a softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
     Combined-Pair (alpha 0.9). Two sets rather than one per expert keep the step within 3x of
     ``dcnv2``'s cost (docs/benchmarks.md); ``model.embedding.assignment=per_expert`` gives one
     set per expert. Whole-table embedding L2 (``HMOE_EMBEDDING_L2``) keeps the id tables from

@@ -168,6 +168,17 @@ def _verdict(runs: dict[str, list[dict]]) -> str:
     return "; ".join(parts) + ".\n" if parts else ""
 
 
+def _missing(runs: dict[str, list[dict]]) -> str:
+    """Which rows lack some of the section's seeds (a run not done yet is left out, not guessed)."""
+    short = [f"{_label(v)}: {len(r)}" for v, r in runs.items() if len(r) < len(SEEDS)]
+    if not short:
+        return ""
+    return (
+        f"**Incomplete**: stored runs of the {len(SEEDS)} seeds per row: {'; '.join(short)}; "
+        "rerun `python benchmarks/reproduce.py --sections exposure` to complete them.\n"
+    )
+
+
 def _timing(runs: dict[str, list[dict]]) -> str:
     walls = [float(r["wall_s"]) for records in runs.values() for r in records]
     if not walls:
@@ -234,6 +245,7 @@ def run(ctx: Context) -> Section:
             table(header, rows),
             "",
             _verdict(runs),
+            _missing(runs),
             _timing(runs),
         ]
     )

@@ -8,6 +8,7 @@ Legend: ``B`` batch, ``K`` tasks, ``P`` positives, ``N`` negatives.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -108,7 +109,7 @@ def _check_propensity_table(propensities: Sequence[float]) -> None:
             "estimator 'table' needs propensities with at least two entries (the first "
             f"exposure's, then each repeat's), got {list(propensities)}"
         )
-    falls = any(later < earlier for earlier, later in zip(propensities, propensities[1:]))
+    falls = any(later < earlier for earlier, later in itertools.pairwise(propensities))
     if falls or propensities[1] <= propensities[0]:
         raise ConfigError(
             "propensities must be non-decreasing with the second above the first (repeated "

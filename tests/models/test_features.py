@@ -155,11 +155,19 @@ def test_two_sets_are_independent_and_may_differ_in_dim() -> None:
     assert not small_ids & {id(p) for p in large.parameters()}
 
 
-def test_seeded_reference_values() -> None:
-    config = apply_overrides(_config(), {"init_std": 0.3})
+@pytest.mark.parametrize(
+    ("similarity", "expected"),
+    [("mnse", [-0.0651, -0.3321, -4.7137]), ("bucket", [0.9215, 1.2252, -1.9930])],
+)
+def test_seeded_reference_values(similarity: str, expected: list[float]) -> None:
+    levels = {"mnse": 1024, "bucket": 20}[similarity]
+    config = apply_overrides(
+        _config(),
+        {"init_std": 0.3, "similarity.kind": similarity, "similarity.num_levels": levels},
+    )
     tokens = _encoder(config, dim=4)(_batch(size=3, seed=5))
-    expected = torch.tensor([0.9215, 1.2252, -1.9930])  # seed 0
-    torch.testing.assert_close(tokens.sum(dim=(1, 2)), expected, atol=1e-4, rtol=0)
+    # seed 0; the bucket table's values are the ones from before MNSE became the default
+    torch.testing.assert_close(tokens.sum(dim=(1, 2)), torch.tensor(expected), atol=1e-4, rtol=0)
 
 
 def test_embedding_tables_and_temporal_tables() -> None:
@@ -170,7 +178,10 @@ def test_embedding_tables_and_temporal_tables() -> None:
     assert tables["age"].shape == (71, D)  # integer mapping: levels 0..70
     assert tables["price"].shape == (1024, D)  # scaled to num_levels
     assert tables["ctr"].shape == (5, D)  # 4 quantiles -> 5 buckets
-    assert tables["user_item_sim"].shape == (20, D)
+    assert tables["user_item_sim"].shape == (1024, D)  # MNSE: the token of every level
+    table = {"similarity.kind": "bucket", "similarity.num_levels": 20}
+    buckets = _encoder(apply_overrides(_config(), table))
+    assert buckets.embedding_tables()["user_item_sim"].shape == (20, D)
     batch = _batch()
     tokens = encoder(batch)
     level = int(encoder.numeric[0].mapping(batch["age"])[2])

@@ -21,7 +21,7 @@ from hmoe.schema import EXPOSURE, LABELS, WEIGHT
 
 TASKS = ("click", "like")
 LABELS_B = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
-REFERENCE_LOSS = 1.278421  # torch.manual_seed(0), CPU float32; see test_seeded_reference_loss
+REFERENCE_LOSS = 1.236026  # torch.manual_seed(0), CPU float32; see test_seeded_reference_loss
 
 
 class TinyModel(nn.Module):
@@ -116,36 +116,107 @@ def test_one_class_batch_skips_pair_term_without_nan(labels: torch.Tensor) -> No
     torch.testing.assert_close(loss, 0.7 * F.binary_cross_entropy_with_logits(z, labels))
 
 
-def test_ipw_weights_mean_one_over_positives_and_one_elsewhere() -> None:
-    exposure = torch.tensor([0.0, 1.0, 3.0, 8.0, 50.0, 2.0])
-    positive = torch.tensor([True, True, False, True, True, False])
-    cfg = IPWConfig(enabled=True, exponent=0.5, max_weight=4.0)
-    weights = ipw_weights(exposure, cfg, positive)
-    torch.testing.assert_close(weights[positive].mean(), torch.tensor(1.0))
-    assert torch.equal(weights[~positive], torch.ones(2))
-    raw = torch.tensor([1.0, 2.0**0.5, 3.0, 4.0])  # (1 + k) ** 0.5, 51 ** 0.5 clipped to 4
-    torch.testing.assert_close(weights[positive], raw / raw.mean())
-    torch.testing.assert_close(ipw_weights(exposure, cfg).mean(), torch.tensor(1.0))
+def _slow_ipw(counts: list[float], positive: list[bool], rho_of, min_weight: float) -> list[float]:
+    """Independent reference: one float at a time, no torch (see ``IPWConfig``)."""
+    clipped = [min(max(1.0 / rho_of(max(k, 0.0)), min_weight), 1.0) for k in counts]
+    chosen = [w for w, p in zip(clipped, positive, strict=True) if p]
+    if not chosen:
+        return [1.0] * len(counts)
+    mean = sum(chosen) / len(chosen)
+    return [w / mean if p else 1.0 for w, p in zip(clipped, positive, strict=True)]
 
 
-def test_ipw_table_estimator_and_edge_cases() -> None:
-    cfg = IPWConfig(estimator="table", propensities=(1.0, 0.5, 0.25), max_weight=100.0)
-    exposure = torch.tensor([0.0, 1.0, 2.0, 7.0])
-    weights = ipw_weights(exposure, cfg)
-    raw = torch.tensor([1.0, 2.0, 4.0, 4.0])  # counts beyond the table use its last entry
-    torch.testing.assert_close(weights, raw / raw.mean())
-    assert torch.equal(ipw_weights(exposure, cfg, torch.zeros(4, dtype=torch.bool)), torch.ones(4))
-    flat = ipw_weights(exposure, IPWConfig(exponent=0.0))
-    assert torch.equal(flat, torch.ones(4))
+COUNTS = [0.0, 1.0, 3.0, 8.0, 50.0, 2.0, 0.0, 1.5]
+POSITIVE = [True, True, False, True, True, False, True, True]
+
+
+def test_ipw_power_matches_the_slow_reference_and_down_weights_repeats() -> None:
+    cfg = IPWConfig(enabled=True, exponent=0.5, min_weight=0.4)
+    weights = ipw_weights(torch.tensor(COUNTS), cfg, torch.tensor(POSITIVE))
+    expected = _slow_ipw(COUNTS, POSITIVE, lambda k: (1.0 + k) ** 0.5, 0.4)
+    torch.testing.assert_close(weights, torch.tensor(expected))
+    first = weights[0].item()
+    assert weights[6].item() == pytest.approx(first)  # every first exposure weighs the same
+    # 1 / sqrt(2), 1 / sqrt(2.5), then the floor 0.4 for k = 8 and 50 (1 / 3, 1 / sqrt(51))
+    assert weights[1] < first and weights[7] < weights[1] and weights[3] < weights[7]
+    assert weights[3].item() == pytest.approx(weights[4].item()) == pytest.approx(0.4 * first)
+    torch.testing.assert_close(weights[torch.tensor(POSITIVE)].mean(), torch.tensor(1.0))
+    assert torch.equal(weights[~torch.tensor(POSITIVE)], torch.ones(2))
+
+
+def test_ipw_table_matches_the_slow_reference() -> None:
+    table = (0.02, 0.03, 0.05, 0.05)  # click rates by exposure index: rho = 1, 1.5, 2.5, 2.5
+    cfg = IPWConfig(estimator="table", propensities=table, min_weight=0.5)
+    weights = ipw_weights(torch.tensor(COUNTS), cfg, torch.tensor(POSITIVE))
+    expected = _slow_ipw(
+        COUNTS, POSITIVE, lambda k: table[min(int(k), len(table) - 1)] / table[0], 0.5
+    )
+    torch.testing.assert_close(weights, torch.tensor(expected))
+    assert weights[1] < weights[0] and weights[3] < weights[1]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        IPWConfig(exponent=0.01, min_weight=0.99),
+        IPWConfig(exponent=3.0, min_weight=0.01),
+        IPWConfig(estimator="table", propensities=(1.0, 1.0001), min_weight=0.999),
+        IPWConfig(estimator="table", propensities=(2.0, 3.0, 3.0, 7.0)),
+    ],
+)
+def test_every_valid_config_down_weights_repeats(cfg: IPWConfig) -> None:
+    counts = torch.arange(0.0, 40.0)
+    weights = ipw_weights(counts, cfg)
+    assert (weights[1:] <= weights[:-1]).all()  # non-increasing in k
+    assert (weights[1:] < weights[0]).all()  # strictly below the first exposure's
+
+
+def test_ipw_edge_cases() -> None:
+    cfg = IPWConfig(exponent=1.0, min_weight=0.2)
+    # every positive a first exposure: all weights 1
+    assert torch.equal(
+        ipw_weights(torch.zeros(5), cfg, torch.ones(5, dtype=torch.bool)), torch.ones(5)
+    )
+    # no positive in the batch: nothing to renormalise, every weight 1
+    no_positive = torch.zeros(4, dtype=torch.bool)
+    assert torch.equal(
+        ipw_weights(torch.tensor([0.0, 1.0, 2.0, 9.0]), cfg, no_positive), torch.ones(4)
+    )
+    # a negative count (a missing value) counts as a first exposure
+    weights = ipw_weights(torch.tensor([-3.0, 0.0, 1.0]), cfg)
+    assert weights[0] == weights[1] > weights[2]
+    # clipping bounds: the ratio to a first exposure never falls below min_weight
+    weights = ipw_weights(torch.tensor([0.0, 1e6]), cfg)
+    assert weights[1].item() / weights[0].item() == pytest.approx(0.2)
+
+
+def test_ipw_weighted_loss_has_finite_gradients_and_moves_weight_off_repeats() -> None:
+    counts = torch.tensor([0.0, 0.0, 4.0, 4.0, 1e4, 0.0])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    logits = torch.zeros(6, requires_grad=True)
+    weight = ipw_weights(counts, IPWConfig(exponent=1.0, min_weight=0.1), labels > 0.5)
+    bce_per_task(logits.unsqueeze(1), labels.unsqueeze(1), weight.unsqueeze(1)).sum().backward()
+    grad = logits.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    # the repeat-exposure positives pull their logit up less than the first-exposure positive
+    assert grad[0] < grad[2] < 0 and grad[2] < grad[4] < 0
+    assert torch.equal(grad[[1, 3, 5]], torch.full((3,), 0.5 / 6))  # negatives: weight 1
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"max_weight": 0.5}, "max_weight"),
+        ({"min_weight": 1.0}, "min_weight"),
+        ({"min_weight": 0.0}, "min_weight"),
+        ({"min_weight": 1.5}, "min_weight"),
+        ({"exponent": 0.0}, "exponent"),
         ({"exponent": -1.0}, "exponent"),
         ({"estimator": "table"}, "propensities"),
+        ({"estimator": "table", "propensities": [1.0]}, "two entries"),
         ({"estimator": "table", "propensities": [1.0, 0.0]}, "propensities"),
+        ({"estimator": "table", "propensities": [1.0, 0.5, 0.25]}, "non-decreasing"),
+        ({"estimator": "table", "propensities": [1.0, 1.0, 2.0]}, "second above the first"),
+        ({"estimator": "table", "propensities": [1.0, 2.0, 1.5]}, "non-decreasing"),
     ],
 )
 def test_invalid_ipw_config(overrides: dict, message: str) -> None:
@@ -241,11 +312,11 @@ def test_every_numeric_knob_has_an_effect() -> None:
         {
             "task_weights": {"click": 1.0, "like": 1.0},
             "ranking": {"enabled": True, "alpha": 0.7},
-            "ipw": {"enabled": True, "exponent": 0.5, "max_weight": 2.0},
+            "ipw": {"enabled": True, "exponent": 0.5, "min_weight": 0.5},
             "embedding_l2": 0.01,
         }
     )
-    table = apply_overrides(base, {"ipw.estimator": "table", "ipw.propensities": [1.0, 0.5]})
+    table = apply_overrides(base, {"ipw.estimator": "table", "ipw.propensities": [1.0, 2.0]})
     batch = _batch(seed=6, batch=32)
     torch.manual_seed(7)
     model = TinyModel()
@@ -257,9 +328,9 @@ def test_every_numeric_knob_has_an_effect() -> None:
         (base, "task_weights.like", 0.3),
         (base, "ranking.alpha", 0.2),
         (base, "ipw.exponent", 2.0),
-        (base, "ipw.max_weight", 1.5),
+        (base, "ipw.min_weight", 0.8),
         (base, "embedding_l2", 0.5),
-        (table, "ipw.propensities", [1.0, 0.8]),
+        (table, "ipw.propensities", [1.0, 1.25]),
     ]
     for cfg, path, value in perturbations:
         assert loss_of(apply_overrides(cfg, {path: value})) != loss_of(cfg), path

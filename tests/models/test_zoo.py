@@ -243,7 +243,7 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "mmoe": {"model.kind": "mmoe", "model.embedding.assignment": "shared"},
     "stem_al": {"model.kind": "stem_al", "model.auxiliary_tasks": ["like"]},
     "bce_only": {"loss.ranking.enabled": False, "loss.ipw.enabled": False},
-    "ipw_table": {"loss.ipw.estimator": "table", "loss.ipw.propensities": [1.0, 0.8, 0.5]},
+    "ipw_table": {"loss.ipw.estimator": "table", "loss.ipw.propensities": [1.0, 1.25, 2.0]},
     "task_weights": {"loss.task_weights": {"click": 1.0, "like": 0.3}},
     "ranking_on_one_task": {"loss.ranking.tasks": ["click"]},
     "no_sample_weight": {"loss.use_sample_weight": False},

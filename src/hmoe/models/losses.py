@@ -8,6 +8,7 @@ Legend: ``B`` batch, ``K`` tasks, ``P`` positives, ``N`` negatives.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -53,39 +54,67 @@ class RankingLossConfig(Config):
 
 @config
 class IPWConfig(Config):
-    """Inverse-propensity weights of positives by earlier-exposure count ``k`` (paper §5.2).
+    """Inverse-propensity weights that down-weight the positives of repeated exposure (paper §5.2).
 
-    [RECON] The paper's formula was not retrieved; this is the spec's proposal. The weight of a
-    positive is ``w = clip(1 / pi_k, 1, max_weight)``, renormalised to mean 1 over the task's
-    positives in the batch (so IPW moves weight between positives and leaves the positive /
-    negative balance alone); negatives keep weight 1 and the pair term is never weighted.
+    Showing an ad again raises its click probability beyond what the user's interest explains
+    (the user has seen it, recognises it, clicks by habit or by mistake), so a positive on the
+    ``k``-th repeat (``k`` = earlier exposures of the same (user, ad), ``batch["exposure"]``) is
+    weaker evidence of interest than one on the first exposure. With ``rho_k >= 1`` the click
+    propensity at ``k`` relative to the first exposure (``rho_0 = 1``), a positive's weight is:
 
-    Estimators of ``pi_k``:
+    1. the inverse propensity ``1 / rho_k`` (1 at ``k = 0``, below 1 from ``k = 1`` on);
+    2. clipped to ``[min_weight, 1]``: the floor bounds the variance a few large ``rho_k`` would
+       add (no positive counts less than ``min_weight`` of a first-exposure one);
+    3. renormalised to mean 1 over the task's positives in the batch, so IPW moves weight from
+       repeat-exposure positives to first-exposure ones and leaves the positive / negative
+       balance alone. Negatives keep weight 1 and the pair term is never weighted.
 
-    * ``power`` (default, needs no fitting): ``pi_k = (1 + k) ** -exponent``, i.e.
-      ``w = (1 + k) ** exponent``. Clicks on repeated exposures are rarer (ad fatigue) and the
-      share of exposures with index k decays roughly as a power of k in logs, so positives seen
-      after many exposures are up-weighted; ``exponent = 0`` switches the effect off.
-    * ``table``: ``pi_k = propensities[min(floor(k), len - 1)]``, fitted on the train logs (CTR at
-      exposure index k divided by the CTR at the first exposure, or P(index = k)).
+    Every valid config gives a weight that is non-increasing in ``k`` and strictly below the
+    first exposure's from ``k = 1`` on (``rho`` increasing from ``k = 0`` to 1, ``min_weight < 1``);
+    the checks below refuse settings that would up-weight or flatten repeats.
+
+    Estimators of ``rho_k``:
+
+    * ``power`` (default, needs no fitting): ``rho_k = (1 + k) ** exponent``, ``exponent > 0``.
+    * ``table``: ``rho_k = propensities[min(floor(k), len - 1)] / propensities[0]``, e.g. the
+      click rate at exposure index ``k`` over the click rate at the first exposure, fitted on
+      the train logs; at least two entries, non-decreasing, the second above the first.
     """
 
     enabled: bool = False
     estimator: Literal["power", "table"] = "power"
     exponent: float = 0.5
     propensities: tuple[float, ...] = ()
-    max_weight: float = 10.0
+    min_weight: float = 0.1
     tasks: tuple[str, ...] = ()  # the tasks whose positives are re-weighted (empty: every task)
 
     def __post_init__(self) -> None:
-        if self.max_weight < 1.0:
-            raise ConfigError(f"max_weight must be >= 1, got {self.max_weight}")
-        if self.exponent < 0.0:
-            raise ConfigError(f"exponent must be >= 0, got {self.exponent}")
-        if self.estimator == "table" and not self.propensities:
-            raise ConfigError("estimator 'table' needs propensities (one per exposure count)")
+        if not 0.0 < self.min_weight < 1.0:
+            raise ConfigError(f"min_weight must be in (0, 1), got {self.min_weight}")
+        if self.exponent <= 0.0:
+            raise ConfigError(
+                f"exponent must be > 0 (repeats are down-weighted by (1 + k) ** -exponent), "
+                f"got {self.exponent}; set enabled: false to switch IPW off"
+            )
         if any(p <= 0.0 for p in self.propensities):
             raise ConfigError(f"propensities must be > 0, got {list(self.propensities)}")
+        if self.estimator == "table":
+            _check_propensity_table(self.propensities)
+
+
+def _check_propensity_table(propensities: Sequence[float]) -> None:
+    """A table estimator down-weights repeats only if ``rho`` rises at once and never falls."""
+    if len(propensities) < 2:
+        raise ConfigError(
+            "estimator 'table' needs propensities with at least two entries (the first "
+            f"exposure's, then each repeat's), got {list(propensities)}"
+        )
+    falls = any(later < earlier for earlier, later in itertools.pairwise(propensities))
+    if falls or propensities[1] <= propensities[0]:
+        raise ConfigError(
+            "propensities must be non-decreasing with the second above the first (repeated "
+            f"exposure inflates the click propensity), got {list(propensities)}"
+        )
 
 
 @config
@@ -183,17 +212,18 @@ def ipw_weights(
 ) -> torch.Tensor:
     """IPW weights ``[B]`` from earlier-exposure counts (estimator: see ``IPWConfig``).
 
-    Weights are clipped to ``[1, max_weight]`` and renormalised to mean 1 over ``mask_B`` (the
-    task's positives; default: every sample); samples outside the mask get 1.
+    Inverse propensities ``1 / rho_k`` are clipped to ``[min_weight, 1]`` and renormalised to
+    mean 1 over ``mask_B`` (the task's positives; default: every sample); samples outside the
+    mask get 1. Negative counts are treated as 0 (a first exposure).
     """
     counts_B = exposure_B.clamp(min=0.0)
     if config.estimator == "power":
-        raw_B = (1.0 + counts_B).pow(config.exponent)
+        inverse_B = (1.0 + counts_B).pow(-config.exponent)
     else:
         table = torch.tensor(config.propensities, dtype=exposure_B.dtype, device=exposure_B.device)
         index_B = counts_B.floor().long().clamp(max=len(config.propensities) - 1)
-        raw_B = 1.0 / table[index_B]
-    weight_B = raw_B.clamp(min=1.0, max=config.max_weight)
+        inverse_B = table[0] / table[index_B]
+    weight_B = inverse_B.clamp(min=config.min_weight, max=1.0)
     mask_B = torch.ones_like(weight_B, dtype=torch.bool) if mask_B is None else mask_B
     if not bool(mask_B.any()):
         return torch.ones_like(weight_B)

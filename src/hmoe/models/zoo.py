@@ -167,7 +167,7 @@ def debug() -> Preset:
     encoder = FeatureEncoderConfig(
         init_std=0.1,
         numeric=NumericEncoderConfig(num_levels=64, bases=(2, 3)),
-        similarity=SimilarityEncoderConfig(num_buckets=5),
+        similarity=SimilarityEncoderConfig(num_levels=5),
         sequence=SequenceEncoderConfig(
             kind="tim",
             tim=TIMConfig(time_intervals=TimeIntervalConfig(num_buckets=8, unit_seconds=86400.0)),
@@ -182,7 +182,7 @@ def debug() -> Preset:
     )
     loss = LossConfig(
         ranking=RankingLossConfig(enabled=True, alpha=0.8),
-        ipw=IPWConfig(enabled=True, exponent=0.5, max_weight=1.5),
+        ipw=IPWConfig(enabled=True, exponent=0.5, min_weight=0.5),
         embedding_l2=1e-4,
     )
     return Preset(model=model, loss=loss, description="tiny model for tests, every technique on")
@@ -191,11 +191,11 @@ def debug() -> Preset:
 def hmoe() -> Preset:
     """The paper's single-task model (KDD'24 Fig. 1, spec §1.1): TIM (log time-interval buckets, the
     official code's tokens; ``model.encoder.sequence.tim.form=paper`` gives the paper's
-    ``sum alpha (e~ * v~)``), MNSE (bases 2, 3), similarity encoding, heterogeneous experts GwPFM /
-    IPNN / DCN V2 (2 cross layers) / FlatDNN each with a 256-unit layer, in two expert groups
-    (the third-party HMoE code's grouping, ``assignment="by_interaction"``: GwPFM + IPNN share
-    embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set 1), a
-    softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
+    ``sum alpha (e~ * v~)``), MNSE (bases 2, 3) of numerics and similarities, heterogeneous
+    experts GwPFM / IPNN / DCN V2 (2 cross layers) / FlatDNN each with a 256-unit layer, in two
+    expert groups (the third-party HMoE code's grouping, ``assignment="by_interaction"``: GwPFM +
+    IPNN share embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set
+    1), a softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
     Combined-Pair (alpha 0.9). Two sets rather than one per expert keep the step within 3x of
     ``dcnv2``'s cost (docs/benchmarks.md); ``model.embedding.assignment=per_expert`` gives one
     set per expert. Whole-table embedding L2 (``HMOE_EMBEDDING_L2``) keeps the id tables from

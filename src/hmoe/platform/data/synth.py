@@ -3,7 +3,9 @@
 :func:`synthesize` writes, under ``out_dir``::
 
     impressions/part-NNNNN.parquet   the log: timestamp, user_id, item_id, category, price_level,
-                                     hour, device, age, gender and one 0/1 column per task
+                                     hour, device, age, gender and one 0/1 column per task;
+                                     with exposure_inflation > 0 also click_interest_prob and
+                                     click_interest (the planted interest, synth_model docstring)
     users/part-NNNNN.parquet         user_id, age, gender, user_emb (pre-trained, noisy view)
     items.parquet                    item_id, category, price_level, item_emb
     spec.yaml                        the dataset spec: ``hmoe data prepare spec.yaml`` reads it
@@ -92,6 +94,9 @@ class SynthConfig(Config):
     repeat_prob: float = 0.25  # an impression re-shows one of the user's recent items
     repeat_window: int = 10  # ... chosen among the user's last this-many impressions
     fatigue: float = 0.5  # click logit lost per earlier exposure of the same item
+    # click logit gained per log(1 + earlier exposures) of the same item, independent of the user's
+    # interest; > 0 also writes the interest columns (synth_model docstring)
+    exposure_inflation: float = 0.0
     age_range: tuple[int, int] = (18, 65)
     age_peak: float = 30.0
     age_curvature: float = 0.08  # click logit lost per squared decade away from age_peak
@@ -153,6 +158,10 @@ def _check_config(cfg: SynthConfig) -> None:
         raise ConfigError("need span_seconds >= 1 and bias_search increasing")
     if not 0.0 < cfg.calibration_tolerance < 1.0:
         raise ConfigError("calibration_tolerance must be in (0, 1)")
+    if cfg.exposure_inflation < 0.0:
+        raise ConfigError(
+            f"exposure_inflation must be >= 0 (fatigue lowers clicks), got {cfg.exposure_inflation}"
+        )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ The click logit of an impression of item ``i`` (category ``c``) shown to user ``
          - age_curvature * ((age_u - age_peak) / 10) ** 2       smooth ordinal effects
          + price_effect * (price_i - mid) + hour_amplitude * cos(2 pi (hour - hour_peak) / 24)
          + device_effect[device] - fatigue * earlier_exposures(u, i)
+         + exposure_inflation * log(1 + earlier_exposures(u, i))  exposure, not interest
          + sum_p planted[c, h_p, p]                             the planted sequence effect
 
 where ``h_p`` is the category of the user's ``p``-th most recent earlier click (``p = 0`` the
@@ -18,6 +19,12 @@ latest). ``planted[c_t, c_b, p] = strength * decay**p * w`` with ``w = 1`` when 
 ``w = 0`` otherwise (and for ``p >= positions``). Conversion (given a click) and like use the same
 form with their own sign vectors ``s_task`` (the conflicting latent dimensions), price effects and
 no sequence term. ``bias`` is calibrated per block and task (``calibrate_biases``).
+
+``exposure_inflation`` plants exposure-inflated clicks: showing an item again raises its click
+probability whatever the user's interest. The user's *interest* in a row is the click logit
+without that term (along the same simulated click history); when the term is on, the log
+records its probability (``INTEREST_PROB``) and a click drawn from it with the row's own uniform
+(``INTEREST_CLICK``: a subset of the observed clicks, the ones interest alone would have made).
 """
 
 from __future__ import annotations
@@ -32,7 +39,16 @@ import numpy as np
 if TYPE_CHECKING:
     from hmoe.platform.data.synth import SynthConfig
 
-__all__ = ["Block", "BlockLayout", "World", "build_world", "generate_block", "plan_blocks"]
+__all__ = [
+    "INTEREST_CLICK",
+    "INTEREST_PROB",
+    "Block",
+    "BlockLayout",
+    "World",
+    "build_world",
+    "generate_block",
+    "plan_blocks",
+]
 
 WORLD_STREAM = 0
 BLOCK_STREAM = 1
@@ -40,6 +56,8 @@ HOURS_PER_DAY = 24
 SECONDS_PER_HOUR = 3600
 AGE_SCALE = 10.0  # age effects are expressed per decade
 SAMPLER_WINDOW = 32  # rows per user per step of the click sampler (speed only, same output)
+INTEREST_PROB = "click_interest_prob"  # the planted interest's click probability of a row
+INTEREST_CLICK = "click_interest"  # a click drawn from it (written when exposure_inflation > 0)
 
 
 @dataclass(frozen=True)
@@ -160,7 +178,22 @@ def generate_block(world: World, layout: BlockLayout, seed: int, cfg: SynthConfi
     draws = draw_block(world, layout, seed, cfg, stream=BLOCK_STREAM)
     biases, click = calibrate_biases(draws, world, cfg)
     labels = simulate_labels(draws, world, biases, cfg.tasks, click)
-    return assemble_block(draws, labels, biases, world, layout, cfg)
+    block = assemble_block(draws, labels, biases, world, layout, cfg)
+    if cfg.exposure_inflation > 0.0:
+        _add_interest(block, draws, world, float(biases[0]), cfg.exposure_inflation)
+    return block
+
+
+def _add_interest(
+    block: Block, draws: Draws, world: World, click_bias: float, inflation: float
+) -> None:
+    """The planted interest columns (module docstring), in the impressions' row order."""
+    _, prob = simulate_clicks(draws, world, click_bias)  # deterministic: the labels' own path
+    prob = np.clip(prob, np.finfo(np.float64).tiny, 1.0 - np.finfo(np.float64).eps)
+    interest = sigmoid(np.log(prob) - np.log1p(-prob) - inflation * np.log1p(draws.exposure))
+    order = _row_order(draws)
+    block.impressions[INTEREST_PROB] = interest[order]
+    block.impressions[INTEREST_CLICK] = (draws.uniforms[0] < interest)[order].astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -299,7 +332,8 @@ def _static_scores(
     hour_term = cfg.hour_amplitude * np.cos(2 * np.pi * (hour - cfg.hour_peak) / HOURS_PER_DAY)
     device_term = np.asarray(cfg.device_effects)[device]
     scores = affinity.T  # [K, R]
-    scores[0] += age_term + hour_term + device_term - cfg.fatigue * exposure
+    exposure_term = cfg.exposure_inflation * np.log1p(exposure) - cfg.fatigue * exposure
+    scores[0] += age_term + hour_term + device_term + exposure_term
     scores[0] += cfg.price_effect_click * price
     if "conversion" in cfg.tasks:
         scores[cfg.tasks.index("conversion")] += cfg.price_effect_conversion * price
@@ -441,6 +475,11 @@ def resolved_users(rows: int, cfg: SynthConfig) -> int:
     return cfg.users if cfg.users is not None else math.ceil(rows / cfg.rows_per_user)
 
 
+def _row_order(draws: Draws) -> np.ndarray:
+    """The written log's row order: by time, then user."""
+    return np.lexsort((draws.row_user, draws.timestamp))
+
+
 def assemble_block(
     draws: Draws,
     labels: np.ndarray,
@@ -450,7 +489,7 @@ def assemble_block(
     cfg: SynthConfig,
 ) -> Block:
     """Columns of the impression log (sorted by time, then user) and of the block's users."""
-    order = np.lexsort((draws.row_user, draws.timestamp))
+    order = _row_order(draws)
     item = draws.item[order]
     user_id = layout.first_user + draws.row_user[order]
     impressions = {

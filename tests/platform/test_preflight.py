@@ -109,6 +109,7 @@ def test_presets_that_only_use_a_sequence_when_there_is_one_pass(tmp_path):
 def test_gpus_this_machine_lacks_are_refused_with_the_numbers(tmp_path, monkeypatch, capsys):
     """Without a GPU, ``--gpus-per-worker 1`` waited forever for its placement group."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if "ray" in sys.modules:  # the session cluster of other tests is not "this machine"
         monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     data = write_prepared(tmp_path / "tiny")
@@ -119,6 +120,18 @@ def test_gpus_this_machine_lacks_are_refused_with_the_numbers(tmp_path, monkeypa
     assert "the run needs 2 GPUs (2 worker(s) x 1) but this machine has" in error
     assert "--gpus-per-worker" in error and not (tmp_path / "mlflow.db").exists()
     check_resources(TrainConfig(num_workers=4), data_cpus=1.0)  # CPUs: a local Ray is sized
+
+
+def test_a_cluster_to_join_is_not_judged_by_this_machine(monkeypatch):
+    """With RAY_ADDRESS the GPUs are the cluster's: checked once connected, not here."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+    check_resources(TrainConfig(gpus_per_worker=1, num_workers=2), data_cpus=1.0)
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(ConfigError, match="this machine has"):
+        check_resources(TrainConfig(gpus_per_worker=1, num_workers=2), data_cpus=1.0)
 
 
 def test_resources_are_checked_against_the_connected_cluster(monkeypatch):

@@ -202,6 +202,7 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     """Fit the Ray Train run ``train-{run_id}`` (resumed when its storage holds one)."""
     try:
         ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
+        check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
         from hmoe.platform.trainer import make_trainer
 
         trainer = make_trainer(cfg, run.run_id, train_run_name(run.run_id), cfg.train.storage_path)

@@ -21,6 +21,7 @@ worker, or wait forever:
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 from hmoe.config import ConfigError
 from hmoe.platform.experiment import ExperimentConfig, TrainConfig
+from hmoe.platform.ray_start import RAY_ADDRESS_ENV
 from hmoe.schema import FeatureSchema
 
 __all__ = [
@@ -176,7 +178,10 @@ def check_resources(train: TrainConfig, data_cpus: float, extra_cpus: float = 0.
     cpus = workers * train.cpus_per_worker + extra_cpus + data_cpus
     gpus = workers * train.gpus_per_worker
     ray = sys.modules.get("ray")  # not imported: certainly not initialised
-    if ray is not None and ray.is_initialized():
+    connected = ray is not None and ray.is_initialized()
+    if not connected and os.environ.get(RAY_ADDRESS_ENV):
+        return  # the cluster it will join is checked once connected (this machine is not it)
+    if connected:
         have = ray.cluster_resources()
         where = "the connected Ray cluster has"
         needs = {"CPU": cpus, "GPU": gpus}

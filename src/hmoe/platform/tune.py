@@ -264,6 +264,7 @@ def tune(
     say = progress or (lambda line: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     ensure_ray(max_concurrent * per_trial)
+    check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
     parent = _parent_run(cfg, space, search)
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {

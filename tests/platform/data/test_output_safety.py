@@ -217,6 +217,19 @@ def test_a_run_killed_between_the_renames_gets_its_old_output_back(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
+def test_a_directory_put_back_is_judged_before_it_is_replaced(
+    tmp_path: Path, raw: Path, no_pipeline
+) -> None:
+    """A user's folder that an ``--overwrite`` run moved aside and was killed with comes back,
+    and a later run without ``--overwrite`` refuses it instead of replacing it unseen."""
+    aside = tmp_path / f".notes.old-{_dead_pid()}-0a1b2c3d"
+    aside.mkdir()
+    (aside / "a.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and not a prepared dataset"):
+        prepare(raw / "spec.yaml", tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+
+
 def test_leftovers_beside_an_existing_output_are_removed(tmp_path: Path) -> None:
     out = _fill(tmp_path / "prepared", "current")
     dead, alive = _dead_pid(), os.getpid()

@@ -137,9 +137,11 @@ def prepare(
     base = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
     # the real path: a symlinked out_dir is compared, and replaced, where it points
     out = Path(out_dir).resolve()
+    if out.parent.is_dir():
+        # first: an output a killed run moved aside is back in place before it is judged
+        clean_leftovers(out)
     check_out(out, spec, base, Path(spec_path) if spec_path else None, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out)
     tmp = make_tmp(out)
     try:
         with _data_context(progress):

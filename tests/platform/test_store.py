@@ -6,6 +6,7 @@ Processes here are fresh interpreters (``subprocess``) with ``MLFLOW_TRACKING_UR
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -239,3 +240,12 @@ def test_resume_refuses_a_run_whose_process_is_alive(logged_run, capsys):
     uri, run = logged_run  # RUNNING, owned by this process
     assert main(["train", "--resume", run.run_id, "--tracking-uri", uri]) == EXIT_USER_ERROR
     assert f"is still RUNNING in process {os.getpid()}" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_run_whose_dataset_changed(logged_run, capsys):
+    uri, run = logged_run
+    run.finish("KILLED")
+    manifest = Path(run.client.get_run(run.run_id).data.params["data.path"]) / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dataset_hash": "re-made"}))
+    assert main(["train", "--resume", run.run_id, "--tracking-uri", uri]) == EXIT_USER_ERROR
+    assert "changed since run" in capsys.readouterr().err

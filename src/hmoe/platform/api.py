@@ -252,12 +252,22 @@ def resume(
         config = client.download_artifacts(run_id, CONFIG_ARTIFACT)
     except MlflowException as err:
         raise ValueError(f"run {run_id} has no {CONFIG_ARTIFACT}: it is not an hmoe run") from err
-    cfg = ExperimentConfig.from_dict(json.loads(Path(config).read_text()))
+    # the store it is resumed from, even if the logged one has moved since
+    cfg = apply_overrides(
+        ExperimentConfig.from_dict(json.loads(Path(config).read_text())), {TRACKING_URI_PATH: uri}
+    )
     if TAG_TRIAL_ID in tags:
         raise ValueError(
             f"run {run_id} is a trial of search {tags.get(TAG_SEARCH, '?')}: resume the search "
             "(hmoe tune ... --resume)"
         )
+    recorded = tags.get(TAG_DATASET_HASH)
+    if recorded is not None and dataset_hash(cfg.data.path) != recorded:
+        raise ValueError(
+            f"the dataset {cfg.data.path} changed since run {run_id} started (hash {recorded} -> "
+            f"{dataset_hash(cfg.data.path)}): it cannot be resumed (train again)"
+        )
+    check_run(cfg)
     folder = Path(cfg.train.storage_path) / train_run_name(run_id)
     saved = folder.is_dir() and any(p.name.startswith(CHECKPOINT_PREFIX) for p in folder.iterdir())
     if not saved:

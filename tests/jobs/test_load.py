@@ -40,6 +40,7 @@ def _spawn(argv: list[str], cwd, env: dict[str, str], log) -> subprocess.Popen:
         return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.load
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(TIMEOUT_S)

@@ -139,3 +139,20 @@ def test_log_model_rejects_an_unknown_format(uri):
     run = MlflowRun.create(uri, "exp", "m", {})
     with pytest.raises(ValueError, match="onnx"):
         log_model(run, _DictModel(nn.Linear(2, 1)), {"x": torch.zeros(2, 2)}, ["x"], "onnx")
+
+
+def test_fluent_store_restores_the_environment_exactly(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri also sets MLFLOW_TRACKING_URI; left behind, every later hmoe
+    command of this process (and its subprocesses) would track into that store."""
+    import os
+
+    from hmoe.platform.tracking import TRACKING_URI_ENV, fluent_store
+
+    monkeypatch.delenv(TRACKING_URI_ENV, raising=False)
+    with fluent_store(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert os.environ[TRACKING_URI_ENV].endswith("a.db")
+    assert TRACKING_URI_ENV not in os.environ
+    monkeypatch.setenv(TRACKING_URI_ENV, "sqlite:///kept.db")
+    with fluent_store(f"sqlite:///{tmp_path / 'b.db'}"):
+        pass
+    assert os.environ[TRACKING_URI_ENV] == "sqlite:///kept.db"

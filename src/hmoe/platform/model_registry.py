@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hmoe.platform.batches import Batch
-from hmoe.platform.tracking import TAG_MODEL_FORMAT, TAG_MODEL_URI, MlflowRun
+from hmoe.platform.tracking import TAG_MODEL_FORMAT, TAG_MODEL_URI, MlflowRun, fluent_store
 
 __all__ = ["MODEL_NAME", "PositionalModel", "load_model", "log_model", "register_model"]
 
@@ -75,14 +75,12 @@ def _active_run(run: MlflowRun) -> Iterator[None]:
     """Attach the fluent API (which ``log_model`` needs) to ``run`` and detach afterwards."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(run.uri)
-    try:
-        # nested: the caller may already have a fluent run open in this process
-        with mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None):
-            yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # nested: the caller may already have a fluent run open in this process
+    with (
+        fluent_store(run.uri),
+        mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None),
+    ):
+        yield
 
 
 def log_model(
@@ -144,12 +142,8 @@ def register_model(uri: str, model_uri: str, name: str) -> str:
     """Register ``model_uri`` under ``name`` in the Model Registry; returns the version."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_store(uri):
         version = mlflow.register_model(model_uri, name)
-    finally:
-        mlflow.set_tracking_uri(previous)
     return str(version.version)
 
 
@@ -159,13 +153,9 @@ def load_model(uri: str, model_uri: str) -> Callable[[Batch], torch.Tensor]:
     import mlflow.pytorch
     from mlflow.models import get_model_info
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_store(uri):
         names: list[str] = list(get_model_info(model_uri).metadata[INPUTS_METADATA])
         loaded: Any = mlflow.pytorch.load_model(model_uri)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
     @torch.no_grad()
     def predict(batch: Batch) -> torch.Tensor:

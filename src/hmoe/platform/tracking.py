@@ -45,6 +45,7 @@ __all__ = [
     "StoreError",
     "end_orphans",
     "flatten",
+    "fluent_store",
     "git_commit",
     "open_store",
     "owner_gone",
@@ -449,3 +450,26 @@ class MlflowRun:
 
     def tags(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.tags)
+
+
+@contextlib.contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a block, then restore it exactly.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in this process's
+    environment; restoring only the URI would leave that variable set, and every later command
+    and subprocess of this process would then track into that store.
+    """
+    import mlflow
+
+    previous_uri = mlflow.get_tracking_uri()
+    previous_env = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        if previous_env is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = previous_env

@@ -69,7 +69,7 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> LoadedRun:
     from hmoe.models.zoo import build
     from hmoe.platform.batches import load_schema
     from hmoe.platform.experiment import ExperimentConfig
-    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI, open_store
+    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI, fluent_store, open_store
 
     uri = _tracking_uri(tracking_uri)
     client = open_store(uri)
@@ -84,12 +84,8 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> LoadedRun:
     schema = load_schema(data_dir)
     model = build(apply_overrides(cfg.model, {"use_compile": False}), schema)
     model_uri = run.data.tags.get(TAG_MODEL_URI, f"runs:/{run_id}/model")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with fluent_store(uri):
         logged = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    finally:
-        mlflow.set_tracking_uri(previous)
     # the logged module wraps the ranker as ``.model`` (model_registry.PositionalModel)
     state = {k.removeprefix("model."): v for k, v in logged.state_dict().items()}
     model.load_state_dict(state)

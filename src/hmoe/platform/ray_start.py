@@ -16,16 +16,14 @@ its GCS, raylet, dashboard) are stopped.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from hmoe.platform.cluster import api_server_env
-from hmoe.platform.processes import LOOPBACK, free_port
+from hmoe.platform.processes import LOOPBACK, file_lock, free_port
 
 __all__ = ["RAY_ADDRESS_ENV", "start_ray"]
 
@@ -63,16 +61,6 @@ def _stop(pids: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def _start_turn() -> Iterator[None]:
-    with open(_start_lock_path(), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def start_ray(num_cpus: int | None = None) -> bool:
     """Make sure this process is connected to Ray; returns whether this call connected it.
 
@@ -93,7 +81,7 @@ def start_ray(num_cpus: int | None = None) -> bool:
     if target:
         ray.init(address=target, configure_logging=False)
         return True
-    with _start_turn():
+    with file_lock(_start_lock_path()):
         for attempt in range(1, START_ATTEMPTS + 1):
             # Without api_server_env the placement groups of ASHA-stopped trials stay reserved
             # whenever another Ray runs on the machine, and later trials starve.

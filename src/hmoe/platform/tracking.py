@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -33,6 +32,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from hmoe.platform.processes import alive, file_lock
 
 __all__ = [
     "CONFIG_ARTIFACT",
@@ -149,16 +150,6 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(SQLITE_PREFIX) :].split("?", 1)[0])
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def open_store(uri: str) -> Any:
     """An ``MlflowClient`` on ``uri``; a sqlite store is created (or checked) under its lock.
 
@@ -173,7 +164,7 @@ def open_store(uri: str) -> Any:
     if path is None or uri in _OPENED:
         return MlflowClient(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_name(path.name + LOCK_SUFFIX)):
+    with file_lock(path.with_name(path.name + LOCK_SUFFIX)):
         try:
             client = MlflowClient(uri)  # builds the tracking store: tables, migrations
             client.search_registered_models(max_results=1)  # the registry store
@@ -237,12 +228,8 @@ def owner_gone(tags: Mapping[str, str]) -> bool:
     if tags.get(TAG_HOST) != socket.gethostname() or not str(tags.get(TAG_PID, "")).isdigit():
         return False
     pid = int(tags[TAG_PID])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not alive(pid):
         return True
-    except PermissionError:
-        pass  # another user's process: alive
     recorded = tags.get(TAG_PROCESS_START)
     current = _process_start(pid)
     return recorded is not None and current is not None and recorded != current

@@ -192,6 +192,11 @@ def pairwise_ranking_loss(logits_B: torch.Tensor, labels_B: torch.Tensor) -> tor
     return _MeanPairSoftplus.apply(pos_P, neg_N)
 
 
+def mix_bce_and_pair(bce: torch.Tensor, pair: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The Combined-Pair mix ``alpha * bce + (1 - alpha) * pair`` (elementwise, any shape)."""
+    return alpha * bce + (1.0 - alpha) * pair
+
+
 def combined_pair_loss(
     logits_B: torch.Tensor,
     labels_B: torch.Tensor,
@@ -204,7 +209,7 @@ def combined_pair_loss(
         labels_B.unsqueeze(1),
         None if weight_B is None else weight_B[:, None],
     )[0]
-    return alpha * bce + (1.0 - alpha) * pairwise_ranking_loss(logits_B, labels_B)
+    return mix_bce_and_pair(bce, pairwise_ranking_loss(logits_B, labels_B), alpha)
 
 
 def ipw_weights(
@@ -385,7 +390,7 @@ class TrainWrapper(nn.Module):
             pair_K = torch.stack(pairs)
             ranked_K = torch.tensor([k in self.ranked_tasks for k in range(len(self.tasks))])
             task_loss_K = torch.where(
-                ranked_K.to(bce_K.device), alpha * bce_K + (1.0 - alpha) * pair_K, bce_K
+                ranked_K.to(bce_K.device), mix_bce_and_pair(bce_K, pair_K, alpha), bce_K
             )
         if self.embedding_l2_by_optimizer:
             reg = regularization_loss(self.model, 0.0) + self._embedding_l2_value()

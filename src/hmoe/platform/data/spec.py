@@ -149,15 +149,24 @@ class SplitSpec(Config):
     ``fractions`` of the rows in that order. ``ordered``: ``fractions`` in file order (files in
     ``paths`` order). ``cutoff``: rows with timestamp < ``cutoffs[0]`` train, < ``cutoffs[1]``
     valid, the rest test (seconds since the epoch). ``random``: each row independently by a
-    stable hash of (seed, row position). ``pinned_files`` sends every row of a log path (as
-    written in ``log.paths``) to one split; the others are split among the remaining rows.
+    stable hash of (seed, row position). ``group``: all rows of a group (the values of the
+    categorical feature ``group_by``, e.g. a query or a user) in one split, chosen by a stable
+    hash of (seed, value), so ``fractions`` hold for groups, not rows. ``group_temporal``: each
+    group split in time, the same stable sort as ``temporal`` within the group: its last
+    ``max(1, round(n * fractions[2]))`` rows to test (none when that fraction is 0), the
+    ``round(n * fractions[1])`` before them to valid, the rest to train, so every group with two
+    rows or more has training rows before its test rows (``group_by: user_id`` is the
+    leave-last-out protocol of sequential recommendation; it collects the group, time and row id
+    of every row in the driver). ``pinned_files`` sends every row of a log path (as written in
+    ``log.paths``) to one split; the others are split among the remaining rows.
     """
 
-    kind: Literal["temporal", "ordered", "cutoff", "random"] = "temporal"
+    kind: Literal["temporal", "ordered", "cutoff", "random", "group", "group_temporal"] = "temporal"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cutoffs: tuple[float, float] | None = None
     tie_break: tuple[str, ...] = ()  # raw columns; compared as numbers when all parse as numbers
     seed: int = 0
+    group_by: str | None = None  # a single-valued categorical feature (kinds group*)
     pinned_files: Mapping[str, Split] = FrozenMap()
 
     def __post_init__(self) -> None:
@@ -167,8 +176,13 @@ class SplitSpec(Config):
             raise ConfigError("cutoffs are given iff kind is 'cutoff'")
         if self.cutoffs is not None and self.cutoffs[0] > self.cutoffs[1]:
             raise ConfigError(f"cutoffs must be increasing, got {list(self.cutoffs)}")
-        if self.tie_break and self.kind != "temporal":
-            raise ConfigError("tie_break applies to kind 'temporal' only")
+        if self.tie_break and self.kind not in ("temporal", "group_temporal"):
+            raise ConfigError("tie_break applies to kinds 'temporal' and 'group_temporal' only")
+        if (self.group_by is not None) != self.kind.startswith("group"):
+            raise ConfigError(
+                f"split.group_by is given iff kind is 'group' or 'group_temporal' "
+                f"(kind {self.kind!r}, group_by {self.group_by!r})"
+            )
 
 
 @config
@@ -285,7 +299,14 @@ def _check_spec(spec: DatasetSpec) -> None:
         raise ConfigError("sequences and count_exposures need user_field and timestamp")
     if spec.count_exposures and spec.item_field is None:
         raise ConfigError("count_exposures needs item_field")
-    if spec.split.kind in ("temporal", "cutoff") and spec.timestamp is None:
+    group_by = spec.split.group_by
+    if group_by is not None and (
+        group_by not in categorical or spec.categorical_by_name(group_by).multi_valued
+    ):
+        raise ConfigError(
+            f"split.group_by: {group_by!r} is not a single-valued categorical feature"
+        )
+    if spec.split.kind in ("temporal", "cutoff", "group_temporal") and spec.timestamp is None:
         raise ConfigError(f"split kind {spec.split.kind!r} needs a timestamp")
     unknown_pins = sorted(set(spec.split.pinned_files) - set(spec.log.paths))
     if unknown_pins:

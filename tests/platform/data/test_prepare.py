@@ -263,7 +263,7 @@ def test_parquet_and_jsonl_hashing_and_random_split(ray_cluster, tmp_path: Path)
 
 
 def test_group_splits_through_prepare(ray_cluster, tmp_path: Path) -> None:
-    """Per-user temporal split: every user with two rows or more has training rows before its
+    """Per-user temporal split: every user with three rows or more has training rows before its
     test rows; group split: no user in two splits. Both with sequences and exposure counts."""
     log, items = make_log(n=240, seed=13)
     frame = log.astype({"rid": int, "ts": float}).set_index("rid")
@@ -279,7 +279,7 @@ def test_group_splits_through_prepare(ray_cluster, tmp_path: Path) -> None:
     for user, rows in shards.groupby("user"):
         train, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
         assert len(test) >= 1, user
-        if len(rows) >= 2:
+        if len(rows) >= 3:
             assert len(train) >= 1 and train["ts"].max() <= test["ts"].min(), user
     spec["split"] = {"kind": "group", "group_by": "user", "fractions": [0.6, 0.2, 0.2]}
     out = tmp_path / "by_user"

@@ -56,16 +56,16 @@ def test_ml100k_reproduces_the_q1_split(ray_cluster, data_env: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_ml100k_returning_users_split(ray_cluster, data_env: Path, tmp_path: Path) -> None:
-    """Q1b: per user, the last max(1, round(n / 10)) ratings in (time, item) order are test, the
-    round(n / 10) before them valid; every test user has training rows and a history."""
+    """Q1b: per user, the last max(1, round(n / 10)) ratings in (time, item) order are test, as
+    many before them valid; every test user has training rows and a history."""
     prepare(SPECS / "ml-100k-returning.yaml", tmp_path / "ml")
     inter = pd.read_csv(data_env / "ml-100k" / "ml-100k.inter", sep="\t")
     inter.columns = [c.split(":")[0] for c in inter.columns]
     ordered = inter.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     position = ordered.groupby("user_id").cumcount()
     count = ordered.groupby("user_id")["item_id"].transform("size")
-    tenth = np.floor(count / 10 + 0.5)
-    test_count = np.maximum(1, tenth)
+    tenth = np.maximum(1, np.floor(count / 10 + 0.5))  # at least one each
+    test_count = tenth
     split = np.where(
         position >= count - test_count,
         "test",

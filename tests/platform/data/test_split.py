@@ -153,7 +153,8 @@ def _grouped_rows(n: int, seed: int, users: int = 30) -> pa.Table:
 
 def _reference_group_temporal(table: pa.Table, fractions: tuple[float, float, float]) -> list:
     """Slow reference: sort each user's rows by (time, tie column, row), then count from the
-    end: max(1, round(n * test)) to test, round(n * valid) before them to valid."""
+    end: max(1, round(n * test)) to test, max(1, round(n * valid)) before them to valid (none
+    for a zero fraction)."""
     frame = table.select([cat_column("user"), TS_COLUMN, tie_column("user"), ROW_COLUMN])
     frame = frame.to_pandas()
     frame["tie"] = frame[tie_column("user")].astype(int)
@@ -162,7 +163,7 @@ def _reference_group_temporal(table: pa.Table, fractions: tuple[float, float, fl
         ordered = rows.sort_values([TS_COLUMN, "tie", ROW_COLUMN])[ROW_COLUMN].tolist()
         n = len(ordered)
         test = 0 if fractions[2] == 0 else min(n, max(1, int(n * fractions[2] + 0.5)))
-        valid = min(n - test, int(n * fractions[1] + 0.5))
+        valid = 0 if fractions[1] == 0 else min(n - test, max(1, int(n * fractions[1] + 0.5)))
         for position, row in enumerate(ordered):
             out[row] = 0 if position < n - test - valid else (1 if position < n - test else 2)
     return [out[row] for row in table.column(ROW_COLUMN).to_pylist()]
@@ -193,7 +194,8 @@ def test_group_temporal_gives_every_user_a_test_row_after_its_train_rows() -> No
     frame["split"] = splits
     for user, rows in frame.groupby("user"):
         assert (rows["split"] == 2).sum() >= 1, user
-        if len(rows) >= 2:
+        assert (rows["split"] == 1).sum() == (len(rows) >= 2), user
+        if len(rows) >= 3:
             assert (rows["split"] == 0).any(), user
             assert (
                 rows.loc[rows["split"] == 0, "ts"].max() <= rows.loc[rows["split"] == 2, "ts"].min()

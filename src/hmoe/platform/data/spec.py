@@ -153,9 +153,9 @@ class SplitSpec(Config):
     categorical feature ``group_by``, e.g. a query or a user) in one split, chosen by a stable
     hash of (seed, value), so ``fractions`` hold for groups, not rows. ``group_temporal``: each
     group split in time, the same stable sort as ``temporal`` within the group: its last
-    ``max(1, round(n * fractions[2]))`` rows to test (none when that fraction is 0), the
-    ``round(n * fractions[1])`` before them to valid, the rest to train, so every group with two
-    rows or more has training rows before its test rows (``group_by: user_id`` is the
+    ``max(1, round(n * fractions[2]))`` rows to test, the ``max(1, round(n * fractions[1]))``
+    before them to valid (none when a fraction is 0), the rest to train, so every group with
+    three rows or more has training rows before its test rows (``group_by: user_id`` is the
     leave-last-out protocol of sequential recommendation; it collects the group, time and row id
     of every row in the driver). ``pinned_files`` sends every row of a log path (as written in
     ``log.paths``) to one split; the others are split among the remaining rows.

@@ -120,8 +120,8 @@ def group_boundaries(
 ) -> GroupBoundaries:
     """The boundaries of every group of ``rows`` (columns ``group``, ``key``, ``__row`` and the
     tie-break columns: the eligible rows). A group of ``n`` rows sends its last
-    ``max(1, round(n * test))`` rows to test (none when the test fraction is 0), the
-    ``round(n * valid)`` before them to valid and the rest to train."""
+    ``max(1, round(n * test))`` rows to test, the ``max(1, round(n * valid))`` before them to
+    valid (none when the fraction is 0; as many as there are) and the rest to train."""
     codes = _codes(rows.column("group"))
     group_N = np.asarray(codes.indices, dtype=np.int64)
     keys = np.asarray(rows.column("key"), dtype=np.float64)
@@ -139,7 +139,9 @@ def group_boundaries(
     test_G = np.zeros_like(count_G)
     if fractions[2] > 0:
         test_G = np.minimum(count_G, np.maximum(1, half_up(count_G * fractions[2] + 0.5)))
-    valid_G = np.minimum(count_G - test_G, half_up(count_G * fractions[1] + 0.5))
+    valid_G = np.zeros_like(count_G)
+    if fractions[1] > 0:
+        valid_G = np.minimum(count_G - test_G, np.maximum(1, half_up(count_G * fractions[1] + 0.5)))
     ranks_G2 = np.stack([count_G - test_G - valid_G, count_G - test_G], axis=1).astype(np.int64)
     keys_G2 = np.full(ranks_G2.shape, np.inf)
     inside = ranks_G2 < count_G[:, None]

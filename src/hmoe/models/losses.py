@@ -43,7 +43,7 @@ class RankingLossConfig(Config):
     ``tasks``: the tasks that get the pair term (empty: every task).
     """
 
-    enabled: bool = False
+    enabled: bool = False  # add the pair term to BCE (Combined-Pair)
     alpha: float = 0.8
     tasks: tuple[str, ...] = ()
 
@@ -81,10 +81,11 @@ class IPWConfig(Config):
       the train logs; at least two entries, non-decreasing, the second above the first.
     """
 
-    enabled: bool = False
+    enabled: bool = False  # re-weight the positives of repeated exposure
+    # how rho_k is estimated: power law or a fitted table
     estimator: Literal["power", "table"] = "power"
-    exponent: float = 0.5
-    propensities: tuple[float, ...] = ()
+    exponent: float = 0.5  # power estimator: rho_k = (1 + k) ** exponent
+    propensities: tuple[float, ...] = ()  # table estimator: click rate by exposure index
     min_weight: float = 0.1
     tasks: tuple[str, ...] = ()  # the tasks whose positives are re-weighted (empty: every task)
 

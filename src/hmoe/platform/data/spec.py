@@ -103,10 +103,10 @@ class BehaviourLogSpec(Config):
     """A separate behaviour log (e.g. clicks) whose events feed a sequence."""
 
     table: TableSpec
-    user_column: str
-    item_column: str
+    user_column: str  # the user id column (values as in user_field)
+    item_column: str  # the item id column (values as in the sequence's item_field)
     timestamp_column: str  # parsed with the spec's TimestampSpec unit and range
-    category_column: str | None = None
+    category_column: str | None = None  # the category column, if the sequence has one
 
 
 @config
@@ -121,10 +121,11 @@ class SequenceSpec(Config):
     the events of ``behaviour_log``, encoded with the same vocabularies.
     """
 
-    name: str
+    name: str  # the sequence's name in the prepared data and the model
     max_len: int
     item_field: str  # a CategoricalSpec name (shares its vocabulary)
     category_field: str | None = None  # a CategoricalSpec name
+    # where behaviours come from: the log itself or behaviour_log
     source: Literal["log", "behaviour_log"] = "log"
     only_positive_of: str | None = None  # a task: keep behaviours whose label is 1
     filter: ColumnPredicate | None = None  # and/or keep rows satisfying a rule on a raw column
@@ -161,11 +162,13 @@ class SplitSpec(Config):
     ``log.paths``) to one split; the others are split among the remaining rows.
     """
 
+    # temporal, ordered, cutoff, random, group or group_temporal (above)
     kind: Literal["temporal", "ordered", "cutoff", "random", "group", "group_temporal"] = "temporal"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # cutoff: the train/valid and valid/test times (seconds)
     cutoffs: tuple[float, float] | None = None
     tie_break: tuple[str, ...] = ()  # raw columns; compared as numbers when all parse as numbers
-    seed: int = 0
+    seed: int = 0  # random and group: the hash seed
     group_by: str | None = None  # a single-valued categorical feature (kinds group*)
     pinned_files: Mapping[str, Split] = FrozenMap()
 
@@ -227,7 +230,7 @@ class ValidateSpec(Config):
 class DatasetSpec(Config):
     """A whole dataset: raw tables, column roles, sequences, vocabulary rules and the split."""
 
-    name: str
+    name: str  # the dataset's name, kept in the manifest
     log: TableSpec
     side_tables: tuple[SideTableSpec, ...] = ()
     timestamp: TimestampSpec | None = None

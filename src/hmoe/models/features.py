@@ -10,9 +10,8 @@ Legend for shape suffixes: ``B`` batch, ``F`` fields (tokens), ``L`` sequence, `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -168,9 +167,7 @@ class FeatureEncoder(nn.Module):
         encoder's token of every level ``[levels, D]``, the similarity bucket table
         ``[buckets, D]``. Sequences reuse their item / category fields' tables."""
         with torch.no_grad():
-            ids = {
-                c.name: self.id_table(c.name).detach().clone() for c in self.schema.categorical
-            }
+            ids = {c.name: self.id_table(c.name).detach().clone() for c in self.schema.categorical}
             return ids | {
                 name: encoder.token_table().detach().clone()
                 for name, encoder in self._dense_token_fields()

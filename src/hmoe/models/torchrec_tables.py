@@ -34,10 +34,9 @@ Legend for shape suffixes: ``B`` batch, ``M`` multi-value length, ``L`` sequence
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
-
-import math
 
 import torch
 from torch import nn
@@ -134,8 +133,9 @@ class TorchRecIdTables(nn.Module):
             self._columns[q.item_field].append((seq_column(q.name, "item"), True))
             if q.category_field is not None and self.use_category:
                 self._columns[q.category_field].append((seq_column(q.name, "category"), True))
-        self._offsets = self._feature_offsets()
         max_len = {seq_column(q.name, k): q.max_len for q in schema.sequences for k in _SEQ_KINDS}
+        self._max_len = max_len
+        self._offsets = self._feature_offsets()
         pool = PoolingType.MEAN if pooling == "mean" else PoolingType.SUM
         tables = [
             EmbeddingBagConfig(
@@ -168,11 +168,10 @@ class TorchRecIdTables(nn.Module):
     def _feature_offsets(self) -> dict[str, int]:
         """Column -> index of its first feature in the kernel's output ``[B, N, D]``."""
         offsets, position = {}, 0
-        lengths = {seq_column(q.name, k): q.max_len for q in self.schema.sequences for k in _SEQ_KINDS}
         for columns in self._columns.values():
             for column, is_seq in columns:
                 offsets[column] = position
-                position += lengths[column] if is_seq else 1
+                position += self._max_len[column] if is_seq else 1
         self.num_features = position
         return offsets
 

@@ -23,6 +23,7 @@ from torch import nn
 from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.combine import CombineConfig
 from hmoe.models.common import MLPConfig
+from hmoe.models.embeddings import EmbeddingBackend
 from hmoe.models.experts import (
     DCNV2Config,
     ExpertsConfig,
@@ -31,7 +32,6 @@ from hmoe.models.experts import (
     GwPFMConfig,
     IPNNConfig,
 )
-from hmoe.models.embeddings import EmbeddingBackend
 from hmoe.models.features import FeatureEncoderConfig
 from hmoe.models.losses import IPWConfig, LossConfig, RankingLossConfig
 from hmoe.models.mnse import NumericEncoderConfig

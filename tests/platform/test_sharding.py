@@ -52,7 +52,9 @@ class TinyRanker(nn.Module):
                 for n, (v, _) in SEQ_TABLES.items()
             ]
         )
-        self.mlp = nn.Sequential(nn.Linear(DIM * (len(BAG_TABLES) + 1), 16), nn.ReLU(), nn.Linear(16, 1))
+        self.mlp = nn.Sequential(
+            nn.Linear(DIM * (len(BAG_TABLES) + 1), 16), nn.ReLU(), nn.Linear(16, 1)
+        )
 
     def forward(self, ids_BF: torch.Tensor, seq_BL: torch.Tensor) -> torch.Tensor:
         from torchrec import KeyedJaggedTensor

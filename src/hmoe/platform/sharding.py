@@ -34,6 +34,7 @@ from torch import nn
 __all__ = [
     "PLAN_ARTIFACT",
     "ShardedTraining",
+    "fused_table_constraints",
     "gather_full_state",
     "has_torchrec_tables",
     "load_full_state",
@@ -42,16 +43,41 @@ __all__ = [
 
 PLAN_ARTIFACT = "sharding_plan.json"
 SHARDS_FOLDER = "shards"  # the torch.distributed.checkpoint files inside a Ray checkpoint
-SHARDED_KEYS = ("model", "fused_optimizer")
 
 
 def has_torchrec_tables(module: nn.Module) -> bool:
     """Whether ``module`` holds TorchRec table collections (without importing TorchRec)."""
-    names = {"EmbeddingBagCollection", "EmbeddingCollection"}
+    names = {"EmbeddingBagCollection", "EmbeddingCollection", "FusedEmbeddingBagCollection"}
     return any(
         type(m).__name__ in names and type(m).__module__.startswith("torchrec.")
         for m in module.modules()
     )
+
+
+def fused_table_constraints(module: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Planner constraints that keep every table of a ``FusedEmbeddingBagCollection`` off
+    data-parallel sharding.
+
+    TorchRec 1.8 cannot train such a table data-parallel here: its sharded module wraps the
+    replicated table in a DDP built with ``device_ids=[device]``, which DDP rejects for a CPU
+    device (``ValueError``), and the optimizer it fuses into that DDP is left out of
+    ``fused_optimizer`` (a TODO in ``torchrec/distributed/fused_embeddingbag.py``), so its state
+    would be lost at every checkpoint. Small tables therefore go table-wise instead.
+    """
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+    kinds = [ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.TABLE_COLUMN_WISE]
+    if device.type == "cuda":
+        kinds += [ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE]
+    allowed = [k.value for k in kinds]
+    return {
+        table.name: ParameterConstraints(sharding_types=allowed)
+        for m in module.modules()
+        if isinstance(m, FusedEmbeddingBagCollection)
+        for table in m.embedding_bag_configs()
+    }
 
 
 def _is_sharded(value: Any) -> bool:
@@ -118,7 +144,7 @@ def gather_full_state(sharded_state: dict[str, Any], rank: int) -> dict[str, tor
 
 
 def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
-    """The plan as JSON-ready dicts: module path -> table -> sharding type, kernel, ranks, shards."""
+    """The plan as JSON-ready dicts: module path -> table -> sharding type, kernel, shards."""
     out: dict[str, dict[str, Any]] = {}
     for path, module_plan in plan.plan.items():
         tables = {}
@@ -155,7 +181,8 @@ class ShardedTraining:
         train_module: ``TrainWrapper(model, loss)``.
         device: this rank's device.
         rank: this rank.
-        constraints: per-table ``ParameterConstraints`` for the planner (``None``: it chooses).
+        constraints: per-table ``ParameterConstraints`` for the planner, over those of
+            ``fused_table_constraints`` (``None``: the planner chooses within those).
     """
 
     def __init__(
@@ -181,7 +208,7 @@ class ShardedTraining:
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device=device.type),
-            constraints=constraints,
+            constraints=fused_table_constraints(train_module, device) | (constraints or {}),
         )
         sharders = get_default_sharders()
         self.plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
@@ -190,6 +217,18 @@ class ShardedTraining:
         )
         load_full_state(self.dmp.state_dict(), full)
         del full
+
+    def table_parameter_ids(self) -> set[int]:
+        """The sharded tables' parameters: their optimizer is fused into TorchRec's kernels, and
+        each rank holds different ones, so a dense optimizer must leave them out."""
+        from torchrec.distributed.types import ShardedModule
+
+        return {
+            id(p)
+            for m in self.dmp.modules()
+            if isinstance(m, ShardedModule)
+            for p in m.parameters()
+        }
 
     def plan_json(self) -> str:
         return json.dumps(plan_summary(self.plan), indent=2, sort_keys=True)
@@ -201,7 +240,10 @@ class ShardedTraining:
             self.local_wrapper.load_state_dict(full)
 
     def _sharded_state(self) -> dict[str, Any]:
-        return {"model": self.dmp.state_dict(), "fused_optimizer": self.dmp.fused_optimizer.state_dict()}
+        return {
+            "model": self.dmp.state_dict(),
+            "fused_optimizer": self.dmp.fused_optimizer.state_dict(),
+        }
 
     def save(self, folder: Path) -> None:
         """Write this rank's shards (weights and fused optimizer state) under ``folder``."""

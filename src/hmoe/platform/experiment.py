@@ -160,6 +160,12 @@ class ExperimentConfig(Config):
                 "model.use_sparse_gradients=true is not supported by hmoe train: its optimizer "
                 "(fused Adam/AdamW) cannot take sparse id-table gradients; set it to false"
             )
+        if self.model.embedding.backend == "torchrec" and self.train.num_workers > 1:
+            # DDP would all-reduce tables that FBGEMM updates in place, each rank differently
+            raise ConfigError(
+                "model.embedding.backend='torchrec' trains on one worker for now "
+                "(train.num_workers=1); sharded tables across workers are not built yet"
+            )
 
 
 def run_name(cfg: ExperimentConfig) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hmoe.models.losses import TrainWrapper
+from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.batches import Batch, iter_minibatches
 from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
@@ -91,7 +91,9 @@ class LoopOutcome:
 
 
 def _make_optimizer(train_module: nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
-    params: Iterable[Any] = train_module.parameters()
+    """The dense optimizer: every parameter but the ``torchrec`` backend's fused tables."""
+    fused = {id(p) for p in fused_table_parameters(train_module)}
+    params: Iterable[Any] = [p for p in train_module.parameters() if id(p) not in fused]
     if isinstance(train_module, TrainWrapper):
         if train_module.embedding_l2_by_optimizer and s.optimizer != "adam":
             raise ValueError(
@@ -206,6 +208,10 @@ def _restore(
         return _State(), False
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for tables, table_state in zip(
+        fused_table_modules(model), checkpoint.get("table_optimizers", []), strict=True
+    ):
+        tables.fused_optimizer().load_state_dict(table_state)
     scheduler.load_state_dict(checkpoint["scheduler"])
     state = _State(**checkpoint["state"])
     state.epoch += 1  # the checkpoint is taken at the end of its epoch
@@ -217,6 +223,8 @@ def _checkpoint(model: nn.Module, optimizer: Any, scheduler: Any, state: _State)
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        # the fused tables' optimizer state (Adagrad accumulators) lives in FBGEMM
+        "table_optimizers": [t.fused_optimizer().state_dict() for t in fused_table_modules(model)],
         "scheduler": scheduler.state_dict(),
         "state": {name: getattr(state, name) for name in fields},
     }

@@ -164,7 +164,7 @@ def test_every_preset_matches_torch_trains_and_exports_to_torch_tables(name: str
 def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_clear_error():
     from hmoe.config import ConfigError
 
-    with pytest.raises(ConfigError, match="read only with embedding.backend='torchrec'"):
+    with pytest.raises(ConfigError, match=r"read only with embedding\.backend='torchrec'"):
         apply_overrides(get_preset("debug").model, {"embedding.table_lr": 0.1})
     with pytest.raises(ConfigError, match="use_sparse_gradients or use_compile"):
         apply_overrides(

@@ -14,10 +14,14 @@ target and its behaviour sequence share the table).
 How the optimizer is fused: the collection is built with ``optimizer_type`` / kwargs from
 ``FusedTableSettings`` (``model.embedding.table_*``); FBGEMM updates the rows a batch touches
 inside the backward (row-wise Adagrad on CPU), so the tables never hold a ``.grad`` and the dense
-optimizer must leave them out (``fused_table_parameters`` in ``hmoe.models.ranker``). The L2 is
-FBGEMM's coupled weight decay on the touched rows: ``table_l2 * |w_r|^2`` per touched row ``r``
-and step, i.e. ``g_r + 2 * table_l2 * w_r``. ``fused_optimizer()`` exposes the state (Adagrad
-accumulators) as a TorchRec ``KeyedOptimizer``.
+optimizer must leave them out (``fused_table_parameters`` in ``hmoe.models.ranker``).
+``fused_optimizer()`` exposes the state (Adagrad accumulators) as a TorchRec ``KeyedOptimizer``.
+
+The L2 (``table_l2``) is ours, not FBGEMM's: fbgemm-gpu-cpu 1.8.0's row-wise Adagrad ignores its
+``weight_decay`` arguments. Each training forward first shrinks every row the batch touches by
+``1 - 2 * table_lr * table_l2`` (a gradient step on ``table_l2 * |w_r|^2``, once per touched row
+and step, however often the batch repeats the id); the fused Adagrad step then follows in the
+backward. Untouched rows are never read or written, the point of the backend.
 
 Width: FBGEMM's kernels store rows in multiples of ``DIM_MULTIPLE`` floats, so a set of another
 dim ``D`` keeps ``ceil(D / 4) * 4`` columns whose extra columns stay zero (never read, zero
@@ -70,20 +74,14 @@ def _optimizer(
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The TorchRec optimizer type and kwargs that FBGEMM fuses into the backward
     (``width_ratio``: stored / real columns, see the module docstring)."""
-    from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
     from torchrec.optim import RowWiseAdagrad
 
-    decay: dict[str, Any] = {}
-    if settings.l2 > 0.0:
-        decay = {"weight_decay": 2.0 * settings.l2, "weight_decay_mode": WeightDecayMode.L2}
     if settings.optimizer == "rowwise_adagrad":
-        scale = math.sqrt(width_ratio)
-        return RowWiseAdagrad, {"lr": settings.lr * scale, "eps": settings.eps * scale, **decay}
+        scale = 1.0 / math.sqrt(width_ratio)
+        return RowWiseAdagrad, {"lr": settings.lr * scale, "eps": settings.eps * scale}
     if settings.optimizer == "sgd":
-        if decay:
-            raise ConfigError("model.embedding.table_l2 needs a table_optimizer other than sgd")
         return torch.optim.SGD, {"lr": settings.lr}
-    return torch.optim.Adam, {"lr": settings.lr, "eps": settings.eps, **decay}
+    return torch.optim.Adam, {"lr": settings.lr, "eps": settings.eps}
 
 
 class TorchRecIdTables(nn.Module):
@@ -123,6 +121,7 @@ class TorchRecIdTables(nn.Module):
         from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
         self.schema, self.dim, self.use_category = schema, dim, settings.use_category
+        self.decay_factor = 1.0 - 2.0 * settings.lr * settings.l2
         self.stored_dim = -(-dim // DIM_MULTIPLE) * DIM_MULTIPLE
         # per table (categorical field): the batch columns looked up in it, as
         # (column, is_sequence); the kernel's features run table by table in this order
@@ -185,11 +184,15 @@ class TorchRecIdTables(nn.Module):
         return self.collection.fused_optimizer()
 
     def _features(self, batch: Mapping[str, torch.Tensor]) -> Any:
-        """The ``KeyedJaggedTensor`` of every lookup, padding ids dropped."""
+        """The ``KeyedJaggedTensor`` of every lookup, padding ids dropped; in training, each
+        table's touched rows decayed first (the L2, see the module docstring)."""
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+        decay = self.decay_factor != 1.0 and self.training and torch.is_grad_enabled()
         keys, slots, counts = [], [], []
-        for columns in self._columns.values():
+        for table, columns in self._columns.items():
+            if decay:
+                self._decay_rows(table, [_column(batch, column) for column, _ in columns])
             for column, is_seq in columns:
                 ids = _column(batch, column)
                 if is_seq:  # [B, L] -> L features of one-id bags, position-major
@@ -205,6 +208,14 @@ class TorchRecIdTables(nn.Module):
         values = torch.cat(slots)
         lengths = torch.cat([c.to(torch.int32) for c in counts])
         return KeyedJaggedTensor(keys=keys, values=values[values != PAD_INDEX], lengths=lengths)
+
+    @torch.no_grad()
+    def _decay_rows(self, table: str, ids: list[torch.Tensor]) -> None:
+        """Shrink the rows of ``table`` that ``ids`` touch (each once) by ``decay_factor``."""
+        rows = torch.cat([i.reshape(-1) for i in ids]).unique()
+        rows = rows[rows != PAD_INDEX]
+        weight = self.collection.embedding_bags[table].weight
+        weight.index_copy_(0, rows, weight.index_select(0, rows).mul_(self.decay_factor))
 
     def forward(
         self, batch: Mapping[str, torch.Tensor]

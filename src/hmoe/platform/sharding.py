@@ -218,18 +218,6 @@ class ShardedTraining:
         load_full_state(self.dmp.state_dict(), full)
         del full
 
-    def table_parameter_ids(self) -> set[int]:
-        """The sharded tables' parameters: their optimizer is fused into TorchRec's kernels, and
-        each rank holds different ones, so a dense optimizer must leave them out."""
-        from torchrec.distributed.types import ShardedModule
-
-        return {
-            id(p)
-            for m in self.dmp.modules()
-            if isinstance(m, ShardedModule)
-            for p in m.parameters()
-        }
-
     def plan_json(self) -> str:
         return json.dumps(plan_summary(self.plan), indent=2, sort_keys=True)
 

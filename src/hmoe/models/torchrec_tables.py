@@ -225,7 +225,8 @@ class TorchRecIdTables(nn.Module):
             length = _column(batch, seq_column(q.name, "item")).shape[1]
             if length != q.max_len:
                 raise ValueError(f"sequence {q.name!r}: expected length {q.max_len}, got {length}")
-        pooled_BND = self.collection(self._features(batch)).values()
+        features = self._features(batch)
+        pooled_BND = _in_feature_order(self.collection(features), features.keys())
         pooled_BND = pooled_BND.unflatten(1, (-1, self.stored_dim))[..., : self.dim]
         tokens = [pooled_BND[:, self._offsets[c.name]] for c in self.schema.categorical]
         behaviours = []
@@ -242,6 +243,15 @@ class TorchRecIdTables(nn.Module):
 
 
 _SEQ_KINDS = ("item", "category")
+
+
+def _in_feature_order(pooled: Any, keys: list[str]) -> torch.Tensor:
+    """The pooled features ``[B, N * D]`` in ``keys`` order: a collection sharded across workers
+    (``hmoe.platform.sharding``) returns them grouped by sharding type, not in input order."""
+    if pooled.keys() == keys:
+        return pooled.values()
+    by_key = pooled.to_dict()
+    return torch.cat([by_key[k] for k in keys], dim=1)
 
 
 def _column(batch: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

@@ -254,14 +254,15 @@ def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
     losses = _hmoe_steps(sharded.dmp, optimizer, batches, rank, world)
     sharded.sync_local()
     if rank == 0:
-        torch.save(
-            {
-                "losses": losses,
-                "state": sharded.local_model.state_dict(),
-                "plan": sharded.plan_json(),
-            },
-            Path(out) / "hmoe.pt",
-        )
+        with torch.no_grad():  # rank 0's copy computes with the gathered tables
+            logits = sharded.local_model(batches[0])
+        result = {
+            "losses": losses,
+            "state": sharded.local_model.state_dict(),
+            "plan": sharded.plan_json(),
+            "logits": logits,
+        }
+        torch.save(result, Path(out) / "hmoe.pt")
     dist.destroy_process_group()
 
 
@@ -296,3 +297,5 @@ def test_sharded_hmoe_model_on_two_ranks_trains_like_the_unsharded_one(tmp_path)
     # Adam turns the all-reduce's last-bit differences of near-zero gradients into ~1e-6 moves
     for key, value in model.state_dict().items():
         torch.testing.assert_close(two["state"][key], value, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(two["logits"], model(batches[0]), rtol=1e-4, atol=1e-5)

@@ -169,6 +169,22 @@ def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """An unsharded copy of ``(model, train_module)``, the copied wrapper around the copied model.
+
+    A ``hmoe`` ranker is rebuilt and its weights copied: ``copy.deepcopy`` of a TorchRec
+    ``FusedEmbeddingBagCollection`` gives parameters that no longer alias its FBGEMM kernel's
+    weights, so weights loaded into the copy would never reach its forward.
+    """
+    from hmoe.models.ranker import HeteroMoERanker
+    from hmoe.models.zoo import with_embedding_backend
+
+    if not isinstance(model, HeteroMoERanker):
+        return copy.deepcopy((model, train_module))
+    fresh = with_embedding_backend(model, "torchrec").train(model.training)
+    return fresh, copy.deepcopy(train_module, {id(model): fresh})
+
+
 class ShardedTraining:
     """``train_module`` sharded across the process group, plus rank 0's unsharded copy.
 
@@ -202,8 +218,7 @@ class ShardedTraining:
         self.local_model: nn.Module | None = None
         self.local_wrapper: nn.Module | None = None
         if rank == 0:
-            # one deepcopy keeps the wrapper's reference to the model inside the copy
-            self.local_model, self.local_wrapper = copy.deepcopy((model, train_module))
+            self.local_model, self.local_wrapper = _local_copy(model, train_module)
         full = {k: v.detach().clone() for k, v in train_module.state_dict().items()}
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(

@@ -66,12 +66,17 @@ def _touched(batch: dict, schema: FeatureSchema, use_category: bool) -> dict[str
     return out
 
 
-@pytest.mark.parametrize("name", ["hmoe", "dcnv2"])
-def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "optimizer"),
+    [("hmoe", "rowwise_adagrad"), ("dcnv2", "rowwise_adagrad"), ("debug", "sgd")],
+)
+def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str, optimizer: str) -> None:
     """Reference in plain torch: touched rows decay by ``1 - 2 lr l2``; the loss's gradient
-    at the decayed weights; then ``G = mean(g^2)``, ``w -= lr g / (sqrt(G) + eps)``."""
+    at the decayed weights; then ``G = mean(g^2)``, ``w -= lr g / (sqrt(G) + eps)`` (sgd:
+    ``w -= lr g``). dcnv2's dim 10 is stored 12 wide: the accumulator must still average 10."""
     tables = {
         "embedding.backend": "torchrec",
+        "embedding.table_optimizer": optimizer,
         "embedding.table_lr": LR,
         "embedding.table_l2": L2,
         "embedding.table_eps": EPS,
@@ -98,7 +103,8 @@ def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str) -> No
         for table, rows in touched.items():
             weight, grad = ref_encoder.id_table(table).detach(), ref_encoder.id_table(table).grad
             accumulator = grad[rows].square().mean(dim=1, keepdim=True)
-            expected = weight[rows] - LR * grad[rows] / (accumulator.sqrt() + EPS)
+            scale = 1.0 if optimizer == "sgd" else accumulator.sqrt() + EPS
+            expected = weight[rows] - LR * grad[rows] / scale
             got = encoder.id_table(table).detach()
             torch.testing.assert_close(got[rows], expected, rtol=1e-5, atol=1e-7)
             untouched = torch.ones(got.shape[0], dtype=torch.bool)

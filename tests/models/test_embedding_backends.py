@@ -195,3 +195,20 @@ def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_cle
     )
     assert "pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0" in out.stdout
     assert "model.embedding.backend=torch" in out.stdout
+
+
+def test_gradient_conflict_monitor_reads_a_torchrec_model_without_updating_its_tables():
+    """The per-epoch monitor differentiates each task's loss: with fused tables that must not
+    run FBGEMM's backward (it would update the rows)."""
+    from hmoe.platform.analysis.access import gradient_conflict_metrics, shared_parameters
+
+    _, fused, schema = _pair("mmoe")
+    # no zero-filled gradient of every table either: they are not among the shared parameters
+    fused_ids = {id(p) for p in fused_table_parameters(fused)}
+    assert not fused_ids & {id(p) for p in shared_parameters(fused)}
+    before = [t.clone() for t in fused.embedding_tables()[0].values()]
+    wrapper = TrainWrapper(fused, LossConfig(), tasks=schema.tasks).train()
+    metrics = gradient_conflict_metrics(wrapper, random_batch(schema, 16, torch.Generator()))
+    assert metrics and all(-1.0 <= v <= 1.0 for v in metrics.values())
+    for old, new in zip(before, fused.embedding_tables()[0].values(), strict=True):
+        assert torch.equal(old, new)

@@ -44,6 +44,8 @@ def test_round_trip_and_run_name(data_dir):
         ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
+        ({"model.embedding.backend": "torchrec", "train.num_workers": 2}, "one worker"),
+        ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )
 def test_invalid_overrides_name_the_problem(data_dir, overrides, message):

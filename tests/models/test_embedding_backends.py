@@ -66,12 +66,17 @@ def _touched(batch: dict, schema: FeatureSchema, use_category: bool) -> dict[str
     return out
 
 
-@pytest.mark.parametrize("name", ["hmoe", "dcnv2"])
-def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "optimizer"),
+    [("hmoe", "rowwise_adagrad"), ("dcnv2", "rowwise_adagrad"), ("debug", "sgd")],
+)
+def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str, optimizer: str) -> None:
     """Reference in plain torch: touched rows decay by ``1 - 2 lr l2``; the loss's gradient
-    at the decayed weights; then ``G = mean(g^2)``, ``w -= lr g / (sqrt(G) + eps)``."""
+    at the decayed weights; then ``G = mean(g^2)``, ``w -= lr g / (sqrt(G) + eps)`` (sgd:
+    ``w -= lr g``). dcnv2's dim 10 is stored 12 wide: the accumulator must still average 10."""
     tables = {
         "embedding.backend": "torchrec",
+        "embedding.table_optimizer": optimizer,
         "embedding.table_lr": LR,
         "embedding.table_l2": L2,
         "embedding.table_eps": EPS,
@@ -98,7 +103,8 @@ def test_one_step_moves_touched_rows_as_rowwise_adagrad_with_l2(name: str) -> No
         for table, rows in touched.items():
             weight, grad = ref_encoder.id_table(table).detach(), ref_encoder.id_table(table).grad
             accumulator = grad[rows].square().mean(dim=1, keepdim=True)
-            expected = weight[rows] - LR * grad[rows] / (accumulator.sqrt() + EPS)
+            scale = 1.0 if optimizer == "sgd" else accumulator.sqrt() + EPS
+            expected = weight[rows] - LR * grad[rows] / scale
             got = encoder.id_table(table).detach()
             torch.testing.assert_close(got[rows], expected, rtol=1e-5, atol=1e-7)
             untouched = torch.ones(got.shape[0], dtype=torch.bool)
@@ -189,3 +195,20 @@ def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_cle
     )
     assert "pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0" in out.stdout
     assert "model.embedding.backend=torch" in out.stdout
+
+
+def test_gradient_conflict_monitor_reads_a_torchrec_model_without_updating_its_tables():
+    """The per-epoch monitor differentiates each task's loss: with fused tables that must not
+    run FBGEMM's backward (it would update the rows)."""
+    from hmoe.platform.analysis.access import gradient_conflict_metrics, shared_parameters
+
+    _, fused, schema = _pair("mmoe")
+    # no zero-filled gradient of every table either: they are not among the shared parameters
+    fused_ids = {id(p) for p in fused_table_parameters(fused)}
+    assert not fused_ids & {id(p) for p in shared_parameters(fused)}
+    before = [t.clone() for t in fused.embedding_tables()[0].values()]
+    wrapper = TrainWrapper(fused, LossConfig(), tasks=schema.tasks).train()
+    metrics = gradient_conflict_metrics(wrapper, random_batch(schema, 16, torch.Generator()))
+    assert metrics and all(-1.0 <= v <= 1.0 for v in metrics.values())
+    for old, new in zip(before, fused.embedding_tables()[0].values(), strict=True):
+        assert torch.equal(old, new)

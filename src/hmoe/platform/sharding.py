@@ -1,24 +1,24 @@
 """TorchRec model parallelism on Ray Train workers: id tables sharded, dense layers replicated.
 
-With more than one worker and id tables held in TorchRec modules (``EmbeddingBagCollection`` /
-``EmbeddingCollection``), ``ShardedTraining`` wraps the train module in TorchRec's
-``DistributedModelParallel`` with a plan from its ``EmbeddingShardingPlanner``: each table is
-placed whole on one rank (table-wise), split by columns or rows, or replicated (data-parallel,
-small tables), and the rest of the model is wrapped in DDP. gloo on CPU, NCCL on CUDA (the
-process group Ray Train set up).
+With more than one worker and id tables held in TorchRec modules (``EmbeddingBagCollection``,
+``EmbeddingCollection``, or the ``torchrec`` backend's ``FusedEmbeddingBagCollection``),
+``ShardedTraining`` wraps the train module in TorchRec's ``DistributedModelParallel`` with a
+plan from its ``EmbeddingShardingPlanner``: each table is placed whole on one rank
+(table-wise), split by columns or rows, or replicated (data-parallel), and the rest of the
+model is wrapped in DDP. gloo on CPU, NCCL on CUDA (the process group Ray Train set up).
 
-What TorchRec 1.8 offers depends on the device: on CPU an ``EmbeddingBagCollection`` table can be
-data-parallel, table-wise, column-wise or table-column-wise but not row-wise (its sharder lists
-row-wise only for CUDA); an ``EmbeddingCollection`` table can also be row-wise on CPU.
+What TorchRec 1.8 offers depends on the module and the device: on CPU a bag collection's table
+can be data-parallel, table-wise, column-wise or table-column-wise but not row-wise (its
+sharders list row-wise only for CUDA); an ``EmbeddingCollection`` table can also be row-wise.
+A fused collection's table is never data-parallel here (``fused_table_constraints``).
 
 Evaluation, early stopping's best weights, the monitor and the logged model stay as they are:
 rank 0 keeps an unsharded copy of the model, and after each epoch every rank takes part in
-gathering the tables into it (so rank 0 needs the memory of the whole model once). Checkpoints
-are sharded: every rank writes its shards with ``torch.distributed.checkpoint`` into the same
-Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every rank of a
-restarted group reads back its own shards, whatever the new plan.
-
-Legend: ``V`` rows of a table, ``D`` its dimension.
+gathering the tables into it (so rank 0 needs the memory of the whole model once; every worker
+also builds the whole model once before it is sharded). Checkpoints are sharded: every rank
+writes its shards (weights and fused optimizer state) with ``torch.distributed.checkpoint`` into
+the same Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every
+rank of a restarted group reads back its own shards.
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ class ShardedTraining:
         del full
 
     def plan_json(self) -> str:
+        """The plan, readable (``plan_summary`` as indented JSON)."""
         return json.dumps(plan_summary(self.plan), indent=2, sort_keys=True)
 
     def sync_local(self) -> None:

@@ -2,8 +2,14 @@
 #   make demo   runs the main job        make test   runs the test suite
 # Each creates or refreshes .venv. TORCH_SPEC chooses the torch build installed when the venv
 # has none (the default is the CPU wheel; an unpinned torch would pull a multi-GB CUDA build).
+# FBGEMM_SPEC / TORCHREC_SPEC: the TorchRec pair of model.embedding.backend=torchrec, which must
+# match the torch build; the default is the CPU pair for torch 2.13.0, installed with --no-deps
+# (torchrec declares a CUDA fbgemm-gpu; its pure-Python dependencies come from the [torchrec]
+# extra). GPU builds: FBGEMM_SPEC='fbgemm-gpu==1.8.0 --index-url ...'; FBGEMM_SPEC= skips them.
 PYTHON ?= python3.11
 TORCH_SPEC ?= torch==2.13.0
+FBGEMM_SPEC ?= fbgemm-gpu-cpu==1.8.0
+TORCHREC_SPEC ?= torchrec==1.8.0
 VENV := .venv
 STAMP := $(VENV)/.hmoe-installed
 
@@ -16,7 +22,8 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	test -z "$(FBGEMM_SPEC)" || $(VENV)/bin/python -m pip install -q --no-deps $(FBGEMM_SPEC) $(TORCHREC_SPEC)
+	$(VENV)/bin/python -m pip install -q -e ".[dev,torchrec]"
 	touch $(STAMP)
 
 test: venv

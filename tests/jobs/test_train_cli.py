@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,11 +39,16 @@ def test_malformed_set_and_missing_data_are_user_errors(tmp_path, capsys):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "torchrec"])
 def test_train_two_workers_survives_a_killed_worker_and_tracks_everything(
-    ray_cluster, tmp_path, monkeypatch, capsys
+    ray_cluster, tmp_path, monkeypatch, capsys, backend
 ):
     """2 workers, 2 epochs; the last worker is SIGKILLed in the middle of epoch 2 (step 6 of
-    4 steps per epoch): the worker group restarts from the epoch-1 checkpoint and finishes."""
+    4 steps per epoch): the worker group restarts from the epoch-1 checkpoint and finishes.
+    With ``torchrec`` the id tables are sharded across the 2 workers: the plan is logged and
+    every worker's shards come back from the sharded checkpoint."""
+    if backend == "torchrec":
+        pytest.importorskip("torchrec")
     from mlflow import MlflowClient
 
     from tests.platform.mlflow_checks import (
@@ -57,6 +64,7 @@ def test_train_two_workers_survives_a_killed_worker_and_tracks_everything(
         "train.lr": 0.01,
         "train.cpus_per_worker": 0.5,  # 2 workers + 1 CPU left to Ray Data on 2 logical CPUs
         "train.fail_at_step": 6,
+        "model.embedding.backend": backend,
     }
     argv = ["train", "--preset", "debug", "--data", str(data), "--workers", "2"]
     argv += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
@@ -70,6 +78,12 @@ def test_train_two_workers_survives_a_killed_worker_and_tracks_everything(
     assert run.info.status == "FINISHED"
     assert run.data.metrics["resumed_from_epoch"] == 1.0  # restarted from the checkpoint
     check_run_contents(client, run_id, epochs=2)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert ("sharding_plan.json" in artifacts) == (backend == "torchrec")
+    if backend == "torchrec":  # per embedding set, its tables as placed (no row-wise on CPU)
+        plan = json.loads(Path(client.download_artifacts(run_id, "sharding_plan.json")).read_text())
+        kinds = {t["sharding_type"] for tables in plan.values() for t in tables.values()}
+        assert plan and kinds <= {"table_wise", "column_wise", "table_column_wise"}
     check_registered_model_reproduces_val_auc(uri, client, "cli-test-best", "1", run_id, data)
 
 

@@ -167,7 +167,11 @@ def _observe(preset: Preset, batch_size: int = BATCH) -> tuple[torch.Tensor, tor
 
 def test_every_numeric_knob_of_debug_is_wired():
     base = get_preset("debug")
-    knobs = numeric_knobs(base)
+    # the torchrec backend's table optimizer knobs act only in a training step (and only with
+    # that backend): test_embedding_backends.py checks them against a reference step
+    knobs = {
+        k: v for k, v in numeric_knobs(base).items() if not k.startswith("model.embedding.table_")
+    }
     assert len(knobs) >= 30, sorted(knobs)  # the walk really reaches the nested configs
     assert not _idle_knobs(base, knobs)
 

@@ -44,6 +44,15 @@ def test_round_trip_and_run_name(data_dir):
         ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
+        (
+            {
+                "model.embedding.backend": "torchrec",
+                "model.embedding.table_l2": 0.1,
+                "train.num_workers": 2,
+            },
+            "table_l2 > 0 needs train.num_workers=1",
+        ),
+        ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )
 def test_invalid_overrides_name_the_problem(data_dir, overrides, message):

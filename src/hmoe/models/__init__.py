@@ -35,7 +35,7 @@ from hmoe.models.sequence import (
     TimeIntervalConfig,
 )
 from hmoe.models.similarity import SimilarityEncoderConfig
-from hmoe.models.zoo import PRESETS, Preset, build, get_preset
+from hmoe.models.zoo import PRESETS, Preset, build, get_preset, with_embedding_backend
 
 __all__ = [
     "EXPERT_KINDS",
@@ -73,4 +73,5 @@ __all__ = [
     "build",
     "build_expert",
     "get_preset",
+    "with_embedding_backend",
 ]

@@ -5,6 +5,7 @@ Legend for shape suffixes: ``B`` batch, ``M`` multi-value length, ``L`` sequence
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -12,10 +13,41 @@ from torch import nn
 
 from hmoe.schema import PAD_INDEX
 
-__all__ = ["FieldEmbedding", "Pooling", "init_embedding_"]
+__all__ = [
+    "EMBEDDING_BACKENDS",
+    "TABLE_OPTIMIZERS",
+    "EmbeddingBackend",
+    "FieldEmbedding",
+    "FusedTableSettings",
+    "Pooling",
+    "TableOptimizer",
+    "init_embedding_",
+]
 
 Pooling = Literal["mean", "sum"]
 POOLINGS: tuple[str, ...] = ("mean", "sum")
+EmbeddingBackend = Literal["torch", "torchrec"]
+EMBEDDING_BACKENDS: tuple[str, ...] = ("torch", "torchrec")
+# FBGEMM's fused table optimizers we expose; on CPU FBGEMM runs only rowwise_adagrad and sgd
+TableOptimizer = Literal["rowwise_adagrad", "sgd", "adam"]
+TABLE_OPTIMIZERS: tuple[str, ...] = ("rowwise_adagrad", "sgd", "adam")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FusedTableSettings:
+    """How the ``torchrec`` backend's id tables are trained (from ``model.embedding.table_*``).
+
+    ``optimizer`` runs fused into the backward on the rows a batch touches, with learning rate
+    ``lr`` and ``eps``; ``l2`` adds ``l2 * |w_r|^2`` per touched row ``r`` and step (a coupled
+    weight decay ``2 * l2``). ``use_category``: sequences add their category embedding (the
+    encoder's ``sequence.use_category``).
+    """
+
+    optimizer: TableOptimizer = "rowwise_adagrad"
+    lr: float = 0.01
+    l2: float = 0.0
+    eps: float = 1e-8
+    use_category: bool = True
 
 
 def init_embedding_(weight: torch.Tensor, init_std: float, padding_row: int | None) -> None:

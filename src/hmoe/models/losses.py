@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmoe.config import Config, ConfigError, FrozenMap, config
+from hmoe.models.torchrec_tables import TorchRecIdTables
 from hmoe.schema import EXPOSURE, LABELS, WEIGHT
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "bce_per_task",
     "combined_pair_loss",
     "embedding_tables",
+    "fused_table_modules",
+    "fused_table_parameters",
     "ipw_weights",
     "pairwise_ranking_loss",
     "regularization_loss",
@@ -247,6 +250,16 @@ def embedding_tables(model: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+def fused_table_modules(model: nn.Module) -> list[TorchRecIdTables]:
+    """The ``torchrec`` backend's table collections of ``model`` (one per embedding set)."""
+    return [m for m in model.modules() if isinstance(m, TorchRecIdTables)]
+
+
+def fused_table_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The id tables FBGEMM trains inside the backward: no other optimizer may hold them."""
+    return [p for m in fused_table_modules(model) for p in m.parameters()]
+
+
 def regularization_loss(model: nn.Module, embedding_l2: float) -> torch.Tensor:
     """Embedding L2 plus every submodule's own ``regularization_loss()``."""
     first = next(model.parameters(), None)
@@ -319,8 +332,10 @@ class TrainWrapper(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: with ``embedding_l2_by_optimizer``, the id tables get
         ``weight_decay + 2 * embedding_l2`` (the gradient of ``embedding_l2 * sum(W^2)`` as a
-        coupled L2) and every other parameter ``weight_decay``; otherwise one group."""
-        params = list(self.parameters())
+        coupled L2) and every other parameter ``weight_decay``; otherwise one group. The
+        ``torchrec`` backend's fused tables are in no group (FBGEMM trains them)."""
+        fused = {id(p) for p in fused_table_parameters(self)}
+        params = [p for p in self.parameters() if id(p) not in fused]
         l2 = self.config.embedding_l2
         if not (self.embedding_l2_by_optimizer and l2 > 0.0):
             return [{"params": params, "weight_decay": weight_decay}]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,7 +23,13 @@ from torch import nn
 from hmoe.config import Config, ConfigError, config
 from hmoe.models.combine import CombineConfig, MixtureCombiner
 from hmoe.models.common import MLP, MLPConfig
-from hmoe.models.embeddings import FieldEmbedding
+from hmoe.models.embeddings import (
+    TABLE_OPTIMIZERS,
+    EmbeddingBackend,
+    FieldEmbedding,
+    FusedTableSettings,
+    TableOptimizer,
+)
 from hmoe.models.experts import (
     ExpertsConfig,
     build_expert,
@@ -71,14 +77,53 @@ class EmbeddingSetsConfig(Config):
     ``shared`` one set for all (the single-embedding baseline), ``explicit`` the set index of
     each expert in ``expert_sets``.
     For STEM / STEM-AL the assignment applies within each task's (and the shared) group.
+
+    ``backend`` holds the id tables (one per categorical field and set): ``torch``
+    (``nn.Embedding``, trained by the dense optimizer with the whole-table ``loss.embedding_l2``)
+    or ``torchrec`` (one TorchRec/FBGEMM table-batched collection per set, see
+    ``hmoe.models.torchrec_tables``). Only ``torchrec`` reads the ``table_*`` knobs: the
+    optimizer fused into the backward (``rowwise_adagrad`` or ``sgd`` on CPU; ``adam`` needs
+    CUDA), its ``table_lr`` and ``table_eps``, and ``table_l2``, an L2 ``table_l2 * |w_r|^2``
+    on each row a batch touches (``loss.embedding_l2`` then covers only the other tables:
+    MNSE digits, similarity buckets, positions).
     """
 
     embedding_dim: int = 16
     set_dims: tuple[int, ...] = ()
     assignment: SetAssignment = "per_expert"
     expert_sets: tuple[int, ...] = ()
+    backend: EmbeddingBackend = "torch"
+    table_optimizer: TableOptimizer = "rowwise_adagrad"
+    table_lr: float = 0.01
+    table_l2: float = 0.0
+    table_eps: float = 1e-8
+
+    def fused_tables(self) -> FusedTableSettings | None:
+        """The ``torchrec`` backend's table settings (``None`` for ``torch``)."""
+        if self.backend == "torch":
+            return None
+        return FusedTableSettings(
+            optimizer=self.table_optimizer, lr=self.table_lr, l2=self.table_l2, eps=self.table_eps
+        )
 
     def __post_init__(self) -> None:
+        if self.table_optimizer not in TABLE_OPTIMIZERS:
+            raise ConfigError(
+                f"unknown table_optimizer {self.table_optimizer!r}; valid: {list(TABLE_OPTIMIZERS)}"
+            )
+        if not (self.table_lr > 0.0 and self.table_eps > 0.0 and self.table_l2 >= 0.0):
+            raise ConfigError("table_lr and table_eps must be > 0 and table_l2 >= 0")
+        defaults = EmbeddingSetsConfig.__dataclass_fields__
+        changed = [
+            name
+            for name in ("table_optimizer", "table_lr", "table_l2", "table_eps")
+            if getattr(self, name) != defaults[name].default
+        ]
+        if self.backend == "torch" and changed:
+            raise ConfigError(
+                f"embedding.{', embedding.'.join(changed)} is read only with "
+                "embedding.backend='torchrec'"
+            )
         if self.embedding_dim < 1 or any(d < 1 for d in self.set_dims):
             raise ConfigError("embedding_dim and every set_dims entry must be >= 1")
         if (self.assignment == "explicit") != bool(self.expert_sets):
@@ -143,6 +188,11 @@ class ModelConfig(Config):
             raise ConfigError(
                 f"kind {self.kind!r} needs combine.gate_source='vector': a gate fed by another "
                 "task's set would send this task's gradient into that set"
+            )
+        if self.embedding.backend == "torchrec" and (self.use_sparse_gradients or self.use_compile):
+            raise ConfigError(
+                "embedding.backend='torchrec' trains its tables in the fused kernel: it cannot be "
+                "combined with use_sparse_gradients or use_compile"
             )
         if self.kind == "ame" and self.embedding.assignment == "shared":
             raise ConfigError("AME needs several embedding sets (assignment != 'shared')")
@@ -282,8 +332,9 @@ class HeteroMoERanker(nn.Module):
         plan = self.make_plan(config, schema)
         self.plan = plan
         set_dims = token_dims(plan, schema)
+        fused_tables = config.embedding.fused_tables()
         self.encoders = nn.ModuleList(
-            FeatureEncoder(config.encoder, schema, dim) for dim in set_dims
+            FeatureEncoder(config.encoder, schema, dim, fused_tables) for dim in set_dims
         )
         if config.use_sparse_gradients:
             _make_id_tables_sparse(self.encoders)
@@ -355,10 +406,24 @@ class HeteroMoERanker(nn.Module):
             if isinstance(module, nn.Embedding) and module.sparse
         ]
 
+    def fused_table_parameters(self) -> list[nn.Parameter]:
+        """The ``torchrec`` backend's id tables: FBGEMM updates them in the backward, so no
+        other optimizer may hold them (empty with the ``torch`` backend)."""
+        return [
+            p
+            for encoder in self.encoders
+            if encoder.id_tables is not None
+            for p in encoder.id_tables.parameters()
+        ]
+
+    def fused_optimizers(self) -> list[Any]:
+        """Per set with fused tables, its TorchRec ``KeyedOptimizer`` (lr, state, state_dict)."""
+        return [e.id_tables.fused_optimizer() for e in self.encoders if e.id_tables is not None]
+
     def dense_parameters(self) -> list[nn.Parameter]:
-        """Every other parameter (train these with a dense optimizer)."""
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
+        """Every other parameter (train these with a dense optimizer): neither sparse nor fused."""
+        skip = {id(p) for p in (*self.sparse_parameters(), *self.fused_table_parameters())}
+        return [p for p in self.parameters() if id(p) not in skip]
 
     def set_tokens(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """The tokens of every embedding set: S tensors ``[B, F, D_s]``."""

@@ -23,6 +23,7 @@ from torch import nn
 from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.combine import CombineConfig
 from hmoe.models.common import MLPConfig
+from hmoe.models.embeddings import EmbeddingBackend
 from hmoe.models.experts import (
     DCNV2Config,
     ExpertsConfig,
@@ -46,7 +47,7 @@ from hmoe.models.sequence import (
 from hmoe.models.similarity import SimilarityEncoderConfig
 from hmoe.schema import FeatureSchema
 
-__all__ = ["PRESETS", "Preset", "build", "get_preset"]
+__all__ = ["PRESETS", "Preset", "build", "get_preset", "with_embedding_backend"]
 
 
 @config
@@ -72,6 +73,41 @@ def build(model_config: ModelConfig, schema: FeatureSchema) -> nn.Module:
     else:
         model = MultiTaskRanker(model_config, schema)
     return torch.compile(model) if model_config.use_compile else model
+
+
+def with_embedding_backend(model: nn.Module, backend: EmbeddingBackend) -> HeteroMoERanker:
+    """A copy of ``model`` (a ``build`` result) whose id tables use ``backend``, every weight
+    copied, in eval mode: the same outputs. ``torch`` is the export form (no TorchRec needed
+    to load or run it); ``torchrec`` moves a model onto the fused tables.
+
+    The copy's ``table_*`` knobs are the defaults when converting to ``torch`` (that backend
+    does not read them) and the source's otherwise.
+    """
+    if not isinstance(model, HeteroMoERanker):
+        raise TypeError(f"expected a model from zoo.build, got {type(model).__name__}")
+    defaults = EmbeddingSetsConfig()
+    source = model.config.embedding
+    fused = {f: getattr(defaults if backend == "torch" else source, f) for f in _TABLE_KNOBS}
+    embedding = dataclasses.replace(source, backend=backend, **fused)
+    copy = build(dataclasses.replace(model.config, embedding=embedding), model.schema)
+    assert isinstance(copy, HeteroMoERanker)  # torchrec excludes use_compile; torch keeps it
+    state = {k: v for k, v in model.state_dict().items() if not _is_id_table(k)}
+    missing, unexpected = copy.load_state_dict(state, strict=False)
+    if unexpected or not all(_is_id_table(k) for k in missing):
+        raise RuntimeError(f"backend copy: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for source_encoder, target_encoder in zip(model.encoders, copy.encoders, strict=True):
+            for c in model.schema.categorical:
+                target_encoder.id_table(c.name).copy_(source_encoder.id_table(c.name))
+    return copy.eval()
+
+
+_TABLE_KNOBS = ("table_optimizer", "table_lr", "table_l2", "table_eps")
+
+
+def _is_id_table(key: str) -> bool:
+    """State-dict key of an id table in either backend."""
+    return ".id_tables." in key or (".categorical." in key and key.endswith(".table.weight"))
 
 
 def get_preset(name: str) -> Preset:

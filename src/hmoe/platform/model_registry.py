@@ -6,6 +6,9 @@ order that is stored in the model's metadata. Every preset of ``hmoe.models.zoo`
 (tests/models/test_export.py); a forward that cannot be exported (dynamic routing, Python
 control flow on data) falls back to ``pickle`` under ``auto`` (platform notes, pitfall P6).
 ``load_model`` hides the difference: it returns a callable ``Batch -> logits [B, K]``.
+A model trained with the ``torchrec`` embedding backend is logged with its tables gathered into
+the ``torch`` backend (``zoo.with_embedding_backend``), so it loads and predicts where TorchRec
+is not installed, with the same outputs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hmoe.models.losses import fused_table_modules
+from hmoe.models.zoo import with_embedding_backend
 from hmoe.platform.batches import Batch
 from hmoe.platform.tracking import TAG_MODEL_FORMAT, TAG_MODEL_URI, MlflowRun, fluent_store
 
@@ -90,7 +95,8 @@ def log_model(
     input_names: Sequence[str],
     model_format: str = "auto",
 ) -> tuple[str, str]:
-    """Log ``model`` (on CPU, eval mode) with an input example; returns (model URI, format).
+    """Log ``model`` (on CPU, eval mode; ``torchrec`` tables as ``torch`` ones) with an input
+    example; returns (model URI, format).
 
     ``model_format``: ``pt2``, ``pickle``, or ``auto`` (``pt2``, falling back to ``pickle``
     when the forward cannot be exported). The URI and the format are also set as run tags.
@@ -101,6 +107,8 @@ def log_model(
         raise ValueError(f"model_format must be one of {[*FORMATS, 'auto']}, got {model_format!r}")
     # torch.compile's wrapper: export and pickle the module it compiles, not the wrapper
     model = getattr(model, "_orig_mod", model).to("cpu").eval()
+    if fused_table_modules(model):
+        model = with_embedding_backend(model, "torch")
     names = [n for n in input_names if n in example]
     arrays = tuple(example[n].detach().cpu().numpy() for n in names)
     plain = PositionalModel(model, names)  # importable class: what pickle stores

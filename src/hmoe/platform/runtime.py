@@ -35,9 +35,16 @@ class Runtime(Protocol):
 
     def prepare(self, module: nn.Module) -> nn.Module: ...
 
-    def load_checkpoint(self) -> dict[str, Any] | None: ...
+    def load_checkpoint(
+        self, read_shards: Callable[[Path], None] | None = None
+    ) -> dict[str, Any] | None: ...
 
-    def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None) -> None: ...
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        state: dict[str, Any] | None,
+        write_shards: Callable[[Path], None] | None = None,
+    ) -> None: ...
 
     def agree(self, flag: bool) -> bool: ...
 
@@ -82,12 +89,21 @@ class StandaloneRuntime:
     def prepare(self, module: nn.Module) -> nn.Module:
         return module.to(self.device)
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(
+        self, read_shards: Callable[[Path], None] | None = None
+    ) -> dict[str, Any] | None:
+        del read_shards  # one process never shards its tables
         if self.checkpoint_dir is None or not (self.checkpoint_dir / CHECKPOINT_FILE).is_file():
             return None
         return torch.load(self.checkpoint_dir / CHECKPOINT_FILE, weights_only=False)
 
-    def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None) -> None:
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        state: dict[str, Any] | None,
+        write_shards: Callable[[Path], None] | None = None,
+    ) -> None:
+        del write_shards  # one process never shards its tables
         self.reports.append(dict(metrics))
         if state is not None and self.checkpoint_dir is not None:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -146,24 +162,39 @@ class RayRuntime:
 
         return ray.train.torch.prepare_model(module)
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(
+        self, read_shards: Callable[[Path], None] | None = None
+    ) -> dict[str, Any] | None:
+        """Rank 0's state (every rank reads it) and, with ``read_shards``, this rank's shards."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as folder:
+            if read_shards is not None:
+                read_shards(Path(folder))
             return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
-    def report(self, metrics: Mapping[str, float], state: dict[str, Any] | None) -> None:
+    def report(
+        self,
+        metrics: Mapping[str, float],
+        state: dict[str, Any] | None,
+        write_shards: Callable[[Path], None] | None = None,
+    ) -> None:
+        """Report the epoch; rank 0 passes ``state``, and with sharded tables every rank passes
+        ``write_shards`` (Ray Train gathers every rank's files into one checkpoint folder)."""
         import ray.train
 
         # a barrier: every rank reports once per epoch; only rank 0's metrics are kept
-        if state is None:
+        if state is None and write_shards is None:
             ray.train.report(dict(metrics))
             return
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            if state is not None:
+                torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            if write_shards is not None:
+                write_shards(Path(folder))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(dict(metrics), checkpoint=checkpoint)
 

@@ -93,6 +93,8 @@ class MetricLogger(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
     @property
     def seconds(self) -> float: ...
 
@@ -104,6 +106,9 @@ class NullLogger:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         del metrics, step
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        del text, artifact_file
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -421,6 +426,11 @@ class MlflowRun:
                 path = Path(tmp) / CONFIG_ARTIFACT
                 path.write_text(json.dumps(config, indent=2, sort_keys=True))
                 self.client.log_artifact(self.run_id, str(path))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the run's artifact ``artifact_file`` (e.g. the sharding plan)."""
+        with self._timed():
+            self.client.log_text(self.run_id, text, artifact_file)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with self._timed():

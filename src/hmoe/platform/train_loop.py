@@ -8,6 +8,11 @@ metric; at the end rank 0 restores the best epoch's weights, evaluates the test 
 the model to ``on_final`` (MLflow model logging). A restarted worker group resumes from the
 latest checkpoint. On CPU the loop is deterministic for a seed.
 
+With several workers and TorchRec id tables (``model.embedding.backend="torchrec"``) the tables
+are sharded across the workers instead of replicated (``hmoe.platform.sharding``): every rank
+writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
+copy that every rank helps to fill after each epoch.
+
 A NaN metric is never silent: a per-task AUC, GAUC or logloss that is NaN (a split too small or
 with one class) warns once with the split's label counts, and a NaN early-stopping metric ends
 the run with ``DegenerateRunError`` (no best epoch could be chosen or restored), after logging
@@ -25,18 +30,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hmoe.models.losses import TrainWrapper
+from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.batches import Batch, iter_minibatches
 from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
 from hmoe.platform.metrics import METRIC_MODES, metric_mode, task_metrics
 from hmoe.platform.runtime import Runtime
+from hmoe.platform.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
 from hmoe.platform.tracking import MetricLogger, NullLogger
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
@@ -91,7 +98,9 @@ class LoopOutcome:
 
 
 def _make_optimizer(train_module: nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
-    params: Iterable[Any] = train_module.parameters()
+    """The dense optimizer: every parameter but the ``torchrec`` backend's fused tables."""
+    fused = {id(p) for p in fused_table_parameters(train_module)}
+    params: Iterable[Any] = [p for p in train_module.parameters() if id(p) not in fused]
     if isinstance(train_module, TrainWrapper):
         if train_module.embedding_l2_by_optimizer and s.optimizer != "adam":
             raise ValueError(
@@ -199,24 +208,42 @@ def _train_epoch(
 
 
 def _restore(
-    runtime: Runtime, model: nn.Module, optimizer: Any, scheduler: Any
+    runtime: Runtime,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    sharded: ShardedTraining | None,
 ) -> tuple[_State, bool]:
-    checkpoint = runtime.load_checkpoint()
+    checkpoint = runtime.load_checkpoint(sharded.load if sharded is not None else None)
     if checkpoint is None:
         return _State(), False
-    model.load_state_dict(checkpoint["model"])
+    if sharded is None:  # sharded tables came back through ``sharded.load``
+        model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    for tables, table_state in zip(
+        fused_table_modules(model) if sharded is None else [],
+        checkpoint.get("table_optimizers", []),
+        strict=True,
+    ):
+        tables.fused_optimizer().load_state_dict(table_state)
     scheduler.load_state_dict(checkpoint["scheduler"])
     state = _State(**checkpoint["state"])
     state.epoch += 1  # the checkpoint is taken at the end of its epoch
     return state, True
 
 
-def _checkpoint(model: nn.Module, optimizer: Any, scheduler: Any, state: _State) -> dict:
+def _checkpoint(model: nn.Module | None, optimizer: Any, scheduler: Any, state: _State) -> dict:
+    """Rank 0's part of a checkpoint (``model`` None: the ranks write the sharded model)."""
     fields = ("epoch", "step", "best", "best_epoch", "bad_epochs", "best_model", "history")
-    return {
-        "model": model.state_dict(),
+    weights = {"model": model.state_dict()} if model is not None else {}
+    return weights | {
         "optimizer": optimizer.state_dict(),
+        # the fused tables' optimizer state (Adagrad accumulators) lives in FBGEMM
+        # (sharded tables: in every rank's shards instead)
+        "table_optimizers": [
+            t.fused_optimizer().state_dict()
+            for t in (fused_table_modules(model) if model is not None else [])
+        ],
         "scheduler": scheduler.state_dict(),
         "state": {name: getattr(state, name) for name in fields},
     }
@@ -275,10 +302,21 @@ def run_loop(
     hooks = hooks or LoopHooks()
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
-    module = runtime.prepare(train_module)
-    optimizer = _make_optimizer(train_module, s)
+    sharded = None
+    if runtime.world_size > 1 and has_torchrec_tables(train_module):
+        sharded = ShardedTraining(model, train_module, runtime.device, runtime.rank)
+        module = sharded.dmp
+        if sharded.local_model is not None and sharded.local_wrapper is not None:
+            model, train_module = sharded.local_model, sharded.local_wrapper  # rank 0's copy
+            hooks.logger.log_text(sharded.plan_json(), PLAN_ARTIFACT)
+        # the sharded module: rank 0's copy holds none of the parameters being trained
+        optimizer = _make_optimizer(sharded.dmp.module, s)
+    else:
+        module = runtime.prepare(train_module)
+        optimizer = _make_optimizer(train_module, s)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: _lr_factor(i, s))
-    state, resumed = _restore(runtime, model, optimizer, scheduler)
+    state, resumed = _restore(runtime, model, optimizer, scheduler, sharded)
+    write_shards = sharded.save if sharded is not None else None
     resumed_from = {"resumed_from_epoch": float(state.epoch)} if resumed else {}
     mode = metric_mode(s.early_stopping_metric)
     final: dict[str, float] = state.history[-1] if state.history else {}
@@ -295,6 +333,8 @@ def run_loop(
             **resumed_from,
         }
         stop = False
+        if sharded is not None:
+            sharded.sync_local()  # every rank: the tables gathered into rank 0's copy
         if runtime.rank == 0:
             try:
                 stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
@@ -307,10 +347,11 @@ def run_loop(
         if stop and runtime.rank == 0:
             metrics |= _finish(model, eval_data, schema, runtime, state, s, hooks)
         if runtime.rank == 0:
-            checkpoint = _checkpoint(model, optimizer, scheduler, state)
-            _report_rank0(metrics, checkpoint, runtime, state, s, hooks)
+            weights = model if sharded is None else None
+            checkpoint = _checkpoint(weights, optimizer, scheduler, state)
+            _report_rank0(metrics, checkpoint, runtime, state, s, hooks, write_shards)
         else:
-            runtime.report(metrics, None)
+            runtime.report(metrics, None, write_shards)
         final = metrics
         if stop:
             break
@@ -325,6 +366,7 @@ def _report_rank0(
     state: _State,
     s: LoopSettings,
     hooks: LoopHooks,
+    write_shards: Callable[[Path], None] | None,
 ) -> None:
     """Log the epoch (one batched tracking call), print it, and report it with a checkpoint."""
     metrics["tracking_seconds"] = hooks.logger.seconds
@@ -333,7 +375,7 @@ def _report_rank0(
     checkpoint["state"]["history"] = state.history
     if hooks.progress is not None:
         hooks.progress(_progress_line(metrics, s))
-    runtime.report(metrics, checkpoint)
+    runtime.report(metrics, checkpoint, write_shards)
 
 
 def _after_epoch(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hmoe.models.features import FeatureEncoder
-from hmoe.models.losses import bce_per_task
+from hmoe.models.losses import bce_per_task, fused_table_parameters
 from hmoe.schema import LABELS
 
 __all__ = [
@@ -78,7 +78,8 @@ def feature_encoders(model: nn.Module) -> dict[str, FeatureEncoder]:
 def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters every task's loss reaches: the embedding sets not owned by one task
     (``task:*`` sets are STEM's / STEM-AL's per-task tables) and the experts with no owner.
-    Towers and gates belong to one task each and are left out."""
+    Towers and gates belong to one task each and are left out, and so are the ``torchrec``
+    backend's fused id tables."""
     model = unwrap(model)
     encoders = feature_encoders(model)
     params = [
@@ -93,7 +94,10 @@ def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
         for expert, owner in zip(experts, plan.expert_owners, strict=True):
             if owner is None:
                 params.extend(expert.parameters())
-    return [p for p in params if p.requires_grad]
+    # the torchrec backend's tables: FBGEMM applies their gradient inside the backward, so
+    # none is ever materialised (and asking for one would update them); left out
+    fused = {id(p) for p in fused_table_parameters(model)}
+    return [p for p in params if p.requires_grad and id(p) not in fused]
 
 
 def task_losses(wrapper: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,265 @@
+"""TorchRec model parallelism on Ray Train workers: id tables sharded, dense layers replicated.
+
+With more than one worker and id tables held in TorchRec modules (``EmbeddingBagCollection``,
+``EmbeddingCollection``, or the ``torchrec`` backend's ``FusedEmbeddingBagCollection``),
+``ShardedTraining`` wraps the train module in TorchRec's ``DistributedModelParallel`` with a
+plan from its ``EmbeddingShardingPlanner``: each table is placed whole on one rank
+(table-wise), split by columns or rows, or replicated (data-parallel), and the rest of the
+model is wrapped in DDP. gloo on CPU, NCCL on CUDA (the process group Ray Train set up).
+
+What TorchRec 1.8 offers depends on the module and the device: on CPU a bag collection's table
+can be data-parallel, table-wise, column-wise or table-column-wise but not row-wise (its
+sharders list row-wise only for CUDA); an ``EmbeddingCollection`` table can also be row-wise.
+A fused collection's table is never data-parallel here (``fused_table_constraints``).
+
+Evaluation, early stopping's best weights, the monitor and the logged model stay as they are:
+rank 0 keeps an unsharded copy of the model, and after each epoch every rank takes part in
+gathering the tables into it (so rank 0 needs the memory of the whole model once; every worker
+also builds the whole model once before it is sharded). Checkpoints are sharded: every rank
+writes its shards (weights and fused optimizer state) with ``torch.distributed.checkpoint`` into
+the same Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every
+rank of a restarted group reads back its own shards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PLAN_ARTIFACT",
+    "ShardedTraining",
+    "fused_table_constraints",
+    "gather_full_state",
+    "has_torchrec_tables",
+    "load_full_state",
+    "plan_summary",
+]
+
+PLAN_ARTIFACT = "sharding_plan.json"
+SHARDS_FOLDER = "shards"  # the torch.distributed.checkpoint files inside a Ray checkpoint
+
+
+def has_torchrec_tables(module: nn.Module) -> bool:
+    """Whether ``module`` holds TorchRec table collections (without importing TorchRec)."""
+    names = {"EmbeddingBagCollection", "EmbeddingCollection", "FusedEmbeddingBagCollection"}
+    return any(
+        type(m).__name__ in names and type(m).__module__.startswith("torchrec.")
+        for m in module.modules()
+    )
+
+
+def fused_table_constraints(module: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Planner constraints that keep every table of a ``FusedEmbeddingBagCollection`` off
+    data-parallel sharding.
+
+    TorchRec 1.8 cannot train such a table data-parallel here: its sharded module wraps the
+    replicated table in a DDP built with ``device_ids=[device]``, which DDP rejects for a CPU
+    device (``ValueError``), and the optimizer it fuses into that DDP is left out of
+    ``fused_optimizer`` (a TODO in ``torchrec/distributed/fused_embeddingbag.py``), so its state
+    would be lost at every checkpoint. Small tables therefore go table-wise instead.
+    """
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.distributed.types import ShardingType
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+    kinds = [ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE, ShardingType.TABLE_COLUMN_WISE]
+    if device.type == "cuda":
+        kinds += [ShardingType.ROW_WISE, ShardingType.TABLE_ROW_WISE]
+    allowed = [k.value for k in kinds]
+    return {
+        table.name: ParameterConstraints(sharding_types=allowed)
+        for m in module.modules()
+        if isinstance(m, FusedEmbeddingBagCollection)
+        for table in m.embedding_bag_configs()
+    }
+
+
+def _is_sharded(value: Any) -> bool:
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, ShardedTensor | DTensor)
+
+
+def _local_pieces(value: Any) -> list[tuple[torch.Tensor, tuple[slice, ...]]]:
+    """This rank's pieces of a sharded tensor and where each sits in the global tensor."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if isinstance(value, ShardedTensor):
+        return [
+            (
+                shard.tensor,
+                tuple(
+                    slice(o, o + n)
+                    for o, n in zip(
+                        shard.metadata.shard_offsets, shard.metadata.shard_sizes, strict=True
+                    )
+                ),
+            )
+            for shard in value.local_shards()
+        ]
+    shape, offset = compute_local_shape_and_global_offset(
+        value.shape, value.device_mesh, value.placements
+    )
+    return [(value.to_local(), tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True)))]
+
+
+@torch.no_grad()
+def load_full_state(sharded_state: dict[str, Any], full_state: dict[str, torch.Tensor]) -> None:
+    """Copy unsharded tensors (same keys) into a sharded model's state, in place, on every rank."""
+    for key, value in sharded_state.items():
+        if _is_sharded(value):
+            for local, where in _local_pieces(value):
+                local.copy_(full_state[key][where])
+        elif isinstance(value, torch.Tensor):
+            value.copy_(full_state[key])
+
+
+@torch.no_grad()
+def gather_full_state(sharded_state: dict[str, Any], rank: int) -> dict[str, torch.Tensor]:
+    """The whole state on rank 0 (CPU tensors; other ranks get ``{}``); a collective."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sharded_state.items():
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=full)
+            if full is not None:
+                out[key] = full
+        elif _is_sharded(value):
+            full = value.full_tensor()  # DTensor: every rank takes part
+            if rank == 0:
+                out[key] = full.cpu()
+        elif rank == 0 and isinstance(value, torch.Tensor):
+            out[key] = value.detach().cpu().clone()
+    return out
+
+
+def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
+    """The plan as JSON-ready dicts: module path -> table -> sharding type, kernel, shards."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, module_plan in plan.plan.items():
+        tables = {}
+        for table, p in module_plan.items():
+            shards = []
+            if p.sharding_spec is not None:
+                shards = [
+                    {
+                        "offsets": list(s.shard_offsets),
+                        "sizes": list(s.shard_sizes),
+                        "placement": str(s.placement),
+                    }
+                    for s in p.sharding_spec.shards
+                ]
+            tables[table] = {
+                "sharding_type": p.sharding_type,
+                "compute_kernel": p.compute_kernel,
+                "ranks": list(p.ranks) if p.ranks is not None else None,
+                "shards": shards,
+            }
+        out[path] = tables
+    return out
+
+
+def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """An unsharded copy of ``(model, train_module)``, the copied wrapper around the copied model.
+
+    A ``hmoe`` ranker is rebuilt and its weights copied: ``copy.deepcopy`` of a TorchRec
+    ``FusedEmbeddingBagCollection`` gives parameters that no longer alias its FBGEMM kernel's
+    weights, so weights loaded into the copy would never reach its forward.
+    """
+    from hmoe.models.ranker import HeteroMoERanker
+    from hmoe.models.zoo import with_embedding_backend
+
+    if not isinstance(model, HeteroMoERanker):
+        return copy.deepcopy((model, train_module))
+    fresh = with_embedding_backend(model, "torchrec").train(model.training)
+    return fresh, copy.deepcopy(train_module, {id(model): fresh})
+
+
+class ShardedTraining:
+    """``train_module`` sharded across the process group, plus rank 0's unsharded copy.
+
+    ``train_module`` is sharded in place (TorchRec swaps its table collections for sharded
+    ones); its initial weights are copied into the shards, so every world size starts from the
+    weights the seed gave. Call on every rank, in the same order.
+
+    Args:
+        model: the bare model inside ``train_module``.
+        train_module: ``TrainWrapper(model, loss)``.
+        device: this rank's device.
+        rank: this rank.
+        constraints: per-table ``ParameterConstraints`` for the planner, over those of
+            ``fused_table_constraints`` (``None``: the planner chooses within those).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_module: nn.Module,
+        device: torch.device,
+        rank: int,
+        constraints: dict[str, Any] | None = None,
+    ) -> None:
+        import torch.distributed as dist
+        from torchrec.distributed.model_parallel import DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+        from torchrec.distributed.sharding_plan import get_default_sharders
+
+        self.rank = rank
+        self.local_model: nn.Module | None = None
+        self.local_wrapper: nn.Module | None = None
+        if rank == 0:
+            self.local_model, self.local_wrapper = _local_copy(model, train_module)
+        full = {k: v.detach().clone() for k, v in train_module.state_dict().items()}
+        world = dist.get_world_size()
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world, compute_device=device.type),
+            constraints=fused_table_constraints(train_module, device) | (constraints or {}),
+        )
+        sharders = get_default_sharders()
+        self.plan = planner.collective_plan(train_module, sharders, dist.GroupMember.WORLD)
+        self.dmp = DistributedModelParallel(
+            train_module, device=device, plan=self.plan, sharders=sharders
+        )
+        load_full_state(self.dmp.state_dict(), full)
+        del full
+
+    def plan_json(self) -> str:
+        """The plan, readable (``plan_summary`` as indented JSON)."""
+        return json.dumps(plan_summary(self.plan), indent=2, sort_keys=True)
+
+    def sync_local(self) -> None:
+        """Gather the trained weights into rank 0's unsharded copy (a collective)."""
+        full = gather_full_state(self.dmp.state_dict(), self.rank)
+        if self.local_wrapper is not None:
+            self.local_wrapper.load_state_dict(full)
+
+    def _sharded_state(self) -> dict[str, Any]:
+        return {
+            "model": self.dmp.state_dict(),
+            "fused_optimizer": self.dmp.fused_optimizer.state_dict(),
+        }
+
+    def save(self, folder: Path) -> None:
+        """Write this rank's shards (weights and fused optimizer state) under ``folder``."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), storage_writer=dcp.FileSystemWriter(folder / SHARDS_FOLDER))
+
+    def load(self, folder: Path) -> None:
+        """Read this rank's shards back from a checkpoint ``save`` wrote (on every rank)."""
+        import torch.distributed.checkpoint as dcp
+
+        state = self._sharded_state()
+        dcp.load(state, storage_reader=dcp.FileSystemReader(folder / SHARDS_FOLDER))
+        self.dmp.load_state_dict(state["model"])
+        self.dmp.fused_optimizer.load_state_dict(state["fused_optimizer"])

@@ -338,7 +338,10 @@ def validate(spec: JobSpec, *, check_paths: bool = True) -> None:
         )
     space = spec.search.space if spec.search is not None else None
     if isinstance(space, str) and space not in SPACES:
-        raise ConfigError(f"{ROOT}.search.space: unknown space {space!r}; valid: {sorted(SPACES)}")
+        raise ConfigError(
+            f"{ROOT}.search.space: unknown space {space!r}; valid: {sorted(SPACES)}, or your own "
+            "as a mapping {dotted path: {type: ..., ...}}"
+        )
     base = _check_overrides(spec)
     if space is not None:
         _check_space(space, base)

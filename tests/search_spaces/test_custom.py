@@ -31,7 +31,9 @@ def test_the_shipped_example_file_is_resolved_checked_and_applied():
     space = resolve_space(f"{EXAMPLE}:space")
     assert space.name == "my_space.space" and space.source == f"{EXAMPLE.resolve()}:space"
     base = _base()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
     check_space(space, lambda params: apply_params(base, params))
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's, left as it was
     for params in _samples(space.function):
         assert sorted(params) == ["model.experts.counts.mlp", "train.batch_size", "train.lr"]
         cfg = apply_params(base, params)

@@ -157,23 +157,35 @@ def check_space(space: SearchSpace, apply: Callable[[Mapping[str, Any]], Any]) -
     makes a valid config (an unknown path, a wrong type) or the function itself fails."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.RandomSampler(seed=CHECK_SEED)
-    study = optuna.create_study(sampler=sampler)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a check
+    try:
+        error = _first_error(space, apply, optuna)
+    finally:
+        optuna.logging.set_verbosity(verbosity)  # the search's own study logs as before
+    if error is not None:
+        raise ConfigError(f"search space {space.source}: {error}")
+
+
+def _first_error(
+    space: SearchSpace, apply: Callable[[Mapping[str, Any]], Any], optuna: Any
+) -> ConfigError | None:
+    """``None`` once a sample applies; else the first sample's ``ConfigError``."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=CHECK_SEED))
     first: ConfigError | None = None
     for _ in range(CHECK_SAMPLES):
         trial = study.ask()
         try:
             space.function(trial)
         except Exception as err:  # the user's function: report it as their mistake
-            raise ConfigError(f"search space {space.source}: sampling failed: {err!r}") from None
+            return ConfigError(f"sampling failed: {err!r}")
         if not trial.params:
-            raise ConfigError(f"search space {space.source}: it suggests no parameter")
+            return ConfigError("it suggests no parameter")
         try:
             apply(trial.params)
         except ConfigError as err:
             first = first or err
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
-        return
-    raise ConfigError(f"search space {space.source}: {first}")
+        return None
+    return first

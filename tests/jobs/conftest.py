@@ -93,6 +93,12 @@ def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("prepared") / "tiny")
 
 
+SMOKE_SPACE = {
+    "train.lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2},
+    "model.combine.method": {"type": "categorical", "choices": ["mean", "gate"]},
+}
+
+
 def smoke_overrides(services: Services, prepared: Path, experiment: str, storage: Path) -> dict:
     """The shipped smoke job pointed at the test's data, server and storage."""
     return {
@@ -102,6 +108,7 @@ def smoke_overrides(services: Services, prepared: Path, experiment: str, storage
         "tracking.registered_model": f"{experiment}-best",
         "storage": str(storage),
         "resources.concurrent_trials": 2,  # both trials at once (see HEAD_CPUS)
+        "search.space": SMOKE_SPACE,  # the shipped smoke space, written as a user's own
     }
 
 

@@ -101,6 +101,7 @@ def test_missing_dataset_key_is_refused(tmp_path: Path):
         load_job(data)
 
 
+LR = {"type": "loguniform", "low": 1e-4, "high": 1e-2}
 REGISTRY_ERRORS = {
     "unknown preset": ({"preset": "hmoee"}, r"JobSpec\.preset: unknown preset 'hmoee'"),
     "unknown space": (
@@ -108,6 +109,14 @@ REGISTRY_ERRORS = {
         r"JobSpec\.search\.space: unknown space 'ful'",
     ),
     "unknown override path": ({"overrides": {"train.lrr": 0.1}}, r"JobSpec\.overrides: .*'lrr'"),
+    "unknown path in an own space": (
+        {"search": {"space": {"train.lrr": LR}, "num_samples": 2}},
+        r"JobSpec\.search\.space: .*unknown override path 'train\.lrr'",
+    ),
+    "own space of a wrong type": (
+        {"search": {"space": {"train.epochs": LR}, "num_samples": 2}},
+        r"JobSpec\.search\.space: .*ExperimentConfig\.train\.epochs: expected an int",
+    ),
     "override of a wrong type": ({"overrides": {"train.epochs": "x"}}, r"train\.epochs"),
     "missing prepared dir": (
         {"dataset": {"prepared": "/nonexistent/hmoe/prepared"}},
@@ -127,6 +136,19 @@ def test_validate_refuses_what_the_schema_cannot_see(tmp_path: Path, case: str):
     spec = load_job(_smoke(tmp_path, **changes))
     with pytest.raises(ConfigError, match=message):
         validate(spec)
+
+
+def test_an_own_space_in_yaml_loads_validates_and_travels_to_the_cluster(tmp_path: Path):
+    space = {"train.lr": LR, "model.combine.method": {"type": "categorical", "choices": ["mean"]}}
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(_smoke(tmp_path, search={"space": space, "num_samples": 2})))
+    spec = load_job(path)
+    validate(spec)
+    assert spec.search.space["train.lr"].type == "loguniform"
+    assert decode_spec(encode_spec(spec)) == spec
+    bad = {"space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}, "num_samples": 2}
+    with pytest.raises(ConfigError, match=r"JobSpec\.search\.space.*train\.lr.*needs low > 0"):
+        load_job(_smoke(tmp_path, search=bad))
 
 
 def test_remote_paths_are_not_checked_locally_when_told(tmp_path: Path):

@@ -3,6 +3,7 @@ specs, and a stopped job. The head and the server come from ``conftest.services`
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +12,14 @@ import pytest
 
 from hmoe.config import ConfigError
 from hmoe.jobs.entry import RESULT_MARKER
-from tests.jobs.conftest import JOB_TIMEOUT_S, FinishedJob, Services, hmoe_cli, smoke_overrides
+from tests.jobs.conftest import (
+    JOB_TIMEOUT_S,
+    SMOKE_SPACE,
+    FinishedJob,
+    Services,
+    hmoe_cli,
+    smoke_overrides,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -52,6 +60,13 @@ def test_smoke_job_succeeds_and_result_matches_mlflow(smoke_job: FinishedJob, se
     assert best.data.metrics["val_auc"] == max(c.data.metrics["val_auc"] for c in children)
     for path, value in result.best_params.items():
         assert best.data.params[path] == str(value)
+    assert sorted(result.best_params) == sorted(SMOKE_SPACE)  # the spec's own search.space
+
+    # the job's log: each epoch line once, naming its trial, and no Ray Data progress bar
+    logs = job.logs()
+    epochs = re.findall(r"\[train-(\w+)\] epoch 1/1 ", logs)
+    assert len(epochs) == 2 and len(set(epochs)) == 2, logs[-4000:]
+    assert "row/s" not in logs and "\x1b[A" not in logs
 
     version = client.get_model_version(result.registered_model, result.model_version)
     assert version.run_id == result.best_run_id

@@ -70,6 +70,7 @@ def parse_result(logs: str) -> dict[str, Any] | None:
 
 def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
     """The prepared directory of ``ref``, preparing (and synthesising) it first if needed."""
+    from hmoe.jobs.commands.data import prepare_summary
     from hmoe.platform.data import prepare
 
     if ref.prepared is not None:
@@ -92,7 +93,9 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
         say(f"reusing the prepared dataset {out}")
         return out
     say(f"preparing {spec_path} -> {out}")
-    prepare(spec_path, out)
+    manifest = prepare(spec_path, out)
+    for line in prepare_summary(manifest, out):
+        say(line)
     return out
 
 

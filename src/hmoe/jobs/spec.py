@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, FrozenMap, apply_overrides, config
+from hmoe.search_spaces.custom import Distribution
 
 __all__ = [
     "EXAMPLES",
@@ -121,9 +122,18 @@ class DatasetRef(Config):
 
 @config
 class SearchSpec(Config):
-    """A Ray Tune + Optuna search: a space of ``hmoe.search_spaces.SPACES`` and its budget."""
+    """A Ray Tune + Optuna search: its space and its budget.
 
-    space: str
+    ``space``: a name of ``hmoe.search_spaces.SPACES``, or your own as a mapping of dotted
+    ExperimentConfig paths to distributions::
+
+        space:
+          train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+          model.combine.method: {type: categorical, choices: [mean, gate]}
+          model.experts.counts.mlp: {type: int, low: 1, high: 3}
+    """
+
+    space: str | Mapping[str, Distribution]
     num_samples: int
     scheduler: Literal["asha", "fifo"] = "asha"
 
@@ -326,15 +336,19 @@ def validate(spec: JobSpec, *, check_paths: bool = True) -> None:
         raise ConfigError(
             f"{ROOT}.preset: unknown preset {spec.preset!r}; valid: {sorted(PRESETS)}"
         )
-    if spec.search is not None and spec.search.space not in SPACES:
+    space = spec.search.space if spec.search is not None else None
+    if isinstance(space, str) and space not in SPACES:
         raise ConfigError(
-            f"{ROOT}.search.space: unknown space {spec.search.space!r}; valid: {sorted(SPACES)}"
+            f"{ROOT}.search.space: unknown space {space!r}; valid: {sorted(SPACES)}, or your own "
+            "as a mapping {dotted path: {type: ..., ...}}"
         )
-    _check_overrides(spec)
+    base = _check_overrides(spec)
+    if space is not None:
+        _check_space(space, base)
     _check_dataset(spec.dataset, check_paths)
 
 
-def _check_overrides(spec: JobSpec) -> None:
+def _check_overrides(spec: JobSpec) -> Any:
     """Apply the overrides to the preset's ExperimentConfig, as the job will (data unread)."""
     from hmoe.models.zoo import get_preset
     from hmoe.platform.experiment import DataConfig, ExperimentConfig
@@ -344,9 +358,20 @@ def _check_overrides(spec: JobSpec) -> None:
         preset=spec.preset, data=DataConfig(path="unchecked"), model=made.model, loss=made.loss
     )
     try:
-        apply_overrides(base, dict(spec.overrides))
+        return apply_overrides(base, dict(spec.overrides))
     except ConfigError as err:
         raise ConfigError(f"{ROOT}.overrides: {err}") from None
+
+
+def _check_space(space: str | Mapping[str, Distribution], base: Any) -> None:
+    """Sample the space and apply the samples to the job's base config, as its trials will."""
+    from hmoe.platform.experiment import apply_params
+    from hmoe.search_spaces.custom import check_space, resolve_space
+
+    try:
+        check_space(resolve_space(space), lambda params: apply_params(base, params))
+    except ConfigError as err:
+        raise ConfigError(f"{ROOT}.search.space: {err}") from None
 
 
 def expand(path: str) -> Path:

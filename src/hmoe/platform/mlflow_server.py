@@ -8,12 +8,21 @@ over HTTP instead of needing the server's disk.
 
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: MLflow 3.17 otherwise forks ``huey_consumer``
 processes for GenAI jobs (about 0.5 GB RSS) that an experiment tracker does not use.
+
+``use_auth=True`` starts MLflow's basic-auth app (``--app-name basic-auth``): every request but
+``/health`` and static files needs a user and password (401 otherwise). Its users live in
+``<root>/basic_auth.db``; the first start creates the admin ``admin_user`` with the password
+read from ``password_file``, which hmoe fills with a random password (mode 0600) when the
+default file does not exist yet, so no instance starts with a well-known password. MLflow uses
+that password only to create the admin: later changes go through MLflow's user API. Clients
+authenticate with ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -46,6 +55,13 @@ STATE_FILE = "mlflow.json"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 HEALTHY = (200,)
+AUTH_APP = "basic-auth"
+AUTH_INI = "basic_auth.ini"
+AUTH_DB = "basic_auth.db"
+DEFAULT_PASSWORD_FILE = "admin-password"  # under root, created on the first --auth start
+PASSWORD_BYTES = 24  # secrets.token_urlsafe: 32 characters
+# what an authenticated user may do in an experiment it was given no permission on
+AUTH_DEFAULT_PERMISSION = "READ"
 
 
 @config
@@ -54,12 +70,17 @@ class MlflowServerConfig(Config):
 
     ``root``: the folder holding the sqlite store (``mlflow.db``) and the artifact root
     (``artifacts/``); relative paths are taken from the current directory. ``workers``: the
-    server's uvicorn workers.
+    server's uvicorn workers. ``use_auth``: MLflow's basic-auth app (module doc), whose admin
+    ``admin_user`` gets the password in ``password_file`` (default ``<root>/admin-password``,
+    generated when missing; a file named here must exist).
     """
 
     port: int = 5000
     root: str = "hmoe-mlflow"
     workers: int = 1
+    use_auth: bool = False
+    admin_user: str = "admin"
+    password_file: str | None = None
     start_timeout_s: float = 120.0
     stop_grace_s: float = 10.0
 
@@ -72,6 +93,10 @@ class MlflowServerConfig(Config):
             raise ConfigError("ui.root must name a folder")
         if self.start_timeout_s <= 0 or self.stop_grace_s <= 0:
             raise ConfigError("ui.start_timeout_s and ui.stop_grace_s must be > 0")
+        if not self.admin_user:
+            raise ConfigError("ui.admin_user must name a user")
+        if self.password_file is not None and not self.use_auth:
+            raise ConfigError("ui.password_file is the basic-auth admin's: it needs --auth")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,18 +109,27 @@ class ServerInfo:
     artifacts: str
     log_file: str
     started_at: float
+    auth_user: str | None = None
+    password_file: str | None = None
 
     def describe(self) -> list[str]:
-        return [
+        lines = [
             f"MLflow tracking server (pid {self.pid}): {self.url}",
             f"  backend store:  {self.backend_store_uri}",
             f"  artifacts:      {self.artifacts} (proxied: clients upload over HTTP)",
             f"  use it with:    --tracking-uri {self.url}  (job specs: tracking.uri)",
-            f"  log: {self.log_file}",
         ]
+        if self.auth_user is not None:
+            lines += [
+                f"  basic auth:     user {self.auth_user}, password in {self.password_file}",
+                f"  clients:        MLFLOW_TRACKING_USERNAME={self.auth_user} "
+                f'MLFLOW_TRACKING_PASSWORD="$(cat {self.password_file})"',
+            ]
+        return [*lines, f"  log: {self.log_file}"]
 
 
 def _argv(cfg: MlflowServerConfig, db: Path, artifacts: Path) -> list[str]:
+    app = ["--app-name", AUTH_APP] if cfg.use_auth else []
     return [
         sys.executable,
         "-m",
@@ -111,7 +145,47 @@ def _argv(cfg: MlflowServerConfig, db: Path, artifacts: Path) -> list[str]:
         str(artifacts),
         "--workers",
         str(cfg.workers),
+        *app,
     ]
+
+
+def _admin_password(cfg: MlflowServerConfig, root: Path) -> tuple[Path, str]:
+    """The admin password file and its password; the default file is created when missing."""
+    if cfg.password_file is not None:
+        path = Path(cfg.password_file).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"ui.password_file: {path} does not exist")
+    else:
+        path = root / DEFAULT_PASSWORD_FILE
+        if not path.exists():
+            # created 0600 before the secret is written, so no other user can read it
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
+    password = path.read_text().strip()
+    if not password:
+        raise ConfigError(f"ui.password_file: {path} is empty")
+    return path, password
+
+
+def _auth_env(cfg: MlflowServerConfig, root: Path) -> tuple[dict[str, str], Path]:
+    """The basic-auth app's environment: its ini (no secret in it), the admin password and a
+    CSRF key (static for the server's life, shared by its workers through the environment)."""
+    path, password = _admin_password(cfg, root)
+    ini = root / AUTH_INI
+    ini.write_text(
+        "[mlflow]\n"
+        f"default_permission = {AUTH_DEFAULT_PERMISSION}\n"
+        f"database_uri = sqlite:///{root / AUTH_DB}\n"
+        f"admin_username = {cfg.admin_user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(PASSWORD_BYTES),
+    }
+    return env, path
 
 
 def read_server(state_dir: Path) -> ServerInfo | None:
@@ -139,6 +213,10 @@ def start_server(cfg: MlflowServerConfig, state_dir: Path) -> ServerInfo:
     artifacts.mkdir(parents=True, exist_ok=True)
     db = root / DB_FILE
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    password_file = None
+    if cfg.use_auth:
+        auth_env, password_file = _auth_env(cfg, root)
+        env |= auth_env
     log_file = state_dir / "mlflow-server.log"
     process = spawn(_argv(cfg, db, artifacts), env, log_file)
     info = ServerInfo(
@@ -148,6 +226,8 @@ def start_server(cfg: MlflowServerConfig, state_dir: Path) -> ServerInfo:
         artifacts=str(artifacts),
         log_file=str(log_file),
         started_at=time.time(),
+        auth_user=cfg.admin_user if cfg.use_auth else None,
+        password_file=str(password_file) if password_file is not None else None,
     )
     write_state(state_dir / STATE_FILE, dataclasses.asdict(info))
     try:

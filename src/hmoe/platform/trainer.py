@@ -7,6 +7,7 @@ logs to the MLflow run and logs the model. ``train_standalone`` runs the same lo
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,11 @@ from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
 from hmoe.platform.tracking import MlflowRun, NullLogger
 from hmoe.platform.train_loop import EvalData, LoopHooks, LoopOutcome, LoopSettings, run_loop
 from hmoe.schema import FeatureSchema
+
+_LOG = logging.getLogger(__name__)
+# Ray Train's own INFO lines (worker group start, each report with every metric, each
+# checkpoint) would outnumber the epoch lines in a search's log; they stay in Train's log files
+TRAIN_LOG_LEVEL = "WARNING"
 
 __all__ = [
     "build_model",
@@ -119,14 +125,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             val=read_split(cfg.data.path, "val", schema),
             test=read_split(cfg.data.path, "test", schema),
         )
-        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _print_progress)
+        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress())
     model, wrapper = build_model(cfg, schema)
     settings = loop_settings(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
     run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
 
 
-def _print_progress(line: str) -> None:
-    print(line, flush=True)
+def _worker_progress() -> Callable[[str], None]:
+    """Rank 0's epoch lines, each once and named by the Train run (``train-<trial id>``).
+
+    Not ``print``: Ray Train patches a worker's ``print`` into its root logger *and* tees it
+    to the original stdout whenever something (MLflow) has wrapped ``sys.stdout``, so every
+    printed line reached the log twice. A logger reaches Train's console handler once, and its
+    application log file too.
+    """
+    import ray.train
+
+    name = ray.train.get_context().get_experiment_name()
+
+    def say(line: str) -> None:
+        _LOG.info("[%s] %s", name, line)
+
+    return say
 
 
 def train_standalone(
@@ -192,6 +212,7 @@ def make_trainer(
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),
         datasets={"train": train},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

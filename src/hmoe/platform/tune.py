@@ -3,8 +3,9 @@
 Each Tune trial is a *driver function* (Ray Train V2: ``Tuner(TorchTrainer)`` no longer works)
 that applies the sampled dotted parameters to the base config and fits a ``TorchTrainer`` whose
 ``TuneReportCallback`` forwards every epoch's report to Tune, ASHA and Optuna. The search space
-is an Optuna define-by-run function (``hmoe.search_spaces.SPACES``); ``OptunaSearch`` gets the
-metric and mode itself (pitfall P2) and ASHA runs with ``stop_last_trials=False`` (P3).
+is an Optuna define-by-run function (``hmoe.search_spaces.SPACES``, or the user's own:
+``hmoe.search_spaces.custom``, checked against the config before any trial); ``OptunaSearch``
+gets the metric and mode itself (pitfall P2) and ASHA runs with ``stop_last_trials=False`` (P3).
 
 MLflow: one parent run per search, one child run per trial (``mlflow.parentRunId``), found
 again by its trial id when a trial or the whole search is resumed. An infeasible sample (e.g.
@@ -204,7 +205,7 @@ def _parent_run(cfg: ExperimentConfig, space: str, search: str) -> MlflowRun:
 
 def tune(
     preset: str,
-    space: str,
+    space: str | Mapping[str, Any],
     data: str | Path,
     num_samples: int,
     overrides: Mapping[str, Any] | None = None,
@@ -225,7 +226,9 @@ def tune(
     Args:
         preset, data, overrides, workers, gpus_per_worker, tracking_uri, experiment,
             registered_model: the base ExperimentConfig, as for ``hmoe.train``.
-        space: a name in ``hmoe.search_spaces.SPACES``.
+        space: a name in ``hmoe.search_spaces.SPACES``, ``FILE.py:FUNCTION`` (a define-by-run
+            function of your own) or ``{dotted path: distribution}`` (``Distribution``); it is
+            sampled and checked against the config before any trial.
         num_samples: trials in the whole search.
         max_concurrent: trials at once (each runs ``train.num_workers`` workers).
         scheduler: ``asha`` (early-stops weak trials at epoch rungs) or ``fifo``.
@@ -233,9 +236,10 @@ def tune(
         callbacks: extra ``ray.tune.Callback`` objects (monitoring, tests).
         progress: called with one line per stage.
     """
-    from hmoe.search_spaces import SPACES
+    from hmoe.search_spaces.custom import check_space, resolve_space
 
-    _check_arguments(space, scheduler, num_samples, max_concurrent)
+    _check_arguments(scheduler, num_samples, max_concurrent)
+    searched = resolve_space(space)
     cfg = build_experiment(
         preset,
         data,
@@ -247,7 +251,8 @@ def tune(
         registered_model=registered_model,
     )
     cfg = resolve(cfg)
-    search = f"{cfg.preset}-{space}-{cfg.config_hash()}"
+    check_space(searched, lambda params: apply_params(cfg, params))
+    search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
     path = Path(cfg.train.storage_path) / search
     if path.exists() and not resume:
         raise ConfigError(
@@ -265,27 +270,23 @@ def tune(
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     ensure_ray(max_concurrent * per_trial)
     check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
-    parent = _parent_run(cfg, space, search)
+    parent = _parent_run(cfg, searched.source, search)
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {
         "base": cfg.to_dict(),
         "parent": parent.run_id,
-        "space": space,
+        "space": searched.source,
         "search": search,
         "storage": str(path / "trials"),
         "owner": owner_tags(),
     }
-    tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
+    tuner = _tuner(cfg, searched.function, settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
     grid = _fit(tuner, parent, num_samples, search, path)
     return _summarise(cfg, grid, parent, search, path)
 
 
-def _check_arguments(space: str, scheduler: str, num_samples: int, max_concurrent: int) -> None:
-    from hmoe.search_spaces import SPACES
-
-    if space not in SPACES:
-        raise ConfigError(f"unknown search space {space!r}; valid spaces: {sorted(SPACES)}")
+def _check_arguments(scheduler: str, num_samples: int, max_concurrent: int) -> None:
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; valid: {list(SCHEDULERS)}")
     if num_samples < 1 or max_concurrent < 1:

@@ -2,7 +2,7 @@
 variant.
 
 The TIM parameter needs a base preset whose sequence encoder is TIM (``hmoe``); on another
-preset that path does not exist and every trial fails with that reason.
+preset that path does not exist and the search is refused before any trial, naming it.
 """
 
 from __future__ import annotations

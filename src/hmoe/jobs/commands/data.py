@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hmoe.jobs.commands import add_set_argument
 
@@ -68,19 +70,29 @@ def run_prepare(args: argparse.Namespace) -> int:
         manifest = prepare(args.spec, args.out, progress=not args.quiet, overwrite=args.overwrite)
     finally:
         logger.removeHandler(quiet)
-    rows = manifest["rows"]
-    print(f"prepared {manifest['name']} -> {args.out}")
-    print(
-        f"  rows read {rows['read']}, written {rows['written']}, quarantined {rows['quarantined']}"
-    )
-    for split in ("train", "valid", "test"):
-        print(f"  {split:<5} {rows[split]:>12,} rows in {len(manifest['shards'][split])} shard(s)")
-    for reason, count in manifest["quarantined_by_reason"].items():
-        print(f"  quarantined {reason}: {count:,}")
-    print(f"  manifest {Path(args.out) / 'manifest.json'}")
+    for line in prepare_summary(manifest, args.out):
+        print(line)
     for warning in manifest["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
+    """What ``prepare`` did, from its manifest: rows read, written and quarantined (by reason),
+    and rows and shards per split (``hmoe data prepare`` and a job's log print it)."""
+    rows = manifest["rows"]
+    lines = [
+        f"prepared {manifest['name']} -> {out}",
+        f"  rows read {rows['read']:,}, written {rows['written']:,}, "
+        f"quarantined {rows['quarantined']:,}",
+    ]
+    for split in ("train", "valid", "test"):
+        shards = len(manifest["shards"][split])
+        lines.append(f"  {split:<5} {rows[split]:>12,} rows in {shards} shard(s)")
+    for reason, count in manifest["quarantined_by_reason"].items():
+        lines.append(f"  quarantined {reason}: {count:,}")
+    lines.append(f"  manifest {Path(out) / 'manifest.json'}")
+    return lines
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -15,7 +15,12 @@ EXIT_INTERRUPTED = 130  # the shell's code for an interrupted (Ctrl+C) command
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tune", help="search hyperparameters (Ray Tune + Optuna)")
     parser.add_argument("--preset", required=True, help="base preset")
-    parser.add_argument("--space", required=True, help="search space, e.g. full, experts, smoke")
+    parser.add_argument(
+        "--space",
+        required=True,
+        help="search space: a shipped one (full, experts, smoke, ...) or your own define-by-run "
+        "function as FILE.py:FUNCTION",
+    )
     parser.add_argument("--data", required=True, help="prepared dataset directory")
     parser.add_argument("--num-samples", type=int, required=True, help="number of trials")
     parser.add_argument("--max-concurrent", type=int, default=1, help="trials at once")

@@ -19,6 +19,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS.root,
         help="folder of the sqlite store and the artifacts (default: ./hmoe-mlflow)",
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="require a user and password (MLflow's basic-auth app); the admin is "
+        f"'{DEFAULTS.admin_user}'",
+    )
+    parser.add_argument(
+        "--password-file",
+        default=None,
+        help="the admin's password, read at the first --auth start (default: ROOT/admin-password, "
+        "generated with a random password when missing)",
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--stop", action="store_true", help="stop the server started by hmoe ui")
     action.add_argument("--status", action="store_true", help="show the recorded server")
@@ -47,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(status["server"].describe()))
         print(f"  processes: {status['processes']}, healthy: {status['healthy']}")
         return 0 if status["healthy"] else 1
-    cfg = MlflowServerConfig(port=args.port, root=args.root)
+    cfg = MlflowServerConfig(
+        port=args.port, root=args.root, use_auth=args.auth, password_file=args.password_file
+    )
     print("starting the MLflow server (takes ~15 s) ...", flush=True)
     info = mlflow_server.start_server(cfg, state_dir)
     print("\n".join(info.describe()))

@@ -92,12 +92,22 @@ def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
 
 
 def read_split(prepared_dir: str | Path, split: str) -> Any:
-    """A split as a Ray Dataset of the Batch columns (use ``BatchCollate`` to get Batches)."""
+    """A split as a Ray Dataset of the Batch columns (use ``BatchCollate`` to get Batches).
+
+    The dataset runs without Ray Data's progress bars and execution-plan lines: it is read
+    inside trials and Train workers, whose output is a search's log (or a job's), where each
+    bar redraw became a line of its own and buried the epoch lines.
+    """
     import ray.data
 
     paths = [str(p) for p in shard_paths(prepared_dir, split)]
     columns = batch_columns(feature_schema(prepared_dir))
-    return ray.data.read_parquet(paths).select_columns(columns)
+    dataset = ray.data.read_parquet(paths).select_columns(columns)
+    # the dataset's own DataContext (a copy taken at creation) travels with it to materialize()
+    # and to Train's split coordinator, so this leaves the caller's global context untouched
+    dataset.context.enable_progress_bars = False
+    dataset.context.print_on_execution_start = False
+    return dataset
 
 
 def _column_tensor(column: pa.ChunkedArray | pa.Array, dtype: Any) -> Any:

@@ -43,6 +43,8 @@ RESULT_ARTIFACT = "hmoe_job_result.json"
 TAG_JOB_ID = "hmoe.job_id"
 TAG_RESUME_JOB_ID = "hmoe.resume_job_id"
 STOP_REASON = "job {job_id} was stopped (hmoe jobs stop, SIGTERM)"
+# ray.tune.tune's handler for SIGINT while a search runs (saves the state, ends the search)
+TUNE_SIGINT_HANDLER = "signal_interrupt_tune_run"
 SYNTH_RAW = "raw"
 SYNTH_PREPARED = "prepared"
 SYNTH_SPEC = "spec.yaml"
@@ -169,12 +171,22 @@ def _publish(spec: JobSpec, result: dict[str, Any]) -> None:
     print(RESULT_MARKER + json.dumps(result, sort_keys=True, default=str), flush=True)
 
 
-def _stopper(job_id: str) -> Callable[[int, Any], None]:
-    """The SIGTERM handler: the stop's reason names the job (it becomes the runs' reason)."""
+def _stopper(job_id: str, stops: list[str]) -> Callable[[int, Any], None]:
+    """The SIGTERM handler; it appends the stop's reason (naming the job) to ``stops``.
+
+    While Ray Tune runs a search, the stop goes to Tune's own SIGINT handler: Tune then saves
+    its state one last time and stops its trials, so a resume reruns only the trials that had
+    not ended (an exception instead would leave the state of up to 10 s before). Elsewhere, and
+    on a second stop, it raises ``JobStopped``.
+    """
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        del signum, frame
-        raise JobStopped(STOP_REASON.format(job_id=job_id))
+        stops.append(STOP_REASON.format(job_id=job_id))
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if len(stops) == 1 and getattr(tune_handler, "__name__", "") == TUNE_SIGINT_HANDLER:
+            tune_handler(signum, frame)  # type: ignore[operator]
+            return
+        raise JobStopped(stops[0])
 
     return on_sigterm
 
@@ -183,6 +195,7 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
     """Run ``spec`` (``resumes``: restore the search job ``resumes`` stored); 0 on success,
     1 on failure, 130 when stopped."""
     parents: list[str] = []
+    stops: list[str] = []
 
     def say(line: str) -> None:
         print(f"[hmoe] {line}", flush=True)
@@ -195,7 +208,7 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
 
         ray.init()  # attaches to the job's cluster (RAY_ADDRESS) before hmoe would start one
         # after ray.init, which installs its own SIGTERM handler (SystemExit, i.e. FAILED runs)
-        signal.signal(signal.SIGTERM, _stopper(job_id))
+        signal.signal(signal.SIGTERM, _stopper(job_id, stops))
         data = prepare_dataset(spec.dataset, say)
         result = _run(spec, job_id, resumes, data, say)
         result |= {
@@ -214,9 +227,10 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
         from hmoe.platform.failures import failure_reason
         from hmoe.platform.tune import end_search_runs
 
-        stopped = isinstance(err, KeyboardInterrupt)
+        # a search Tune ended gracefully raises SearchInterrupted; Ray may turn JobStopped into
+        # a bare KeyboardInterrupt: either way the reason is the stop itself
+        stopped = bool(stops) or isinstance(err, KeyboardInterrupt)
         traceback.print_exc()
-        # Ray may re-raise a bare KeyboardInterrupt for our JobStopped: name the stop itself
         reason = STOP_REASON.format(job_id=job_id) if stopped else failure_reason(err)
         status = "KILLED" if stopped else "FAILED"
         if parents:
@@ -231,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="the job spec (hmoe.jobs.entry.encode_spec)")
     parser.add_argument("--resume", default=None, help="restore the search this job id stored")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stopper(args.job_id))  # again in run_job, after ray.init
+    # a stop before ray.init raises JobStopped; run_job installs its own handler after ray.init
+    signal.signal(signal.SIGTERM, _stopper(args.job_id, []))
     return run_job(decode_spec(args.spec), args.job_id, args.resume)
 
 

@@ -64,7 +64,7 @@ SCHEDULERS = ("asha", "fifo")
 TAG_ROLE = "hmoe.role"
 TAG_STORAGE = "hmoe.storage"  # the search's Ray Tune folder, which a resume restores
 ENDED = ("FINISHED", "FAILED")  # MLflow statuses of a trial that Tune will not run again
-INTERRUPTED = "the search was interrupted (Ctrl-C, SIGINT/SIGUSR1)"
+INTERRUPTED = "the search was interrupted"
 
 
 class SearchInterrupted(RuntimeError):
@@ -170,19 +170,24 @@ def _status(run: MlflowRun) -> str:
 
 def end_search_runs(uri: str, parent_run_id: str, status: str, reason: str) -> list[str]:
     """End the search ``parent_run_id`` (unless FINISHED) and its trial runs still RUNNING as
-    ``status``, each tagged with ``reason``; the ids of the runs it ended."""
+    ``status``, each tagged with ``reason``; the ids of the runs it ended.
+
+    Trial runs already KILLED (by this interruption: a trial that runs again is RUNNING) get
+    ``reason`` too, so a stopped job's own reason replaces the one Tune's interruption gave.
+    """
     client = open_store(uri)
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' "
-        f"and attributes.status = '{STATUS_RUNNING}'",
+        f"and attributes.status != 'FINISHED' and attributes.status != 'FAILED'",
     )
     ended = []
     for run in children:
         client.set_tag(run.info.run_id, TAG_FAILURE, f"{reason} before this trial finished")
-        client.set_terminated(run.info.run_id, status)
-        ended.append(run.info.run_id)
+        if run.info.status == STATUS_RUNNING:
+            client.set_terminated(run.info.run_id, status)
+            ended.append(run.info.run_id)
     if client.get_run(parent_run_id).info.status != "FINISHED":
         client.set_tag(parent_run_id, TAG_FAILURE, reason)
         client.set_terminated(parent_run_id, status)

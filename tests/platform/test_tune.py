@@ -51,18 +51,25 @@ def test_tune_interrupted_and_resumed_nests_runs_and_registers_the_best(
     marker = str(tmp_path / "interrupted")
     from hmoe.platform.tune import SearchInterrupted
 
-    with pytest.raises(SearchInterrupted, match="resume"):
+    with pytest.raises(SearchInterrupted, match=r"with 1 of 2 trials unfinished.* --resume"):
         hmoe.tune("debug", "smoke", data, 2, overrides, callbacks=[_InterruptOnce(marker)])
     assert os.path.exists(marker)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    stopped = client.search_runs([client.get_experiment_by_name("hmoe").experiment_id])
+    assert stopped and "RUNNING" not in {r.info.status for r in stopped}
+    (parent,) = [r for r in stopped if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED"
+    assert "1 of 2 trials unfinished" in parent.data.tags["hmoe.failure_reason"]
     with pytest.raises(ValueError, match="resume"):  # same search again without resume
         hmoe.tune("debug", "smoke", data, 2, overrides)
     result = hmoe.tune("debug", "smoke", data, 2, overrides, resume=True)
 
     assert result.num_trials == 2 and result.num_errors == 0
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    assert result.parent_run_id == parent.info.run_id  # resumed into the same parent run
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["hmoe.space"] == "smoke"
+    assert "hmoe.failure_reason" not in parent.data.tags
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2  # one child per trial, even across the interruption

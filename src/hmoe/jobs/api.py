@@ -340,7 +340,8 @@ def runtime_env(spec: JobSpec) -> dict[str, Any]:
 
 
 class Job:
-    """A submitted job: ``status``, ``logs``, ``follow``, ``wait``, ``stop``, ``result``."""
+    """A submitted job: ``status``, ``progress``, ``logs``, ``follow``, ``wait``, ``stop``,
+    ``delete``, ``resume``, ``result``."""
 
     def __init__(self, submission_id: str, client: JobClient) -> None:
         self.submission_id = submission_id

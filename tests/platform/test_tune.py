@@ -106,7 +106,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     parent = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, "search", {})
     settings = {"base": cfg.to_dict(), "parent": parent.run_id, "space": "experts",
                 "search": "s", "storage": str(tmp_path / "trials"),
-                "owner": owner_tags()}  # fmt: skip
+                "owner": owner_tags(), "tags": {"hmoe.job_id": "job-1"}}  # fmt: skip
     zero = {"model.experts.counts.dcnv2": 0, "model.experts.counts.mlp": 0}
     with pytest.raises(InfeasibleTrial, match="no expert at all"):
         trial_driver(zero, settings)
@@ -120,6 +120,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     assert (
         child.data.tags["hmoe.trial_id"] == "abc123" and child.data.tags["hmoe.space"] == "experts"
     )
+    assert child.data.tags["hmoe.job_id"] == "job-1"  # the search's extra tags reach its trials
     assert not (tmp_path / "trials").exists()  # no Train run was started
 
 

@@ -42,6 +42,7 @@ from hmoe.config import ConfigError
 from hmoe.jobs.entry import TAG_JOB_ID, decode_spec, encode_spec, parse_result
 from hmoe.jobs.spec import JobSpec, load_job, validate
 from hmoe.platform.cluster import default_state_dir, default_token_file, read_head
+from hmoe.platform.tracking import TAG_PARENT
 
 __all__ = [
     "Job",
@@ -77,6 +78,7 @@ META_STORAGE = "hmoe.storage"
 META_NUM_SAMPLES = "hmoe.num_samples"
 META_RESUMES = "hmoe.resumes"  # the job whose search a resumed job continues
 METRIC_BEST = "val_auc"  # the headline metric ``jobs status`` reports
+TRIAL_ENDED = ("FINISHED", "FAILED")  # MLflow statuses of a trial that will not run again
 
 
 class JobError(RuntimeError):
@@ -500,14 +502,14 @@ def _mlflow_progress(uri: str, experiment: str, job_id: str) -> dict[str, Any]:
         runs = client.search_runs(
             ids, f"tags.`{TAG_JOB_ID}` = '{job_id}'", order_by=["attributes.start_time ASC"]
         )
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        parents = [r for r in runs if TAG_PARENT not in r.data.tags]
         if not parents:
             return {"mlflow_error": f"no MLflow run of job {job_id} in {uri} yet"}
         parent = parents[0]
-        trials = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        trials = client.search_runs(ids, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
     except Exception as err:  # a status line must not fail because MLflow is down
         return {"mlflow_error": f"{type(err).__name__}: {str(err).strip()[:200]}"}
-    ended = [t for t in trials if t.info.status in ("FINISHED", "FAILED")]
+    ended = [t for t in trials if t.info.status in TRIAL_ENDED]
     scores = [t.data.metrics[METRIC_BEST] for t in trials if METRIC_BEST in t.data.metrics]
     if not trials and METRIC_BEST in parent.data.metrics:  # a single training run
         scores = [parent.data.metrics[METRIC_BEST]]

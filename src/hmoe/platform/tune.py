@@ -179,8 +179,8 @@ def end_search_runs(uri: str, parent_run_id: str, status: str, reason: str) -> l
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' "
-        f"and attributes.status != 'FINISHED' and attributes.status != 'FAILED'",
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+        + "".join(f" and attributes.status != '{done}'" for done in ENDED),
     )
     ended = []
     for run in children:

@@ -52,7 +52,7 @@ EXPECTED_OUTPUT: dict[str, str] = {
     r"hmoe analyze ": r"(?m)^collapse\w*: \S+\.png",
     r"hmoe cluster up ": r"dashboard/Jobs: +http://127\.0\.0\.1:8265",
     r"hmoe ui$": r"http://127\.0\.0\.1:5000",
-    r"hmoe submit .*--wait": r"(?m)^job \S+: SUCCEEDED",
+    r"hmoe submit ": r"(?m)^job \S+: SUCCEEDED",
     r"hmoe jobs status ": r": SUCCEEDED",
     r"hmoe jobs result ": r"best run \w+",
     r"hmoe demo ": r"(?m)^registered model: ",
@@ -83,6 +83,9 @@ EXEMPT_COMMANDS: dict[str, str] = {
     "tiny size runs as `hmoe demo --synthetic ...` (next line)",
     "hmoe demo --synthetic --rows 3000 --trials 2 --epochs 1": "run as written in a fresh process "
     "by tests/jobs/test_demo.py::test_tiny_demo_end_to_end, which also checks what it prints",
+    "hmoe jobs resume ID": "needs a stopped search; tests/jobs/test_submit.py::"
+    "test_a_followed_job_survives_ctrl_c_is_stopped_then_resumed stops one and resumes it "
+    "with this command",
 }
 BENCH_SECTION = (
     "Training platform: `hmoe train` overhead, 2 workers vs 1, MLflow cost "

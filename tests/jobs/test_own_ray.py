@@ -148,3 +148,37 @@ def test_trains_started_together_each_start_a_ray_of_their_own(tmp_path, short_t
                 proc.kill()  # its private Ray shares its fate
                 proc.wait()
         stop_session(head.pid, STOP_GRACE_S, leader=head)
+
+
+# train -> tune -> analyze in one process: each call leaves no Ray behind, so the search sizes
+# its own (a train's Ray of os.cpu_count() CPUs is one short of a search's 1.01 + 1 on 2 cores)
+API_SEQUENCE = """
+import sys
+import ray
+import hmoe
+from hmoe.platform.analysis.api import analyze
+
+sets = {"train.epochs": 1, "train.batch_size": 128, "tracking.model_format": "pickle"}
+run = hmoe.train("debug", sys.argv[1], sets, register=False)
+left = [ray.is_initialized()]
+found = hmoe.tune("debug", "smoke", sys.argv[1], 1, sets)
+left.append(ray.is_initialized())
+report = analyze(run.run_id, "collapse", "plots")
+print("LEFT", left, "TRIALS", found.num_trials, found.num_errors, "PLOTS", len(report.plots))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(CLI_TIMEOUT_S)
+def test_train_tune_and_analyze_in_one_process_leave_no_ray_behind(tmp_path, short_tmp):
+    data = write_prepared(tmp_path / "tiny")
+    env = scrubbed_env(RAY_TMPDIR=str(short_tmp()))
+    done = subprocess.run(
+        [sys.executable, "-c", API_SEQUENCE, str(data)], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("LEFT")][-1]
+    assert line.startswith("LEFT [False, False] TRIALS 1 0 PLOTS"), line
+    assert not line.endswith("PLOTS 0")

@@ -170,12 +170,25 @@ def test_submit_refuses_before_contacting_any_cluster(tmp_path: Path):
 
 
 class _RecordingSdk:
+    """Records submissions; reports each as Ray's ``JobDetails`` with the status it is given."""
+
     def __init__(self) -> None:
         self.submitted: list[dict] = []
+        self.status: dict[str, str] = {}
 
     def submit_job(self, **request: object) -> str:
         self.submitted.append(request)
+        self.status[str(request["submission_id"])] = "RUNNING"
         return str(request["submission_id"])
+
+    def get_job_info(self, job_id: str):
+        from ray.job_submission import JobDetails, JobType
+
+        request = next(r for r in self.submitted if r["submission_id"] == job_id)
+        return JobDetails(
+            type=JobType.SUBMISSION, submission_id=job_id, entrypoint=request["entrypoint"],
+            status=self.status[job_id], metadata=request["metadata"],
+        )  # fmt: skip
 
 
 def _offline_client(resources: dict[str, float]) -> tuple[JobClient, _RecordingSdk]:
@@ -251,3 +264,49 @@ def test_overrides_on_load_are_strict(tmp_path: Path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_job(tmp_path / "list.yaml")
+
+
+def test_any_config_key_can_be_overridden_at_submission(tmp_path: Path):
+    """``overrides.<config path>`` sets one key of the spec's overrides (whose keys are dotted),
+    checked against the preset's ExperimentConfig by ``validate``."""
+    sets = {"overrides.train.epochs": 3, "overrides.model.combine.method": "gate"}
+    spec = load_job(_smoke(tmp_path), sets)
+    assert dict(spec.overrides) == {
+        "train.epochs": 3, "train.batch_size": 256, "model.combine.method": "gate",
+    }  # fmt: skip
+    validate(spec)
+    with pytest.raises(ConfigError, match=r"JobSpec\.overrides: .*'lrr'"):
+        validate(load_job(_smoke(tmp_path), {"overrides.train.lrr": 0.1}))
+    with pytest.raises(ConfigError, match=r"JobSpec\.overrides: .*'gate2'"):
+        validate(load_job(_smoke(tmp_path), {"overrides.model.combine.method": "gate2"}))
+    with pytest.raises(ConfigError, match="under resources"):
+        load_job(_smoke(tmp_path), {"overrides.train.num_workers": 2})
+
+
+def test_resume_resubmits_the_same_spec_on_the_first_jobs_storage(tmp_path: Path):
+    from hmoe.jobs.api import JobStateError
+
+    spec = load_job(_smoke(tmp_path), {"storage": "/runs"})
+    client, sdk = _offline_client({"CPU": 8.0})
+    first = client.submit(spec)
+    meta = sdk.submitted[0]["metadata"]
+    assert (meta["hmoe.storage"], meta["hmoe.num_samples"]) == (f"/runs/{first.submission_id}", "2")
+    with pytest.raises(JobStateError, match="is RUNNING: only a STOPPED or FAILED search"):
+        first.resume()
+    sdk.status[first.submission_id] = "STOPPED"
+    second = first.resume()
+    sdk.status[second.submission_id] = "FAILED"
+    third = second.resume()
+    for request in sdk.submitted[1:]:
+        words = request["entrypoint"].split()
+        assert decode_spec(words[words.index("--spec") + 1]) == spec
+        assert words[words.index("--resume") + 1] == first.submission_id  # its Tune state
+        assert request["metadata"]["hmoe.storage"] == f"/runs/{first.submission_id}"
+    assert [r["metadata"].get("hmoe.resumes") for r in sdk.submitted] == [
+        None, first.submission_id, first.submission_id,
+    ]  # fmt: skip
+    assert third.submission_id not in {first.submission_id, second.submission_id}
+    train = client.submit(load_job(_smoke(tmp_path, search=None)))
+    sdk.status[train.submission_id] = "FAILED"
+    with pytest.raises(JobStateError, match="hmoe train --resume RUN_ID"):
+        train.resume()

@@ -51,18 +51,25 @@ def test_tune_interrupted_and_resumed_nests_runs_and_registers_the_best(
     marker = str(tmp_path / "interrupted")
     from hmoe.platform.tune import SearchInterrupted
 
-    with pytest.raises(SearchInterrupted, match="resume"):
+    with pytest.raises(SearchInterrupted, match=r"with 1 of 2 trials unfinished.* --resume"):
         hmoe.tune("debug", "smoke", data, 2, overrides, callbacks=[_InterruptOnce(marker)])
     assert os.path.exists(marker)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    stopped = client.search_runs([client.get_experiment_by_name("hmoe").experiment_id])
+    assert stopped and "RUNNING" not in {r.info.status for r in stopped}
+    (parent,) = [r for r in stopped if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED"
+    assert "1 of 2 trials unfinished" in parent.data.tags["hmoe.failure_reason"]
     with pytest.raises(ValueError, match="resume"):  # same search again without resume
         hmoe.tune("debug", "smoke", data, 2, overrides)
     result = hmoe.tune("debug", "smoke", data, 2, overrides, resume=True)
 
     assert result.num_trials == 2 and result.num_errors == 0
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    assert result.parent_run_id == parent.info.run_id  # resumed into the same parent run
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["hmoe.space"] == "smoke"
+    assert "hmoe.failure_reason" not in parent.data.tags
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 2  # one child per trial, even across the interruption
@@ -99,7 +106,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     parent = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, "search", {})
     settings = {"base": cfg.to_dict(), "parent": parent.run_id, "space": "experts",
                 "search": "s", "storage": str(tmp_path / "trials"),
-                "owner": owner_tags()}  # fmt: skip
+                "owner": owner_tags(), "tags": {"hmoe.job_id": "job-1"}}  # fmt: skip
     zero = {"model.experts.counts.dcnv2": 0, "model.experts.counts.mlp": 0}
     with pytest.raises(InfeasibleTrial, match="no expert at all"):
         trial_driver(zero, settings)
@@ -113,6 +120,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     assert (
         child.data.tags["hmoe.trial_id"] == "abc123" and child.data.tags["hmoe.space"] == "experts"
     )
+    assert child.data.tags["hmoe.job_id"] == "job-1"  # the search's extra tags reach its trials
     assert not (tmp_path / "trials").exists()  # no Train run was started
 
 

@@ -1,7 +1,8 @@
 """Entry points: the ``hmoe`` CLI, presets and job specs; thin layers over the Python API.
 
-The job API (``hmoe.jobs.submit``, ``get_job``, ``list_jobs``, ``Job``, ``JobResult``,
-``JobSpec``, ``load_job``) loads on first use, so importing ``hmoe.jobs`` stays cheap.
+The job API (``hmoe.jobs.submit``, ``resume``, ``get_job``, ``list_jobs``, ``Job``,
+``JobResult``, ``JobProgress``, ``JobError`` and its kinds, ``JobSpec``, ``load_job``) loads on
+first use, so importing ``hmoe.jobs`` stays cheap.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ __all__ = [
     "Job",
     "JobClient",
     "JobError",
+    "JobNotFoundError",
+    "JobProgress",
     "JobResult",
     "JobSpec",
+    "JobStateError",
     "get_job",
     "list_jobs",
     "load_job",
+    "resume",
     "submit",
 ]
 
@@ -25,7 +30,11 @@ _LAZY = {
     "Job": "hmoe.jobs.api",
     "JobClient": "hmoe.jobs.api",
     "JobError": "hmoe.jobs.api",
+    "JobNotFoundError": "hmoe.jobs.api",
+    "JobProgress": "hmoe.jobs.api",
     "JobResult": "hmoe.jobs.api",
+    "JobStateError": "hmoe.jobs.api",
+    "resume": "hmoe.jobs.api",
     "get_job": "hmoe.jobs.api",
     "list_jobs": "hmoe.jobs.api",
     "submit": "hmoe.jobs.api",

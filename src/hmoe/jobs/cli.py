@@ -4,6 +4,7 @@ Each subcommand lives in ``hmoe.jobs.commands.<name>`` with ``add_parser(subpars
 registers its arguments and a ``run(args) -> int`` handler. A user mistake (a ``ValueError`` or
 ``FileNotFoundError``, also when it is the root cause of a Ray error) prints one line and exits
 with code 2; another error raised through Ray prints its root cause and exits with code 1.
+Ctrl-C that no command handles itself ends it with one line and the shell's code 130.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hmoe.platform.failures import failure_reason, is_user_error, root_cause
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_NOT_IMPLEMENTED = 3
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotImplementedYet as err:
         print(f"hmoe {args.command}: not implemented yet ({err})", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
+    except KeyboardInterrupt:
+        print(f"hmoe {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as err:
         root = root_cause(err)  # behind Ray's wrappers (a worker's error reaches us wrapped)
         if is_user_error(root):  # user mistakes (ConfigError is a ValueError)

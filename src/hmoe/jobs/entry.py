@@ -4,10 +4,12 @@ It runs on the cluster's head (Ray Jobs starts it with ``RAY_ADDRESS`` set), so 
 attaches to that cluster. It prepares the dataset when the spec asks for it, calls
 ``hmoe.tune`` (or ``hmoe.train``) and publishes the result twice: as one
 ``HMOE_JOB_RESULT {json}`` line in the job's log, which ``Job.result()`` reads through the Jobs
-API alone, and as the ``hmoe_job_result.json`` artifact and ``hmoe.job_id`` tag of the MLflow
-parent run. ``hmoe jobs stop`` sends SIGTERM: the driver then marks the parent run and every
-trial run still RUNNING as KILLED before it exits, so MLflow never shows a stopped job as
-running.
+API alone, and as the ``hmoe_job_result.json`` artifact of the MLflow parent run. Every run of
+the job carries its id (``hmoe.job_id``; a resumed job keeps the id of the job that started the
+search and adds ``hmoe.resume_job_id``). ``hmoe jobs stop`` sends SIGTERM: the driver then marks
+the parent run and every trial run still RUNNING as KILLED, with the reason, before it exits,
+so MLflow never shows a stopped job as running. ``--resume ID`` restores the search that job
+``ID`` stored under ``<storage>/ID`` (``hmoe jobs resume``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ __all__ = [
 RESULT_MARKER = "HMOE_JOB_RESULT "
 RESULT_ARTIFACT = "hmoe_job_result.json"
 TAG_JOB_ID = "hmoe.job_id"
+TAG_RESUME_JOB_ID = "hmoe.resume_job_id"
+STOP_REASON = "job {job_id} was stopped (hmoe jobs stop, SIGTERM)"
+# ray.tune.tune's handler for SIGINT while a search runs (saves the state, ends the search)
+TUNE_SIGINT_HANDLER = "signal_interrupt_tune_run"
 SYNTH_RAW = "raw"
 SYNTH_PREPARED = "prepared"
 SYNTH_SPEC = "spec.yaml"
@@ -99,21 +105,26 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
     return out
 
 
-def _run(spec: JobSpec, job_id: str, data: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _run(
+    spec: JobSpec, job_id: str, resumes: str | None, data: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
     import hmoe
 
     res, track = spec.resources, spec.tracking
+    search_job = resumes or job_id
     overrides = dict(spec.overrides) | {
         "train.cpus_per_worker": res.cpus_per_worker,
         # one folder per job: searches are named by their config, so a rerun would collide
-        "train.storage_path": str(expand(spec.storage) / job_id),
+        "train.storage_path": str(expand(spec.storage) / search_job),
     }
+    tags = {TAG_JOB_ID: search_job} | ({TAG_RESUME_JOB_ID: job_id} if resumes else {})
     common: dict[str, Any] = {
         "workers": res.workers,
         "gpus_per_worker": res.gpus_per_worker,
         "tracking_uri": track.uri,
         "experiment": track.experiment,
         "registered_model": track.registered_model,
+        "tags": tags,
         "progress": say,
     }
     if spec.search is None:
@@ -139,6 +150,7 @@ def _run(spec: JobSpec, job_id: str, data: Path, say: Callable[[str], None]) -> 
         overrides,
         max_concurrent=res.concurrent_trials,
         scheduler=search.scheduler,
+        resume=resumes is not None,
         **common,
     )
     return {
@@ -155,43 +167,38 @@ def _run(spec: JobSpec, job_id: str, data: Path, say: Callable[[str], None]) -> 
     }
 
 
-def close_runs(uri: str, parent_run_id: str, status: str) -> list[str]:
-    """Set ``status`` on the parent run and its child runs that are still RUNNING."""
+def _publish(spec: JobSpec, result: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-        "and attributes.status = 'RUNNING'",
-    )
-    closed = []
-    for run in [*children, parent]:
-        if client.get_run(run.info.run_id).info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status)
-            closed.append(run.info.run_id)
-    return closed
-
-
-def _publish(spec: JobSpec, job_id: str, result: dict[str, Any]) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(spec.tracking.uri)
-    parent = result["parent_run_id"]
-    client.set_tag(parent, TAG_JOB_ID, job_id)
-    client.log_dict(parent, result, RESULT_ARTIFACT)
+    MlflowClient(spec.tracking.uri).log_dict(result["parent_run_id"], result, RESULT_ARTIFACT)
     print(RESULT_MARKER + json.dumps(result, sort_keys=True, default=str), flush=True)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    del signum, frame
-    raise JobStopped("the job was stopped (SIGTERM)")
+def _stopper(job_id: str, stops: list[str]) -> Callable[[int, Any], None]:
+    """The SIGTERM handler; it appends the stop's reason (naming the job) to ``stops``.
+
+    While Ray Tune runs a search, the stop goes to Tune's own SIGINT handler: Tune then saves
+    its state one last time and stops its trials, so a resume reruns only the trials that had
+    not ended (an exception instead would leave the state of up to 10 s before). Elsewhere, and
+    on a second stop, it raises ``JobStopped``.
+    """
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stops.append(STOP_REASON.format(job_id=job_id))
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if len(stops) == 1 and getattr(tune_handler, "__name__", "") == TUNE_SIGINT_HANDLER:
+            tune_handler(signum, frame)  # type: ignore[operator]
+            return
+        raise JobStopped(stops[0])
+
+    return on_sigterm
 
 
-def run_job(spec: JobSpec, job_id: str) -> int:
-    """Run ``spec``; 0 on success, 1 on failure, 130 when stopped."""
+def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
+    """Run ``spec`` (``resumes``: restore the search job ``resumes`` stored); 0 on success,
+    1 on failure, 130 when stopped."""
     parents: list[str] = []
+    stops: list[str] = []
 
     def say(line: str) -> None:
         print(f"[hmoe] {line}", flush=True)
@@ -204,9 +211,9 @@ def run_job(spec: JobSpec, job_id: str) -> int:
 
         ray.init()  # attaches to the job's cluster (RAY_ADDRESS) before hmoe would start one
         # after ray.init, which installs its own SIGTERM handler (SystemExit, i.e. FAILED runs)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _stopper(job_id, stops))
         data = prepare_dataset(spec.dataset, say)
-        result = _run(spec, job_id, data, say)
+        result = _run(spec, job_id, resumes, data, say)
         result |= {
             "job_id": job_id,
             "name": spec.name,
@@ -216,15 +223,22 @@ def run_job(spec: JobSpec, job_id: str) -> int:
             "experiment": spec.tracking.experiment,
             "dataset": str(data),
         }
-        _publish(spec, job_id, result)
+        _publish(spec, result)
         return 0
     except BaseException as err:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the clean-up
-        stopped = isinstance(err, KeyboardInterrupt)
+        from hmoe.platform.failures import failure_reason
+        from hmoe.platform.tune import end_search_runs
+
+        # a search Tune ended gracefully raises SearchInterrupted; Ray may turn JobStopped into
+        # a bare KeyboardInterrupt: either way the reason is the stop itself
+        stopped = bool(stops) or isinstance(err, KeyboardInterrupt)
         traceback.print_exc()
+        reason = STOP_REASON.format(job_id=job_id) if stopped else failure_reason(err)
+        status = "KILLED" if stopped else "FAILED"
         if parents:
-            closed = close_runs(spec.tracking.uri, parents[0], "KILLED" if stopped else "FAILED")
-            say(f"marked {len(closed)} MLflow run(s) {'KILLED' if stopped else 'FAILED'}")
+            ended = end_search_runs(spec.tracking.uri, parents[0], status, reason)
+            say(f"marked {len(ended)} MLflow run(s) {status}: {reason}")
         return 130 if stopped else 1
 
 
@@ -232,9 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmoe.jobs.entry")
     parser.add_argument("--job-id", required=True, help="the Ray submission id")
     parser.add_argument("--spec", required=True, help="the job spec (hmoe.jobs.entry.encode_spec)")
+    parser.add_argument("--resume", default=None, help="restore the search this job id stored")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)  # again in run_job, once Ray is initialised
-    return run_job(decode_spec(args.spec), args.job_id)
+    # a stop before ray.init raises JobStopped; run_job installs its own handler after ray.init
+    signal.signal(signal.SIGTERM, _stopper(args.job_id, []))
+    return run_job(decode_spec(args.spec), args.job_id, args.resume)
 
 
 if __name__ == "__main__":

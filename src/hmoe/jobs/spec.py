@@ -64,6 +64,7 @@ _RESERVED_OVERRIDES = (
     "tracking.registered_model",
 )
 DEFAULT_STORAGE = "~/hmoe-runs"
+OVERRIDES_PREFIX = "overrides."
 
 
 @config
@@ -303,7 +304,12 @@ def load_job(
     overrides: Mapping[str, Any] | None = None,
 ) -> JobSpec:
     """A JobSpec from a spec, a mapping or a YAML file, with dotted ``overrides`` applied
-    (``{"tracking.uri": "http://...", "resources.workers": 2}``), strictly."""
+    (``{"tracking.uri": "http://...", "resources.workers": 2}``), strictly.
+
+    ``overrides.<config path>`` (``{"overrides.train.epochs": 3}``) sets one key of the spec's
+    ``overrides`` mapping, whatever the spec already lists there; ``validate`` then checks the
+    path and value against the preset's ExperimentConfig.
+    """
     origin = ""
     if isinstance(source, JobSpec):
         spec = source
@@ -320,10 +326,25 @@ def load_job(
             raise ConfigError(f"{origin}{err}") from None
     if overrides:
         try:
-            spec = apply_overrides(spec, overrides)
+            spec = apply_overrides(spec, _nest_config_overrides(spec, overrides))
         except ConfigError as err:
             raise ConfigError(f"{origin}override: {err}") from None
     return spec
+
+
+def _nest_config_overrides(spec: JobSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Fold ``overrides.<path>`` items into the spec's ``overrides`` mapping: its keys are
+    dotted config paths themselves, so a dotted spec path cannot reach them one level at a
+    time."""
+    plain = {k: v for k, v in overrides.items() if not str(k).startswith(OVERRIDES_PREFIX)}
+    nested = {
+        str(k)[len(OVERRIDES_PREFIX) :]: v
+        for k, v in overrides.items()
+        if str(k).startswith(OVERRIDES_PREFIX)
+    }
+    if nested:
+        plain["overrides"] = dict(plain.get("overrides", spec.overrides)) | nested
+    return plain
 
 
 def validate(spec: JobSpec, *, check_paths: bool = True) -> None:

@@ -7,15 +7,21 @@ MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract),
 finish from its latest checkpoint, into the same MLflow run: the config is the run's logged
 ``config.json`` and the Ray Train run (``train-{run_id}`` in the same storage) is the same, so
 Ray Train V2 restores its checkpoint. ``hmoe.tune`` lives in ``tune``.
+
+A call leaves the process as it found it: a local Ray that a call starts (``ray_for``) is shut
+down when it returns, so ``train``, ``tune`` and ``analyze`` work in any order in one process
+(a Ray sized for one call would otherwise be too small for the next). A Ray the caller (or a
+Ray Job) connected to beforehand is used and left running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ __all__ = [
     "dataset_hash",
     "ensure_ray",
     "metrics_by_task",
+    "ray_for",
     "resolve",
     "resume",
     "tracking_option",
@@ -133,6 +140,21 @@ def ensure_ray(cpus_needed: float) -> None:
         )
 
 
+@contextlib.contextmanager
+def ray_for(cpus_needed: float) -> Iterator[None]:
+    """``ensure_ray`` for the span of one API call: a Ray that was not running before is shut
+    down at the end, so no call changes what the next one finds."""
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        ensure_ray(cpus_needed)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def tracking_option(uri: str | None, overrides: Mapping[str, Any] | None) -> str | None:
     """The ``tracking_uri`` shortcut MLflow's way: ``uri``, else a ``tracking.uri`` override
     (kept: ``None``), else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``."""
@@ -164,6 +186,7 @@ def train(
     experiment: str | None = None,
     registered_model: str | None = None,
     register: bool = True,
+    tags: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``preset`` on the prepared dataset ``data`` with Ray Train; track it in MLflow.
@@ -176,6 +199,7 @@ def train(
             ``train.num_workers``, ``train.gpus_per_worker``, ``tracking.*``; the store is
             ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
         register: register the trained model in the MLflow Model Registry.
+        tags: extra MLflow tags of the run (a job's id).
         progress: called with one line per stage (the CLI prints them).
     """
     cfg = build_experiment(
@@ -192,7 +216,8 @@ def train(
     check_run(cfg)
     check_resources(cfg.train, DATA_CPUS)
     say = progress or (lambda line: None)
-    run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), run_tags(cfg))
+    all_tags = run_tags(cfg) | dict(tags or {})
+    run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), all_tags)
     run.log_config(cfg.to_dict())
     say(f"MLflow run {run.run_id} ({run_name(cfg)}) in {cfg.tracking.uri}")
     return _fit(cfg, run, register)
@@ -201,12 +226,12 @@ def train(
 def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     """Fit the Ray Train run ``train-{run_id}`` (resumed when its storage holds one)."""
     try:
-        ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
-        check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
-        from hmoe.platform.trainer import make_trainer
+        with ray_for(cfg.train.num_workers * cfg.train.cpus_per_worker):
+            check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
+            from hmoe.platform.trainer import make_trainer
 
-        trainer = make_trainer(cfg, run.run_id, train_run_name(run.run_id), cfg.train.storage_path)
-        result = trainer.fit()
+            name = train_run_name(run.run_id)
+            result = make_trainer(cfg, run.run_id, name, cfg.train.storage_path).fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})
         run.finish("FAILED")

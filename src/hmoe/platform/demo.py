@@ -140,14 +140,18 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] | None = None) -> 
     """Run the demo described by ``cfg``; ``progress`` gets one line per stage and epoch."""
     import ray
 
-    from hmoe.platform.api import ensure_ray
+    from hmoe.platform.api import ray_for
     from hmoe.platform.tune import TRIAL_DRIVER_CPUS
 
     say = progress or (lambda line: None)
     out = _fresh_out_dir(Path(cfg.out), say)
-    # start Ray before Ray Data would start one sized only to the cores
+    # start Ray before Ray Data would start one sized only to the cores; the stages share it
     spare = 0.0 if ray.is_initialized() else cfg.spare_cpus
-    ensure_ray(cfg.max_concurrent * (TRIAL_DRIVER_CPUS + cfg.cpus_per_worker) + spare)
+    with ray_for(cfg.max_concurrent * (TRIAL_DRIVER_CPUS + cfg.cpus_per_worker) + spare):
+        return _run_demo(cfg, out, say)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, say: Callable[[str], None]) -> DemoResult:
     data = prepare_data(cfg, out, say)
     from hmoe.platform.tracking import tracking_uri
 

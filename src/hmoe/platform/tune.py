@@ -11,7 +11,12 @@ MLflow: one parent run per search, one child run per trial (``mlflow.parentRunId
 again by its trial id when a trial or the whole search is resumed. An infeasible sample (e.g.
 no expert at all) is a failed trial whose child run carries the reason. The best trial's model
 is registered. Names are deterministic: the search ``{preset}-{space}-{config_hash}``, a trial's
-Train run ``train-{trial_id}``, so ``resume=True`` continues with ``Tuner.restore``.
+Train run ``train-{trial_id}``, so ``resume=True`` continues with ``Tuner.restore``; the parent
+run records the search's Tune storage (``hmoe.storage``), by which a resume finds it again.
+
+An interrupted search (Ctrl-C, SIGUSR1, a stopped job) ends its parent run and every trial run
+still RUNNING as KILLED with the reason in ``hmoe.failure_reason``; a trial that completes after
+its search ended keeps that status instead of reporting FINISHED.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hmoe.config import ConfigError
 from hmoe.platform.api import (
     DATA_CPUS,
     TrainResult,
-    ensure_ray,
     metrics_by_task,
+    ray_for,
     resolve,
     run_tags,
     tracking_option,
@@ -38,6 +43,7 @@ from hmoe.platform.failures import failure_reason
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.tracking import (
+    STATUS_RUNNING,
     TAG_FAILURE,
     TAG_MODEL_URI,
     TAG_PARENT,
@@ -49,13 +55,20 @@ from hmoe.platform.tracking import (
     owner_tags,
 )
 
-__all__ = ["TuneResult", "tune"]
+if TYPE_CHECKING:
+    from hmoe.search_spaces.custom import SearchSpace
+
+__all__ = ["TuneResult", "end_search_runs", "tune"]
 
 # a trial only waits on its TorchTrainer (whose workers hold the CPUs); Tune needs a non-empty
 # request, so it asks for a sliver and leaves whole CPUs to Ray Data ingest
 TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2
 SCHEDULERS = ("asha", "fifo")
+TAG_ROLE = "hmoe.role"
+TAG_STORAGE = "hmoe.storage"  # the search's Ray Tune folder, which a resume restores
+ENDED = ("FINISHED", "FAILED")  # MLflow statuses of a trial that Tune will not run again
+INTERRUPTED = "the search was interrupted"
 
 
 class SearchInterrupted(RuntimeError):
@@ -115,11 +128,15 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     else:
         reason = None
     if run is None:
-        tags = run_tags(cfg, settings["space"]) | {
-            TAG_PARENT: settings["parent"],
-            TAG_TRIAL_ID: trial_id,
-            TAG_SEARCH: settings["search"],
-        }
+        tags = (
+            run_tags(cfg, settings["space"])
+            | settings["tags"]
+            | {
+                TAG_PARENT: settings["parent"],
+                TAG_TRIAL_ID: trial_id,
+                TAG_SEARCH: settings["search"],
+            }
+        )
         # owned by the search's driver: a killed driver leaves its trials' runs to end_orphans
         run = MlflowRun.create(
             uri, experiment, f"{run_name(cfg)}-{trial_id}", tags, owner=settings["owner"]
@@ -144,7 +161,42 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     except Exception as err:  # Tune's callback closes the run as FAILED; this says why
         run.set_tags({TAG_FAILURE: failure_reason(err)})
         raise
-    run.finish("FINISHED")
+    # a search stopped meanwhile has ended this run (KILLED) and will rerun the trial on resume
+    if _status(run) == STATUS_RUNNING and _status(MlflowRun(uri, settings["parent"])) == (
+        STATUS_RUNNING
+    ):
+        run.finish("FINISHED")
+
+
+def _status(run: MlflowRun) -> str:
+    return str(run.client.get_run(run.run_id).info.status)
+
+
+def end_search_runs(uri: str, parent_run_id: str, status: str, reason: str) -> list[str]:
+    """End the search ``parent_run_id`` (unless FINISHED) and its trial runs still RUNNING as
+    ``status``, each tagged with ``reason``; the ids of the runs it ended.
+
+    Trial runs already KILLED (by this interruption: a trial that runs again is RUNNING) get
+    ``reason`` too, so a stopped job's own reason replaces the one Tune's interruption gave.
+    """
+    client = open_store(uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+        + "".join(f" and attributes.status != '{done}'" for done in ENDED),
+    )
+    ended = []
+    for run in children:
+        client.set_tag(run.info.run_id, TAG_FAILURE, f"{reason} before this trial finished")
+        if run.info.status == STATUS_RUNNING:
+            client.set_terminated(run.info.run_id, status)
+            ended.append(run.info.run_id)
+    if client.get_run(parent_run_id).info.status != "FINISHED":
+        client.set_tag(parent_run_id, TAG_FAILURE, reason)
+        client.set_terminated(parent_run_id, status)
+        ended.append(parent_run_id)
+    return ended
 
 
 def _status_callback(uri: str, experiment: str, parent: str) -> Any:
@@ -191,14 +243,19 @@ def _searcher_and_scheduler(
     return searcher, asha
 
 
-def _parent_run(cfg: ExperimentConfig, space: str, search: str) -> MlflowRun:
+def _parent_run(
+    cfg: ExperimentConfig, space: str, search: str, path: Path, resume: bool, tags: dict
+) -> MlflowRun:
+    """The search's parent run: the one of its Tune storage ``path`` when resuming, else new
+    (two searches of one config, e.g. two jobs, store their state apart and are two runs)."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
-    found = find_run(uri, experiment, {TAG_SEARCH: search, "hmoe.role": "search"})
+    identity = {TAG_SEARCH: search, TAG_ROLE: "search", TAG_STORAGE: str(path)}
+    found = find_run(uri, experiment, identity) if resume else None
     if found is not None:
         found.claim()
+        found.set_tags(tags)
         return found
-    tags = run_tags(cfg, space) | {TAG_SEARCH: search, "hmoe.role": "search"}
-    run = MlflowRun.create(uri, experiment, search, tags)
+    run = MlflowRun.create(uri, experiment, search, run_tags(cfg, space) | tags | identity)
     run.log_config(cfg.to_dict())
     return run
 
@@ -219,6 +276,7 @@ def tune(
     experiment: str | None = None,
     registered_model: str | None = None,
     callbacks: Sequence[Any] = (),
+    tags: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Search ``space`` around ``preset`` with Ray Tune + Optuna (TPE) and ASHA.
@@ -234,6 +292,7 @@ def tune(
         scheduler: ``asha`` (early-stops weak trials at epoch rungs) or ``fifo``.
         resume: continue the interrupted search of the same name (``Tuner.restore``).
         callbacks: extra ``ray.tune.Callback`` objects (monitoring, tests).
+        tags: extra MLflow tags of the parent run and every trial run (a job's id).
         progress: called with one line per stage.
     """
     from hmoe.search_spaces.custom import check_space, resolve_space
@@ -268,9 +327,26 @@ def tune(
     check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)
     say = progress or (lambda line: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
-    ensure_ray(max_concurrent * per_trial)
-    check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
-    parent = _parent_run(cfg, searched.source, search)
+    with ray_for(max_concurrent * per_trial):
+        check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
+        return _search(cfg, searched, search, path, num_samples, max_concurrent, scheduler,
+                       resume, callbacks, dict(tags or {}), say)  # fmt: skip
+
+
+def _search(
+    cfg: ExperimentConfig,
+    searched: SearchSpace,
+    search: str,
+    path: Path,
+    num_samples: int,
+    max_concurrent: int,
+    scheduler: str,
+    resume: bool,
+    callbacks: Sequence[Any],
+    extra: dict[str, str],
+    say: Callable[[str], None],
+) -> TuneResult:
+    parent = _parent_run(cfg, searched.source, search, path, resume, extra)
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {
         "base": cfg.to_dict(),
@@ -279,6 +355,7 @@ def tune(
         "search": search,
         "storage": str(path / "trials"),
         "owner": owner_tags(),
+        "tags": extra,
     }
     tuner = _tuner(cfg, searched.function, settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
@@ -299,13 +376,19 @@ def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Pat
     try:
         grid = tuner.fit()
     except BaseException as err:
-        parent.set_tags({TAG_FAILURE: failure_reason(err)})
-        parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        interrupted = isinstance(err, KeyboardInterrupt)
+        # a stopped job's KeyboardInterrupt says why; Ctrl-C's says nothing
+        reason = (str(err).strip() or INTERRUPTED) if interrupted else failure_reason(err)
+        end_search_runs(parent.uri, parent.run_id, "KILLED" if interrupted else "FAILED", reason)
         raise
-    unfinished = _unfinished_trials(grid, num_samples)
+    unfinished = _unfinished_trials(grid, parent, num_samples)
     if unfinished:
-        parent.set_tags({TAG_FAILURE: f"interrupted with {unfinished} trial(s) unfinished"})
-        parent.finish("KILLED")
+        end_search_runs(
+            parent.uri,
+            parent.run_id,
+            "KILLED",
+            f"{INTERRUPTED} with {unfinished} of {num_samples} trials unfinished",
+        )
         raise SearchInterrupted(
             f"search {search} was interrupted with {unfinished} of {num_samples} trials "
             f"unfinished; its state is saved in {path}: run the same command with --resume "
@@ -314,12 +397,22 @@ def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Pat
     return grid
 
 
-def _unfinished_trials(grid: Any, num_samples: int) -> int:
-    """Trials of the search that are neither terminated nor errored (or not yet created)."""
+def _unfinished_trials(grid: Any, parent: MlflowRun, num_samples: int) -> int:
+    """Trials of the search that Tune would run (again) on a resume.
+
+    Tune stops the trials still running when it is interrupted and marks them TERMINATED in
+    memory (after saving them as unfinished), so a trial counts as done only when Tune's
+    completion callback ended its run (FINISHED: completed or early-stopped; FAILED) or Tune
+    recorded its error.
+    """
+    client = parent.client
+    exp_id = client.get_run(parent.run_id).info.experiment_id
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.run_id}'")
+    done = {r.data.tags.get(TAG_TRIAL_ID) for r in runs if r.info.status in ENDED}
     # ResultGrid has no public per-trial status; its analysis object holds the Trial objects
     trials = grid._experiment_analysis.trials
-    done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-    return max(num_samples, len(trials)) - done
+    done |= {t.trial_id for t in trials if t.status == "ERROR"}
+    return max(num_samples, len(trials)) - len(done - {None})
 
 
 def _tuner(
@@ -391,6 +484,8 @@ def _summarise(
         version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
     summary = {f"best_trial_{k}": v for k, v in metrics.items() if _is_number(v)}
     parent.log_metrics(summary | {"num_trials": len(grid), "num_errors": len(errors)}, step=0)
+    if TAG_FAILURE in parent.tags():  # set when an earlier attempt was interrupted
+        parent.client.delete_tag(parent.run_id, TAG_FAILURE)
     if best_trial is not None:
         parent.set_tags(
             {"hmoe.best_trial": best_trial, "hmoe.best_run": child.run_id if child else ""}

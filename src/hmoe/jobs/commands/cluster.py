@@ -12,18 +12,23 @@ from hmoe.platform.cluster import ClusterConfig, default_state_dir
 
 DEFAULTS = ClusterConfig()
 EXIT_SERVICE_ERROR = 1
+EXIT_USER_ERROR = 2
 
 
 def reports_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
-    """Print a service, connection or job error as one line and exit 1 (no traceback)."""
+    """Print a service, connection or job error as one line and exit 1 (no traceback); an
+    unknown job, or an action its state refuses, is the user's to fix: exit 2."""
 
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace) -> int:
-        from hmoe.jobs.api import JobError
+        from hmoe.jobs.api import JobError, JobNotFoundError, JobStateError
         from hmoe.platform.processes import ServiceError
 
         try:
             return handler(args)
+        except (JobNotFoundError, JobStateError) as err:
+            print(f"hmoe {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
         except (ServiceError, JobError, ConnectionError, TimeoutError) as err:
             print(f"hmoe {args.command}: error: {err}", file=sys.stderr)
             return EXIT_SERVICE_ERROR

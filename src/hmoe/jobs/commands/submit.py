@@ -1,4 +1,9 @@
-"""``hmoe submit``: send a job spec (search or training run) to a Ray cluster's Jobs API."""
+"""``hmoe submit``: send a job spec (search or training run) to a Ray cluster's Jobs API.
+
+As ``ray job submit``, it follows the job's logs until the job ends and prints its result;
+``--no-wait`` returns once the job is submitted. Ctrl-C while following detaches (exit 130):
+the job keeps running, and the command says how to follow or stop it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from hmoe.jobs.commands import add_set_argument, parse_sets
 from hmoe.jobs.commands.cluster import add_state_dir_argument, reports_errors
 
 EXIT_JOB_FAILED = 1
+EXIT_DETACHED = 130  # the shell's code for a command ended by Ctrl-C
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("submit", help="submit a job spec to a Ray cluster")
     parser.add_argument("job", help="job spec (YAML), e.g. src/hmoe/jobs/examples/smoke.yaml")
     add_client_arguments(parser)
-    parser.add_argument("--wait", action="store_true", help="follow the logs, print the result")
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the logs until the job ends and print its result (default); --no-wait "
+        "returns once it is submitted",
+    )
     add_set_argument(parser)
     parser.add_argument(
         "--no-check-paths",
@@ -35,6 +47,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="do not check dataset paths here (they exist only on a remote cluster)",
     )
     parser.set_defaults(func=run)
+
+
+def follow_until_done(job: object, address_args: str = "") -> str | None:
+    """Stream the job's logs until it ends; its final status, or ``None`` after Ctrl-C (which
+    detaches: the job keeps running, and how to follow or stop it is printed)."""
+    job_id = job.submission_id  # type: ignore[attr-defined]
+    try:
+        for chunk in job.follow():  # type: ignore[attr-defined]
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        return job.wait()  # type: ignore[attr-defined]
+    except KeyboardInterrupt:
+        print(
+            f"\ndetached from job {job_id}; it keeps running.\n"
+            f"  follow: hmoe jobs logs {job_id} --follow{address_args}\n"
+            f"  status: hmoe jobs status {job_id}{address_args}\n"
+            f"  stop:   hmoe jobs stop {job_id}{address_args}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+def address_hint(args: argparse.Namespace) -> str:
+    """The client options to repeat in a printed command (empty for the defaults)."""
+    parts = [f" --address {args.address}"] if args.address else []
+    parts += [f" --token-file {args.token_file}"] if args.token_file else []
+    parts += [f" --state-dir {args.state_dir}"] if args.state_dir else []
+    return "".join(parts)
 
 
 def print_result(job: object) -> None:
@@ -65,15 +106,21 @@ def run(args: argparse.Namespace) -> int:
         token_file=args.token_file,
         state_dir=args.state_dir,
     )
-    print(f"submitted {job.submission_id} to {job.client.address}")
-    print(f"  follow: hmoe jobs logs {job.submission_id} --follow")
+    print(f"submitted {job.submission_id} to {job.client.address}", flush=True)
+    return finish(job, args)
+
+
+def finish(job: object, args: argparse.Namespace) -> int:
+    """Follow a just-submitted job (unless ``--no-wait``) and print its result."""
+    hint = address_hint(args)
+    job_id = job.submission_id  # type: ignore[attr-defined]
     if not args.wait:
+        print(f"  follow: hmoe jobs logs {job_id} --follow{hint}")
         return 0
-    for chunk in job.follow():
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    status = job.wait()
-    print(f"job {job.submission_id}: {status}")
+    status = follow_until_done(job, hint)
+    if status is None:
+        return EXIT_DETACHED
+    print(f"job {job_id}: {status}")
     if status != "SUCCEEDED":
         return EXIT_JOB_FAILED
     print_result(job)

@@ -167,7 +167,9 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
     files = list_files(spec.log, base)
     from hmoe.platform.ray_start import start_ray
 
-    start_ray()  # before Ray Data's own ray.init() could join a `ray start` cluster
+    # before Ray Data's own ray.init() could join a `ray start` cluster; a Ray started here is
+    # shut down at the end, so that the next call of the process sizes its own
+    started = start_ray()
     try:
         with _original_task_errors():
             return _run_on_ray(spec, base, tmp, progress, sides, embeddings, frags, files)
@@ -176,6 +178,11 @@ def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, 
         if root is err or not is_user_error(root):
             raise
         raise _without_retry_note(root) from None  # a user's mistake found in a Ray task
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 @contextlib.contextmanager

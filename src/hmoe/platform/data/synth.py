@@ -209,7 +209,7 @@ def synthesize(
     users = sm.resolved_users(rows, cfg)
     layouts = sm.plan_blocks(rows, users, cfg.block_rows)
     world = sm.build_world(seed, cfg)
-    start_ray()  # a Ray of this process's own, or the cluster RAY_ADDRESS names
+    started = start_ray()  # a Ray of this process's own (shut down at the end), or RAY_ADDRESS's
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -217,6 +217,11 @@ def synthesize(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # no half-written staging folder left behind
         raise
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _write(

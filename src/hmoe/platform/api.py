@@ -69,8 +69,9 @@ DATA_CPUS = 1.0  # logical CPUs left to Ray Data ingest, or it stalls on its res
 class TrainResult:
     """What one run produced.
 
-    ``metrics``: the final report (best-epoch ``best_*``, ``test_*`` of the restored best
-    weights, the last epoch's ``val_*``); ``per_task``: ``{task: {"val_auc": ..., ...}}``.
+    ``metrics``: the final report (``best_epoch``, 1-based, and that epoch's ``val_*`` and
+    ``test_*``: the best epoch's weights are restored); ``per_task``: ``{task: {"val_auc":
+    ..., ...}}``; ``history``: every epoch's own values.
     """
 
     run_id: str | None
@@ -310,11 +311,14 @@ def _finish_run(
 
 
 def _history(run: MlflowRun, final: Mapping[str, float]) -> list[dict[str, float]]:
-    """Per-epoch values of the main metrics, read back from MLflow."""
+    """Per-epoch values of the main metrics, read back from MLflow (step = 1-based epoch; the
+    first value of a step is the epoch's own, a later one the run's headline)."""
     epochs: dict[int, dict[str, float]] = {}
     for key in ("train_loss", "val_auc", "val_logloss", "train_samples_per_s"):
         if key not in final:
             continue
-        for m in run.client.get_metric_history(run.run_id, key):
+        history = run.client.get_metric_history(run.run_id, key)
+        # newest first, so the earliest value of each step is written last and stays
+        for m in sorted(history, key=lambda m: (m.step, m.timestamp), reverse=True):
             epochs.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
     return [epochs[step] for step in sorted(epochs)]

@@ -70,7 +70,9 @@ class TrainConfig(Config):
     are deterministic for a ``seed``). ``max_failures``: worker-group restarts from the latest
     checkpoint after a lost worker (a deterministic error is not retried). ``fail_at_step`` is
     fault injection for resilience tests: the last worker kills itself at that global step,
-    once (a resumed run does not fail again).
+    once (a resumed run does not fail again). ``checkpoints_to_keep``: checkpoints kept besides
+    the latest, the best by the epoch's own early-stopping metric (default 1: the best and the
+    last; older ones are deleted as the run goes).
     """
 
     epochs: int = 4
@@ -89,7 +91,7 @@ class TrainConfig(Config):
     seed: int = 0
     use_bf16: bool = True
     max_failures: int = 2
-    checkpoints_to_keep: int = 2
+    checkpoints_to_keep: int = 1
     storage_path: str = DEFAULT_STORAGE
     fail_at_step: int | None = None
     # per-epoch information abundance on rank 0 (cheap: left on); the gradient conflict needs an

@@ -354,6 +354,7 @@ class MlflowRun:
         self.run_id = run_id
         self.client = open_store(uri)
         self.seconds = 0.0  # time spent in tracking calls (the overhead we report)
+        self._stamp = 0  # last metric timestamp (ms) sent, see log_metrics
 
     @classmethod
     def create(
@@ -392,10 +393,15 @@ class MlflowRun:
             self.seconds += time.perf_counter() - start
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """All metrics of one step in a single ``log_batch`` request (non-finite ones skipped)."""
+        """All metrics of one step in a single ``log_batch`` request (non-finite ones skipped).
+
+        Timestamps strictly increase from call to call: a value logged again at the same step
+        (a run's headline metrics at its last step) is then the one MLflow shows as latest.
+        """
         from mlflow.entities import Metric
 
-        stamp = int(time.time() * 1000)
+        stamp = max(int(time.time() * 1000), self._stamp + 1)
+        self._stamp = stamp
         batch = [
             Metric(key, float(value), stamp, step)
             for key, value in metrics.items()

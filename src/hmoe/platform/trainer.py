@@ -26,9 +26,17 @@ from hmoe.platform.batches import (
     split_rows,
 )
 from hmoe.platform.experiment import ExperimentConfig
+from hmoe.platform.metrics import metric_mode
 from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
 from hmoe.platform.tracking import MlflowRun, NullLogger
-from hmoe.platform.train_loop import EvalData, LoopHooks, LoopOutcome, LoopSettings, run_loop
+from hmoe.platform.train_loop import (
+    EvalData,
+    LoopHooks,
+    LoopOutcome,
+    LoopSettings,
+    epoch_score,
+    run_loop,
+)
 from hmoe.schema import FeatureSchema
 
 __all__ = [
@@ -190,7 +198,13 @@ def make_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            # the best checkpoints by the epoch's own early-stopping value; Ray Train V2 also
+            # always keeps the latest, which resumes the run (and holds the best weights too)
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep,
+                checkpoint_score_attribute=epoch_score(t.early_stopping_metric),
+                checkpoint_score_order=metric_mode(t.early_stopping_metric),
+            ),
             callbacks=list(callbacks),
         ),
         datasets={"train": train},

@@ -202,7 +202,7 @@ def test_a_reused_pid_does_not_keep_a_run_alive():
 @pytest.fixture
 def logged_run(tmp_path, monkeypatch):
     """A tracked ``hmoe train`` run (config logged, no training): (uri, run)."""
-    from hmoe.platform.api import resolve, run_tags
+    from hmoe.platform.api import record_run, resolve, run_tags
     from hmoe.platform.experiment import build_experiment, run_name
     from hmoe.platform.tracking import MlflowRun
 
@@ -210,7 +210,7 @@ def logged_run(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = resolve(build_experiment("debug", write_prepared(tmp_path / "tiny"), tracking_uri=uri))
     run = MlflowRun.create(uri, "resume", run_name(cfg), run_tags(cfg))
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     return uri, run
 
 
@@ -245,7 +245,8 @@ def test_resume_refuses_a_run_whose_process_is_alive(logged_run, capsys):
 def test_resume_refuses_a_run_whose_dataset_changed(logged_run, capsys):
     uri, run = logged_run
     run.finish("KILLED")
-    manifest = Path(run.client.get_run(run.run_id).data.params["data.path"]) / "manifest.json"
+    config = Path(run.client.download_artifacts(run.run_id, "config.json")).read_text()
+    manifest = Path(json.loads(config)["data"]["path"]) / "manifest.json"
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dataset_hash": "re-made"}))
     assert main(["train", "--resume", run.run_id, "--tracking-uri", uri]) == EXIT_USER_ERROR
     assert "changed since run" in capsys.readouterr().err

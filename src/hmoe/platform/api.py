@@ -12,6 +12,7 @@ Ray Train V2 restores its checkpoint. ``hmoe.tune`` lives in ``tune``.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import hashlib
 import json
 import os
@@ -21,11 +22,17 @@ from typing import Any
 
 from hmoe.config import apply_overrides
 from hmoe.platform.batches import MANIFEST
-from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
+from hmoe.platform.experiment import (
+    ExperimentConfig,
+    build_experiment,
+    logged_params,
+    run_name,
+)
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.tracking import (
     CONFIG_ARTIFACT,
+    SOURCE_TYPE_LOCAL,
     STATUS_RUNNING,
     TAG_CONFIG_HASH,
     TAG_DATASET_HASH,
@@ -36,8 +43,12 @@ from hmoe.platform.tracking import (
     TAG_PID,
     TAG_PRESET,
     TAG_SEARCH,
+    TAG_SOURCE_COMMIT,
+    TAG_SOURCE_NAME,
+    TAG_SOURCE_TYPE,
     TAG_SPACE,
     TAG_TRIAL_ID,
+    TAG_USER,
     MlflowRun,
     end_orphans,
     git_commit,
@@ -52,6 +63,7 @@ __all__ = [
     "dataset_hash",
     "ensure_ray",
     "metrics_by_task",
+    "record_run",
     "resolve",
     "resume",
     "tracking_option",
@@ -62,6 +74,7 @@ DATASET_HASH_LENGTH = 12
 TRACKING_URI_PATH = "tracking.uri"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train V2's checkpoint folders in a run's storage
 FINISHED = "FINISHED"
+UNKNOWN = "unknown"  # git_commit's answer outside a checkout; also a user without a name
 DATA_CPUS = 1.0  # logical CPUs left to Ray Data ingest, or it stalls on its resource budget
 
 
@@ -143,15 +156,39 @@ def tracking_option(uri: str | None, overrides: Mapping[str, Any] | None) -> str
 
 
 def run_tags(cfg: ExperimentConfig, space: str | None = None) -> dict[str, str]:
+    """The run-identity tags and MLflow's source tags (``hmoe tune`` for a search's runs)."""
+    commit = git_commit()
     tags = {
         TAG_PRESET: cfg.preset,
         TAG_CONFIG_HASH: cfg.config_hash(),
         TAG_DATASET_HASH: dataset_hash(cfg.data.path),
-        TAG_GIT_COMMIT: git_commit(),
+        TAG_GIT_COMMIT: commit,
+        TAG_SOURCE_NAME: "hmoe train" if space is None else "hmoe tune",
+        TAG_SOURCE_TYPE: SOURCE_TYPE_LOCAL,
+        TAG_USER: _user(),
     }
+    if commit != UNKNOWN:
+        tags[TAG_SOURCE_COMMIT] = commit
     if space is not None:
         tags[TAG_SPACE] = space
     return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return UNKNOWN
+
+
+def record_run(run: MlflowRun, cfg: ExperimentConfig, searched: Mapping[str, Any]) -> None:
+    """A new run's params (headline knobs and the ``searched`` values), its ``config.json``
+    and its dataset input (name, digest = dataset hash, source = the prepared folder)."""
+    run.log_config(cfg.to_dict(), logged_params(cfg, searched))
+    manifest = json.loads((Path(cfg.data.path) / MANIFEST).read_text())
+    name = str(manifest.get("name") or Path(cfg.data.path).name)
+    profile = {"rows": manifest.get("rows", {})}
+    run.log_dataset(name, dataset_hash(cfg.data.path), cfg.data.path, profile)
 
 
 def train(
@@ -194,7 +231,7 @@ def train(
     check_resources(cfg.train, DATA_CPUS)
     say = progress or (lambda line: None)
     run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), run_tags(cfg))
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     say(f"MLflow run {run.run_id} ({run_name(cfg)}) in {cfg.tracking.uri}")
     return _fit(cfg, run, register)
 

@@ -2,10 +2,13 @@
 
 Only rank 0 of a training run logs. Metrics go out as one ``log_batch`` call per epoch (one
 request instead of one per metric, which is what Tune's ``MLflowLoggerCallback`` does), and the
-time spent in tracking calls is measured so that its overhead can be reported. The resolved
-config is logged flat as params (``train.lr``) and whole as ``config.json``; runs carry the tags
-of the run-identity contract (``hmoe.preset``, ``hmoe.space``, ``hmoe.config_hash``,
-``hmoe.dataset_hash``, ``hmoe.git_commit``, and ``mlflow.parentRunId`` for trials).
+time spent in tracking calls is measured so that its overhead can be reported. A run logs as
+params only what tells runs apart (a search's sampled values and a few headline knobs: the
+compare view stays readable); the whole resolved config is the ``config.json`` artifact, which
+``hmoe train --resume`` and the analysis read back. Runs carry the tags of the run-identity
+contract (``hmoe.preset``, ``hmoe.space``, ``hmoe.config_hash``, ``hmoe.dataset_hash``,
+``hmoe.git_commit``, and ``mlflow.parentRunId`` for trials), MLflow's source tags, and the
+prepared dataset as an MLflow dataset input (name, digest = dataset hash, source = its folder).
 
 The store follows MLflow's convention (``tracking_uri``): an explicit URI, else
 ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``. A new sqlite store is created under a file lock
@@ -75,6 +78,14 @@ TAG_MODEL_URI = "hmoe.model_uri"
 TAG_MODEL_FORMAT = "hmoe.model_format"
 TAG_FAILURE = "hmoe.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SOURCE_NAME = "mlflow.source.name"  # MLflow's own tags: the UI's Source and User columns
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_SOURCE_COMMIT = "mlflow.source.git.commit"
+TAG_USER = "mlflow.user"
+SOURCE_TYPE_LOCAL = "LOCAL"
+DATASET_SOURCE_TYPE = "local"  # MLflow's LocalArtifactDatasetSource: source = {"uri": path}
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+DATASET_CONTEXT = "training"
 TAG_HOST = "hmoe.host"  # the machine of the process that owns a run
 TAG_PID = "hmoe.pid"  # ... that process (for Tune trials: the search's driver)
 TAG_PROCESS_START = "hmoe.process_start"  # its start time, so a reused pid is not mistaken
@@ -410,13 +421,14 @@ class MlflowRun:
         with self._timed():
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        """The resolved config flat as params, and whole as the ``config.json`` artifact."""
+    def log_config(self, config: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """``params`` (dotted paths -> values) as MLflow params, and the whole resolved
+        ``config`` as the ``config.json`` artifact."""
         from mlflow.entities import Param
 
         params = [
             Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
-            for key, value in sorted(flatten(config).items())
+            for key, value in sorted(params.items())
         ]
         params = [Param(p.key, p.value[:MAX_PARAM_VALUE_CHARS]) for p in params]
         with self._timed():
@@ -427,6 +439,21 @@ class MlflowRun:
                 path = Path(tmp) / CONFIG_ARTIFACT
                 path.write_text(json.dumps(config, indent=2, sort_keys=True))
                 self.client.log_artifact(self.run_id, str(path))
+
+    def log_dataset(self, name: str, digest: str, folder: str, profile: Mapping[str, Any]) -> None:
+        """The prepared dataset as the run's MLflow dataset input (the UI's Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type=DATASET_SOURCE_TYPE,
+            source=json.dumps({"uri": folder}),
+            profile=json.dumps(profile, sort_keys=True),
+        )
+        context = [InputTag(key=DATASET_CONTEXT_TAG, value=DATASET_CONTEXT)]
+        with self._timed():
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=context)])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with self._timed():

@@ -28,11 +28,18 @@ from hmoe.platform.api import (
     TrainResult,
     ensure_ray,
     metrics_by_task,
+    record_run,
     resolve,
     run_tags,
     tracking_option,
 )
-from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+from hmoe.platform.experiment import (
+    ExperimentConfig,
+    TrainConfig,
+    apply_params,
+    build_experiment,
+    trial_run_name,
+)
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
@@ -54,6 +61,9 @@ __all__ = ["TuneResult", "tune"]
 # request, so it asks for a sliver and leaves whole CPUs to Ray Data ingest
 TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2
+FINAL_REPORT_KEY = "best_epoch"  # only a run's last report has it (train_loop._finish)
+TAG_STOPPED_BY = "hmoe.stopped_by"  # the scheduler that ended a trial early
+TAG_STOP_REASON = "hmoe.stop_reason"
 SCHEDULERS = ("asha", "fifo")
 
 
@@ -120,9 +130,8 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
             TAG_SEARCH: settings["search"],
         }
         # owned by the search's driver: a killed driver leaves its trials' runs to end_orphans
-        run = MlflowRun.create(
-            uri, experiment, f"{run_name(cfg)}-{trial_id}", tags, owner=settings["owner"]
-        )
+        name = trial_run_name(base, params, trial_id)
+        run = MlflowRun.create(uri, experiment, name, tags, owner=settings["owner"])
     else:
         run.claim(settings["owner"])  # a restarted or resumed trial
     if reason is not None:
@@ -130,7 +139,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         run.finish("FAILED")
         raise InfeasibleTrial(reason)
     if fresh:
-        run.log_config(cfg.to_dict())
+        record_run(run, cfg, params)
     trainer = make_trainer(
         cfg,
         run.run_id,
@@ -146,21 +155,39 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     run.finish("FINISHED")
 
 
-def _status_callback(uri: str, experiment: str, parent: str) -> Any:
-    """A Tune callback closing a trial's child run when Tune ends it (ASHA stop, error)."""
+def _status_callback(
+    uri: str, experiment: str, parent: str, scheduler: str, train: TrainConfig
+) -> Any:
+    """A Tune callback closing a trial's child run when Tune ends it (ASHA stop, error).
+
+    A trial that completes without its run's final report (``best_epoch``) was stopped by the
+    scheduler: its run is tagged ``hmoe.stopped_by`` = the scheduler and ``hmoe.stop_reason``.
+    """
     from ray import tune
 
     class MlflowTrialStatus(tune.Callback):
-        def _close(self, trial: Any, status: str) -> None:
+        def _close(self, trial: Any, status: str, tags: Mapping[str, str]) -> None:
             run = find_run(uri, experiment, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent})
             if run is not None and run.client.get_run(run.run_id).info.status == "RUNNING":
+                run.set_tags(tags)
                 run.finish(status)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
-            self._close(trial, "FINISHED")
+            last = trial.last_result or {}
+            tags = {}
+            if FINAL_REPORT_KEY not in last:
+                metric = train.early_stopping_metric
+                value = float(last.get(metric, math.nan))
+                tags = {
+                    TAG_STOPPED_BY: scheduler,
+                    TAG_STOP_REASON: f"{scheduler.upper()} stopped the trial after epoch "
+                    f"{int(last.get('epoch', 0))} of {train.epochs}: its {metric} "
+                    f"({value:.4f}) was not in the top 1/{ASHA_REDUCTION_FACTOR} at that rung",
+                }
+            self._close(trial, "FINISHED", tags)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
-            self._close(trial, "FAILED")
+            self._close(trial, "FAILED", {})
 
     return MlflowTrialStatus()
 
@@ -198,7 +225,7 @@ def _parent_run(cfg: ExperimentConfig, space: str, search: str) -> MlflowRun:
         return found
     tags = run_tags(cfg, space) | {TAG_SEARCH: search, "hmoe.role": "search"}
     run = MlflowRun.create(uri, experiment, search, tags)
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     return run
 
 
@@ -344,7 +371,7 @@ def _tuner(
     searcher, sched = _searcher_and_scheduler(cfg, space_fn, scheduler)
     metric = cfg.train.early_stopping_metric
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
-    status = _status_callback(uri, experiment, settings["parent"])
+    status = _status_callback(uri, experiment, settings["parent"], scheduler, cfg.train)
     return ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(

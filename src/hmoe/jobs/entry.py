@@ -177,6 +177,9 @@ def _publish(spec: JobSpec, job_id: str, result: dict[str, Any]) -> None:
     client = MlflowClient(spec.tracking.uri)
     parent = result["parent_run_id"]
     client.set_tag(parent, TAG_JOB_ID, job_id)
+    if result.get("model_version") is not None:  # the registered version names its job too
+        name, version = result["registered_model"], str(result["model_version"])
+        client.set_model_version_tag(name, version, TAG_JOB_ID, job_id)
     client.log_dict(parent, result, RESULT_ARTIFACT)
     print(RESULT_MARKER + json.dumps(result, sort_keys=True, default=str), flush=True)
 

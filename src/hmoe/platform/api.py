@@ -15,6 +15,7 @@ import dataclasses
 import getpass
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -330,7 +331,8 @@ def _finish_run(
     model_uri = tags.get(TAG_MODEL_URI)
     version = None
     if register and model_uri is not None:
-        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
+        about = registration(cfg, run.run_id, metrics)
+        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name, about)
     run.finish(FINISHED)
     history = _history(run, metrics)
     tasks = load_schema(cfg.data.path).tasks
@@ -344,6 +346,23 @@ def _finish_run(
         model_uri=model_uri,
         registered_model=cfg.tracking.registry_name if version else None,
         model_version=version,
+    )
+
+
+def registration(
+    cfg: ExperimentConfig, run_id: str, metrics: Mapping[str, float], search: str | None = None
+) -> Any:
+    """The ``Registration`` of run ``run_id``'s model: its early-stopping metric (the best
+    epoch's) and dataset."""
+    from hmoe.platform.model_registry import Registration
+
+    metric = cfg.train.early_stopping_metric
+    return Registration(
+        run_id=run_id,
+        dataset_hash=dataset_hash(cfg.data.path),
+        metric=metric,
+        value=float(metrics.get(metric, math.nan)),
+        search=search,
     )
 
 

@@ -91,7 +91,9 @@ def _model_hook(
     def log(model: nn.Module, example: Batch) -> Mapping[str, str]:
         from hmoe.platform.model_registry import log_model
 
-        model_uri, fmt = log_model(run, model, example, names, cfg.tracking.model_format)
+        model_uri, fmt = log_model(
+            run, model, example, names, cfg.tracking.model_format, cfg.data.path
+        )
         return {"model_uri": model_uri, "format": fmt}
 
     return log

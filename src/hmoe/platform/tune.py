@@ -29,6 +29,7 @@ from hmoe.platform.api import (
     ensure_ray,
     metrics_by_task,
     record_run,
+    registration,
     resolve,
     run_tags,
     tracking_option,
@@ -414,7 +415,8 @@ def _summarise(
     model_uri = child.tags().get(TAG_MODEL_URI) if child is not None else None
     version = None
     if model_uri is not None:
-        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
+        about = registration(cfg, child.run_id, metrics, search)
+        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name, about)
     summary = {f"best_trial_{k}": v for k, v in metrics.items() if _is_number(v)}
     parent.log_metrics(summary | {"num_trials": len(grid), "num_errors": len(errors)}, step=0)
     if best_trial is not None:

@@ -242,9 +242,12 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     try:
         ensure_ray(cfg.train.num_workers * cfg.train.cpus_per_worker)
         check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
+        from hmoe.platform.storage import mark
         from hmoe.platform.trainer import make_trainer
 
-        trainer = make_trainer(cfg, run.run_id, train_run_name(run.run_id), cfg.train.storage_path)
+        name = train_run_name(run.run_id)
+        mark(Path(cfg.train.storage_path) / name, run.run_id, cfg.tracking.uri)  # for runs prune
+        trainer = make_trainer(cfg, run.run_id, name, cfg.train.storage_path)
         result = trainer.fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})

@@ -44,6 +44,7 @@ from hmoe.platform.experiment import (
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
+from hmoe.platform.storage import MARKER, mark
 from hmoe.platform.tracking import (
     TAG_FAILURE,
     TAG_MODEL_URI,
@@ -277,7 +278,8 @@ def tune(
     cfg = resolve(cfg)
     search = f"{cfg.preset}-{space}-{cfg.config_hash()}"
     path = Path(cfg.train.storage_path) / search
-    if path.exists() and not resume:
+    # the storage marker alone (written just before Tune starts) is no search yet
+    if path.exists() and any(p.name != MARKER for p in path.iterdir()) and not resume:
         raise ConfigError(
             f"a search named {search} already exists at {path}; pass resume=True (--resume) "
             "to continue it, or remove the folder to start over"
@@ -294,6 +296,7 @@ def tune(
     ensure_ray(max_concurrent * per_trial)
     check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
     parent = _parent_run(cfg, space, search)
+    mark(path, parent.run_id, cfg.tracking.uri)  # hmoe runs prune may delete it once it is over
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {
         "base": cfg.to_dict(),

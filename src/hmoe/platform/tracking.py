@@ -32,7 +32,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ __all__ = [
     "owner_gone",
     "owner_tags",
     "resolve_tracking_uri",
+    "share_runs_view",
     "tracking_uri",
 ]
 
@@ -86,6 +87,11 @@ SOURCE_TYPE_LOCAL = "LOCAL"
 DATASET_SOURCE_TYPE = "local"  # MLflow's LocalArtifactDatasetSource: source = {"uri": path}
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 DATASET_CONTEXT = "training"
+# the MLflow UI's shared views: an experiment tag holding the view as JSON, opened by the URL
+# parameter viewStateShareKey (what the UI's own "Share" button writes)
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SHARED_VIEW_URL_PARAM = "viewStateShareKey"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `hmoe ui` and `mlflow ui` serve by default
 TAG_HOST = "hmoe.host"  # the machine of the process that owns a run
 TAG_PID = "hmoe.pid"  # ... that process (for Tune trials: the search's driver)
 TAG_PROCESS_START = "hmoe.process_start"  # its start time, so a reused pid is not mistaken
@@ -470,6 +476,38 @@ class MlflowRun:
 
     def tags(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.tags)
+
+
+def share_runs_view(
+    uri: str,
+    experiment_id: str,
+    key: str,
+    *,
+    columns: Mapping[str, Iterable[str]],
+    order_by: tuple[str, str],
+    ascending: bool,
+    expanded: Iterable[str] = (),
+) -> str:
+    """Save a view of the experiment's run list (its columns, its order, expanded parent runs)
+    as an MLflow shared view named ``key``; returns the URL that opens it.
+
+    ``columns``: ``{"metrics": [...], "params": [...], "tags": [...], "attributes": [...]}``;
+    ``order_by``: ``(kind, name)``, e.g. ``("metrics", "val_auc")``.
+    """
+
+    def column(kind: str, name: str) -> str:
+        return f"{kind}.`{name}`"  # the UI's canonical column key
+
+    view = {
+        "selectedColumns": [column(kind, n) for kind, names in columns.items() for n in names],
+        "orderByKey": column(*order_by),
+        "orderByAsc": ascending,
+        "runsExpanded": {run_id: True for run_id in expanded},
+    }
+    client = open_store(uri)
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(view))
+    base = uri if uri.startswith(("http://", "https://")) else DEFAULT_UI_URL
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{SHARED_VIEW_URL_PARAM}={key}"
 
 
 @contextlib.contextmanager

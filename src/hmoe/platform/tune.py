@@ -55,6 +55,7 @@ from hmoe.platform.tracking import (
     experiment_id,
     open_store,
     owner_tags,
+    share_runs_view,
 )
 
 __all__ = ["TuneResult", "tune"]
@@ -66,6 +67,8 @@ ASHA_REDUCTION_FACTOR = 2
 FINAL_REPORT_KEY = "best_epoch"  # only a run's last report has it (train_loop._finish)
 TAG_STOPPED_BY = "hmoe.stopped_by"  # the scheduler that ended a trial early
 TAG_STOP_REASON = "hmoe.stop_reason"
+HEADLINE_METRICS = ("val_auc", "test_auc", "best_epoch")  # columns of the search's MLflow view
+VIEW_ATTRIBUTES = ("Dataset", "Models")  # the UI's attribute columns kept in that view
 SCHEDULERS = ("asha", "fifo")
 
 
@@ -306,10 +309,45 @@ def tune(
         "storage": str(path / "trials"),
         "owner": owner_tags(),
     }
+    view = runs_view(cfg, parent, search, _sampled_names(SPACES[space], cfg.train.seed))
+    say(f"MLflow view of its trials ({cfg.train.early_stopping_metric}, searched params): {view}")
     tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
     grid = _fit(tuner, parent, num_samples, search, path)
     return _summarise(cfg, grid, parent, search, path)
+
+
+def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
+    """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    space_fn(trial)
+    return sorted(trial.params)
+
+
+def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Sequence[str]) -> str:
+    """The MLflow UI view of a search (an experiment tag, see ``share_runs_view``): its trials
+    expanded under the parent, best first, with the headline metrics, the searched params and
+    the scheduler's early stops as columns; returns its URL."""
+    metric = cfg.train.early_stopping_metric
+    metrics = list(dict.fromkeys([metric, *HEADLINE_METRICS]))
+    run = parent.client.get_run(parent.run_id)
+    return share_runs_view(
+        cfg.tracking.uri,
+        run.info.experiment_id,
+        search,
+        columns={
+            "attributes": VIEW_ATTRIBUTES,
+            "metrics": metrics,
+            "params": list(params),
+            "tags": [TAG_STOPPED_BY],
+        },
+        order_by=("metrics", metric),
+        ascending=metric_mode(metric) == "min",
+        expanded=[parent.run_id],
+    )
 
 
 def _check_arguments(space: str, scheduler: str, num_samples: int, max_concurrent: int) -> None:
@@ -420,6 +458,9 @@ def _summarise(
     if model_uri is not None:
         about = registration(cfg, child.run_id, metrics, search)
         version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name, about)
+    searched = sorted({name for r in grid for name in (r.config or {})})
+    if searched:  # conditional parameters only some trials sampled join the view
+        runs_view(cfg, parent, search, searched)
     summary = {f"best_trial_{k}": v for k, v in metrics.items() if _is_number(v)}
     parent.log_metrics(summary | {"num_trials": len(grid), "num_errors": len(errors)}, step=0)
     if best_trial is not None:

@@ -96,7 +96,7 @@ def test_mlflow_ui_shows_the_search_and_its_trials(
         assert trial.info.run_name not in listing
 
     # the search's shared view: trials expanded, headline metrics and searched params shown
-    view_url = f"{runs_url[: -len('/runs')]}?viewStateShareKey={parent.info.run_name}"
+    view_url = f"{runs_url}?viewStateShareKey={parent.info.run_name}"
     view = _text(_browse(view_url, tmp_path / "p4", "--dump-dom"))
     for trial in trials:
         assert trial.info.run_name in view  # "lr=... method=... · debug · <trial id>"

@@ -507,7 +507,7 @@ def share_runs_view(
     client = open_store(uri)
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(view))
     base = uri if uri.startswith(("http://", "https://")) else DEFAULT_UI_URL
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?{SHARED_VIEW_URL_PARAM}={key}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{SHARED_VIEW_URL_PARAM}={key}"
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ def standalone(args: argparse.Namespace, work: Path, tracked: bool) -> dict[str,
     import torch
 
     from hmoe.platform.api import resolve
-    from hmoe.platform.experiment import build_experiment, run_name
+    from hmoe.platform.experiment import build_experiment, logged_params, run_name
     from hmoe.platform.tracking import MlflowRun
     from hmoe.platform.trainer import train_standalone
 
@@ -55,7 +55,7 @@ def standalone(args: argparse.Namespace, work: Path, tracked: bool) -> dict[str,
     run_id = None
     if tracked:
         run = MlflowRun.create(cfg.tracking.uri, "bench", run_name(cfg), {})
-        run.log_config(cfg.to_dict())
+        run.log_config(cfg.to_dict(), logged_params(cfg, {}))
         run_id = run.run_id
     started = time.perf_counter()
     outcome = train_standalone(cfg, run_id=run_id)

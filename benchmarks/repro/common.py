@@ -123,6 +123,7 @@ def train(
     import torch
 
     from hmoe.platform.experiment import build_experiment
+    from hmoe.platform.train_loop import DIAGNOSTICS_PREFIX
     from hmoe.platform.trainer import train_standalone
 
     changes = dict(overrides) | {"train.seed": seed, "tracking.log_model": False}
@@ -157,17 +158,20 @@ def train(
     outcome = train_standalone(cfg)
     wall = time.perf_counter() - started
     best = _best_epoch(outcome.history, cfg.train.early_stopping_metric)
-    # test_* are scored after the best epoch's weights are restored; val_* of that same epoch
-    # come from its history entry (the final report's val_* belong to the last epoch)
-    metrics = {k: v for k, v in outcome.final.items() if k.startswith("test_")}
-    metrics |= {k: v for k, v in best.items() if k.startswith("val_")}
-    ia = {k: v for k, v in best.items() if k.startswith("ia_")}
+    # the final report's test_* and val_* both belong to the best epoch (whose weights are
+    # restored); its diagnostics come from that epoch's history entry
+    metrics = {k: v for k, v in outcome.final.items() if k.startswith(("test_", "val_"))}
+    ia = {
+        k.removeprefix(DIAGNOSTICS_PREFIX): v
+        for k, v in best.items()
+        if k.startswith(f"{DIAGNOSTICS_PREFIX}ia_")
+    }
     if extra is not None:
         metrics |= dict(extra(outcome.model, cfg))
     record = key | {
         "metrics": metrics,
         "ia": ia,
-        "best_epoch": int(best.get("epoch", 0)) + 1,
+        "best_epoch": int(best.get("epoch", 1)),  # 1-based
         "epochs_run": len(outcome.history),
         "params": sum(p.numel() for p in outcome.model.parameters()),
         "wall_s": round(wall, 1),

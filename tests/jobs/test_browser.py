@@ -1,7 +1,10 @@
 """The MLflow UI of the test server, in headless Chromium: the smoke search's parent run in the
-experiment's run list (its trials folded beneath it), then every trial by name in the
-compare view, whose screenshot is kept as a test artifact (``mlflow-compare.png`` in
-``$HMOE_TEST_ARTIFACTS``, default: this session's pytest temp folder).
+experiment's run list (its trials folded beneath it); the search's shared view (the link
+``hmoe tune`` prints) with its trials, ``val_auc`` and the searched params as columns, nothing
+added by hand; a trial's page; every trial by name in the compare view. Screenshots of the
+view, the trial and the compare view are kept as test artifacts (``mlflow-*.png`` in
+``$HMOE_TEST_ARTIFACTS``, default: this session's pytest temp folder; ``docs/images/`` holds
+copies).
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``); skipped when it is absent.
 """
@@ -91,6 +94,22 @@ def test_mlflow_ui_shows_the_search_and_its_trials(
     assert f"{1 + len(trials)} matching runs" in listing
     for trial in trials:
         assert trial.info.run_name not in listing
+
+    # the search's shared view: trials expanded, headline metrics and searched params shown
+    view_url = f"{runs_url}?viewStateShareKey={parent.info.run_name}"
+    view = _text(_browse(view_url, tmp_path / "p4", "--dump-dom"))
+    for trial in trials:
+        assert trial.info.run_name in view  # "lr=... method=... · debug · <trial id>"
+        assert trial.info.run_name.split(" · ")[-1] == trial.data.tags["hmoe.trial_id"]
+    for column in ("val_auc", "test_auc", "train.lr", "model.combine.method"):
+        assert column in view, column
+    assert f"{trials[0].data.metrics['val_auc']:.4f}"[:5] in view  # a value, not just a header
+    _browse(view_url, tmp_path / "p5", f"--screenshot={artifacts / 'mlflow-runs.png'}")
+
+    trial_url = f"{services.tracking_uri}/#/experiments/{exp_id}/runs/{trials[0].info.run_id}"
+    page = _text(_browse(trial_url, tmp_path / "p6", "--dump-dom"))
+    assert trials[0].info.run_name in page and "val_auc" in page
+    _browse(trial_url, tmp_path / "p7", f"--screenshot={artifacts / 'mlflow-trial.png'}")
 
     ids = [result.parent_run_id, *(t.info.run_id for t in trials)]
     query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})

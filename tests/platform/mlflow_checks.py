@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hmoe.platform.batches import load_schema, read_split
+from hmoe.platform.experiment import HEADLINE_PARAMS
 from hmoe.platform.metrics import auc
 from hmoe.platform.model_registry import load_model
 from hmoe.platform.tracking import CONFIG_ARTIFACT
@@ -15,18 +16,25 @@ from hmoe.platform.tracking import CONFIG_ARTIFACT
 TAGS = ("hmoe.preset", "hmoe.config_hash", "hmoe.dataset_hash", "hmoe.git_commit")
 
 
-def check_run_contents(client, run_id: str, epochs: int) -> None:
-    """Params, per-epoch metrics, tags and the config artifact of one training run."""
+def check_run_contents(client, run_id: str, epochs: int, searched: tuple[str, ...] = ()) -> None:
+    """Params (headline + ``searched``), per-epoch metrics, tags, the dataset input and the
+    config artifact of one training run."""
     run = client.get_run(run_id)
     assert run.data.params["preset"] == "debug"
-    assert "train.lr" in run.data.params and "model.experts.counts.mlp" in run.data.params
+    assert set(run.data.params) == set(HEADLINE_PARAMS) | set(searched)
     for tag in TAGS:
         assert run.data.tags.get(tag), tag
-    assert run.info.run_name.startswith(f"debug-{run.data.tags['hmoe.config_hash']}")
+    if run.data.tags["mlflow.source.name"] == "hmoe train":
+        assert run.info.run_name == f"debug-{run.data.tags['hmoe.config_hash']}"
+    else:  # a trial: its sampled values first, then preset and trial id
+        assert run.info.run_name.endswith(f" · debug · {run.data.tags['hmoe.trial_id']}")
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == run.data.tags["hmoe.dataset_hash"]
     for key in ("val_auc", "val_auc_click", "val_logloss_click", "val_gauc_click", "test_auc"):
         assert key in run.data.metrics, key
+    assert run.data.metrics["best_epoch"] >= 1
     history = client.get_metric_history(run_id, "val_auc")
-    assert sorted(m.step for m in history) == list(range(epochs))
+    assert sorted({m.step for m in history}) == list(range(1, epochs + 1))
     folder = client.download_artifacts(run_id, CONFIG_ARTIFACT)
     config = json.loads(Path(folder).read_text())
     assert (
@@ -44,5 +52,5 @@ def check_registered_model_reproduces_val_auc(
     schema = load_schema(data_dir)
     val = read_split(data_dir, "val", schema)
     logits = predict(val)
-    logged = client.get_run(run_id).data.metrics["best_val_auc"]
+    logged = client.get_run(run_id).data.metrics["val_auc"]  # the best epoch's
     assert auc(val["labels"][:, 0].numpy(), logits[:, 0].numpy()) == pytest.approx(logged, abs=1e-6)

@@ -1,9 +1,10 @@
 """A tiny prepared dataset written straight from the Batch contract (no Ray Data, ~0.1 s).
 
 It has the layout of ``hmoe data prepare``'s output: ``manifest.json`` with ``feature_schema``
-and Parquet shards per split (``train/``, ``valid/``, ``test/``) whose columns carry the Batch
-names, labels as ``label__<task>`` and list columns for multi-valued fields and sequences. A
-planted signal (even items are positive) makes the model learn within one epoch.
+and ``vocabularies`` (values ``<feature>-<index>`` in ``vocab/``), and Parquet shards per split
+(``train/``, ``valid/``, ``test/``) whose columns carry the Batch names, labels as
+``label__<task>`` and list columns for multi-valued fields and sequences. A planted signal (even
+items are positive) makes the model learn within one epoch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hmoe.platform.batches import Batch
 from hmoe.schema import LABELS, FeatureSchema
 
 SPLIT_ROWS = {"train": 512, "valid": 256, "test": 256}
+FIRST_INDEX = 2  # vocabulary indices 0 and 1 are padding and OOV
 SHARDS_PER_SPLIT = 2
 
 
@@ -85,11 +87,22 @@ def write_prepared(
                 {"path": rel, "rows": stop - start, "sha256": digest}
             )
         written[split] = count
+    vocabularies = {}
+    for feature in schema.categorical:
+        # fitted values "<feature>-<index>", as prepare's vocab/<feature>.parquet stores them
+        keys = [f"{feature.name}-{i}" for i in range(FIRST_INDEX, feature.vocab_size)]
+        (root / "vocab").mkdir(exist_ok=True)
+        pq.write_table(pa.table({"value": pa.array(keys, pa.string())}),
+                       root / "vocab" / f"{feature.name}.parquet")  # fmt: skip
+        vocabularies[feature.name] = {
+            "mode": "fit", "size": feature.vocab_size, "hash_size": 0, "max_id": -1,
+        }  # fmt: skip
     manifest = {
         "name": "tiny",
         "feature_schema": schema.to_dict(),
         "rows": written,
         "shards": shards,
+        "vocabularies": vocabularies,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return root

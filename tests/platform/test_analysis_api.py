@@ -52,7 +52,7 @@ def tracked_run(uri: str, data: Path, kind: str, seed: int = 0) -> tuple[str, st
         tracking=TrackingConfig(uri=uri, experiment="analysis-test"),
     )
     run = MlflowRun.create(uri, "analysis-test", f"{kind}-{seed}", tags={})
-    run.log_config(cfg.to_dict())
+    run.log_config(cfg.to_dict(), {})
     columns = h.generate(ROWS["train"], seed)
     model = h.train(model_cfg, columns, epochs=1, lr=0.01, batch_size=256, seed=seed)
     example = h.to_batch(columns, np.arange(8))

@@ -35,6 +35,25 @@ def test_round_trip_and_run_name(data_dir):
     assert run_name(build_experiment("debug", data_dir)) != run_name(cfg)
 
 
+def test_a_trial_run_name_leads_with_the_sampled_values_that_differ(data_dir):
+    from hmoe.platform.experiment import TRIAL_NAME_VALUES_CHARS, trial_run_name
+
+    base = build_experiment("hmoe", data_dir)
+    sampled = {
+        "train.lr": 0.0031234,
+        "train.batch_size": base.train.batch_size,  # the preset's value: left out
+        "model.experts.counts.mlp": 3,
+        "model.embedding.dims.mlp": 8,  # a second "mlp": both keep their parent key
+    }
+    name = trial_run_name(base, sampled, "8f2a1_00003")
+    assert name == "dims.mlp=8 counts.mlp=3 lr=0.00312 · hmoe · 8f2a1_00003"
+    long = {f"model.experts.counts.kind{i}": 1000 + i for i in range(20)}
+    values, preset, trial = trial_run_name(base, long, "t1").split(" · ")
+    assert len(values) == TRIAL_NAME_VALUES_CHARS and values.endswith("…")
+    assert (preset, trial) == ("hmoe", "t1")
+    assert trial_run_name(base, {}, "t1") == "hmoe · t1"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -202,7 +202,7 @@ def test_a_reused_pid_does_not_keep_a_run_alive():
 @pytest.fixture
 def logged_run(tmp_path, monkeypatch):
     """A tracked ``hmoe train`` run (config logged, no training): (uri, run)."""
-    from hmoe.platform.api import resolve, run_tags
+    from hmoe.platform.api import record_run, resolve, run_tags
     from hmoe.platform.experiment import build_experiment, run_name
     from hmoe.platform.tracking import MlflowRun
 
@@ -210,7 +210,7 @@ def logged_run(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = resolve(build_experiment("debug", write_prepared(tmp_path / "tiny"), tracking_uri=uri))
     run = MlflowRun.create(uri, "resume", run_name(cfg), run_tags(cfg))
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     return uri, run
 
 
@@ -245,7 +245,48 @@ def test_resume_refuses_a_run_whose_process_is_alive(logged_run, capsys):
 def test_resume_refuses_a_run_whose_dataset_changed(logged_run, capsys):
     uri, run = logged_run
     run.finish("KILLED")
-    manifest = Path(run.client.get_run(run.run_id).data.params["data.path"]) / "manifest.json"
+    config = Path(run.client.download_artifacts(run.run_id, "config.json")).read_text()
+    manifest = Path(json.loads(config)["data"]["path"]) / "manifest.json"
     manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"dataset_hash": "re-made"}))
     assert main(["train", "--resume", run.run_id, "--tracking-uri", uri]) == EXIT_USER_ERROR
     assert "changed since run" in capsys.readouterr().err
+
+
+def test_runs_prune_deletes_only_the_storage_of_runs_that_are_over(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from hmoe.jobs.commands import runs
+    from hmoe.platform import experiment
+    from hmoe.platform.storage import mark
+    from hmoe.platform.tracking import MlflowRun
+
+    assert runs.DEFAULT_STORAGE == experiment.DEFAULT_STORAGE
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "hmoe_runs"
+    folders = {}
+    for status in ("FINISHED", "KILLED", "RUNNING", "DELETED"):
+        run = MlflowRun.create(uri, "prune", status.lower(), {})
+        # a train run at the top, a job's search one level down, as hmoe lays them out
+        folder = storage / (f"train-{run.run_id}" if status != "KILLED" else "job1/search")
+        mark(folder, run.run_id, uri)
+        (folder / "checkpoint_000000").mkdir()
+        (folder / "checkpoint_000000" / "state.pt").write_bytes(b"x" * 1000)
+        if status == "DELETED":
+            MlflowClient(uri).delete_run(run.run_id)
+        elif status != "RUNNING":
+            run.finish(status)
+        folders[status] = folder
+    foreign = storage / "not-hmoe"
+    foreign.mkdir()
+
+    argv = ["runs", "prune", "--storage", str(storage)]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "would delete" in capsys.readouterr().out and all(f.exists() for f in folders.values())
+    assert main([*argv, "--min-age-days", "1"]) == 0  # everything is younger
+    assert all(f.exists() for f in folders.values())
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert [f.exists() for f in folders.values()] == [False, True, True, False], out
+    assert "2 run folder(s)" in out and foreign.exists()
+    assert main([*argv, "--include-unfinished"]) == 0
+    assert not folders["KILLED"].exists() and folders["RUNNING"].exists() and foreign.exists()

@@ -50,7 +50,8 @@ def test_resolve_tracking_uri(tmp_path):
 def test_run_logs_config_params_artifact_tags_and_batched_metrics(uri, monkeypatch):
     run = MlflowRun.create(uri, "exp", "debug-abc", {"hmoe.preset": "debug"})
     config = {"preset": "debug", "train": {"lr": 0.01, "dims": [4, 8]}, "note": None}
-    run.log_config(config)
+    run.log_config(config, {"preset": "debug", "train.lr": 0.01, "train.dims": [4, 8]})
+    run.log_dataset("tiny", "0123abcd", "/data/tiny", {"rows": {"train": 3}})
     calls = []
     original = run.client.log_batch
     monkeypatch.setattr(
@@ -67,8 +68,11 @@ def test_run_logs_config_params_artifact_tags_and_batched_metrics(uri, monkeypat
         "preset": "debug",
         "train.lr": "0.01",
         "train.dims": "[4, 8]",
-        "note": "None",
-    }
+    }  # the whole config is the artifact
+    [dataset] = data.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("tiny", "0123abcd")
+    assert json.loads(dataset.dataset.source) == {"uri": "/data/tiny"}
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
     assert data.data.tags["hmoe.preset"] == "debug"
     assert [m.value for m in client.get_metric_history(run.run_id, "val_auc")] == [0.7, 0.8]
     saved = json.loads(Path(client.download_artifacts(run.run_id, CONFIG_ARTIFACT)).read_text())

@@ -87,7 +87,7 @@ def test_loop_learns_the_planted_signal_and_reports_every_metric():
     first, last = runtime.reports[0], runtime.reports[-1]
     assert last["train_loss"] < first["train_loss"]
     assert last["val_auc"] > 0.95 and last["test_auc_click"] > 0.95
-    for key in ("val_auc_click", "val_gauc_like", "val_logloss", "best_val_auc", "best_epoch"):
+    for key in ("val_auc_click", "val_gauc_like", "val_logloss", "epoch_val_auc", "best_epoch"):
         assert key in last
     assert "test_auc" not in first  # test metrics only at the end, on the best weights
 
@@ -115,23 +115,46 @@ def test_loop_is_deterministic_for_a_seed():
     assert c.final["val_logloss"] != a.final["val_logloss"]
 
 
-def test_early_stopping_stops_and_restores_the_best_epoch():
+class _Logger:
+    seconds = 0.0
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict]] = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append((step, dict(metrics)))
+
+
+def test_early_stopping_restores_the_best_epoch_and_every_metric_means_that_epoch():
     # a huge learning rate with no clipping makes validation worse after the first epoch
-    _outcome, runtime = _run(
+    logger = _Logger()
+    outcome, runtime = _run(
         _settings(
             epochs=6,
             lr=50.0,
             grad_clip_norm=None,
             early_stopping_metric="val_logloss",
             early_stopping_patience=1,
-        )
+        ),
+        hooks=LoopHooks(logger=logger),
     )
     assert len(runtime.reports) < 6
+    own = [h["val_logloss"] for h in outcome.history]  # each epoch's own value
+    best_epoch = own.index(min(own)) + 1  # 1-based
+    assert best_epoch < len(own)  # the scenario: the last epoch is not the best
     final = runtime.reports[-1]
-    best_epoch = int(final["best_epoch"])
-    best = runtime.reports[best_epoch]["val_logloss"]
-    assert final["best_val_logloss"] == pytest.approx(best)
-    assert all(r["val_logloss"] >= best for r in runtime.reports)
+    assert final["best_epoch"] == best_epoch
+    assert [r["epoch"] for r in runtime.reports] == list(range(1, len(own) + 1))
+    # the headline and every report to Tune: the best epoch so far; its own value apart
+    assert final["val_logloss"] == min(own)
+    assert final["val_auc_click"] == outcome.history[best_epoch - 1]["val_auc_click"]
+    so_far = [min(own[: i + 1]) for i in range(len(own))]
+    assert [r["val_logloss"] for r in runtime.reports] == so_far
+    assert [r["epoch_val_logloss"] for r in runtime.reports] == own
+    # MLflow: the history has every epoch's own value at step = epoch, then the headline
+    steps = [(step, m["val_logloss"]) for step, m in logger.logged if "val_logloss" in m]
+    assert steps == [*enumerate(own, start=1), (len(own), min(own))]
+    assert "test_logloss" in logger.logged[-1][1] and "best_epoch" in logger.logged[-1][1]
 
 
 class _Crash(Exception):
@@ -144,7 +167,7 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, monkeypatch
 
     def crash_after_two_epochs(self, metrics, state):
         report(self, metrics, state)
-        if metrics["epoch"] == 1:
+        if metrics["epoch"] == 2:
             raise _Crash
 
     monkeypatch.setattr(StandaloneRuntime, "report", crash_after_two_epochs)
@@ -152,7 +175,7 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, monkeypatch
         _run(_settings(epochs=3), checkpoint_dir=tmp_path)
     monkeypatch.setattr(StandaloneRuntime, "report", report)
     resumed, runtime = _run(_settings(epochs=3), checkpoint_dir=tmp_path)
-    assert [r["epoch"] for r in runtime.reports] == [2]
+    assert [r["epoch"] for r in runtime.reports] == [3]
     assert resumed.final["val_logloss"] == pytest.approx(full.final["val_logloss"], rel=1e-6)
     assert len(resumed.history) == 3
 
@@ -172,7 +195,7 @@ def test_hooks_receive_metrics_and_the_final_model():
         progress=lines.append,
     )
     _run(_settings(epochs=2), hooks=hooks)
-    assert [step for step, _ in logged] == [0, 1]
+    assert [step for step, _ in logged] == [1, 2, 2]  # the last step: own, then headline
     assert len(finals) == 1 and finals[0][1][LABELS].shape[1] == 2
     assert lines[0].startswith("epoch 1/2") and "val_auc=" in lines[0]
 
@@ -226,12 +249,12 @@ def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
     run_loop(model, TrainWrapper(model, preset.loss), SCHEMA, runtime, data, settings)
     max_dim = max(t.shape[1] for tables in model.embedding_tables() for t in tables.values())
     for report in runtime.reports:
-        ia = [v for k, v in report.items() if k.startswith("ia_")]
+        ia = [v for k, v in report.items() if k.startswith("diagnostics/ia_")]
         assert ia, sorted(report)
         # information abundance lies between 1 (rank one) and the embedding dimension
         assert all(1.0 - 1e-6 <= v <= max_dim + 1e-6 for v in ia)
-        assert any(k.startswith("grad_cos_") for k in report), sorted(report)
-    assert not any(k.startswith("ia_") for k in _run(_settings(epochs=1))[1].reports[0])
+        assert any(k.startswith("diagnostics/grad_cos_") for k in report), sorted(report)
+    assert not any("ia_" in k for k in _run(_settings(epochs=1))[1].reports[0])
 
 
 def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():

@@ -170,7 +170,11 @@ def _run(
 def _publish(spec: JobSpec, result: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
-    MlflowClient(spec.tracking.uri).log_dict(result["parent_run_id"], result, RESULT_ARTIFACT)
+    client = MlflowClient(spec.tracking.uri)
+    if result.get("model_version") is not None:  # the registered version names its job too
+        name, version = result["registered_model"], str(result["model_version"])
+        client.set_model_version_tag(name, version, TAG_JOB_ID, str(result["job_id"]))
+    client.log_dict(result["parent_run_id"], result, RESULT_ARTIFACT)
     print(RESULT_MARKER + json.dumps(result, sort_keys=True, default=str), flush=True)
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,11 +29,17 @@ from typing import Any
 
 from hmoe.config import apply_overrides
 from hmoe.platform.batches import MANIFEST
-from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
+from hmoe.platform.experiment import (
+    ExperimentConfig,
+    build_experiment,
+    logged_params,
+    run_name,
+)
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.tracking import (
     CONFIG_ARTIFACT,
+    SOURCE_TYPE_LOCAL,
     STATUS_RUNNING,
     TAG_CONFIG_HASH,
     TAG_DATASET_HASH,
@@ -42,8 +50,12 @@ from hmoe.platform.tracking import (
     TAG_PID,
     TAG_PRESET,
     TAG_SEARCH,
+    TAG_SOURCE_COMMIT,
+    TAG_SOURCE_NAME,
+    TAG_SOURCE_TYPE,
     TAG_SPACE,
     TAG_TRIAL_ID,
+    TAG_USER,
     MlflowRun,
     end_orphans,
     git_commit,
@@ -59,6 +71,7 @@ __all__ = [
     "ensure_ray",
     "metrics_by_task",
     "ray_for",
+    "record_run",
     "resolve",
     "resume",
     "tracking_option",
@@ -69,6 +82,7 @@ DATASET_HASH_LENGTH = 12
 TRACKING_URI_PATH = "tracking.uri"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train V2's checkpoint folders in a run's storage
 FINISHED = "FINISHED"
+UNKNOWN = "unknown"  # git_commit's answer outside a checkout; also a user without a name
 DATA_CPUS = 1.0  # logical CPUs left to Ray Data ingest, or it stalls on its resource budget
 
 
@@ -76,8 +90,9 @@ DATA_CPUS = 1.0  # logical CPUs left to Ray Data ingest, or it stalls on its res
 class TrainResult:
     """What one run produced.
 
-    ``metrics``: the final report (best-epoch ``best_*``, ``test_*`` of the restored best
-    weights, the last epoch's ``val_*``); ``per_task``: ``{task: {"val_auc": ..., ...}}``.
+    ``metrics``: the final report (``best_epoch``, 1-based, and that epoch's ``val_*`` and
+    ``test_*``: the best epoch's weights are restored); ``per_task``: ``{task: {"val_auc":
+    ..., ...}}``; ``history``: every epoch's own values.
     """
 
     run_id: str | None
@@ -164,15 +179,39 @@ def tracking_option(uri: str | None, overrides: Mapping[str, Any] | None) -> str
 
 
 def run_tags(cfg: ExperimentConfig, space: str | None = None) -> dict[str, str]:
+    """The run-identity tags and MLflow's source tags (``hmoe tune`` for a search's runs)."""
+    commit = git_commit()
     tags = {
         TAG_PRESET: cfg.preset,
         TAG_CONFIG_HASH: cfg.config_hash(),
         TAG_DATASET_HASH: dataset_hash(cfg.data.path),
-        TAG_GIT_COMMIT: git_commit(),
+        TAG_GIT_COMMIT: commit,
+        TAG_SOURCE_NAME: "hmoe train" if space is None else "hmoe tune",
+        TAG_SOURCE_TYPE: SOURCE_TYPE_LOCAL,
+        TAG_USER: _user(),
     }
+    if commit != UNKNOWN:
+        tags[TAG_SOURCE_COMMIT] = commit
     if space is not None:
         tags[TAG_SPACE] = space
     return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return UNKNOWN
+
+
+def record_run(run: MlflowRun, cfg: ExperimentConfig, searched: Mapping[str, Any]) -> None:
+    """A new run's params (headline knobs and the ``searched`` values), its ``config.json``
+    and its dataset input (name, digest = dataset hash, source = the prepared folder)."""
+    run.log_config(cfg.to_dict(), logged_params(cfg, searched))
+    manifest = json.loads((Path(cfg.data.path) / MANIFEST).read_text())
+    name = str(manifest.get("name") or Path(cfg.data.path).name)
+    profile = {"rows": manifest.get("rows", {})}
+    run.log_dataset(name, dataset_hash(cfg.data.path), cfg.data.path, profile)
 
 
 def train(
@@ -218,7 +257,7 @@ def train(
     say = progress or (lambda line: None)
     all_tags = run_tags(cfg) | dict(tags or {})
     run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), all_tags)
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     say(f"MLflow run {run.run_id} ({run_name(cfg)}) in {cfg.tracking.uri}")
     return _fit(cfg, run, register)
 
@@ -228,9 +267,12 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     try:
         with ray_for(cfg.train.num_workers * cfg.train.cpus_per_worker):
             check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
+            from hmoe.platform.storage import mark
             from hmoe.platform.trainer import make_trainer
 
             name = train_run_name(run.run_id)
+            # the marker names the MLflow run, for hmoe runs prune
+            mark(Path(cfg.train.storage_path) / name, run.run_id, cfg.tracking.uri)
             result = make_trainer(cfg, run.run_id, name, cfg.train.storage_path).fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})
@@ -317,7 +359,8 @@ def _finish_run(
     model_uri = tags.get(TAG_MODEL_URI)
     version = None
     if register and model_uri is not None:
-        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
+        about = registration(cfg, run.run_id, metrics)
+        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name, about)
     run.finish(FINISHED)
     history = _history(run, metrics)
     tasks = load_schema(cfg.data.path).tasks
@@ -334,12 +377,32 @@ def _finish_run(
     )
 
 
+def registration(
+    cfg: ExperimentConfig, run_id: str, metrics: Mapping[str, float], search: str | None = None
+) -> Any:
+    """The ``Registration`` of run ``run_id``'s model: its early-stopping metric (the best
+    epoch's) and dataset."""
+    from hmoe.platform.model_registry import Registration
+
+    metric = cfg.train.early_stopping_metric
+    return Registration(
+        run_id=run_id,
+        dataset_hash=dataset_hash(cfg.data.path),
+        metric=metric,
+        value=float(metrics.get(metric, math.nan)),
+        search=search,
+    )
+
+
 def _history(run: MlflowRun, final: Mapping[str, float]) -> list[dict[str, float]]:
-    """Per-epoch values of the main metrics, read back from MLflow."""
+    """Per-epoch values of the main metrics, read back from MLflow (step = 1-based epoch; the
+    first value of a step is the epoch's own, a later one the run's headline)."""
     epochs: dict[int, dict[str, float]] = {}
     for key in ("train_loss", "val_auc", "val_logloss", "train_samples_per_s"):
         if key not in final:
             continue
-        for m in run.client.get_metric_history(run.run_id, key):
+        history = run.client.get_metric_history(run.run_id, key)
+        # newest first, so the earliest value of each step is written last and stays
+        for m in sorted(history, key=lambda m: (m.step, m.timestamp), reverse=True):
             epochs.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
     return [epochs[step] for step in sorted(epochs)]

@@ -348,9 +348,10 @@ def leaderboard(
     for run in runs:
         trial = run.data.tags.get(TAG_TRIAL_ID, "?")
         metrics = run.data.metrics
-        val = {t: _best_epoch_value(client, run, f"val_auc_{t}") for t in tasks}
+        # a finished run's headline val_* are its best epoch's; an ASHA-stopped one's its last
+        val = {t: float(metrics.get(f"val_auc_{t}", math.nan)) for t in tasks}
         test = {t: float(metrics.get(f"test_auc_{t}", math.nan)) for t in tasks}
-        epochs = len(client.get_metric_history(run.info.run_id, "val_auc"))
+        epochs = len({m.step for m in client.get_metric_history(run.info.run_id, "val_auc")})
         status = run.info.status
         if status == "FINISHED" and all(math.isnan(v) for v in test.values()):
             status = EARLY_STOPPED
@@ -361,16 +362,6 @@ def leaderboard(
             test_auc={t: v for t, v in test.items() if not math.isnan(v)},
         ))  # fmt: skip
     return tuple(sorted(rows, key=lambda r: -r.score if not math.isnan(r.score) else math.inf))
-
-
-def _best_epoch_value(client: Any, run: Any, name: str) -> float:
-    """``name`` at the run's best epoch (whose weights were kept), else its last value."""
-    history = client.get_metric_history(run.info.run_id, name)
-    best = run.data.metrics.get("best_epoch")
-    at_best = [m.value for m in history if best is not None and m.step == int(best)]
-    if at_best:
-        return float(at_best[-1])
-    return float(history[-1].value) if history else math.nan
 
 
 def _analyse(

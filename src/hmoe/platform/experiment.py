@@ -21,17 +21,23 @@ from hmoe.platform.metrics import METRIC_MODES
 from hmoe.platform.tracking import DEFAULT_TRACKING_URI
 
 __all__ = [
+    "HEADLINE_PARAMS",
     "DataConfig",
     "ExperimentConfig",
     "TrackingConfig",
     "TrainConfig",
     "apply_params",
     "build_experiment",
+    "logged_params",
     "run_name",
+    "trial_run_name",
 ]
 
 DEFAULT_EXPERIMENT = "hmoe"
 DEFAULT_STORAGE = "hmoe_runs"  # Ray Train/Tune run folders (checkpoints), beside mlflow.db
+# the MLflow params of every run besides a search's sampled values (the rest: config.json)
+HEADLINE_PARAMS = ("preset", "train.epochs", "train.lr", "train.batch_size", "train.seed")
+TRIAL_NAME_VALUES_CHARS = 80  # the sampled-values part of a trial's run name, at most
 
 
 @config
@@ -70,7 +76,9 @@ class TrainConfig(Config):
     are deterministic for a ``seed``). ``max_failures``: worker-group restarts from the latest
     checkpoint after a lost worker (a deterministic error is not retried). ``fail_at_step`` is
     fault injection for resilience tests: the last worker kills itself at that global step,
-    once (a resumed run does not fail again).
+    once (a resumed run does not fail again). ``checkpoints_to_keep``: checkpoints kept besides
+    the latest, the best by the epoch's own early-stopping metric (default 1: the best and the
+    last; older ones are deleted as the run goes).
     """
 
     epochs: int = 4  # passes over the train split (at most, with early stopping)
@@ -90,7 +98,7 @@ class TrainConfig(Config):
     seed: int = 0  # seeds the init, the shuffling and dropout
     use_bf16: bool = True
     max_failures: int = 2
-    checkpoints_to_keep: int = 2  # checkpoints a run keeps on its storage
+    checkpoints_to_keep: int = 1
     storage_path: str = DEFAULT_STORAGE  # where Ray Train keeps run folders and checkpoints
     fail_at_step: int | None = None
     # per-epoch information abundance on rank 0 (cheap: left on); the gradient conflict needs an
@@ -175,6 +183,35 @@ class ExperimentConfig(Config):
 def run_name(cfg: ExperimentConfig) -> str:
     """The MLflow run name of the run-identity contract: ``{preset}-{config_hash}``."""
     return f"{cfg.preset}-{cfg.config_hash()}"
+
+
+def logged_params(cfg: ExperimentConfig, searched: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run logs as MLflow params: ``HEADLINE_PARAMS`` and the ``searched`` values."""
+    headline = {path: _lookup(cfg, path) for path in HEADLINE_PARAMS}
+    return headline | dict(searched)
+
+
+def trial_run_name(base: ExperimentConfig, params: Mapping[str, Any], trial_id: str) -> str:
+    """A trial's MLflow run name: the sampled values that differ from the base config first
+    (short keys, as the UI's run list cuts long names at the end), then preset and trial id.
+
+    ``lr=0.0031 mlp=2 dcnv2=1 · hmoe · 8f2a1_00003``
+    """
+    differing = {k: v for k, v in sorted(params.items()) if _lookup(base, k) != v}
+    leaves = [path.rsplit(".", 1)[-1] for path in differing]
+    parts = []
+    for path, leaf in zip(differing, leaves, strict=True):
+        # two paths with the same last key keep their parent key to stay apart
+        key = leaf if leaves.count(leaf) == 1 else ".".join(path.split(".")[-2:])
+        parts.append(f"{key}={_short_value(differing[path])}")
+    values = " ".join(parts)
+    if len(values) > TRIAL_NAME_VALUES_CHARS:
+        values = values[: TRIAL_NAME_VALUES_CHARS - 1] + "…"
+    return " · ".join(part for part in (values, base.preset, trial_id) if part)
+
+
+def _short_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def build_experiment(

@@ -9,14 +9,23 @@ control flow on data) falls back to ``pickle`` under ``auto`` (platform notes, p
 A model trained with the ``torchrec`` embedding backend is logged with its tables gathered into
 the ``torch`` backend (``zoo.with_embedding_backend``), so it loads and predicts where TorchRec
 is not installed, with the same outputs.
+
+A model logged with its prepared dataset also gets a ``python_function`` flavor that scores a
+pandas DataFrame of raw feature values (``hmoe.platform.serving``), so ``mlflow.pyfunc`` and
+``mlflow models serve`` work on it. ``register_model`` tags the new version (dataset, metric,
+source run, search) and moves the ``champion`` alias to it only when it beats the current
+champion's validation metric on the same dataset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,13 +34,35 @@ from torch import nn
 from hmoe.models.losses import fused_table_modules
 from hmoe.models.zoo import with_embedding_backend
 from hmoe.platform.batches import Batch
-from hmoe.platform.tracking import TAG_MODEL_FORMAT, TAG_MODEL_URI, MlflowRun, fluent_store
+from hmoe.platform.metrics import metric_mode
+from hmoe.platform.tracking import (
+    TAG_DATASET_HASH,
+    TAG_MODEL_FORMAT,
+    TAG_MODEL_URI,
+    TAG_SEARCH,
+    MlflowRun,
+    fluent_store,
+    open_store,
+)
 
-__all__ = ["MODEL_NAME", "PositionalModel", "load_model", "log_model", "register_model"]
+__all__ = [
+    "CHAMPION_ALIAS",
+    "MODEL_NAME",
+    "PositionalModel",
+    "Registration",
+    "champion_beaten",
+    "load_model",
+    "log_model",
+    "register_model",
+]
 
 MODEL_NAME = "model"
 INPUTS_METADATA = "hmoe_inputs"
 FORMATS = ("pt2", "pickle")
+CHAMPION_ALIAS = "champion"  # the registry alias of the best version on its dataset
+TAG_VERSION_RUN = "hmoe.run_id"  # model version tags (with hmoe.dataset_hash, hmoe.search)
+TAG_VERSION_METRIC = "hmoe.metric"  # the validation metric the version was chosen by
+TAG_VERSION_VALUE = "hmoe.metric_value"  # ... and its value (the run's best epoch)
 _LOG = logging.getLogger(__name__)
 
 
@@ -88,20 +119,57 @@ def _active_run(run: MlflowRun) -> Iterator[None]:
         yield
 
 
+class _PytorchWithPyfunc:
+    """A flavor module for ``Model.log``: MLflow's pytorch flavor, then the raw-feature
+    ``python_function`` flavor of ``hmoe.platform.serving`` (when the dataset allows it)."""
+
+    def __init__(self, data_dir: str | None, names: Sequence[str], arrays: Sequence[Any]) -> None:
+        self.data_dir = data_dir
+        self.names = list(names)
+        self.arrays = list(arrays)
+
+    def save_model(self, path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        import mlflow.pytorch
+        from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.models.utils import _save_example
+
+        from hmoe.platform import serving
+
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        spec = None
+        if self.data_dir is not None:
+            spec = serving.encoding_spec(self.data_dir, self.names, self.arrays)
+        if spec is None:
+            return
+        serving.add_pyfunc_flavor(mlflow_model, path, self.data_dir, spec)
+        # the flavor's input is raw feature columns: the tensor signature and example of the
+        # pytorch flavor would make MLflow reject (and fail to validate) such a frame
+        for name in ("input_example.json", "serving_input_example.json"):
+            Path(path, name).unlink(missing_ok=True)
+        mlflow_model.signature = None
+        mlflow_model.saved_input_example_info = None
+        batch = dict(zip(self.names, self.arrays, strict=True))
+        _save_example(mlflow_model, serving.raw_example(path, spec, batch), path)
+        mlflow_model.save(str(Path(path, MLMODEL_FILE_NAME)))
+
+
 def log_model(
     run: MlflowRun,
     model: nn.Module,
     example: Batch,
     input_names: Sequence[str],
     model_format: str = "auto",
+    data_dir: str | None = None,
 ) -> tuple[str, str]:
     """Log ``model`` (on CPU, eval mode; ``torchrec`` tables as ``torch`` ones) with an input
     example; returns (model URI, format).
 
     ``model_format``: ``pt2``, ``pickle``, or ``auto`` (``pt2``, falling back to ``pickle``
     when the forward cannot be exported). The URI and the format are also set as run tags.
+    ``data_dir``: the prepared dataset, whose vocabularies the ``python_function`` flavor
+    encodes raw values with (``None``: no such flavor).
     """
-    import mlflow.pytorch
+    from mlflow.models import Model
 
     if model_format not in (*FORMATS, "auto"):
         raise ValueError(f"model_format must be one of {[*FORMATS, 'auto']}, got {model_format!r}")
@@ -117,8 +185,10 @@ def log_model(
     for fmt in tried:
         try:
             with _active_run(run):
-                info = mlflow.pytorch.log_model(
-                    _exportable(model, names) if fmt == "pt2" else plain,
+                info = Model.log(
+                    artifact_path=None,
+                    flavor=_PytorchWithPyfunc(data_dir, names, arrays),
+                    pytorch_model=_exportable(model, names) if fmt == "pt2" else plain,
                     name=MODEL_NAME,
                     # pt2 traces positional tensors; pickle keeps the example as named arrays
                     input_example=arrays if fmt == "pt2" else dict(zip(names, arrays, strict=True)),
@@ -146,13 +216,67 @@ def _signature(names: Sequence[str], arrays: Sequence[Any]) -> Any:
     return ModelSignature(inputs=Schema(specs))
 
 
-def register_model(uri: str, model_uri: str, name: str) -> str:
-    """Register ``model_uri`` under ``name`` in the Model Registry; returns the version."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Registration:
+    """What a registered version is: its run, the dataset and the validation metric it was
+    chosen by (the version's tags), and the search or job that made it."""
+
+    run_id: str
+    dataset_hash: str
+    metric: str
+    value: float
+    search: str | None = None
+
+
+def register_model(uri: str, model_uri: str, name: str, about: Registration) -> str:
+    """Register ``model_uri`` under ``name``, tag and describe the version from ``about``, and
+    give it the ``champion`` alias when ``champion_beaten``; returns the version."""
     import mlflow
 
     with fluent_store(uri):
-        version = mlflow.register_model(model_uri, name)
-    return str(version.version)
+        version = str(mlflow.register_model(model_uri, name).version)
+    client = open_store(uri)
+    tags = {
+        TAG_VERSION_RUN: about.run_id,
+        TAG_DATASET_HASH: about.dataset_hash,
+        TAG_VERSION_METRIC: about.metric,
+        TAG_VERSION_VALUE: repr(about.value),
+    } | ({TAG_SEARCH: about.search} if about.search else {})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name,
+        version,
+        description=f"{about.metric} {about.value:.4f} on dataset {about.dataset_hash} "
+        f"(run {about.run_id}{', search ' + about.search if about.search else ''})",
+    )
+    if champion_beaten(client, name, about):
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return version
+
+
+def champion_beaten(client: Any, name: str, about: Registration) -> bool:
+    """Whether a model described by ``about`` should become ``name``'s champion: there is none
+    yet, or the champion was chosen by the same metric on the same dataset and ``about`` is
+    strictly better (a champion of another dataset or metric cannot be compared: it stays)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:  # no alias yet
+        return True
+    tags = champion.tags
+    if (
+        tags.get(TAG_DATASET_HASH) != about.dataset_hash
+        or tags.get(TAG_VERSION_METRIC) != about.metric
+    ):
+        return False
+    current = float(tags.get(TAG_VERSION_VALUE, "nan"))
+    if math.isnan(current):
+        return not math.isnan(about.value)
+    if metric_mode(about.metric) == "max":
+        return about.value > current
+    return about.value < current
 
 
 def load_model(uri: str, model_uri: str) -> Callable[[Batch], torch.Tensor]:

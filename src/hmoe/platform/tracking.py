@@ -2,10 +2,13 @@
 
 Only rank 0 of a training run logs. Metrics go out as one ``log_batch`` call per epoch (one
 request instead of one per metric, which is what Tune's ``MLflowLoggerCallback`` does), and the
-time spent in tracking calls is measured so that its overhead can be reported. The resolved
-config is logged flat as params (``train.lr``) and whole as ``config.json``; runs carry the tags
-of the run-identity contract (``hmoe.preset``, ``hmoe.space``, ``hmoe.config_hash``,
-``hmoe.dataset_hash``, ``hmoe.git_commit``, and ``mlflow.parentRunId`` for trials).
+time spent in tracking calls is measured so that its overhead can be reported. A run logs as
+params only what tells runs apart (a search's sampled values and a few headline knobs: the
+compare view stays readable); the whole resolved config is the ``config.json`` artifact, which
+``hmoe train --resume`` and the analysis read back. Runs carry the tags of the run-identity
+contract (``hmoe.preset``, ``hmoe.space``, ``hmoe.config_hash``, ``hmoe.dataset_hash``,
+``hmoe.git_commit``, and ``mlflow.parentRunId`` for trials), MLflow's source tags, and the
+prepared dataset as an MLflow dataset input (name, digest = dataset hash, source = its folder).
 
 The store follows MLflow's convention (``tracking_uri``): an explicit URI, else
 ``MLFLOW_TRACKING_URI``, else ``./mlflow.db``. A new sqlite store is created under a file lock
@@ -29,7 +32,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +55,7 @@ __all__ = [
     "owner_gone",
     "owner_tags",
     "resolve_tracking_uri",
+    "share_runs_view",
     "tracking_uri",
 ]
 
@@ -75,6 +79,19 @@ TAG_MODEL_URI = "hmoe.model_uri"
 TAG_MODEL_FORMAT = "hmoe.model_format"
 TAG_FAILURE = "hmoe.failure_reason"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_SOURCE_NAME = "mlflow.source.name"  # MLflow's own tags: the UI's Source and User columns
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_SOURCE_COMMIT = "mlflow.source.git.commit"
+TAG_USER = "mlflow.user"
+SOURCE_TYPE_LOCAL = "LOCAL"
+DATASET_SOURCE_TYPE = "local"  # MLflow's LocalArtifactDatasetSource: source = {"uri": path}
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+DATASET_CONTEXT = "training"
+# the MLflow UI's shared views: an experiment tag holding the view as JSON, opened by the URL
+# parameter viewStateShareKey (what the UI's own "Share" button writes)
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+SHARED_VIEW_URL_PARAM = "viewStateShareKey"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # where `hmoe ui` and `mlflow ui` serve by default
 TAG_HOST = "hmoe.host"  # the machine of the process that owns a run
 TAG_PID = "hmoe.pid"  # ... that process (for Tune trials: the search's driver)
 TAG_PROCESS_START = "hmoe.process_start"  # its start time, so a reused pid is not mistaken
@@ -359,6 +376,7 @@ class MlflowRun:
         self.run_id = run_id
         self.client = open_store(uri)
         self.seconds = 0.0  # time spent in tracking calls (the overhead we report)
+        self._stamp = 0  # last metric timestamp (ms) sent, see log_metrics
 
     @classmethod
     def create(
@@ -397,10 +415,15 @@ class MlflowRun:
             self.seconds += time.perf_counter() - start
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """All metrics of one step in a single ``log_batch`` request (non-finite ones skipped)."""
+        """All metrics of one step in a single ``log_batch`` request (non-finite ones skipped).
+
+        Timestamps strictly increase from call to call: a value logged again at the same step
+        (a run's headline metrics at its last step) is then the one MLflow shows as latest.
+        """
         from mlflow.entities import Metric
 
-        stamp = int(time.time() * 1000)
+        stamp = max(int(time.time() * 1000), self._stamp + 1)
+        self._stamp = stamp
         batch = [
             Metric(key, float(value), stamp, step)
             for key, value in metrics.items()
@@ -409,13 +432,14 @@ class MlflowRun:
         with self._timed():
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        """The resolved config flat as params, and whole as the ``config.json`` artifact."""
+    def log_config(self, config: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """``params`` (dotted paths -> values) as MLflow params, and the whole resolved
+        ``config`` as the ``config.json`` artifact."""
         from mlflow.entities import Param
 
         params = [
             Param(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
-            for key, value in sorted(flatten(config).items())
+            for key, value in sorted(params.items())
         ]
         params = [Param(p.key, p.value[:MAX_PARAM_VALUE_CHARS]) for p in params]
         with self._timed():
@@ -432,6 +456,21 @@ class MlflowRun:
         with self._timed():
             self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_dataset(self, name: str, digest: str, folder: str, profile: Mapping[str, Any]) -> None:
+        """The prepared dataset as the run's MLflow dataset input (the UI's Dataset column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type=DATASET_SOURCE_TYPE,
+            source=json.dumps({"uri": folder}),
+            profile=json.dumps(profile, sort_keys=True),
+        )
+        context = [InputTag(key=DATASET_CONTEXT_TAG, value=DATASET_CONTEXT)]
+        with self._timed():
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=context)])
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with self._timed():
             for key, value in tags.items():
@@ -447,6 +486,38 @@ class MlflowRun:
 
     def tags(self) -> dict[str, str]:
         return dict(self.client.get_run(self.run_id).data.tags)
+
+
+def share_runs_view(
+    uri: str,
+    experiment_id: str,
+    key: str,
+    *,
+    columns: Mapping[str, Iterable[str]],
+    order_by: tuple[str, str],
+    ascending: bool,
+    expanded: Iterable[str] = (),
+) -> str:
+    """Save a view of the experiment's run list (its columns, its order, expanded parent runs)
+    as an MLflow shared view named ``key``; returns the URL that opens it.
+
+    ``columns``: ``{"metrics": [...], "params": [...], "tags": [...], "attributes": [...]}``;
+    ``order_by``: ``(kind, name)``, e.g. ``("metrics", "val_auc")``.
+    """
+
+    def column(kind: str, name: str) -> str:
+        return f"{kind}.`{name}`"  # the UI's canonical column key
+
+    view = {
+        "selectedColumns": [column(kind, n) for kind, names in columns.items() for n in names],
+        "orderByKey": column(*order_by),
+        "orderByAsc": ascending,
+        "runsExpanded": {run_id: True for run_id in expanded},
+    }
+    client = open_store(uri)
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG_PREFIX + key, json.dumps(view))
+    base = uri if uri.startswith(("http://", "https://")) else DEFAULT_UI_URL
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{SHARED_VIEW_URL_PARAM}={key}"
 
 
 @contextlib.contextmanager

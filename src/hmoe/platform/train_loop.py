@@ -13,6 +13,15 @@ are sharded across the workers instead of replicated (``hmoe.platform.sharding``
 writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
 copy that every rank helps to fill after each epoch.
 
+One meaning per metric: epochs are 1-based wherever they are shown (``epoch``, ``best_epoch``,
+the MLflow step). MLflow keeps every epoch's own ``val_*`` in the metric history (step =
+epoch); when the run ends, the best epoch's ``val_*`` are logged once more at the last step, so
+a run's headline ``val_*`` (MLflow's latest value) and its ``test_*`` both describe the best
+epoch, whose weights the run keeps. Reports to Ray (Tune, ASHA, Optuna) carry the best epoch so
+far as ``val_*`` and the epoch's own early-stopping value as ``epoch_<metric>`` (the checkpoint
+score). Per-feature diagnostics (information abundance, gradient conflict) are logged under
+``diagnostics/``, a group of their own in MLflow's charts.
+
 A NaN metric is never silent: a per-task AUC, GAUC or logloss that is NaN (a split too small or
 with one class) warns once with the split's label counts, and a NaN early-stopping metric ends
 the run with ``DegenerateRunError`` (no best epoch could be chosen or restored), after logging
@@ -50,6 +59,14 @@ from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 __all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
 
 SPLIT_NAMES = {"val": "validation", "test": "test"}  # metric prefix -> split, for messages
+VAL_PREFIX = "val_"
+EPOCH_SCORE_PREFIX = "epoch_"  # epoch_<metric>: an epoch's own value, the checkpoint score
+DIAGNOSTICS_PREFIX = "diagnostics/"  # MLflow groups metrics by the part before "/"
+
+
+def epoch_score(metric: str) -> str:
+    """The reported key of an epoch's own value of ``metric`` (Ray Train's checkpoint score)."""
+    return f"{EPOCH_SCORE_PREFIX}{metric}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +185,7 @@ class _State:
     best_epoch: int = -1
     bad_epochs: int = 0
     best_model: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val_*
     history: list[dict[str, float]] = field(default_factory=list)
     warned: set[str] = field(default_factory=set)  # NaN metrics warned about (not checkpointed)
 
@@ -234,7 +252,10 @@ def _restore(
 
 def _checkpoint(model: nn.Module | None, optimizer: Any, scheduler: Any, state: _State) -> dict:
     """Rank 0's part of a checkpoint (``model`` None: the ranks write the sharded model)."""
-    fields = ("epoch", "step", "best", "best_epoch", "bad_epochs", "best_model", "history")
+    fields = (
+        "epoch", "step", "best", "best_epoch", "bad_epochs", "best_model", "best_metrics",
+        "history",
+    )  # fmt: skip
     weights = {"model": model.state_dict()} if model is not None else {}
     return weights | {
         "optimizer": optimizer.state_dict(),
@@ -258,13 +279,11 @@ def _finish(
     s: LoopSettings,
     hooks: LoopHooks,
 ) -> dict[str, float]:
-    """Rank 0 after the last epoch: best weights back, test metrics, the model handed over."""
+    """Rank 0 after the last epoch: best weights back, the best epoch's validation metrics
+    (the run's headline ``val_*``), test metrics, the model handed over."""
     if state.best_model is not None:
         model.load_state_dict(state.best_model)
-    out: dict[str, float] = {
-        "best_epoch": float(state.best_epoch),
-        f"best_{s.early_stopping_metric}": state.best,
-    }
+    out: dict[str, float] = {"best_epoch": float(state.best_epoch + 1), **state.best_metrics}
     if eval_data.test is not None:
         out |= evaluate(
             model, eval_data.test, schema, "test", runtime.device, s.eval_batch_size, s.use_bf16
@@ -325,7 +344,7 @@ def run_loop(
         train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, s, resumed)
         seconds = time.perf_counter() - started
         metrics: dict[str, float] = {
-            "epoch": float(state.epoch),
+            "epoch": float(state.epoch + 1),
             "train_loss": train_loss,
             "lr": float(scheduler.get_last_lr()[0]),
             "train_seconds": seconds,
@@ -340,19 +359,20 @@ def run_loop(
                 stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
             except DegenerateRunError:
                 # the failed epoch's metrics stay visible in MLflow
-                hooks.logger.log_metrics(metrics, step=state.epoch)
+                hooks.logger.log_metrics(metrics, step=state.epoch + 1)
                 raise
             metrics |= _monitor(train_module, eval_data, runtime, state, s)
         stop = runtime.agree(stop) or state.epoch == s.epochs - 1
-        if stop and runtime.rank == 0:
-            metrics |= _finish(model, eval_data, schema, runtime, state, s, hooks)
         if runtime.rank == 0:
+            headline = _finish(model, eval_data, schema, runtime, state, s, hooks) if stop else {}
             weights = model if sharded is None else None
             checkpoint = _checkpoint(weights, optimizer, scheduler, state)
-            _report_rank0(metrics, checkpoint, runtime, state, s, hooks, write_shards)
+            final = _report_rank0(
+                metrics, headline, checkpoint, runtime, state, s, hooks, write_shards
+            )
         else:
             runtime.report(metrics, None, write_shards)
-        final = metrics
+            final = metrics
         if stop:
             break
         state.epoch += 1
@@ -361,21 +381,31 @@ def run_loop(
 
 def _report_rank0(
     metrics: dict[str, float],
+    headline: dict[str, float],
     checkpoint: dict[str, Any],
     runtime: Runtime,
     state: _State,
     s: LoopSettings,
     hooks: LoopHooks,
     write_shards: Callable[[Path], None] | None,
-) -> None:
-    """Log the epoch (one batched tracking call), print it, and report it with a checkpoint."""
+) -> dict[str, float]:
+    """Log the epoch (one batched tracking call; at the end a second one with the headline
+    metrics), print it, and report it with a checkpoint; returns what was reported."""
+    step = state.epoch + 1
     metrics["tracking_seconds"] = hooks.logger.seconds
-    hooks.logger.log_metrics(metrics, step=state.epoch)
+    hooks.logger.log_metrics(metrics, step=step)
+    if headline:
+        hooks.logger.log_metrics(headline, step=step)
     state.history.append(metrics)
     checkpoint["state"]["history"] = state.history
     if hooks.progress is not None:
         hooks.progress(_progress_line(metrics, s))
-    runtime.report(metrics, checkpoint, write_shards)
+    own = metrics.get(s.early_stopping_metric)
+    reported = metrics | state.best_metrics | headline
+    if own is not None:
+        reported[epoch_score(s.early_stopping_metric)] = own
+    runtime.report(reported, checkpoint, write_shards)
+    return reported
 
 
 def _after_epoch(
@@ -413,6 +443,7 @@ def _after_epoch(
         )
     if _improved(value, state.best, mode):
         state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+        state.best_metrics = {k: v for k, v in metrics.items() if k.startswith(VAL_PREFIX)}
         state.best_model = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
     else:
         state.bad_epochs += 1
@@ -461,10 +492,11 @@ def _monitor(
     batch = None
     if eval_data.val is not None:
         batch = {k: v[: s.eval_batch_size].to(runtime.device) for k, v in eval_data.val.items()}
-    return monitor_metrics(train_module, batch, s.monitor, state.epoch)
+    found = monitor_metrics(train_module, batch, s.monitor, state.epoch)
+    return {f"{DIAGNOSTICS_PREFIX}{key}": value for key, value in found.items()}
 
 
 def _progress_line(metrics: Mapping[str, float], s: LoopSettings) -> str:
     keys = ("train_loss", "val_auc", "val_logloss", "val_gauc", "train_samples_per_s")
     shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
-    return f"epoch {int(metrics['epoch']) + 1}/{s.epochs}  {shown}"
+    return f"epoch {int(metrics['epoch'])}/{s.epochs}  {shown}"

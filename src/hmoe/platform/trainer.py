@@ -27,9 +27,17 @@ from hmoe.platform.batches import (
     split_rows,
 )
 from hmoe.platform.experiment import ExperimentConfig
+from hmoe.platform.metrics import metric_mode
 from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
 from hmoe.platform.tracking import MlflowRun, NullLogger
-from hmoe.platform.train_loop import EvalData, LoopHooks, LoopOutcome, LoopSettings, run_loop
+from hmoe.platform.train_loop import (
+    EvalData,
+    LoopHooks,
+    LoopOutcome,
+    LoopSettings,
+    epoch_score,
+    run_loop,
+)
 from hmoe.schema import FeatureSchema
 
 _LOG = logging.getLogger(__name__)
@@ -89,7 +97,9 @@ def _model_hook(
     def log(model: nn.Module, example: Batch) -> Mapping[str, str]:
         from hmoe.platform.model_registry import log_model
 
-        model_uri, fmt = log_model(run, model, example, names, cfg.tracking.model_format)
+        model_uri, fmt = log_model(
+            run, model, example, names, cfg.tracking.model_format, cfg.data.path
+        )
         return {"model_uri": model_uri, "format": fmt}
 
     return log
@@ -210,7 +220,13 @@ def make_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            # the best checkpoints by the epoch's own early-stopping value; Ray Train V2 also
+            # always keeps the latest, which resumes the run (and holds the best weights too)
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.checkpoints_to_keep,
+                checkpoint_score_attribute=epoch_score(t.early_stopping_metric),
+                checkpoint_score_order=metric_mode(t.early_stopping_metric),
+            ),
             callbacks=list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level=TRAIN_LOG_LEVEL),
         ),

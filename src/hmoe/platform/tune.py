@@ -34,14 +34,23 @@ from hmoe.platform.api import (
     TrainResult,
     metrics_by_task,
     ray_for,
+    record_run,
+    registration,
     resolve,
     run_tags,
     tracking_option,
 )
-from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+from hmoe.platform.experiment import (
+    ExperimentConfig,
+    TrainConfig,
+    apply_params,
+    build_experiment,
+    trial_run_name,
+)
 from hmoe.platform.failures import failure_reason
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
+from hmoe.platform.storage import MARKER, mark
 from hmoe.platform.tracking import (
     STATUS_RUNNING,
     TAG_FAILURE,
@@ -53,6 +62,7 @@ from hmoe.platform.tracking import (
     experiment_id,
     open_store,
     owner_tags,
+    share_runs_view,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +74,11 @@ __all__ = ["TuneResult", "end_search_runs", "tune"]
 # request, so it asks for a sliver and leaves whole CPUs to Ray Data ingest
 TRIAL_DRIVER_CPUS = 0.01
 ASHA_REDUCTION_FACTOR = 2
+FINAL_REPORT_KEY = "best_epoch"  # only a run's last report has it (train_loop._finish)
+TAG_STOPPED_BY = "hmoe.stopped_by"  # the scheduler that ended a trial early
+TAG_STOP_REASON = "hmoe.stop_reason"
+HEADLINE_METRICS = ("val_auc", "test_auc", "best_epoch")  # columns of the search's MLflow view
+VIEW_ATTRIBUTES = ("Dataset", "Models")  # the UI's attribute columns kept in that view
 SCHEDULERS = ("asha", "fifo")
 TAG_ROLE = "hmoe.role"
 TAG_STORAGE = "hmoe.storage"  # the search's Ray Tune folder, which a resume restores
@@ -138,9 +153,8 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
             }
         )
         # owned by the search's driver: a killed driver leaves its trials' runs to end_orphans
-        run = MlflowRun.create(
-            uri, experiment, f"{run_name(cfg)}-{trial_id}", tags, owner=settings["owner"]
-        )
+        name = trial_run_name(base, params, trial_id)
+        run = MlflowRun.create(uri, experiment, name, tags, owner=settings["owner"])
     else:
         run.claim(settings["owner"])  # a restarted or resumed trial
     if reason is not None:
@@ -148,7 +162,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         run.finish("FAILED")
         raise InfeasibleTrial(reason)
     if fresh:
-        run.log_config(cfg.to_dict())
+        record_run(run, cfg, params)
     trainer = make_trainer(
         cfg,
         run.run_id,
@@ -199,21 +213,39 @@ def end_search_runs(uri: str, parent_run_id: str, status: str, reason: str) -> l
     return ended
 
 
-def _status_callback(uri: str, experiment: str, parent: str) -> Any:
-    """A Tune callback closing a trial's child run when Tune ends it (ASHA stop, error)."""
+def _status_callback(
+    uri: str, experiment: str, parent: str, scheduler: str, train: TrainConfig
+) -> Any:
+    """A Tune callback closing a trial's child run when Tune ends it (ASHA stop, error).
+
+    A trial that completes without its run's final report (``best_epoch``) was stopped by the
+    scheduler: its run is tagged ``hmoe.stopped_by`` = the scheduler and ``hmoe.stop_reason``.
+    """
     from ray import tune
 
     class MlflowTrialStatus(tune.Callback):
-        def _close(self, trial: Any, status: str) -> None:
+        def _close(self, trial: Any, status: str, tags: Mapping[str, str]) -> None:
             run = find_run(uri, experiment, {TAG_TRIAL_ID: trial.trial_id, TAG_PARENT: parent})
             if run is not None and run.client.get_run(run.run_id).info.status == "RUNNING":
+                run.set_tags(tags)
                 run.finish(status)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
-            self._close(trial, "FINISHED")
+            last = trial.last_result or {}
+            tags = {}
+            if FINAL_REPORT_KEY not in last:
+                metric = train.early_stopping_metric
+                value = float(last.get(metric, math.nan))
+                tags = {
+                    TAG_STOPPED_BY: scheduler,
+                    TAG_STOP_REASON: f"{scheduler.upper()} stopped the trial after epoch "
+                    f"{int(last.get('epoch', 0))} of {train.epochs}: its {metric} "
+                    f"({value:.4f}) was not in the top 1/{ASHA_REDUCTION_FACTOR} at that rung",
+                }
+            self._close(trial, "FINISHED", tags)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any):
-            self._close(trial, "FAILED")
+            self._close(trial, "FAILED", {})
 
     return MlflowTrialStatus()
 
@@ -256,7 +288,7 @@ def _parent_run(
         found.set_tags(tags)
         return found
     run = MlflowRun.create(uri, experiment, search, run_tags(cfg, space) | tags | identity)
-    run.log_config(cfg.to_dict())
+    record_run(run, cfg, {})
     return run
 
 
@@ -313,7 +345,8 @@ def tune(
     check_space(searched, lambda params: apply_params(cfg, params))
     search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
     path = Path(cfg.train.storage_path) / search
-    if path.exists() and not resume:
+    # the storage marker alone (written just before Tune starts) is no search yet
+    if path.exists() and any(p.name != MARKER for p in path.iterdir()) and not resume:
         raise ConfigError(
             f"a search named {search} already exists at {path}; pass resume=True (--resume) "
             "to continue it, or remove the folder to start over"
@@ -347,6 +380,7 @@ def _search(
     say: Callable[[str], None],
 ) -> TuneResult:
     parent = _parent_run(cfg, searched.source, search, path, resume, extra)
+    mark(path, parent.run_id, cfg.tracking.uri)  # hmoe runs prune may delete it once it is over
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
     settings = {
         "base": cfg.to_dict(),
@@ -357,10 +391,45 @@ def _search(
         "owner": owner_tags(),
         "tags": extra,
     }
+    view = runs_view(cfg, parent, search, _sampled_names(searched.function, cfg.train.seed))
+    say(f"MLflow view of its trials ({cfg.train.early_stopping_metric}, searched params): {view}")
     tuner = _tuner(cfg, searched.function, settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
     grid = _fit(tuner, parent, num_samples, search, path)
     return _summarise(cfg, grid, parent, search, path)
+
+
+def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
+    """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    space_fn(trial)
+    return sorted(trial.params)
+
+
+def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Sequence[str]) -> str:
+    """The MLflow UI view of a search (an experiment tag, see ``share_runs_view``): its trials
+    expanded under the parent, best first, with the headline metrics, the searched params and
+    the scheduler's early stops as columns; returns its URL."""
+    metric = cfg.train.early_stopping_metric
+    metrics = list(dict.fromkeys([metric, *HEADLINE_METRICS]))
+    run = parent.client.get_run(parent.run_id)
+    return share_runs_view(
+        cfg.tracking.uri,
+        run.info.experiment_id,
+        search,
+        columns={
+            "attributes": VIEW_ATTRIBUTES,
+            "metrics": metrics,
+            "params": list(params),
+            "tags": [TAG_STOPPED_BY],
+        },
+        order_by=("metrics", metric),
+        ascending=metric_mode(metric) == "min",
+        expanded=[parent.run_id],
+    )
 
 
 def _check_arguments(scheduler: str, num_samples: int, max_concurrent: int) -> None:
@@ -438,7 +507,7 @@ def _tuner(
     searcher, sched = _searcher_and_scheduler(cfg, space_fn, scheduler)
     metric = cfg.train.early_stopping_metric
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
-    status = _status_callback(uri, experiment, settings["parent"])
+    status = _status_callback(uri, experiment, settings["parent"], scheduler, cfg.train)
     return ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(
@@ -481,7 +550,11 @@ def _summarise(
     model_uri = child.tags().get(TAG_MODEL_URI) if child is not None else None
     version = None
     if model_uri is not None:
-        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name)
+        about = registration(cfg, child.run_id, metrics, search)
+        version = register_model(cfg.tracking.uri, model_uri, cfg.tracking.registry_name, about)
+    searched = sorted({name for r in grid for name in (r.config or {})})
+    if searched:  # conditional parameters only some trials sampled join the view
+        runs_view(cfg, parent, search, searched)
     summary = {f"best_trial_{k}": v for k, v in metrics.items() if _is_number(v)}
     parent.log_metrics(summary | {"num_trials": len(grid), "num_errors": len(errors)}, step=0)
     if TAG_FAILURE in parent.tags():  # set when an earlier attempt was interrupted

@@ -100,7 +100,7 @@ def print_result(result: Any) -> int:
     print()
     best = result.metrics.get("best_epoch")
     if best is not None:
-        print(f"best epoch: {int(best) + 1} (validation metrics of the last epoch shown above)")
+        print(f"best epoch: {int(best)} (the metrics above are that epoch's; its weights are kept)")
     print(f"MLflow run id: {result.run_id}  ({result.run_name})")
     if result.model_version is not None:
         print(f"registered model: {result.registered_model} version {result.model_version}")

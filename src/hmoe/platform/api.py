@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import apply_overrides
+from hmoe.platform import storage
 from hmoe.platform.batches import MANIFEST
 from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
 from hmoe.platform.failures import failure_reason
@@ -86,7 +87,7 @@ class TrainResult:
 
 def dataset_hash(data_dir: str | Path) -> str:
     """The manifest's ``dataset_hash`` (written by ``prepare``), else a hash of the manifest."""
-    blob = (Path(data_dir) / MANIFEST).read_bytes()
+    blob = storage.read_bytes(storage.join(data_dir, MANIFEST))
     recorded = json.loads(blob).get("dataset_hash")
     if isinstance(recorded, str) and recorded:
         return recorded
@@ -104,14 +105,13 @@ def metrics_by_task(metrics: Mapping[str, float], tasks: tuple[str, ...]) -> dic
 
 
 def resolve(cfg: ExperimentConfig, base: Path | None = None) -> ExperimentConfig:
-    """Make the tracking store and the run storage absolute (workers run elsewhere)."""
-    storage = Path(cfg.train.storage_path).expanduser()
-    storage = storage if storage.is_absolute() else (base or Path.cwd()) / storage
+    """Make the tracking store and the run storage absolute (workers run elsewhere; an
+    ``s3://`` storage is kept as is)."""
     return apply_overrides(
         cfg,
         {
             "tracking.uri": resolve_tracking_uri(cfg.tracking.uri, base),
-            "train.storage_path": str(storage.resolve()),
+            "train.storage_path": storage.absolute(cfg.train.storage_path, base),
         },
     )
 
@@ -268,8 +268,8 @@ def resume(
             f"{dataset_hash(cfg.data.path)}): it cannot be resumed (train again)"
         )
     check_run(cfg)
-    folder = Path(cfg.train.storage_path) / train_run_name(run_id)
-    saved = folder.is_dir() and any(p.name.startswith(CHECKPOINT_PREFIX) for p in folder.iterdir())
+    folder = storage.join(cfg.train.storage_path, train_run_name(run_id))
+    saved = any(name.startswith(CHECKPOINT_PREFIX) for name in storage.list_names(folder))
     if not saved:
         raise ValueError(
             f"run {run_id} has no checkpoint in {folder}: it cannot be resumed (train again)"

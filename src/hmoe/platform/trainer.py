@@ -31,6 +31,9 @@ from hmoe.platform.tracking import MlflowRun, NullLogger
 from hmoe.platform.train_loop import EvalData, LoopHooks, LoopOutcome, LoopSettings, run_loop
 from hmoe.schema import FeatureSchema
 
+# of train.node_resource per worker: a sliver, so one unit on a node admits any worker count
+NODE_RESOURCE_PER_WORKER = 0.001
+
 __all__ = [
     "build_model",
     "loop_settings",
@@ -178,6 +181,8 @@ def make_trainer(
     resources = {"CPU": t.cpus_per_worker} | (
         {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}
     )
+    if t.node_resource is not None:
+        resources[t.node_resource] = NODE_RESOURCE_PER_WORKER
     return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},

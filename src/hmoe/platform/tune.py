@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import ConfigError
+from hmoe.platform import storage
 from hmoe.platform.api import (
     DATA_CPUS,
     TrainResult,
@@ -33,7 +34,7 @@ from hmoe.platform.api import (
     tracking_option,
 )
 from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
-from hmoe.platform.failures import failure_reason
+from hmoe.platform.failures import failure_reason, is_deterministic
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
 from hmoe.platform.tracking import (
@@ -63,6 +64,10 @@ class SearchInterrupted(RuntimeError):
 
 class InfeasibleTrial(ValueError):
     """The sampled parameters do not make a valid ExperimentConfig (reported as a failure)."""
+
+
+class FailedBefore(ValueError):
+    """A retried trial whose run already failed deterministically (the recorded reason)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,6 +128,10 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         run = MlflowRun.create(
             uri, experiment, f"{run_name(cfg)}-{trial_id}", tags, owner=settings["owner"]
         )
+    elif run.client.get_run(run.run_id).info.status == "FAILED":
+        # Tune retries every trial error (train.max_failures); a deterministic one fails again
+        reason = run.client.get_run(run.run_id).data.tags.get(TAG_FAILURE, "failed before")
+        raise FailedBefore(reason)
     else:
         run.claim(settings["owner"])  # a restarted or resumed trial
     if reason is not None:
@@ -142,6 +151,8 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         trainer.fit()
     except Exception as err:  # Tune's callback closes the run as FAILED; this says why
         run.set_tags({TAG_FAILURE: failure_reason(err)})
+        if is_deterministic(err):
+            run.finish("FAILED")  # a retry of the trial (node lost) re-raises at once
         raise
     run.finish("FINISHED")
 
@@ -248,13 +259,13 @@ def tune(
     )
     cfg = resolve(cfg)
     search = f"{cfg.preset}-{space}-{cfg.config_hash()}"
-    path = Path(cfg.train.storage_path) / search
-    if path.exists() and not resume:
+    path = storage.join(cfg.train.storage_path, search)
+    if storage.exists(path) and not resume:
         raise ConfigError(
             f"a search named {search} already exists at {path}; pass resume=True (--resume) "
             "to continue it, or remove the folder to start over"
         )
-    if resume and not (path / "tuner.pkl").exists():
+    if resume and not storage.exists(storage.join(path, "tuner.pkl")):
         # checked before any Ray or MLflow work, so a failed resume leaves no empty parent run;
         # the name is the config's hash, so a changed config (or an hmoe version that added a
         # config field) names a different search
@@ -272,7 +283,7 @@ def tune(
         "parent": parent.run_id,
         "space": space,
         "search": search,
-        "storage": str(path / "trials"),
+        "storage": storage.join(path, "trials"),
         "owner": owner_tags(),
     }
     tuner = _tuner(cfg, SPACES[space], settings, num_samples, max_concurrent, scheduler,
@@ -292,7 +303,7 @@ def _check_arguments(space: str, scheduler: str, num_samples: int, max_concurren
         raise ConfigError("num_samples and max_concurrent must be >= 1")
 
 
-def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Path) -> Any:
+def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: str) -> Any:
     """``tuner.fit()``; the parent run is closed as FAILED / KILLED when the search does not
     complete (Tune returns normally on SIGINT/SIGUSR1 after saving its state)."""
     try:
@@ -329,18 +340,19 @@ def _tuner(
     max_concurrent: int,
     scheduler: str,
     resume: bool,
-    path: Path,
+    path: str,
     callbacks: Sequence[Any],
 ) -> Any:
     from ray import tune as ray_tune
 
+    search_name, storage_root = settings["search"], cfg.train.storage_path  # path's parts
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(trial_driver, settings=settings), {"CPU": TRIAL_DRIVER_CPUS}
     )
     if resume:
-        if not ray_tune.Tuner.can_restore(str(path)):
+        if not ray_tune.Tuner.can_restore(path):
             raise ConfigError(f"nothing to resume: no search state at {path}")
-        return ray_tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        return ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     searcher, sched = _searcher_and_scheduler(cfg, space_fn, scheduler)
     metric = cfg.train.early_stopping_metric
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
@@ -356,15 +368,18 @@ def _tuner(
             max_concurrent_trials=max_concurrent,
         ),
         run_config=ray_tune.RunConfig(
-            name=path.name,
-            storage_path=str(path.parent),
+            name=search_name,
+            storage_path=storage_root,
+            # a trial lost with its node restarts (its TorchTrainer resumes from the last
+            # checkpoint in storage); trial_driver re-raises a deterministic failure at once
+            failure_config=ray_tune.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=[status, *callbacks],
         ),
     )
 
 
 def _summarise(
-    cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: Path
+    cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: str
 ) -> TuneResult:
     from hmoe.platform.batches import load_schema
     from hmoe.platform.model_registry import register_model
@@ -411,7 +426,7 @@ def _summarise(
         model_uri=model_uri,
         registered_model=cfg.tracking.registry_name if version else None,
         model_version=version,
-        path=str(path),
+        path=path,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from hmoe.jobs.commands import add_set_argument
 
@@ -57,6 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from hmoe.platform import storage
     from hmoe.platform.data import prepare
 
     # the warnings are printed below, after the summary: not a second time by logging's
@@ -77,7 +77,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         print(f"  {split:<5} {rows[split]:>12,} rows in {len(manifest['shards'][split])} shard(s)")
     for reason, count in manifest["quarantined_by_reason"].items():
         print(f"  quarantined {reason}: {count:,}")
-    print(f"  manifest {Path(args.out) / 'manifest.json'}")
+    print(f"  manifest {storage.join(args.out, 'manifest.json')}")
     for warning in manifest["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

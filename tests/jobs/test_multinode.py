@@ -101,7 +101,8 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
         assert set(nodes) == {"head", "worker"}
         client = env | head.client_env() | {"RAY_ADDRESS": head.gcs_address}
         # -- raw logs -> prepared shards + manifest in S3, on the cluster
-        _run(["data", "synth", "--out", str(tmp_path / "raw"), "--rows", "3000"], client)
+        _run(["data", "synth", "--out", str(tmp_path / "raw"), "--rows", "3000",
+              "--tasks", "click"], client)  # fmt: skip
         data = f"{bucket}/prepared/synth"
         _run(["data", "prepare", str(tmp_path / "raw" / "spec.yaml"), "--out", data, "--quiet"],
              client)  # fmt: skip
@@ -128,9 +129,10 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
             if on_worker and checkpoints:
                 break
             time.sleep(POLL_S)
-        assert on_worker, "the Train worker never ran on the second node"
-        assert checkpoints, "no checkpoint reached S3 before the search ended"
-        assert search.poll() is None, "the trial finished before the node could be lost"
+        ended = "" if search.poll() is None else search.communicate()[0][-6000:]
+        assert on_worker, f"the Train worker never ran on the second node\n{ended}"
+        assert checkpoints, f"no checkpoint reached S3 before the search ended\n{ended}"
+        assert not ended, f"the trial finished before the node could be lost\n{ended}"
         # -- lose the second node mid-trial
         _kill_session(node.pid)
         on_head = False

@@ -20,7 +20,6 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from hmoe.jobs.spec import (
@@ -110,7 +109,7 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> str:
     return out
 
 
-def _run(spec: JobSpec, job_id: str, data: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _run(spec: JobSpec, job_id: str, data: str, say: Callable[[str], None]) -> dict[str, Any]:
     import hmoe
 
     res, track = spec.resources, spec.tracking

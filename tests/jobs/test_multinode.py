@@ -90,8 +90,8 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
     )  # fmt: skip
     head = node = search = None
     try:
-        _run(["cluster", "up", "--port", "0", "--dashboard-port", "0", "--num-cpus",
-              str(HEAD_CPUS), "--token-file", str(token), "--state-dir", str(state)], env)  # fmt: skip
+        _run(["cluster", "up", "--port", "0", "--dashboard-port", "0", "--num-cpus", str(HEAD_CPUS),
+              "--token-file", str(token), "--state-dir", str(state)], env)  # fmt: skip
         head = read_head(state)
         joined = _run(["cluster", "up", "--join", head.gcs_address, "--num-cpus", str(NODE_CPUS),
                        "--resources", json.dumps({NODE_RESOURCE: 1}), "--token-file", str(token),

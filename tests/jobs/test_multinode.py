@@ -108,12 +108,11 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
         nodes = _node_ids(head.dashboard_url)
         assert set(nodes) == {"head", "worker"}
         client = env | head.client_env() | {"RAY_ADDRESS": head.gcs_address}
-        # -- raw logs -> prepared shards + manifest in S3, on the cluster
-        _run(["data", "synth", "--out", str(tmp_path / "raw"), "--rows", "3000",
-              "--tasks", "click"], client)  # fmt: skip
-        data = f"{bucket}/prepared/synth"
-        _run(["data", "prepare", str(tmp_path / "raw" / "spec.yaml"), "--out", data, "--quiet"],
-             client)  # fmt: skip
+        # -- raw logs in S3 -> prepared shards + manifest in S3, on the cluster
+        raw, data = f"{bucket}/raw/synth", f"{bucket}/prepared/synth"
+        _run(["data", "synth", "--out", raw, "--rows", "3000", "--tasks", "click"], client)
+        assert "raw/synth/spec.yaml" in s3_server.keys(name, "raw/synth/")
+        _run(["data", "prepare", f"{raw}/spec.yaml", "--out", data, "--quiet"], client)
         prepared = s3_server.keys(name, "prepared/synth/")
         assert "prepared/synth/manifest.json" in prepared and len(prepared) > 3
         # -- the search: its Train worker asks for the second node's resource

@@ -4,6 +4,7 @@ naming ``s3://`` data and storage are checked by reaching the bucket."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from pathlib import Path
@@ -111,3 +112,36 @@ def test_job_specs_with_s3_data_and_storage_are_checked_by_reaching_the_bucket(
     assert message.startswith(f"JobSpec.dataset.prepared: cannot reach {uri}: ")
     assert "Could not connect" in message and "\n" not in message
     assert storage.exists(f"{uri}/{MANIFEST}")  # the submitter's environment is back
+
+
+def test_a_spec_in_s3_reads_its_raw_tables_from_its_prefix(s3_server, tmp_path: Path):
+    import yaml
+
+    from hmoe.platform.data.staging import load_remote_spec, stage
+    from hmoe.platform.data.synth import SynthConfig, spec_dict
+
+    raw = tmp_path / "raw"
+    files = {"impressions/part-0.parquet": b"log", "users/u.parquet": b"users",
+             "items.parquet": b"items"}  # fmt: skip
+    for name, blob in files.items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(blob)
+    (raw / "spec.yaml").write_text(yaml.safe_dump(spec_dict(SynthConfig())))
+    uri = f"{s3_server.bucket('hmoe-data')}/raw/synth-{uuid.uuid4().hex[:6]}"
+    storage.upload_dir(raw, uri, "spec.yaml")
+    spec = load_remote_spec(f"{uri}/spec.yaml")
+    assert spec.log.paths == (f"{uri}/impressions",)
+    assert [s.table.paths for s in spec.side_tables] == [
+        (f"{uri}/users",),
+        (f"{uri}/items.parquet",),
+    ]
+    staged = stage(spec, tmp_path / "staged")
+    copies = [
+        Path(p) for t in (staged.log, *(s.table for s in staged.side_tables)) for p in t.paths
+    ]
+    assert copies[0].is_dir() and (copies[0] / "part-0.parquet").read_bytes() == b"log"
+    assert (copies[1] / "u.parquet").read_bytes() == b"users"
+    assert copies[2].read_bytes() == b"items"
+    wildcard = dataclasses.replace(spec, log=dataclasses.replace(spec.log, paths=(f"{uri}/i*",)))
+    with pytest.raises(ValueError, match="wildcards are not expanded on object storage"):
+        stage(wildcard, tmp_path / "other")

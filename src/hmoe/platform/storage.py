@@ -24,6 +24,7 @@ __all__ = [
     "StorageError",
     "absolute",
     "check_reachable",
+    "download",
     "environ",
     "exists",
     "filesystem",
@@ -131,6 +132,26 @@ def write_bytes(location: str | Path, data: bytes) -> None:
         fs.create_dir(str(Path(path).parent), recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+def download(location: str, folder: Path) -> Path:
+    """Copy the object ``location`` into ``folder`` (returns the file), or every object under
+    the prefix ``location`` (returns ``folder``); raises ``FileNotFoundError`` when neither."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(location)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as err:
+        raise StorageError(f"cannot reach {location}: {_one_line(err)}") from err
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{location}: no such object or prefix")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / info.base_name if info.type == pafs.FileType.File else folder
+    pafs.copy_files(
+        path, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
+    return target
 
 
 def upload_dir(local: Path, location: str, last: str) -> None:

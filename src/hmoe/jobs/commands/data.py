@@ -86,6 +86,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from hmoe.config import apply_overrides
     from hmoe.jobs.commands import parse_sets
+    from hmoe.platform import storage
     from hmoe.platform.data.synth import SynthConfig, synthesize
 
     flags = {
@@ -106,7 +107,7 @@ def run_synth(args: argparse.Namespace) -> int:
     print(f"wrote {result.rows:,} impressions of {result.users:,} users in {result.blocks} blocks")
     print(f"  to {result.out_dir}  (rates: {rates})")
     print(f"  spec: {result.spec_path}  ->  hmoe data prepare {result.spec_path} --out DIR")
-    print(f"  ground truth: {result.out_dir / 'planted_correlation.npy'}")
+    print(f"  ground truth: {storage.join(result.out_dir, 'planted_correlation.npy')}")
     return 0
 
 

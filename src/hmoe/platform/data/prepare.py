@@ -83,6 +83,7 @@ from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
+from hmoe.platform.data.staging import has_remote_inputs, load_remote_spec, stage
 from hmoe.platform.data.tables import (
     FILE_COLUMN,
     ROW_COLUMN,
@@ -133,7 +134,9 @@ def prepare(
         ValueError: ``out_dir`` may not be replaced (before anything is read or written).
     """
     spec_path: str | None = None
-    if not isinstance(spec, DatasetSpec):
+    if not isinstance(spec, DatasetSpec) and storage.is_remote(spec):
+        spec_path, spec = str(spec), load_remote_spec(str(spec))
+    elif not isinstance(spec, DatasetSpec):
         spec_path = str(Path(spec).absolute())
         base_dir = base_dir if base_dir is not None else Path(spec).absolute().parent
         spec = load_spec(spec)
@@ -188,6 +191,18 @@ def _prepare_remote(
 
 
 def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
+    if not has_remote_inputs(spec):
+        return _run_local(spec, base, tmp, progress)
+    inputs = Path(tempfile.mkdtemp(prefix="hmoe-inputs-"))
+    try:
+        manifest = _run_local(stage(spec, inputs), base, tmp, progress)
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+    # the spec as written (its s3:// paths), not the staged copy's
+    return manifest | {"spec": spec.to_dict(), "spec_hash": spec.config_hash()}
+
+
+def _run_local(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
     # the spec against the files before Ray starts: a wrong column fails in a second
     check_columns(spec, base)
     check_labels(spec, base)

@@ -38,6 +38,7 @@ MAX_FAILURES = 3  # the lost node, and a worker-group start that still waited fo
 SEARCH_TIMEOUT_S = 900
 POLL_S = 0.5
 TRAIN_WORKER = "RayTrainWorker"
+REGISTERED = "/checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -132,7 +133,9 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
         while time.monotonic() < deadline and search.poll() is None:
             alive = [a for a in _train_workers(head.dashboard_url) if a.state == "ALIVE"]
             on_worker |= any(a.node_id == nodes["worker"] for a in alive)
-            checkpoints = [k for k in s3_server.keys(name, "runs/") if "/checkpoint_" in k]
+            # written once the controller has registered a checkpoint (its files alone may
+            # still be uploading: a kill then restarts the run from scratch)
+            checkpoints = [k for k in s3_server.keys(name, "runs/") if k.endswith(REGISTERED)]
             if on_worker and checkpoints:
                 break
             time.sleep(POLL_S)

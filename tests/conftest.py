@@ -1,8 +1,12 @@
-"""Shared fixtures: the real-data root, seeded RNGs, and one session-scoped local Ray cluster."""
+"""Shared fixtures: the real-data root, seeded RNGs, one session-scoped local Ray cluster, and
+an S3-compatible server."""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,3 +36,64 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+S3_START_TIMEOUT_S = 60.0
+S3_STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A moto S3 server on 127.0.0.1 and the AWS variables that point pyarrow, Ray and boto3 at
+    it (they are set in this process's environment, so that child processes inherit them)."""
+
+    endpoint: str
+    env: dict[str, str]
+
+    def bucket(self, name: str) -> str:
+        """Create the bucket ``name`` (idempotent) and return its ``s3://`` URI."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        import boto3
+
+        pages = boto3.client("s3", endpoint_url=self.endpoint).get_paginator("list_objects_v2")
+        return [o["Key"] for p in pages.paginate(Bucket=bucket, Prefix=prefix) for o in
+                p.get("Contents", [])]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server (``moto[server]``, a dev dependency) for the session; stopped by PID."""
+    pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    from hmoe.platform.processes import free_port, spawn, stop_session, wait_http
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    process = spawn(argv, dict(os.environ), log)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    try:
+        wait_http(f"{endpoint}/", (200,), S3_START_TIMEOUT_S, process, log)
+        os.environ.update(env)
+        yield S3Server(endpoint=endpoint, env=env)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop_session(process.pid, S3_STOP_GRACE_S, process)

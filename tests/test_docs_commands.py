@@ -105,6 +105,10 @@ EXEMPT_BLOCKS: dict[tuple[str, str, str], str] = {
     "checks 401 without the user, 200 with the printed password file, and the client exports",
     ("docs/cluster.md", "3. Submit and follow", "python"): "a second smoke job (~2.5 min) through "
     "the Python API; tests/jobs/test_submit.py runs hmoe.jobs.submit, wait and result",
+    ("docs/cluster.md", "6. A multi-node cluster with object storage", "bash"): (
+        "needs an S3 bucket and worker machines (BUCKET, HEAD_IP); tests/jobs/test_multinode.py "
+        "runs these commands on one machine against a moto S3 server and a second node"
+    ),
     ("docs/cluster.md", "5. The same commands against a remote multi-node cluster", "bash"): (
         "needs a remote cluster and MLflow server (HEAD_IP, MLFLOW_HOST); the cluster scenario "
         "runs the same submit and jobs commands against the local head"

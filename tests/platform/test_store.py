@@ -257,7 +257,7 @@ def test_runs_prune_deletes_only_the_storage_of_runs_that_are_over(tmp_path, cap
 
     from hmoe.jobs.commands import runs
     from hmoe.platform import experiment
-    from hmoe.platform.storage import mark
+    from hmoe.platform.run_storage import mark
     from hmoe.platform.tracking import MlflowRun
 
     assert runs.DEFAULT_STORAGE == experiment.DEFAULT_STORAGE

@@ -96,7 +96,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     from hmoe.platform.api import resolve
     from hmoe.platform.experiment import build_experiment
     from hmoe.platform.tracking import MlflowRun, owner_tags
-    from hmoe.platform.tune import InfeasibleTrial, trial_driver
+    from hmoe.platform.tune import FailedBefore, InfeasibleTrial, trial_driver
 
     class _Context:
         def get_trial_id(self):
@@ -124,6 +124,11 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
     )
     assert child.data.tags["hmoe.job_id"] == "job-1"  # the search's extra tags reach its trials
     assert not (tmp_path / "trials").exists()  # no Train run was started
+    # Tune retries a failed trial (train.max_failures, for a lost node): the retry of a
+    # deterministic failure fails at once with the recorded reason
+    with pytest.raises(FailedBefore, match=r"^infeasible sample .*no expert at all"):
+        trial_driver(zero, settings)
+    assert not (tmp_path / "trials").exists()
 
 
 def test_resume_without_saved_state_fails_before_any_ray_or_mlflow_work(tmp_path, monkeypatch):

@@ -22,10 +22,17 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from hmoe.jobs.spec import MANIFEST, DatasetRef, JobSpec, expand, shipped_dataset_spec
+from hmoe.jobs.spec import (
+    MANIFEST,
+    DatasetRef,
+    JobSpec,
+    expand,
+    location,
+    shipped_dataset_spec,
+)
+from hmoe.platform import storage
 
 __all__ = [
     "RESULT_ARTIFACT",
@@ -74,28 +81,31 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     return None
 
 
-def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
-    """The prepared directory of ``ref``, preparing (and synthesising) it first if needed."""
+def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> str:
+    """The prepared directory (or ``s3://`` prefix) of ``ref``, preparing (and synthesising)
+    it first if needed."""
     from hmoe.jobs.commands.data import prepare_summary
     from hmoe.platform.data import prepare
 
     if ref.prepared is not None:
-        path = expand(ref.prepared)
-        if not (path / MANIFEST).is_file():
+        path = location(ref.prepared)
+        if not storage.exists(storage.join(path, MANIFEST)):
             raise FileNotFoundError(f"dataset.prepared: no {MANIFEST} in {path}")
         return path
-    out = expand(ref.out or "")
+    out = location(ref.out or "")
     if ref.synthetic is not None:
         from hmoe.platform.data.synth import synthesize
 
-        raw, out = out / SYNTH_RAW, out / SYNTH_PREPARED
+        if storage.is_remote(out):
+            raise ValueError(f"dataset.out: synthetic data is written to a local folder, not {out}")
+        raw, out = expand(out) / SYNTH_RAW, str(expand(out) / SYNTH_PREPARED)
         spec_path = raw / SYNTH_SPEC
         if not spec_path.is_file():
             say(f"synthesising {ref.synthetic.rows:,} impressions -> {raw}")
             synthesize(raw, ref.synthetic.rows, ref.synthetic.seed, overwrite=True)
     else:
         spec_path = shipped_dataset_spec(ref.spec or "") or expand(ref.spec or "")
-    if (out / MANIFEST).is_file():
+    if storage.exists(storage.join(out, MANIFEST)):
         say(f"reusing the prepared dataset {out}")
         return out
     say(f"preparing {spec_path} -> {out}")
@@ -106,7 +116,7 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> Path:
 
 
 def _run(
-    spec: JobSpec, job_id: str, resumes: str | None, data: Path, say: Callable[[str], None]
+    spec: JobSpec, job_id: str, resumes: str | None, data: str, say: Callable[[str], None]
 ) -> dict[str, Any]:
     import hmoe
 
@@ -115,7 +125,7 @@ def _run(
     overrides = dict(spec.overrides) | {
         "train.cpus_per_worker": res.cpus_per_worker,
         # one folder per job: searches are named by their config, so a rerun would collide
-        "train.storage_path": str(expand(spec.storage) / search_job),
+        "train.storage_path": storage.join(location(spec.storage), search_job),
     }
     tags = {TAG_JOB_ID: search_job} | ({TAG_RESUME_JOB_ID: job_id} if resumes else {})
     common: dict[str, Any] = {

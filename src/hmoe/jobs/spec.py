@@ -15,7 +15,8 @@ where ``hmoe.jobs.entry`` runs it through ``hmoe.tune`` / ``hmoe.train``. Exampl
 
 Paths are read on the cluster (shared storage on a multi-node cluster); ``validate`` also checks
 them on the submitting machine unless told not to (a remote cluster's paths need not exist
-locally).
+locally). ``s3://`` data and storage are checked by reaching the bucket, with the ``AWS_*``
+variables of ``runtime.env_vars`` over the submitter's environment.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, FrozenMap, apply_overrides, config
+from hmoe.platform import storage
 from hmoe.search_spaces.custom import Distribution
 
 __all__ = [
@@ -52,7 +54,9 @@ MAX_GPUS_PER_WORKER = 8  # one node's worth; more is a typo, not a request
 MAX_WORKERS = 1024
 EXAMPLES = ("smoke", "ml100k_full", "criteo_tiny_experts", "synthetic_scale")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ANCHORS = ("/", "~", "$")  # absolute, home- or environment-anchored paths
+# absolute, home- or environment-anchored paths, or object storage
+_ANCHORS = ("/", "~", "$", f"{storage.S3_SCHEME}{storage.SCHEME_MARK}")
+AWS_PREFIX = "AWS_"  # the variables of runtime.env_vars that reach object storage
 # set through resources/storage/tracking, never as overrides
 _RESERVED_OVERRIDES = (
     "train.num_workers",
@@ -117,7 +121,7 @@ class DatasetRef(Config):
             if value is not None and not value.startswith(_ANCHORS):
                 raise ConfigError(
                     f"dataset.{key}: {value!r} is relative; the job runs elsewhere, so give an "
-                    "absolute path (or one starting with ~ or ${VAR})"
+                    "absolute path (or one starting with ~, ${VAR} or s3://)"
                 )
 
 
@@ -250,7 +254,8 @@ class JobSpec(Config):
             )
         if not self.storage.startswith(_ANCHORS):
             raise ConfigError(
-                f"storage: {self.storage!r} is relative; give an absolute path (or ~ or ${{VAR}})"
+                f"storage: {self.storage!r} is relative; give an absolute path (or ~, ${{VAR}} "
+                "or s3://)"
             )
         if self.search is None and self.resources.concurrent_trials != 1:
             raise ConfigError("resources.concurrent_trials: a single training run has one trial")
@@ -366,7 +371,11 @@ def validate(spec: JobSpec, *, check_paths: bool = True) -> None:
     base = _check_overrides(spec)
     if space is not None:
         _check_space(space, base)
-    _check_dataset(spec.dataset, check_paths)
+    aws = {k: v for k, v in spec.runtime.env_vars.items() if k.startswith(AWS_PREFIX)}
+    with storage.environ(aws):
+        _check_dataset(spec.dataset, check_paths)
+        if check_paths:
+            _check_reachable(f"{ROOT}.storage", spec.storage)
 
 
 def _check_overrides(spec: JobSpec) -> Any:
@@ -400,6 +409,18 @@ def expand(path: str) -> Path:
     return Path(os.path.expandvars(path)).expanduser()
 
 
+def location(path: str) -> str:
+    """A URI as given, a local path ``expand``-ed (as text)."""
+    return path if storage.is_remote(path) else str(expand(path))
+
+
+def _check_reachable(where: str, path: str) -> None:
+    try:
+        storage.check_reachable(path)
+    except storage.StorageError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def _check_dataset(ref: DatasetRef, check_paths: bool) -> None:
     where = f"{ROOT}.dataset"
     if ref.spec is not None and shipped_dataset_spec(ref.spec) is None:
@@ -409,7 +430,12 @@ def _check_dataset(ref: DatasetRef, check_paths: bool) -> None:
             raise ConfigError(f"{where}.spec: dataset spec file {ref.spec} does not exist")
     if not check_paths:
         return
-    if ref.prepared is not None and not (expand(ref.prepared) / MANIFEST).is_file():
+    for key in ("prepared", "out"):
+        value = getattr(ref, key)
+        if value is not None:
+            _check_reachable(f"{where}.{key}", value)
+    prepared = ref.prepared
+    if prepared is not None and not storage.exists(storage.join(location(prepared), MANIFEST)):
         raise ConfigError(
             f"{where}.prepared: {ref.prepared} is not a prepared dataset (no {MANIFEST}); "
             "prepare it first (hmoe data prepare) or give dataset.spec"

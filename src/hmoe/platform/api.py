@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import apply_overrides
+from hmoe.platform import storage
 from hmoe.platform.batches import MANIFEST
 from hmoe.platform.experiment import (
     ExperimentConfig,
@@ -108,7 +109,7 @@ class TrainResult:
 
 def dataset_hash(data_dir: str | Path) -> str:
     """The manifest's ``dataset_hash`` (written by ``prepare``), else a hash of the manifest."""
-    blob = (Path(data_dir) / MANIFEST).read_bytes()
+    blob = storage.read_bytes(storage.join(data_dir, MANIFEST))
     recorded = json.loads(blob).get("dataset_hash")
     if isinstance(recorded, str) and recorded:
         return recorded
@@ -126,14 +127,13 @@ def metrics_by_task(metrics: Mapping[str, float], tasks: tuple[str, ...]) -> dic
 
 
 def resolve(cfg: ExperimentConfig, base: Path | None = None) -> ExperimentConfig:
-    """Make the tracking store and the run storage absolute (workers run elsewhere)."""
-    storage = Path(cfg.train.storage_path).expanduser()
-    storage = storage if storage.is_absolute() else (base or Path.cwd()) / storage
+    """Make the tracking store and the run storage absolute (workers run elsewhere; an
+    ``s3://`` storage is kept as is)."""
     return apply_overrides(
         cfg,
         {
             "tracking.uri": resolve_tracking_uri(cfg.tracking.uri, base),
-            "train.storage_path": str(storage.resolve()),
+            "train.storage_path": storage.absolute(cfg.train.storage_path, base),
         },
     )
 
@@ -208,8 +208,8 @@ def record_run(run: MlflowRun, cfg: ExperimentConfig, searched: Mapping[str, Any
     """A new run's params (headline knobs and the ``searched`` values), its ``config.json``
     and its dataset input (name, digest = dataset hash, source = the prepared folder)."""
     run.log_config(cfg.to_dict(), logged_params(cfg, searched))
-    manifest = json.loads((Path(cfg.data.path) / MANIFEST).read_text())
-    name = str(manifest.get("name") or Path(cfg.data.path).name)
+    manifest = json.loads(storage.read_bytes(storage.join(cfg.data.path, MANIFEST)))
+    name = str(manifest.get("name") or cfg.data.path.rstrip("/").rsplit("/", 1)[-1])
     profile = {"rows": manifest.get("rows", {})}
     run.log_dataset(name, dataset_hash(cfg.data.path), cfg.data.path, profile)
 
@@ -267,7 +267,7 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     try:
         with ray_for(cfg.train.num_workers * cfg.train.cpus_per_worker):
             check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
-            from hmoe.platform.storage import mark
+            from hmoe.platform.run_storage import mark
             from hmoe.platform.trainer import make_trainer
 
             name = train_run_name(run.run_id)
@@ -335,8 +335,8 @@ def resume(
             f"{dataset_hash(cfg.data.path)}): it cannot be resumed (train again)"
         )
     check_run(cfg)
-    folder = Path(cfg.train.storage_path) / train_run_name(run_id)
-    saved = folder.is_dir() and any(p.name.startswith(CHECKPOINT_PREFIX) for p in folder.iterdir())
+    folder = storage.join(cfg.train.storage_path, train_run_name(run_id))
+    saved = any(name.startswith(CHECKPOINT_PREFIX) for name in storage.list_names(folder))
     if not saved:
         raise ValueError(
             f"run {run_id} has no checkpoint in {folder}: it cannot be resumed (train again)"

@@ -69,11 +69,12 @@ def split_rows(data_dir: str | Path, split: str) -> int:
 
 
 def split_megabytes(data_dir: str | Path, split: str) -> float:
-    """On-disk size of a split's Parquet shards, in MB."""
+    """Stored size of a split's Parquet shards, in MB."""
+    from hmoe.platform import storage
     from hmoe.platform.data import reader
 
     paths = reader.shard_paths(data_dir, _split(split))
-    return sum(p.stat().st_size for p in paths) / 2**20
+    return sum(storage.size_bytes(p) for p in paths) / 2**20
 
 
 def split_dataset(data_dir: str | Path, split: str) -> Any:

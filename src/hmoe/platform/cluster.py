@@ -4,6 +4,9 @@
 of a new session, waits until the dashboard answers, and records what a client needs in
 ``<state_dir>/cluster.json``; ``stop_head(state_dir)`` stops exactly that session (never
 ``ray stop``, which would stop every Ray on the machine, a test session's own Ray included).
+``start_node(ClusterConfig(join=ADDRESS, ...), state_dir)`` joins a worker node to a head the
+same way (``ray start --address``, recorded in ``<state_dir>/node.json``; ``stop_node``), with
+its own temp dir and ports, so that it can run beside its head on one machine.
 
 Why the details:
 
@@ -24,16 +27,19 @@ Why the details:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import secrets
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmoe.config import Config, ConfigError, config
+from hmoe.config import Config, ConfigError, FrozenMap, config
 from hmoe.platform.processes import (
     LOOPBACK,
     ServiceError,
@@ -52,15 +58,21 @@ from hmoe.platform.processes import (
 __all__ = [
     "ClusterConfig",
     "HeadInfo",
+    "NodeInfo",
     "default_state_dir",
     "default_token_file",
     "head_status",
     "read_head",
+    "read_node",
     "start_head",
+    "start_node",
     "stop_head",
+    "stop_node",
 ]
 
 STATE_FILE = "cluster.json"
+NODE_STATE_FILE = "node.json"
+NODE_READY = "Ray runtime started"  # what ``ray start`` prints once the node's raylet is up
 STATE_DIR_ENV = "HMOE_STATE_DIR"
 TOKEN_BYTES = 32  # 256 bits, as ``ray get-auth-token --generate``
 DASHBOARD_READY = (200, 401)  # 401: token auth is on and the probe sends no token
@@ -71,6 +83,8 @@ TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # read by Ray's State API clients in every worker before they search the machine for a Ray
 RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+_ADDRESS = re.compile(r"^[^\s:/]+:\d{1,5}$")
 
 
 def dashboard_url(port: int) -> str:
@@ -90,7 +104,10 @@ class ClusterConfig(Config):
     ``port``: the GCS port workers and ``ray.init(address=...)`` connect to; ``dashboard_port``:
     the dashboard and Jobs API (0 picks a free port for either). ``num_cpus``/``num_gpus``: the
     logical resources the head advertises (``None``: what Ray detects). ``token_file``: the
-    auth token (``None``: Ray's ``~/.ray/auth_token``, created when absent).
+    auth token (``None``: Ray's ``~/.ray/auth_token``, created when absent). ``join``: the GCS
+    address of a head to join as a worker node instead of starting a head (``port`` and
+    ``dashboard_port`` then do not apply). ``resources``: custom resources the node
+    advertises (``{"worker_node": 1}``), e.g. for ``train.node_resource``.
     """
 
     port: int = 6379
@@ -98,6 +115,8 @@ class ClusterConfig(Config):
     num_cpus: int | None = None
     num_gpus: int | None = None
     token_file: str | None = None
+    join: str | None = None
+    resources: Mapping[str, float] = FrozenMap()
     start_timeout_s: float = 120.0
     stop_grace_s: float = 5.0
 
@@ -114,6 +133,14 @@ class ClusterConfig(Config):
                 raise ConfigError(f"cluster.{name} must be >= 0, got {value}")
         if self.start_timeout_s <= 0 or self.stop_grace_s <= 0:
             raise ConfigError("cluster.start_timeout_s and stop_grace_s must be > 0")
+        if self.join is not None and not _ADDRESS.match(self.join):
+            raise ConfigError(f"cluster.join must be a GCS address HOST:PORT, got {self.join!r}")
+        for name, amount in self.resources.items():
+            if name in RAY_BUILTIN_RESOURCES or amount <= 0:
+                raise ConfigError(
+                    f"cluster.resources: {name}={amount} must be a custom resource > 0 "
+                    "(CPUs and GPUs: --num-cpus, --num-gpus)"
+                )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -197,6 +224,8 @@ def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> 
         argv.append(f"--num-cpus={cfg.num_cpus}")
     if cfg.num_gpus is not None:
         argv.append(f"--num-gpus={cfg.num_gpus}")
+    if cfg.resources:
+        argv.append(f"--resources={json.dumps(dict(cfg.resources))}")
     return argv
 
 
@@ -313,3 +342,111 @@ def head_status(state_dir: Path) -> dict[str, Any] | None:
         "processes": len(session_members(info.pid)),
         "dashboard_up": status in DASHBOARD_READY,
     }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    """A worker node joined to a head, as recorded in the state file."""
+
+    pid: int
+    head_address: str
+    temp_dir: str
+    log_file: str
+    num_cpus: int | None
+    resources: dict[str, float]
+    started_at: float
+
+    def describe(self) -> list[str]:
+        return [
+            f"Ray worker node (pid {self.pid}) joined to {self.head_address}",
+            f"  resources: CPU {self.num_cpus if self.num_cpus is not None else 'detected'}"
+            + "".join(f", {k} {v:g}" for k, v in sorted(self.resources.items())),
+            f"  temp dir: {self.temp_dir}",
+            f"  log: {self.log_file}",
+        ]
+
+
+def _node_argv(cfg: ClusterConfig, temp_dir: Path) -> list[str]:
+    argv = [
+        _ray_executable(),
+        "start",
+        f"--address={cfg.join}",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        # the head on the same machine holds the default ports: every listener picks its own
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if cfg.num_cpus is not None:
+        argv.append(f"--num-cpus={cfg.num_cpus}")
+    if cfg.num_gpus is not None:
+        argv.append(f"--num-gpus={cfg.num_gpus}")
+    if cfg.resources:
+        argv.append(f"--resources={json.dumps(dict(cfg.resources))}")
+    return argv
+
+
+def read_node(state_dir: Path) -> NodeInfo | None:
+    data = read_state(Path(state_dir) / NODE_STATE_FILE)
+    return NodeInfo(**data) if data is not None else None
+
+
+def start_node(cfg: ClusterConfig, state_dir: Path) -> NodeInfo:
+    """Join a worker node to the head at ``cfg.join`` (see the module doc).
+
+    Raises ``ServiceError`` when a node recorded in ``state_dir`` still runs, or the node does
+    not come up in ``start_timeout_s``.
+    """
+    assert cfg.join is not None, "start_node needs cfg.join"
+    state_dir = Path(state_dir).expanduser().absolute()
+    running = read_node(state_dir)
+    if running is not None and session_members(running.pid):
+        raise ServiceError(
+            f"a Ray worker node recorded in {state_dir} still runs (pid {running.pid}); "
+            "`hmoe cluster down` first"
+        )
+    token_file = Path(cfg.token_file).expanduser() if cfg.token_file else default_token_file()
+    if not token_file.is_file():
+        raise ServiceError(f"no auth token at {token_file}: use the head's (--token-file)")
+    head = read_head(state_dir)
+    env = _head_env(token_file, 0)
+    env.pop(RAY_API_SERVER_ENV)
+    if head is not None and head.gcs_address == cfg.join:
+        env[RAY_API_SERVER_ENV] = head.dashboard_url  # see api_server_env
+    temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX))
+    log_file = state_dir / "ray-node.log"
+    log_file.unlink(missing_ok=True)  # the readiness line must be this start's
+    process = spawn(_node_argv(cfg, temp_dir), env, log_file, cwd=state_dir)
+    info = NodeInfo(
+        pid=process.pid,
+        head_address=cfg.join,
+        temp_dir=str(temp_dir),
+        log_file=str(log_file),
+        num_cpus=cfg.num_cpus,
+        resources=dict(cfg.resources),
+        started_at=time.time(),
+    )
+    write_state(state_dir / NODE_STATE_FILE, dataclasses.asdict(info))
+    deadline = time.monotonic() + cfg.start_timeout_s
+    while NODE_READY not in log_file.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_session(process.pid, cfg.stop_grace_s, process)
+            (state_dir / NODE_STATE_FILE).unlink(missing_ok=True)
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ServiceError(f"the Ray worker node did not join {cfg.join}: " + " | ".join(tail))
+        time.sleep(ADDRESS_POLL_S)
+    return info
+
+
+def stop_node(state_dir: Path, grace_s: float = ClusterConfig().stop_grace_s) -> NodeInfo | None:
+    """Stop the worker node recorded in ``state_dir`` and forget it; ``None`` if none was."""
+    info = read_node(state_dir)
+    if info is None:
+        return None
+    stop_session(info.pid, grace_s)
+    (Path(state_dir) / NODE_STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(info.temp_dir, ignore_errors=True)
+    return info

@@ -17,6 +17,7 @@ from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
 from hmoe.platform.analysis.monitor import MonitorConfig
+from hmoe.platform.cluster import RAY_BUILTIN_RESOURCES
 from hmoe.platform.metrics import METRIC_MODES
 from hmoe.platform.tracking import DEFAULT_TRACKING_URI
 
@@ -78,7 +79,10 @@ class TrainConfig(Config):
     fault injection for resilience tests: the last worker kills itself at that global step,
     once (a resumed run does not fail again). ``checkpoints_to_keep``: checkpoints kept besides
     the latest, the best by the epoch's own early-stopping metric (default 1: the best and the
-    last; older ones are deleted as the run goes).
+    last; older ones are deleted as the run goes). ``node_resource``: a custom Ray resource
+    (``ray start --resources '{"NAME": 1}'``) the Train workers ask a sliver of, so that they run
+    on the nodes that offer it while one is alive, and anywhere once none is (a preference: a
+    lost node's trial restarts elsewhere).
     """
 
     epochs: int = 4  # passes over the train split (at most, with early stopping)
@@ -101,6 +105,7 @@ class TrainConfig(Config):
     checkpoints_to_keep: int = 1
     storage_path: str = DEFAULT_STORAGE  # where Ray Train keeps run folders and checkpoints
     fail_at_step: int | None = None
+    node_resource: str | None = None
     # per-epoch information abundance on rank 0 (cheap: left on); the gradient conflict needs an
     # extra forward/backward on rank 0 and is opt-in (train.monitor.gradient_conflict=true)
     monitor: MonitorConfig | None = MonitorConfig(gradient_conflict=False)
@@ -118,6 +123,10 @@ class TrainConfig(Config):
             raise ConfigError("train.cpus_per_worker must be > 0 and gpus_per_worker >= 0")
         if self.early_stopping_patience < 0 or self.max_failures < 0:
             raise ConfigError("train.early_stopping_patience and max_failures must be >= 0")
+        if self.node_resource is not None and self.node_resource in RAY_BUILTIN_RESOURCES:
+            raise ConfigError(
+                f"train.node_resource must be a custom resource, not {self.node_resource!r}"
+            )
         if self.checkpoints_to_keep < 1:
             raise ConfigError("train.checkpoints_to_keep must be >= 1")
         metric = self.early_stopping_metric
@@ -241,13 +250,14 @@ def build_experiment(
     unknown = sorted(set(options) - set(shortcuts))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; valid: {sorted(shortcuts)}")
+    from hmoe.platform import storage
     from hmoe.platform.data.reader import load_manifest
 
     load_manifest(data)  # a clear FileNotFoundError for a path that is not a prepared dataset
     made = PRESETS[preset]()
     base = ExperimentConfig(
         preset=preset,
-        data=DataConfig(path=str(Path(data).expanduser().resolve())),
+        data=DataConfig(path=storage.absolute(data)),
         model=made.model,
         loss=made.loss,
     )

@@ -1,10 +1,12 @@
-"""An MLflow tracking server on 127.0.0.1: sqlite backend, local artifact root, own session.
+"""An MLflow tracking server on 127.0.0.1: sqlite backend, proxied artifacts, own session.
 
 ``start_server(MlflowServerConfig(...), state_dir)`` runs ``mlflow server`` as the leader of a
 new session, waits for ``GET /health`` to answer 200 and records it in
 ``<state_dir>/mlflow.json``; ``stop_server(state_dir)`` signals that session only. The server
 proxies artifacts (``--artifacts-destination``), so Ray workers on other nodes upload models
-over HTTP instead of needing the server's disk.
+over HTTP instead of needing the server's disk; with ``artifacts_destination`` an ``s3://``
+prefix, the server stores them there (its boto3 reads the standard ``AWS_*`` variables) and
+no client needs S3 credentials for artifacts.
 
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: MLflow 3.17 otherwise forks ``huey_consumer``
 processes for GenAI jobs (about 0.5 GB RSS) that an experiment tracker does not use.
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.platform import storage
 from hmoe.platform.processes import (
     LOOPBACK,
     ServiceError,
@@ -72,7 +75,8 @@ class MlflowServerConfig(Config):
     (``artifacts/``); relative paths are taken from the current directory. ``workers``: the
     server's uvicorn workers. ``use_auth``: MLflow's basic-auth app (module doc), whose admin
     ``admin_user`` gets the password in ``password_file`` (default ``<root>/admin-password``,
-    generated when missing; a file named here must exist).
+    generated when missing; a file named here must exist). ``artifacts_destination``: where the
+    proxied artifacts are stored instead of ``<root>/artifacts`` (an ``s3://`` URI or a folder).
     """
 
     port: int = 5000
@@ -81,6 +85,7 @@ class MlflowServerConfig(Config):
     use_auth: bool = False
     admin_user: str = "admin"
     password_file: str | None = None
+    artifacts_destination: str | None = None
     start_timeout_s: float = 120.0
     stop_grace_s: float = 10.0
 
@@ -128,7 +133,7 @@ class ServerInfo:
         return [*lines, f"  log: {self.log_file}"]
 
 
-def _argv(cfg: MlflowServerConfig, db: Path, artifacts: Path) -> list[str]:
+def _argv(cfg: MlflowServerConfig, db: Path, artifacts: str) -> list[str]:
     app = ["--app-name", AUTH_APP] if cfg.use_auth else []
     return [
         sys.executable,
@@ -141,8 +146,9 @@ def _argv(cfg: MlflowServerConfig, db: Path, artifacts: Path) -> list[str]:
         str(cfg.port),
         "--backend-store-uri",
         f"sqlite:///{db}",
+        "--serve-artifacts",
         "--artifacts-destination",
-        str(artifacts),
+        artifacts,
         "--workers",
         str(cfg.workers),
         *app,
@@ -209,8 +215,13 @@ def start_server(cfg: MlflowServerConfig, state_dir: Path) -> ServerInfo:
     if port_in_use(cfg.port):
         raise ServiceError(f"port {cfg.port} on {LOOPBACK} is taken; choose another (--port)")
     root = Path(cfg.root).expanduser().absolute()
-    artifacts = root / ARTIFACTS_DIR
-    artifacts.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    if cfg.artifacts_destination is None:
+        (root / ARTIFACTS_DIR).mkdir(exist_ok=True)
+        artifacts = str(root / ARTIFACTS_DIR)
+    else:
+        artifacts = storage.absolute(cfg.artifacts_destination)
+        storage.check_reachable(artifacts)  # a wrong bucket fails here, not at the first upload
     db = root / DB_FILE
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     password_file = None
@@ -223,7 +234,7 @@ def start_server(cfg: MlflowServerConfig, state_dir: Path) -> ServerInfo:
         pid=process.pid,
         url=f"http://{LOOPBACK}:{cfg.port}",
         backend_store_uri=f"sqlite:///{db}",
-        artifacts=str(artifacts),
+        artifacts=artifacts,
         log_file=str(log_file),
         started_at=time.time(),
         auth_user=cfg.admin_user if cfg.use_auth else None,

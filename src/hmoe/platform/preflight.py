@@ -83,12 +83,14 @@ def label_counts(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from hmoe.platform import storage
     from hmoe.platform.data.spec import label_column
 
     columns = [label_column(task) for task in tasks]
     rows, positives = 0, dict.fromkeys(tasks, 0)
     for shard in manifest["shards"][split]:
-        table = pq.read_table(Path(data_dir) / shard["path"], columns=columns)
+        # pyarrow opens an s3:// URI itself
+        table = pq.read_table(storage.join(data_dir, shard["path"]), columns=columns)
         rows += table.num_rows
         for task, column in zip(tasks, columns, strict=True):
             positives[task] += int(pc.sum(pc.greater(table[column], 0.5)).as_py() or 0)

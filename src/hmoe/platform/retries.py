@@ -9,6 +9,11 @@ and leaves every other decision (a killed worker, a lost node, preemption) to th
 ``TorchTrainer.fit`` builds its policy from the ``FailureConfig`` alone and has no parameter
 for another, so ``FailFastTorchTrainer`` swaps it in where ``fit`` hands it to the controller.
 The policy object travels to the controller actor, which imports this module by name.
+
+Where to run is the same story: a custom resource in ``resources_per_worker`` is a hard
+constraint, so workers that asked for a node's resource (``train.node_resource``) would wait
+forever for a lost node. ``PreferredNodePolicy`` drops that resource from the request of a
+(re)starting worker group while no alive node offers it.
 """
 
 from __future__ import annotations
@@ -20,14 +25,21 @@ from ray.train.v2._internal.execution.failure_handling import (
     DefaultFailurePolicy,
     FailureDecision,
 )
+from ray.train.v2._internal.execution.scaling_policy import (
+    FixedScalingPolicy,
+    ResizeDecision,
+    ScalingDecision,
+)
 from ray.train.v2.api.exceptions import TrainingFailedError, WorkerGroupError
 
+from hmoe.platform.cluster import RAY_BUILTIN_RESOURCES
 from hmoe.platform.failures import failure_reason, is_deterministic
 
-__all__ = ["FailFastPolicy", "FailFastTorchTrainer"]
+__all__ = ["FailFastPolicy", "FailFastTorchTrainer", "PreferredNodePolicy"]
 
-# the keyword under which TorchTrainer.fit passes its failure policy to the controller
+# the keywords under which TorchTrainer.fit passes its policies to the controller
 POLICY_KEYWORD = "failure_policy"
+SCALING_KEYWORD = "scaling_policy"
 
 
 class FailFastPolicy(DefaultFailurePolicy):
@@ -43,8 +55,33 @@ class FailFastPolicy(DefaultFailurePolicy):
         return super().make_decision(training_failed_error)
 
 
+class PreferredNodePolicy(FixedScalingPolicy):
+    """``FixedScalingPolicy``, except that the custom resources of ``resources_per_worker`` are
+    preferences: one is left out of a (re)starting worker group's request while no alive node
+    offers it."""
+
+    def make_decision_for_non_running_worker_group(self) -> ScalingDecision:
+        import ray
+
+        decision = super().make_decision_for_non_running_worker_group()
+        if not isinstance(decision, ResizeDecision):
+            return decision
+        offered = ray.cluster_resources()  # alive nodes only
+        lost = sorted(set(custom_resources(decision.resources_per_worker)) - set(offered))
+        if not lost:
+            return decision
+        print(f"[hmoe] no alive node offers {lost}: the workers start without them", flush=True)
+        resources = {k: v for k, v in decision.resources_per_worker.items() if k not in lost}
+        return ResizeDecision(num_workers=decision.num_workers, resources_per_worker=resources)
+
+
+def custom_resources(resources: dict[str, float]) -> list[str]:
+    return [name for name in resources if name not in RAY_BUILTIN_RESOURCES]
+
+
 class FailFastTorchTrainer(TorchTrainer):
-    """A ``TorchTrainer`` whose controller uses ``FailFastPolicy``."""
+    """A ``TorchTrainer`` whose controller uses ``FailFastPolicy``, and ``PreferredNodePolicy``
+    when its workers ask for a custom resource (``train.node_resource``)."""
 
     def _initialize_and_run_controller(self, **controller_init_kwargs: Any) -> Any:
         if POLICY_KEYWORD not in controller_init_kwargs:
@@ -53,7 +90,12 @@ class FailFastTorchTrainer(TorchTrainer):
                 f"TorchTrainer no longer passes {POLICY_KEYWORD!r} to its controller; "
                 "update hmoe.platform.retries for this Ray version"
             )
-        policy = FailFastPolicy(self.run_config.failure_config)
-        return super()._initialize_and_run_controller(
-            **(controller_init_kwargs | {POLICY_KEYWORD: policy})
-        )
+        policies: dict[str, Any] = {POLICY_KEYWORD: FailFastPolicy(self.run_config.failure_config)}
+        if custom_resources(self.scaling_config._resources_per_worker_not_none):
+            if SCALING_KEYWORD not in controller_init_kwargs:
+                raise RuntimeError(
+                    f"TorchTrainer no longer passes {SCALING_KEYWORD!r} to its controller; "
+                    "update hmoe.platform.retries for this Ray version"
+                )
+            policies[SCALING_KEYWORD] = PreferredNodePolicy(self.scaling_config)
+        return super()._initialize_and_run_controller(**(controller_init_kwargs | policies))

@@ -17,12 +17,13 @@ MLflow calls ``_load_pyfunc`` on it.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hmoe.platform import storage
 
 __all__ = ["ENCODING_FILE", "RawFeatureScorer", "add_pyfunc_flavor", "raw_example"]
 
@@ -74,10 +75,11 @@ def add_pyfunc_flavor(
     folder = Path(model_dir)
     (folder / ENCODING_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
     for feature in spec["categorical"]:
-        source = Path(data_dir) / VOCAB_DIR / f"{feature['name']}.parquet"
-        if source.is_file():
+        name = f"{feature['name']}.parquet"
+        source = storage.join(data_dir, VOCAB_DIR, name)  # a folder or an s3:// prefix
+        if storage.exists(source):
             (folder / VOCAB_DIR).mkdir(exist_ok=True)
-            shutil.copyfile(source, folder / VOCAB_DIR / source.name)
+            (folder / VOCAB_DIR / name).write_bytes(storage.read_bytes(source))
     pyfunc.add_to_model(mlflow_model, loader_module=PYFUNC_LOADER, data=ENCODING_FILE)
 
 

@@ -44,6 +44,8 @@ _LOG = logging.getLogger(__name__)
 # Ray Train's own INFO lines (worker group start, each report with every metric, each
 # checkpoint) would outnumber the epoch lines in a search's log; they stay in Train's log files
 TRAIN_LOG_LEVEL = "WARNING"
+# of train.node_resource per worker: a sliver, so one unit on a node admits any worker count
+NODE_RESOURCE_PER_WORKER = 0.001
 
 __all__ = [
     "build_model",
@@ -208,6 +210,8 @@ def make_trainer(
     resources = {"CPU": t.cpus_per_worker} | (
         {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}
     )
+    if t.node_resource is not None:
+        resources[t.node_resource] = NODE_RESOURCE_PER_WORKER
     return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hmoe.config import ConfigError
+from hmoe.platform import storage
 from hmoe.platform.api import (
     DATA_CPUS,
     TrainResult,
@@ -47,10 +48,10 @@ from hmoe.platform.experiment import (
     build_experiment,
     trial_run_name,
 )
-from hmoe.platform.failures import failure_reason
+from hmoe.platform.failures import failure_reason, is_deterministic
 from hmoe.platform.metrics import metric_mode
 from hmoe.platform.preflight import check_resources, check_run
-from hmoe.platform.storage import MARKER, mark
+from hmoe.platform.run_storage import MARKER, mark
 from hmoe.platform.tracking import (
     STATUS_RUNNING,
     TAG_FAILURE,
@@ -92,6 +93,10 @@ class SearchInterrupted(RuntimeError):
 
 class InfeasibleTrial(ValueError):
     """The sampled parameters do not make a valid ExperimentConfig (reported as a failure)."""
+
+
+class FailedBefore(ValueError):
+    """A retried trial whose run already failed deterministically (the recorded reason)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,6 +160,10 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         # owned by the search's driver: a killed driver leaves its trials' runs to end_orphans
         name = trial_run_name(base, params, trial_id)
         run = MlflowRun.create(uri, experiment, name, tags, owner=settings["owner"])
+    elif run.client.get_run(run.run_id).info.status == "FAILED":
+        # Tune retries every trial error (train.max_failures); a deterministic one fails again
+        reason = run.client.get_run(run.run_id).data.tags.get(TAG_FAILURE, "failed before")
+        raise FailedBefore(reason)
     else:
         run.claim(settings["owner"])  # a restarted or resumed trial
     if reason is not None:
@@ -174,6 +183,8 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         trainer.fit()
     except Exception as err:  # Tune's callback closes the run as FAILED; this says why
         run.set_tags({TAG_FAILURE: failure_reason(err)})
+        if is_deterministic(err):
+            run.finish("FAILED")  # a retry of the trial (node lost) re-raises at once
         raise
     # a search stopped meanwhile has ended this run (KILLED) and will rerun the trial on resume
     if _status(run) == STATUS_RUNNING and _status(MlflowRun(uri, settings["parent"])) == (
@@ -276,7 +287,7 @@ def _searcher_and_scheduler(
 
 
 def _parent_run(
-    cfg: ExperimentConfig, space: str, search: str, path: Path, resume: bool, tags: dict
+    cfg: ExperimentConfig, space: str, search: str, path: str, resume: bool, tags: dict
 ) -> MlflowRun:
     """The search's parent run: the one of its Tune storage ``path`` when resuming, else new
     (two searches of one config, e.g. two jobs, store their state apart and are two runs)."""
@@ -344,14 +355,15 @@ def tune(
     cfg = resolve(cfg)
     check_space(searched, lambda params: apply_params(cfg, params))
     search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
-    path = Path(cfg.train.storage_path) / search
+    path = storage.join(cfg.train.storage_path, search)
     # the storage marker alone (written just before Tune starts) is no search yet
-    if path.exists() and any(p.name != MARKER for p in path.iterdir()) and not resume:
+    started = storage.exists(path) and any(n != MARKER for n in storage.list_names(path))
+    if started and not resume:
         raise ConfigError(
             f"a search named {search} already exists at {path}; pass resume=True (--resume) "
             "to continue it, or remove the folder to start over"
         )
-    if resume and not (path / "tuner.pkl").exists():
+    if resume and not storage.exists(storage.join(path, "tuner.pkl")):
         # checked before any Ray or MLflow work, so a failed resume leaves no empty parent run;
         # the name is the config's hash, so a changed config (or an hmoe version that added a
         # config field) names a different search
@@ -370,7 +382,7 @@ def _search(
     cfg: ExperimentConfig,
     searched: SearchSpace,
     search: str,
-    path: Path,
+    path: str,
     num_samples: int,
     max_concurrent: int,
     scheduler: str,
@@ -387,7 +399,7 @@ def _search(
         "parent": parent.run_id,
         "space": searched.source,
         "search": search,
-        "storage": str(path / "trials"),
+        "storage": storage.join(path, "trials"),
         "owner": owner_tags(),
         "tags": extra,
     }
@@ -439,7 +451,7 @@ def _check_arguments(scheduler: str, num_samples: int, max_concurrent: int) -> N
         raise ConfigError("num_samples and max_concurrent must be >= 1")
 
 
-def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: Path) -> Any:
+def _fit(tuner: Any, parent: MlflowRun, num_samples: int, search: str, path: str) -> Any:
     """``tuner.fit()``; the parent run is closed as FAILED / KILLED when the search does not
     complete (Tune returns normally on SIGINT/SIGUSR1 after saving its state)."""
     try:
@@ -492,18 +504,19 @@ def _tuner(
     max_concurrent: int,
     scheduler: str,
     resume: bool,
-    path: Path,
+    path: str,
     callbacks: Sequence[Any],
 ) -> Any:
     from ray import tune as ray_tune
 
+    search_name, storage_root = settings["search"], cfg.train.storage_path  # path's parts
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(trial_driver, settings=settings), {"CPU": TRIAL_DRIVER_CPUS}
     )
     if resume:
-        if not ray_tune.Tuner.can_restore(str(path)):
+        if not ray_tune.Tuner.can_restore(path):
             raise ConfigError(f"nothing to resume: no search state at {path}")
-        return ray_tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        return ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     searcher, sched = _searcher_and_scheduler(cfg, space_fn, scheduler)
     metric = cfg.train.early_stopping_metric
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
@@ -519,15 +532,18 @@ def _tuner(
             max_concurrent_trials=max_concurrent,
         ),
         run_config=ray_tune.RunConfig(
-            name=path.name,
-            storage_path=str(path.parent),
+            name=search_name,
+            storage_path=storage_root,
+            # a trial lost with its node restarts (its TorchTrainer resumes from the last
+            # checkpoint in storage); trial_driver re-raises a deterministic failure at once
+            failure_config=ray_tune.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=[status, *callbacks],
         ),
     )
 
 
 def _summarise(
-    cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: Path
+    cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: str
 ) -> TuneResult:
     from hmoe.platform.batches import load_schema
     from hmoe.platform.model_registry import register_model
@@ -580,7 +596,7 @@ def _summarise(
         model_uri=model_uri,
         registered_model=cfg.tracking.registry_name if version else None,
         model_version=version,
-        path=str(path),
+        path=path,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +60,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--num-cpus", type=int, default=None, help="logical CPUs to advertise")
     up.add_argument("--num-gpus", type=int, default=None, help="GPUs to advertise")
     up.add_argument("--token-file", default=None, help="auth token (default ~/.ray/auth_token)")
+    up.add_argument(
+        "--join",
+        default=None,
+        metavar="ADDRESS",
+        help="join the head at this GCS address (HOST:PORT) as a worker node instead",
+    )
+    up.add_argument(
+        "--resources",
+        type=json.loads,
+        default=None,
+        help="custom resources the node advertises, as JSON: '{\"worker_node\": 1}'",
+    )
     up.set_defaults(func=run_up)
-    down = sub.add_parser("down", help="stop the local Ray head started by `hmoe cluster up`")
+    down = sub.add_parser(
+        "down", help="stop the Ray head and worker node started by `hmoe cluster up`"
+    )
     down.set_defaults(func=run_down)
     status = sub.add_parser("status", help="show the head's address, processes and resources")
     status.set_defaults(func=run_status)
@@ -82,7 +97,15 @@ def run_up(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
         token_file=args.token_file,
+        join=args.join,
+        resources=args.resources or {},
     )
+    if args.join is not None:
+        from hmoe.platform.cluster import start_node
+
+        print(f"joining a Ray worker node to {args.join} ...", flush=True)
+        print("\n".join(start_node(cfg, _state_dir(args)).describe()))
+        return 0
     print("starting a Ray head on 127.0.0.1 (takes ~20 s) ...", flush=True)
     info = start_head(cfg, _state_dir(args))
     print("\n".join(info.describe()))
@@ -91,8 +114,11 @@ def run_up(args: argparse.Namespace) -> int:
 
 @reports_errors
 def run_down(args: argparse.Namespace) -> int:
-    from hmoe.platform.cluster import stop_head
+    from hmoe.platform.cluster import stop_head, stop_node
 
+    node = stop_node(_state_dir(args))
+    if node is not None:
+        print(f"stopped the Ray worker node (pid {node.pid})")
     info = stop_head(_state_dir(args))
     print("no Ray head recorded" if info is None else f"stopped the Ray head (pid {info.pid})")
     return 0

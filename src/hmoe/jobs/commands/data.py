@@ -80,6 +80,9 @@ def run_prepare(args: argparse.Namespace) -> int:
 def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
     """What ``prepare`` did, from its manifest: rows read, written and quarantined (by reason),
     and rows and shards per split (``hmoe data prepare`` and a job's log print it)."""
+    from hmoe.platform import storage
+    from hmoe.platform.data.output import MANIFEST
+
     rows = manifest["rows"]
     lines = [
         f"prepared {manifest['name']} -> {out}",
@@ -91,13 +94,14 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
         lines.append(f"  {split:<5} {rows[split]:>12,} rows in {shards} shard(s)")
     for reason, count in manifest["quarantined_by_reason"].items():
         lines.append(f"  quarantined {reason}: {count:,}")
-    lines.append(f"  manifest {Path(out) / 'manifest.json'}")
+    lines.append(f"  manifest {storage.join(out, MANIFEST)}")
     return lines
 
 
 def run_synth(args: argparse.Namespace) -> int:
     from hmoe.config import apply_overrides
     from hmoe.jobs.commands import parse_sets
+    from hmoe.platform import storage
     from hmoe.platform.data.synth import SynthConfig, synthesize
 
     flags = {
@@ -118,7 +122,7 @@ def run_synth(args: argparse.Namespace) -> int:
     print(f"wrote {result.rows:,} impressions of {result.users:,} users in {result.blocks} blocks")
     print(f"  to {result.out_dir}  (rates: {rates})")
     print(f"  spec: {result.spec_path}  ->  hmoe data prepare {result.spec_path} --out DIR")
-    print(f"  ground truth: {result.out_dir / 'planted_correlation.npy'}")
+    print(f"  ground truth: {storage.join(result.out_dir, 'planted_correlation.npy')}")
     return 0
 
 

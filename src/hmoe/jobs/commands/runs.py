@@ -64,7 +64,7 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from hmoe.platform.storage import prune
+    from hmoe.platform.run_storage import prune
 
     pruned = prune(
         args.storage,

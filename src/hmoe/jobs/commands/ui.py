@@ -1,4 +1,4 @@
-"""``hmoe ui``: an MLflow tracking server (sqlite + local artifacts) on 127.0.0.1."""
+"""``hmoe ui``: an MLflow tracking server (sqlite + proxied artifacts) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the admin's password, read at the first --auth start (default: ROOT/admin-password, "
         "generated with a random password when missing)",
     )
+    parser.add_argument(
+        "--artifacts-destination",
+        default=None,
+        help="where the server stores the artifacts it proxies, e.g. s3://bucket/mlflow "
+        "(default: ROOT/artifacts)",
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--stop", action="store_true", help="stop the server started by hmoe ui")
     action.add_argument("--status", action="store_true", help="show the recorded server")
@@ -60,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  processes: {status['processes']}, healthy: {status['healthy']}")
         return 0 if status["healthy"] else 1
     cfg = MlflowServerConfig(
-        port=args.port, root=args.root, use_auth=args.auth, password_file=args.password_file
+        port=args.port,
+        root=args.root,
+        use_auth=args.auth,
+        password_file=args.password_file,
+        artifacts_destination=args.artifacts_destination,
     )
     print("starting the MLflow server (takes ~15 s) ...", flush=True)
     info = mlflow_server.start_server(cfg, state_dir)

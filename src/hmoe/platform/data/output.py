@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from hmoe import __version__
+from hmoe.platform import storage
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.encode import output_columns
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, TableSpec, label_column, resolve_path
@@ -36,6 +37,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "build_manifest",
     "check_out",
+    "check_remote_out",
     "clean_leftovers",
     "commit",
     "is_prepared",
@@ -83,6 +85,20 @@ def check_out(
         f"{out} is not empty and not a prepared dataset ({len(entries)} entries: {names}; no "
         f"hmoe {MANIFEST}): choose another output directory, or pass --overwrite "
         "(overwrite=True in Python) to replace it"
+    )
+
+
+def check_remote_out(out: str, *, overwrite: bool) -> None:
+    """The ``check_out`` of an ``s3://`` prefix: its bucket must be reachable, and a prefix that
+    holds objects but no prepared dataset's manifest is replaced only with ``overwrite``."""
+    storage.check_reachable(out)
+    entries = storage.list_names(out)
+    if not entries or overwrite or MANIFEST in entries:
+        return
+    names = ", ".join(entries[:_NAMES_SHOWN]) + (", ..." if len(entries) > _NAMES_SHOWN else "")
+    raise ValueError(
+        f"{out} is not empty and not a prepared dataset ({len(entries)} entries: {names}; no "
+        f"hmoe {MANIFEST}): choose another prefix, or pass --overwrite to replace it"
     )
 
 

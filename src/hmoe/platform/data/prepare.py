@@ -44,6 +44,7 @@ import json
 import logging
 import pickle
 import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hmoe.platform import storage
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
 from hmoe.platform.data.columns import check_columns, check_labels
@@ -70,6 +72,7 @@ from hmoe.platform.data.output import (
     MANIFEST_VERSION,
     build_manifest,
     check_out,
+    check_remote_out,
     clean_leftovers,
     commit,
     make_tmp,
@@ -80,6 +83,7 @@ from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
 from hmoe.platform.data.split import SplitAssigner, group_boundaries, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
+from hmoe.platform.data.staging import has_remote_inputs, load_remote_spec, stage
 from hmoe.platform.data.tables import (
     FILE_COLUMN,
     ROW_COLUMN,
@@ -130,11 +134,15 @@ def prepare(
         ValueError: ``out_dir`` may not be replaced (before anything is read or written).
     """
     spec_path: str | None = None
-    if not isinstance(spec, DatasetSpec):
+    if not isinstance(spec, DatasetSpec) and storage.is_remote(spec):
+        spec_path, spec = str(spec), load_remote_spec(str(spec))
+    elif not isinstance(spec, DatasetSpec):
         spec_path = str(Path(spec).absolute())
         base_dir = base_dir if base_dir is not None else Path(spec).absolute().parent
         spec = load_spec(spec)
     base = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
+    if storage.is_remote(out_dir):
+        return _prepare_remote(spec, spec_path, base, str(out_dir), progress, overwrite)
     # the real path: a symlinked out_dir is compared, and replaced, where it points
     out = Path(out_dir).resolve()
     if out.parent.is_dir():
@@ -157,7 +165,44 @@ def prepare(
     return manifest
 
 
+def _prepare_remote(
+    spec: DatasetSpec,
+    spec_path: str | None,
+    base: Path,
+    out: str,
+    progress: bool,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """``prepare`` into an ``s3://`` prefix: the dataset is built in a local temporary directory
+    and uploaded shard by shard, the manifest last (object storage has no rename)."""
+    check_remote_out(out, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix="hmoe-prepare-"))
+    try:
+        with _data_context(progress):
+            manifest = _run(spec, base, tmp, progress)
+        manifest["spec_path"] = spec_path
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        storage.upload_dir(tmp, out, MANIFEST)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for warning in manifest["warnings"]:
+        LOG.warning("prepare %s: %s", spec.name, warning)
+    return manifest
+
+
 def _run(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
+    if not has_remote_inputs(spec):
+        return _run_local(spec, base, tmp, progress)
+    inputs = Path(tempfile.mkdtemp(prefix="hmoe-inputs-"))
+    try:
+        manifest = _run_local(stage(spec, inputs), base, tmp, progress)
+    finally:
+        shutil.rmtree(inputs, ignore_errors=True)
+    # the spec as written (its s3:// paths), not the staged copy's
+    return manifest | {"spec": spec.to_dict(), "spec_hash": spec.config_hash()}
+
+
+def _run_local(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict[str, Any]:
     # the spec against the files before Ray starts: a wrong column fails in a second
     check_columns(spec, base)
     check_labels(spec, base)

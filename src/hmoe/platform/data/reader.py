@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from hmoe.platform import storage
 from hmoe.platform.data.spec import SPLITS, label_column
 from hmoe.schema import EXPOSURE, LABELS, WEIGHT, FeatureSchema, seq_column
 
@@ -36,13 +37,21 @@ MANIFEST = "manifest.json"
 
 
 def load_manifest(prepared_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared directory (there is none while a run is still writing)."""
-    path = Path(prepared_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{prepared_dir} is not a prepared dataset (no {MANIFEST}); run `hmoe data prepare`"
-        )
-    return json.loads(path.read_text())
+    """The manifest of a prepared directory or ``s3://`` prefix (there is none while a run is
+    still writing: on object storage the manifest is the last object written)."""
+    path = storage.join(prepared_dir, MANIFEST)
+    missing = FileNotFoundError(
+        f"{prepared_dir} is not a prepared dataset (no {MANIFEST}); run `hmoe data prepare`"
+    )
+    if not storage.is_remote(path) and not Path(path).is_file():
+        raise missing
+    try:
+        blob = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise missing from None
+    except OSError as err:  # S3: unreachable, no such bucket, access denied
+        raise storage.StorageError(f"cannot read {path}: {' '.join(str(err).split())}") from err
+    return json.loads(blob)
 
 
 def feature_schema(manifest: Mapping[str, Any] | str | Path) -> FeatureSchema:
@@ -52,11 +61,19 @@ def feature_schema(manifest: Mapping[str, Any] | str | Path) -> FeatureSchema:
     return FeatureSchema.from_dict(manifest["feature_schema"])
 
 
-def shard_paths(prepared_dir: str | Path, split: str) -> list[Path]:
+def shard_paths(prepared_dir: str | Path, split: str) -> list[str]:
+    """The shard locations of a split (local paths, or URIs under an ``s3://`` prefix)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
     manifest = load_manifest(prepared_dir)
-    return [Path(prepared_dir) / shard["path"] for shard in manifest["shards"][split]]
+    return [storage.join(prepared_dir, shard["path"]) for shard in manifest["shards"][split]]
+
+
+def _open_parquet(location: str) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(location)
+    return pq.ParquetFile(fs.open_input_file(path))
 
 
 def verify_shards(prepared_dir: str | Path) -> None:
@@ -64,7 +81,8 @@ def verify_shards(prepared_dir: str | Path) -> None:
     manifest = load_manifest(prepared_dir)
     for shards in manifest["shards"].values():
         for shard in shards:
-            digest = hashlib.sha256((Path(prepared_dir) / shard["path"]).read_bytes()).hexdigest()
+            blob = storage.read_bytes(storage.join(prepared_dir, shard["path"]))
+            digest = hashlib.sha256(blob).hexdigest()
             if digest != shard["sha256"]:
                 raise ValueError(f"{shard['path']}: checksum mismatch (the file was modified)")
 
@@ -82,13 +100,11 @@ def batch_columns(schema: FeatureSchema) -> list[str]:
 
 def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
     """A whole split as one pyarrow Table, rows in shard order (small data, tests)."""
-    import pyarrow.parquet as pq
-
     paths = shard_paths(prepared_dir, split)
     if not paths:
         schema = feature_schema(prepared_dir)
         raise ValueError(f"split {split!r} of {prepared_dir} is empty ({schema.tasks})")
-    return pa.concat_tables([pq.read_table(p) for p in paths])
+    return pa.concat_tables([_open_parquet(p).read() for p in paths])
 
 
 def read_split(prepared_dir: str | Path, split: str) -> Any:
@@ -100,9 +116,10 @@ def read_split(prepared_dir: str | Path, split: str) -> Any:
     """
     import ray.data
 
-    paths = [str(p) for p in shard_paths(prepared_dir, split)]
+    fs, _ = storage.filesystem(prepared_dir)
+    paths = [storage.filesystem(p)[1] for p in shard_paths(prepared_dir, split)]
     columns = batch_columns(feature_schema(prepared_dir))
-    dataset = ray.data.read_parquet(paths).select_columns(columns)
+    dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     # the dataset's own DataContext (a copy taken at creation) travels with it to materialize()
     # and to Train's split coordinator, so this leaves the caller's global context untouched
     dataset.context.enable_progress_bars = False
@@ -156,15 +173,13 @@ def to_batch(table: pa.Table, schema: FeatureSchema) -> dict[str, Any]:
 def iter_batches(
     prepared_dir: str | Path, split: str, batch_size: int, *, drop_last: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Batches of a split in shard order, read locally with pyarrow (no Ray)."""
-    import pyarrow.parquet as pq
-
+    """Batches of a split in shard order, read in this process with pyarrow (no Ray)."""
     schema = feature_schema(prepared_dir)
     columns = batch_columns(schema)
     pending: list[pa.Table] = []
     rows = 0
     for path in shard_paths(prepared_dir, split):
-        for record_batch in pq.ParquetFile(path).iter_batches(batch_size, columns=columns):
+        for record_batch in _open_parquet(path).iter_batches(batch_size, columns=columns):
             pending.append(pa.Table.from_batches([record_batch]))
             rows += record_batch.num_rows
             while rows >= batch_size:

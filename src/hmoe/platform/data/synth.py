@@ -32,8 +32,10 @@ configured rates too, not the rates of their few heaviest users.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.platform import storage
 from hmoe.platform.data import synth_model as sm
 from hmoe.platform.ray_start import start_ray
 
@@ -168,8 +171,8 @@ def _check_config(cfg: SynthConfig) -> None:
 class SynthResult:
     """What :func:`synthesize` wrote: the directory, its spec, and the realised label rates."""
 
-    out_dir: Path
-    spec_path: Path
+    out_dir: Path | str  # a URI for an ``s3://`` output
+    spec_path: Path | str
     rows: int
     users: int
     blocks: int
@@ -203,6 +206,8 @@ def synthesize(
     cfg = config or SynthConfig()
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
+    if storage.is_remote(out_dir):
+        return _synthesize_remote(str(out_dir), rows, seed, cfg, overwrite)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite to replace it)")
@@ -222,6 +227,23 @@ def synthesize(
             import ray
 
             ray.shutdown()
+
+
+def _synthesize_remote(
+    out: str, rows: int, seed: int, cfg: SynthConfig, overwrite: bool
+) -> SynthResult:
+    """``synthesize`` into an ``s3://`` prefix: written locally, then uploaded with the spec
+    last (the spec's relative paths resolve against the prefix it is read from)."""
+    storage.check_reachable(out)
+    if storage.list_names(out) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite to replace it)")
+    local = Path(tempfile.mkdtemp(prefix="hmoe-synth-"))
+    try:
+        made = synthesize(local / "out", rows, seed, cfg)
+        storage.upload_dir(Path(made.out_dir), out, SPEC_FILE)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return dataclasses.replace(made, out_dir=out, spec_path=storage.join(out, SPEC_FILE))
 
 
 def _write(

@@ -93,6 +93,7 @@ class EmbeddingSetsConfig(Config):
     assignment: SetAssignment = "per_expert"
     expert_sets: tuple[int, ...] = ()
     backend: EmbeddingBackend = "torch"
+    # torchrec: the optimizer fused into the tables' backward
     table_optimizer: TableOptimizer = "rowwise_adagrad"
     table_lr: float = 0.01
     table_l2: float = 0.0

@@ -64,6 +64,10 @@ def _node_ids(dashboard: str) -> dict[str, str]:
     return out
 
 
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-6000:]
+
+
 def _kill_session(pid: int) -> None:
     for member in session_members(pid):
         os.kill(member, signal.SIGKILL)
@@ -119,6 +123,8 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
         # -- the search: its Train worker asks for the second node's resource
         runs = f"{bucket}/runs"
         experiment = f"multinode-{uuid.uuid4().hex[:6]}"
+        # to a file: a pipe nobody reads fills up with Ray's log lines and blocks the search
+        log = (tmp_path / "search.log").open("w")
         search = subprocess.Popen(
             [sys.executable, "-m", "hmoe.jobs.cli", "tune", "--preset", "debug", "--space",
              "smoke", "--data", data, "--num-samples", "1", "--scheduler", "fifo",
@@ -126,7 +132,7 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
              "--set", f"train.storage_path={runs}", "--set", f"train.node_resource={NODE_RESOURCE}",
              "--set", f"train.epochs={EPOCHS}", "--set", "train.early_stopping_patience=0",
              "--set", f"train.max_failures={MAX_FAILURES}", "--set", "train.batch_size=256"],
-            env=client, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=client, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + SEARCH_TIMEOUT_S
         on_worker = False
@@ -139,7 +145,7 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
             if on_worker and checkpoints:
                 break
             time.sleep(POLL_S)
-        ended = "" if search.poll() is None else search.communicate()[0][-6000:]
+        ended = "" if search.poll() is None else _tail(tmp_path / "search.log")
         assert on_worker, f"the Train worker never ran on the second node\n{ended}"
         assert checkpoints, f"no checkpoint reached S3 before the search ended\n{ended}"
         assert not ended, f"the trial finished before the node could be lost\n{ended}"
@@ -152,8 +158,9 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
             time.sleep(POLL_S)
         if search.poll() is None:
             search.kill()
-        output = search.communicate()[0]
-        assert search.returncode == 0, output[-4000:]
+        search.wait()
+        output = (tmp_path / "search.log").read_text(errors="replace")
+        assert search.returncode == 0, _tail(tmp_path / "search.log")
         assert on_head, "no Train worker restarted on the head"
         assert "1 trials, 0 failed" in output
         # -- the trial resumed from its checkpoint in S3 and logged its model through MLflow
@@ -179,6 +186,8 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
             if process is not None and process.poll() is None:
                 process.kill()
                 process.communicate()
+        if search is not None:
+            log.close()
         down = hmoe_cli("cluster", "down", "--state-dir", str(state), env=env)
         stop = hmoe_cli("ui", "--stop", "--state-dir", str(state), env=env)
     assert down.returncode == 0 and stop.returncode == 0, (down.stderr, stop.stderr)

@@ -68,7 +68,6 @@ FINAL_REPORT_KEY = "best_epoch"  # only a run's last report has it (train_loop._
 TAG_STOPPED_BY = "hmoe.stopped_by"  # the scheduler that ended a trial early
 TAG_STOP_REASON = "hmoe.stop_reason"
 HEADLINE_METRICS = ("val_auc", "test_auc", "best_epoch")  # columns of the search's MLflow view
-VIEW_ATTRIBUTES = ("Dataset", "Models")  # the UI's attribute columns kept in that view
 SCHEDULERS = ("asha", "fifo")
 
 
@@ -338,12 +337,9 @@ def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Seq
         cfg.tracking.uri,
         run.info.experiment_id,
         search,
-        columns={
-            "attributes": VIEW_ATTRIBUTES,
-            "metrics": metrics,
-            "params": list(params),
-            "tags": [TAG_STOPPED_BY],
-        },
+        # no attribute columns (Dataset, Models): the UI renders only the columns that fit its
+        # width, and a dataset's name and digest would push the params out of sight
+        columns={"params": list(params), "metrics": metrics, "tags": [TAG_STOPPED_BY]},
         order_by=("metrics", metric),
         ascending=metric_mode(metric) == "min",
         expanded=[parent.run_id],

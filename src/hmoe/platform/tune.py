@@ -320,9 +320,13 @@ def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
     """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
-    space_fn(trial)
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+        space_fn(trial)
+    finally:
+        optuna.logging.set_verbosity(previous)
     return sorted(trial.params)
 
 

@@ -79,7 +79,6 @@ FINAL_REPORT_KEY = "best_epoch"  # only a run's last report has it (train_loop._
 TAG_STOPPED_BY = "hmoe.stopped_by"  # the scheduler that ended a trial early
 TAG_STOP_REASON = "hmoe.stop_reason"
 HEADLINE_METRICS = ("val_auc", "test_auc", "best_epoch")  # columns of the search's MLflow view
-VIEW_ATTRIBUTES = ("Dataset", "Models")  # the UI's attribute columns kept in that view
 SCHEDULERS = ("asha", "fifo")
 TAG_ROLE = "hmoe.role"
 TAG_STORAGE = "hmoe.storage"  # the search's Ray Tune folder, which a resume restores
@@ -415,9 +414,13 @@ def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
     """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
-    space_fn(trial)
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+        space_fn(trial)
+    finally:
+        optuna.logging.set_verbosity(previous)
     return sorted(trial.params)
 
 
@@ -432,12 +435,9 @@ def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Seq
         cfg.tracking.uri,
         run.info.experiment_id,
         search,
-        columns={
-            "attributes": VIEW_ATTRIBUTES,
-            "metrics": metrics,
-            "params": list(params),
-            "tags": [TAG_STOPPED_BY],
-        },
+        # no attribute columns (Dataset, Models): the UI renders only the columns that fit its
+        # width, and a dataset's name and digest would push the params out of sight
+        columns={"params": list(params), "metrics": metrics, "tags": [TAG_STOPPED_BY]},
         order_by=("metrics", metric),
         ascending=metric_mode(metric) == "min",
         expanded=[parent.run_id],

@@ -113,6 +113,11 @@ class EmbeddingSetsConfig(Config):
             )
         if not (self.table_lr > 0.0 and self.table_eps > 0.0 and self.table_l2 >= 0.0):
             raise ConfigError("table_lr and table_eps must be > 0 and table_l2 >= 0")
+        if 2.0 * self.table_lr * self.table_l2 >= 1.0:
+            # the L2 step shrinks a touched row by 1 - 2 lr l2: at 1 it would zero or flip it
+            raise ConfigError(
+                f"2 * table_lr * table_l2 must be < 1, got {2.0 * self.table_lr * self.table_l2}"
+            )
         defaults = EmbeddingSetsConfig.__dataclass_fields__
         changed = [
             name

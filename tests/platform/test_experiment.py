@@ -45,6 +45,7 @@ def test_round_trip_and_run_name(data_dir):
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
         ({"model.embedding.backend": "torchrec", "train.num_workers": 2}, "one worker"),
+        ({"model.embedding.backend": "torchrec", "train.gpus_per_worker": 1}, "on CPU"),
         ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )

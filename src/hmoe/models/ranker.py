@@ -92,10 +92,15 @@ class EmbeddingSetsConfig(Config):
     set_dims: tuple[int, ...] = ()
     assignment: SetAssignment = "per_expert"
     expert_sets: tuple[int, ...] = ()
+    # where the id tables live: torch (nn.Embedding) or torchrec (fused FBGEMM tables)
     backend: EmbeddingBackend = "torch"
+    # torchrec only: the optimizer fused into the backward (adam needs CUDA)
     table_optimizer: TableOptimizer = "rowwise_adagrad"
+    # torchrec only: the tables' learning rate (constant; the train schedule does not move it)
     table_lr: float = 0.01
+    # torchrec only: L2 table_l2 * |w_r|^2 on each row a batch touches, once per step
     table_l2: float = 0.0
+    # torchrec only: the optimizer's epsilon
     table_eps: float = 1e-8
 
     def fused_tables(self) -> FusedTableSettings | None:

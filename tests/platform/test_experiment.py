@@ -71,6 +71,7 @@ def test_a_trial_run_name_leads_with_the_sampled_values_that_differ(data_dir):
             },
             "table_l2 > 0 needs train.num_workers=1",
         ),
+        ({"model.embedding.backend": "torchrec", "train.gpus_per_worker": 1}, "on CPU"),
         ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )

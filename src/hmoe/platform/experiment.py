@@ -178,6 +178,12 @@ class ExperimentConfig(Config):
                 "model.use_sparse_gradients=true is not supported by hmoe train: its optimizer "
                 "(fused Adam/AdamW) cannot take sparse id-table gradients; set it to false"
             )
+        if self.model.embedding.backend == "torchrec" and self.train.gpus_per_worker > 0:
+            # FBGEMM's kernels are built for the device at construction; the model is built on
+            # the CPU and moved, which would leave the tables behind
+            raise ConfigError(
+                "model.embedding.backend='torchrec' trains on CPU for now (train.gpus_per_worker=0)"
+            )
         embedding = self.model.embedding
         if embedding.backend == "torchrec" and self.train.num_workers > 1 and embedding.table_l2:
             # the touched-row decay reads and writes whole tables, which no rank holds once

@@ -12,7 +12,14 @@ import yaml
 from hmoe.config import ConfigError
 from hmoe.jobs.api import JobClient, runtime_env, submit
 from hmoe.jobs.entry import RESULT_MARKER, decode_spec, encode_spec, parse_result
-from hmoe.jobs.spec import EXAMPLES, JobSpec, example_path, load_job, validate
+from hmoe.jobs.spec import (
+    EXAMPLES,
+    JobSpec,
+    example_path,
+    load_job,
+    shipped_dataset_spec,
+    validate,
+)
 from hmoe.platform.processes import free_port
 from tests.conftest import REPO_ROOT
 
@@ -35,25 +42,21 @@ def _prepared(tmp_path: Path) -> Path:
 
 def test_every_shipped_example_is_registered_and_validates():
     shipped = sorted(p.stem for p in EXAMPLES_DIR.glob("*.yaml"))
-    assert shipped == sorted(EXAMPLES) and len(EXAMPLES) == 4
-    kinds = {}
+    assert shipped == sorted(EXAMPLES)
     for name in EXAMPLES:
         spec = load_job(example_path(name))
         validate(spec, check_paths=False)
-        kinds[name] = spec.kind
-    assert kinds == {
-        "smoke": "tune",
-        "ml100k_full": "tune",
-        "criteo_tiny_experts": "tune",
-        "synthetic_scale": "train",
-    }
+        assert JobSpec.from_dict(spec.to_dict()) == spec, name
 
 
-def test_examples_name_the_datasets_the_issue_asks_for():
-    assert load_job(example_path("ml100k_full")).dataset.spec == "ml-100k"
-    assert load_job(example_path("ml100k_full")).search.space == "full"
-    assert load_job(example_path("criteo_tiny_experts")).search.space == "experts"
-    assert load_job(example_path("synthetic_scale")).dataset.synthetic.rows > 1_000_000
+def test_the_examples_show_both_job_kinds_and_both_dataset_sources():
+    """A user copies an example to start: there is one of each kind of job, one that prepares a
+    shipped real dataset and one that generates synthetic logs."""
+    specs = [load_job(example_path(name)) for name in EXAMPLES]
+    assert {spec.kind for spec in specs} == {"train", "tune"}
+    real = [s.dataset.spec for s in specs if s.dataset.spec is not None]
+    assert real and all(shipped_dataset_spec(name) is not None for name in real)
+    assert any(spec.dataset.synthetic is not None for spec in specs)
 
 
 MALFORMED = {

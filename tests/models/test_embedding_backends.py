@@ -9,6 +9,7 @@ per row: the mean of the squared row gradient), not from FBGEMM's code.
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import subprocess
 import sys
 
@@ -169,6 +170,15 @@ def test_every_preset_matches_torch_trains_and_exports_to_torch_tables(name: str
 
 def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_clear_error():
     from hmoe.config import ConfigError
+    from hmoe.models import torchrec_tables
+
+    result = doctest.testmod(torchrec_tables)
+    assert result.attempted > 0 and result.failed == 0
+    with pytest.raises(ConfigError, match="must be < 1"):
+        apply_overrides(
+            get_preset("debug").model,
+            {"embedding.backend": "torchrec", "embedding.table_lr": 1.0, "embedding.table_l2": 0.5},
+        )
 
     with pytest.raises(ConfigError, match=r"read only with embedding\.backend='torchrec'"):
         apply_overrides(get_preset("debug").model, {"embedding.table_lr": 0.1})

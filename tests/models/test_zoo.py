@@ -37,6 +37,7 @@ EXPECTED_PRESETS = {
 }
 TWO_TASKS = ("click", "like")
 BATCH = 8
+OBSERVE_BATCH = 32
 
 
 def _step(preset: Preset, tasks: tuple[str, ...]) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -68,9 +69,11 @@ def test_preset_builds_and_trains_a_step(name):
 
 
 def test_every_preset_was_exercised():
-    """The parametrised test above covers the dict (a directory walk could silently shrink)."""
-    checked = [name for name in sorted(PRESETS) if PRESETS[name]().model is not None]
-    assert len(checked) == len(EXPECTED_PRESETS)
+    """The parametrised test above runs every preset the zoo promises, no fewer."""
+    (marker,) = test_preset_builds_and_trains_a_step.pytestmark
+    argnames, parameters = marker.args
+    assert argnames == "name"
+    assert set(parameters) == EXPECTED_PRESETS
 
 
 @pytest.mark.parametrize(
@@ -151,11 +154,11 @@ def _nudged(value: Any) -> list[Any]:
     return [value * 1.5, value * 0.5]
 
 
-def _observe(preset: Preset) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _observe(preset: Preset, batch_size: int = BATCH) -> tuple[torch.Tensor, torch.Tensor, int]:
     schema = tiny_schema(tasks=TWO_TASKS)
     torch.manual_seed(0)
     model = build(preset.model, schema)
-    batch = random_batch(schema, BATCH, torch.Generator().manual_seed(0))
+    batch = random_batch(schema, batch_size, torch.Generator().manual_seed(0))
     torch.manual_seed(1)  # dropout masks
     loss, outputs = TrainWrapper(model, preset.loss)(batch)
     count = sum(p.numel() for p in model.parameters())
@@ -252,15 +255,28 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "ranking_on_one_task": {"loss.ranking.tasks": ["click"]},
     "no_sample_weight": {"loss.use_sample_weight": False},
 }
+#: what a technique needs of the debug preset to show (debug has one expert per kind, so grouping
+#: experts by kind only differs from one set per expert once a kind has two experts)
+TECHNIQUE_BASES: dict[str, dict[str, Any]] = {"expert_groups": {"model.experts.counts.mlp": 2}}
 
 
 @pytest.mark.parametrize("technique", sorted(TECHNIQUES))
 def test_technique_reachable_by_configuration(technique):
-    base = get_preset("debug")
+    """Setting the technique's keys alone changes what the model computes: its logits, its loss
+    or its parameters (a key the model ignored would leave all three as they were)."""
+    base = apply_overrides(get_preset("debug"), TECHNIQUE_BASES.get(technique, {}))
     preset = apply_overrides(base, TECHNIQUES[technique])
     assert preset != base
     _, loss = _step(preset, TWO_TASKS)
     assert torch.isfinite(loss)
+    # a larger batch than BATCH, so that some multi-valued rows hold several values (pooling)
+    logits, loss, count = _observe(base, OBSERVE_BATCH)
+    new_logits, new_loss, new_count = _observe(preset, OBSERVE_BATCH)
+    assert torch.isfinite(new_logits).all()
+    unchanged = (
+        new_count == count and torch.equal(new_logits, logits) and torch.equal(new_loss, loss)
+    )
+    assert not unchanged, f"{technique}: {TECHNIQUES[technique]} changed nothing the model computes"
 
 
 def test_hmoe_expert_groups_survive_a_search_over_counts():

@@ -52,6 +52,7 @@ def test_round_trip_and_run_name(data_dir):
             },
             "table_l2 > 0 needs train.num_workers=1",
         ),
+        ({"model.embedding.backend": "torchrec", "train.gpus_per_worker": 1}, "on CPU"),
         ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )

@@ -28,9 +28,9 @@ class MLPConfig(Config):
     """
 
     hidden_dims: tuple[int, ...] = (64, 32)
-    dropout: float = 0.0
-    activation: Activation = "relu"
-    use_batch_norm: bool = False
+    dropout: float = 0.0  # after each activation; 0 disables
+    activation: Activation = "relu"  # after each Linear (and BatchNorm)
+    use_batch_norm: bool = False  # BatchNorm1d between Linear and activation
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden_dims):

@@ -35,7 +35,8 @@ class DCNV2Config(Config):
     """
 
     mlp: MLPConfig = MLPConfig()
-    num_layers: int = 3
+    num_layers: int = 3  # cross layers l = 1..num_layers
+    # where the cross sits: stacked before the MLP or parallel to it
     structure: Literal["stacked", "parallel"] = "stacked"
     rank: int | None = None
 

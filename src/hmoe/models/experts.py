@@ -66,7 +66,7 @@ class IPNNConfig(Config):
     """IPNN: the ``F (F - 1) / 2`` pairwise inner products (ME version), optionally + flat."""
 
     mlp: MLPConfig = MLPConfig()
-    include_flat: bool = False
+    include_flat: bool = False  # also feed the flat field tokens to the MLP
 
 
 @config

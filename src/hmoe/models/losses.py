@@ -46,7 +46,7 @@ class RankingLossConfig(Config):
     ``tasks``: the tasks that get the pair term (empty: every task).
     """
 
-    enabled: bool = False
+    enabled: bool = False  # add the pair term to BCE (Combined-Pair)
     alpha: float = 0.8
     tasks: tuple[str, ...] = ()
 
@@ -84,10 +84,11 @@ class IPWConfig(Config):
       the train logs; at least two entries, non-decreasing, the second above the first.
     """
 
-    enabled: bool = False
+    enabled: bool = False  # re-weight the positives of repeated exposure
+    # how rho_k is estimated: power law or a fitted table
     estimator: Literal["power", "table"] = "power"
-    exponent: float = 0.5
-    propensities: tuple[float, ...] = ()
+    exponent: float = 0.5  # power estimator: rho_k = (1 + k) ** exponent
+    propensities: tuple[float, ...] = ()  # table estimator: click rate by exposure index
     min_weight: float = 0.1
     tasks: tuple[str, ...] = ()  # the tasks whose positives are re-weighted (empty: every task)
 
@@ -195,6 +196,11 @@ def pairwise_ranking_loss(logits_B: torch.Tensor, labels_B: torch.Tensor) -> tor
     return _MeanPairSoftplus.apply(pos_P, neg_N)
 
 
+def mix_bce_and_pair(bce: torch.Tensor, pair: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The Combined-Pair mix ``alpha * bce + (1 - alpha) * pair`` (elementwise, any shape)."""
+    return alpha * bce + (1.0 - alpha) * pair
+
+
 def combined_pair_loss(
     logits_B: torch.Tensor,
     labels_B: torch.Tensor,
@@ -207,7 +213,7 @@ def combined_pair_loss(
         labels_B.unsqueeze(1),
         None if weight_B is None else weight_B[:, None],
     )[0]
-    return alpha * bce + (1.0 - alpha) * pairwise_ranking_loss(logits_B, labels_B)
+    return mix_bce_and_pair(bce, pairwise_ranking_loss(logits_B, labels_B), alpha)
 
 
 def ipw_weights(
@@ -400,7 +406,7 @@ class TrainWrapper(nn.Module):
             pair_K = torch.stack(pairs)
             ranked_K = torch.tensor([k in self.ranked_tasks for k in range(len(self.tasks))])
             task_loss_K = torch.where(
-                ranked_K.to(bce_K.device), alpha * bce_K + (1.0 - alpha) * pair_K, bce_K
+                ranked_K.to(bce_K.device), mix_bce_and_pair(bce_K, pair_K, alpha), bce_K
             )
         if self.embedding_l2_by_optimizer:
             reg = regularization_loss(self.model, 0.0) + self._embedding_l2_value()

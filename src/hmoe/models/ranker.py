@@ -92,10 +92,15 @@ class EmbeddingSetsConfig(Config):
     set_dims: tuple[int, ...] = ()
     assignment: SetAssignment = "per_expert"
     expert_sets: tuple[int, ...] = ()
+    # where the id tables live: torch (nn.Embedding) or torchrec (fused FBGEMM tables)
     backend: EmbeddingBackend = "torch"
+    # torchrec only: the optimizer fused into the backward (adam needs CUDA)
     table_optimizer: TableOptimizer = "rowwise_adagrad"
+    # torchrec only: the tables' learning rate (constant; the train schedule does not move it)
     table_lr: float = 0.01
+    # torchrec only: L2 table_l2 * |w_r|^2 on each row a batch touches, once per step
     table_l2: float = 0.0
+    # torchrec only: the optimizer's epsilon
     table_eps: float = 1e-8
 
     def fused_tables(self) -> FusedTableSettings | None:
@@ -113,6 +118,11 @@ class EmbeddingSetsConfig(Config):
             )
         if not (self.table_lr > 0.0 and self.table_eps > 0.0 and self.table_l2 >= 0.0):
             raise ConfigError("table_lr and table_eps must be > 0 and table_l2 >= 0")
+        if 2.0 * self.table_lr * self.table_l2 >= 1.0:
+            # the L2 step shrinks a touched row by 1 - 2 lr l2: at 1 it would zero or flip it
+            raise ConfigError(
+                f"2 * table_lr * table_l2 must be < 1, got {2.0 * self.table_lr * self.table_l2}"
+            )
         defaults = EmbeddingSetsConfig.__dataclass_fields__
         changed = [
             name

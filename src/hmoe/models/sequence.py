@@ -50,8 +50,8 @@ class TimeIntervalConfig(Config):
     """Log time-interval buckets for TIM's temporal encoding ([RECON], spec §2.1):
     ``bucket = min(num_buckets - 1, floor(log2(1 + dt / unit_seconds)))``."""
 
-    num_buckets: int = 32
-    unit_seconds: float = 60.0
+    num_buckets: int = 32  # log2 buckets of the time gap
+    unit_seconds: float = 60.0  # the gap that bucket 1 starts at
 
     def __post_init__(self) -> None:
         if self.num_buckets < 1 or self.unit_seconds <= 0:
@@ -85,10 +85,10 @@ class SASRecConfig(Config):
     output (``last``, SASRec's next-item state) or target-attentive pooling (``target``:
     ``softmax(<h_i, v>/sqrt(D))``-weighted sum of the outputs)."""
 
-    num_layers: int = 2
-    num_heads: int = 1
-    ffn_multiplier: int = 1
-    dropout: float = 0.2
+    num_layers: int = 2  # self-attention blocks
+    num_heads: int = 1  # attention heads per block (divides D)
+    ffn_multiplier: int = 1  # feed-forward width as a multiple of D
+    dropout: float = 0.2  # in attention and feed-forward
     pooling: Literal["last", "target"] = "last"
 
     def __post_init__(self) -> None:

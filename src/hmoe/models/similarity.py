@@ -43,8 +43,8 @@ class SimilarityEncoderConfig(Config):
     num_levels: int = 1024
     bases: tuple[int, ...] = (2, 3)
     common_width: bool = False
-    low: float = -1.0
-    high: float = 1.0
+    low: float = -1.0  # the lowest similarity (level 0)
+    high: float = 1.0  # the highest similarity (last level)
 
     def __post_init__(self) -> None:
         if not self.low < self.high:

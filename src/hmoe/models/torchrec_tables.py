@@ -104,7 +104,7 @@ class TorchRecIdTables(nn.Module):
         >>> tables = TorchRecIdTables(schema, 4, "mean", 0.01, FusedTableSettings())
         >>> tokens, behaviours = tables(random_batch(schema, 3, torch.Generator()))
         >>> len(tokens), tokens[0].shape, behaviours[0].shape
-        (5, torch.Size([3, 4]), torch.Size([3, 5, 4]))
+        (5, torch.Size([3, 4]), torch.Size([3, 6, 4]))
     """
 
     def __init__(

@@ -46,7 +46,7 @@ class DataConfig(Config):
     per epoch, a large share of a short epoch); larger splits stream. 0 always streams.
     """
 
-    path: str
+    path: str  # the prepared directory (hmoe data prepare --out)
     shuffle_buffer_rows: int = 20_000
     eval_batch_size: int = 4096
     materialize_train_max_mb: int = 512
@@ -73,24 +73,25 @@ class TrainConfig(Config):
     once (a resumed run does not fail again).
     """
 
-    epochs: int = 4
+    epochs: int = 4  # passes over the train split (at most, with early stopping)
     batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3  # the optimizer's learning rate (peak, after warmup)
+    weight_decay: float = 0.0  # the optimizer's weight decay (adamw: decoupled)
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam or adamw
+    # after warmup: constant, cosine or linear decay to 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup from 0 over these optimizer steps
     grad_clip_norm: float | None = 10.0
-    early_stopping_metric: str = "val_auc"
+    early_stopping_metric: str = "val_auc"  # the validation metric that picks the best epoch
     early_stopping_patience: int = 2
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    seed: int = 0
+    num_workers: int = 1  # Ray Train workers (data-parallel)
+    cpus_per_worker: float = 1.0  # logical CPUs each worker holds
+    gpus_per_worker: float = 0.0  # GPUs each worker holds (a fraction shares one)
+    seed: int = 0  # seeds the init, the shuffling and dropout
     use_bf16: bool = True
     max_failures: int = 2
-    checkpoints_to_keep: int = 2
-    storage_path: str = DEFAULT_STORAGE
+    checkpoints_to_keep: int = 2  # checkpoints a run keeps on its storage
+    storage_path: str = DEFAULT_STORAGE  # where Ray Train keeps run folders and checkpoints
     fail_at_step: int | None = None
     # per-epoch information abundance on rank 0 (cheap: left on); the gradient conflict needs an
     # extra forward/backward on rank 0 and is opt-in (train.monitor.gradient_conflict=true)
@@ -131,9 +132,9 @@ class TrackingConfig(Config):
     """
 
     uri: str = DEFAULT_TRACKING_URI
-    experiment: str = DEFAULT_EXPERIMENT
+    experiment: str = DEFAULT_EXPERIMENT  # the MLflow experiment runs go into
     registered_model: str | None = None
-    log_model: bool = True
+    log_model: bool = True  # log the trained model with each run
     model_format: Literal["auto", "pt2", "pickle"] = "auto"
 
     @property
@@ -159,6 +160,12 @@ class ExperimentConfig(Config):
             raise ConfigError(
                 "model.use_sparse_gradients=true is not supported by hmoe train: its optimizer "
                 "(fused Adam/AdamW) cannot take sparse id-table gradients; set it to false"
+            )
+        if self.model.embedding.backend == "torchrec" and self.train.gpus_per_worker > 0:
+            # FBGEMM's kernels are built for the device at construction; the model is built on
+            # the CPU and moved, which would leave the tables behind
+            raise ConfigError(
+                "model.embedding.backend='torchrec' trains on CPU for now (train.gpus_per_worker=0)"
             )
         embedding = self.model.embedding
         if embedding.backend == "torchrec" and self.train.num_workers > 1 and embedding.table_l2:

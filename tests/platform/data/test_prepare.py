@@ -262,6 +262,34 @@ def test_parquet_and_jsonl_hashing_and_random_split(ray_cluster, tmp_path: Path)
     pd.testing.assert_frame_equal(_all_splits(tmp_path / "js"), frame)
 
 
+def test_group_splits_through_prepare(ray_cluster, tmp_path: Path) -> None:
+    """Per-user temporal split: every user with three rows or more has training rows before its
+    test rows; group split: no user in two splits. Both with sequences and exposure counts."""
+    log, items = make_log(n=240, seed=13)
+    frame = log.astype({"rid": int, "ts": float}).set_index("rid")
+    spec = spec_dict(
+        split={"kind": "group_temporal", "group_by": "user", "fractions": [0.6, 0.2, 0.2]}
+    )
+    out = tmp_path / "per_user"
+    manifest = prepare(write_dataset(tmp_path / "raw", log, items, spec), out)
+    assert manifest["rows"]["written"] == len(log)
+    shards = _all_splits(out)
+    shards["user"] = frame.loc[shards["rid"].astype(int), "user"].to_numpy()
+    shards["ts"] = frame.loc[shards["rid"].astype(int), "ts"].to_numpy()
+    for user, rows in shards.groupby("user"):
+        train, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"]
+        assert len(test) >= 1, user
+        if len(rows) >= 3:
+            assert len(train) >= 1 and train["ts"].max() <= test["ts"].min(), user
+    spec["split"] = {"kind": "group", "group_by": "user", "fractions": [0.6, 0.2, 0.2]}
+    out = tmp_path / "by_user"
+    prepare(write_dataset(tmp_path / "raw2", log, items, spec), out)
+    shards = _all_splits(out)
+    shards["user"] = frame.loc[shards["rid"].astype(int), "user"].to_numpy()
+    assert (shards.groupby("user")["split"].nunique() == 1).all()
+    assert shards["split"].nunique() >= 2
+
+
 def test_sequences_from_a_separate_behaviour_log(ray_cluster, tmp_path: Path) -> None:
     log, items = make_log(n=150, seed=5)
     rng = np.random.default_rng(0)

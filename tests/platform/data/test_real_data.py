@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from hmoe.platform.data import feature_schema, prepare, read_split_table
@@ -50,6 +52,50 @@ def test_ml100k_reproduces_the_q1_split(ray_cluster, data_env: Path, tmp_path: P
     assert (np.diff(deltas, axis=1)[real[:, 1:]] <= 0).all()  # oldest first
     schema = feature_schema(tmp_path / "ml")
     assert schema.tasks == ("click", "five_star") and schema.sequences[0].max_len == 50
+
+
+@pytest.mark.slow
+def test_ml100k_returning_users_split(ray_cluster, data_env: Path, tmp_path: Path) -> None:
+    """Q1b: per user, the last max(1, round(n / 10)) ratings in (time, item) order are test, as
+    many before them valid; every test user has training rows and a history."""
+    prepare(SPECS / "ml-100k-returning.yaml", tmp_path / "ml")
+    inter = pd.read_csv(data_env / "ml-100k" / "ml-100k.inter", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    ordered = inter.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    position = ordered.groupby("user_id").cumcount()
+    count = ordered.groupby("user_id")["item_id"].transform("size")
+    tenth = np.maximum(1, np.floor(count / 10 + 0.5))  # at least one each
+    test_count = tenth
+    split = np.where(
+        position >= count - test_count,
+        "test",
+        np.where(position >= count - test_count - tenth, "valid", "train"),
+    )
+    expected = ordered.assign(split=split)
+    out = tmp_path / "ml"
+    for name in ("train", "valid", "test"):
+        table = read_split_table(out, name).to_pandas()
+        pairs = Counter(
+            zip(_decoded(out, table, "user_id"), _decoded(out, table, "item_id"), strict=True)
+        )
+        chosen = expected[expected["split"] == name]
+        items = set(_vocab(out, "item_id"))  # an item first rated outside train is out of vocab
+        want = Counter(
+            (str(u), str(i) if str(i) in items else "<oov>")
+            for u, i in zip(chosen["user_id"], chosen["item_id"], strict=True)
+        )
+        assert pairs == want, name
+        if name == "test":
+            assert (table[seq_column("hist", "length")] > 0).all()  # every test user has a history
+
+
+def _vocab(out: Path, name: str) -> list[str]:
+    return pq.read_table(out / "vocab" / f"{name}.parquet").column("value").to_pylist()
+
+
+def _decoded(out: Path, table: pd.DataFrame, name: str) -> list[str]:
+    values = ["<pad>", "<oov>", *_vocab(out, name)]
+    return [values[i] for i in table[name]]
 
 
 def test_criteo_tiny_q2_split_and_identity_vocab(

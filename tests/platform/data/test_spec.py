@@ -15,7 +15,13 @@ from hmoe.platform.data.spec import DATA_ROOT_ENV, DatasetSpec
 from tests.platform.data.toy import spec_dict
 
 SPECS_DIR = Path(__file__).resolve().parents[3] / "src" / "hmoe" / "platform" / "data" / "specs"
-SHIPPED = ("adult", "criteo_deeplight_tiny", "ml-100k", "open_bandit_small")
+SHIPPED = (
+    "adult",
+    "criteo_deeplight_tiny",
+    "ml-100k",
+    "ml-100k-returning",
+    "open_bandit_small",
+)
 
 
 def test_shipped_specs_all_load() -> None:
@@ -63,6 +69,11 @@ def test_the_toy_spec_is_valid() -> None:
         ({"numeric": [{"name": "price", "required": False}]}, "fill_missing"),
         ({"log": {"paths": ["x.csv"], "header": False}}, "column_names"),
         ({"colour": 1}, "unknown key(s) ['colour']"),
+        ({"split": {"kind": "group"}}, "group_by is given iff"),
+        ({"split": {"kind": "random", "group_by": "user"}}, "group_by is given iff"),
+        ({"split": {"kind": "group_temporal", "group_by": "tags"}}, "'tags' is not a single"),
+        ({"split": {"kind": "group", "group_by": "nobody"}}, "'nobody' is not a single"),
+        ({"split": {"kind": "group", "group_by": "user", "tie_break": ["rid"]}}, "tie_break"),
     ],
 )
 def test_invalid_specs_name_the_problem(change: dict, message: str) -> None:

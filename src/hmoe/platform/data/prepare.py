@@ -78,7 +78,7 @@ from hmoe.platform.data.output import (
 from hmoe.platform.data.pieces import SUFFIX, gather, load, save, scatter
 from hmoe.platform.data.sides import join_side_tables, side_embeddings
 from hmoe.platform.data.spec import DatasetSpec, load_spec
-from hmoe.platform.data.split import SplitAssigner, locate_boundaries
+from hmoe.platform.data.split import SplitAssigner, group_boundaries, locate_boundaries
 from hmoe.platform.data.split import pinned_files as pinned_file_splits
 from hmoe.platform.data.tables import (
     FILE_COLUMN,
@@ -491,10 +491,26 @@ def _splitter(
     spec: DatasetSpec, parsed: Any, pinned: dict[int, int], totals: dict[str, Any]
 ) -> SplitAssigner:
     s = spec.split
-    if s.kind in ("random", "cutoff"):
+    if s.kind in ("random", "cutoff", "group"):
         return SplitAssigner(
-            kind=s.kind, pinned=pinned, cutoffs=s.cutoffs, fractions=s.fractions, seed=s.seed
+            kind=s.kind,
+            pinned=pinned,
+            cutoffs=s.cutoffs,
+            fractions=s.fractions,
+            seed=s.seed,
+            group_by=s.group_by,
         )
+    if s.kind == "group_temporal":
+        assert s.group_by is not None
+        parts = pstats.collect_list(
+            parsed,
+            pstats.block_group_rows,
+            group_by=s.group_by,
+            pinned=pinned,
+            tie_break=s.tie_break,
+        )
+        groups = group_boundaries(pa.concat_tables(parts), s.fractions, s.tie_break)
+        return SplitAssigner(kind=s.kind, pinned=pinned, group_by=s.group_by, groups=groups)
     n = totals["eligible"]
     ranks = (round(n * s.fractions[0]), round(n * (s.fractions[0] + s.fractions[1])))
     bounds = (totals["key_min"], totals["key_max"])

@@ -103,10 +103,10 @@ class BehaviourLogSpec(Config):
     """A separate behaviour log (e.g. clicks) whose events feed a sequence."""
 
     table: TableSpec
-    user_column: str
-    item_column: str
+    user_column: str  # the user id column (values as in user_field)
+    item_column: str  # the item id column (values as in the sequence's item_field)
     timestamp_column: str  # parsed with the spec's TimestampSpec unit and range
-    category_column: str | None = None
+    category_column: str | None = None  # the category column, if the sequence has one
 
 
 @config
@@ -121,10 +121,11 @@ class SequenceSpec(Config):
     the events of ``behaviour_log``, encoded with the same vocabularies.
     """
 
-    name: str
+    name: str  # the sequence's name in the prepared data and the model
     max_len: int
     item_field: str  # a CategoricalSpec name (shares its vocabulary)
     category_field: str | None = None  # a CategoricalSpec name
+    # where behaviours come from: the log itself or behaviour_log
     source: Literal["log", "behaviour_log"] = "log"
     only_positive_of: str | None = None  # a task: keep behaviours whose label is 1
     filter: ColumnPredicate | None = None  # and/or keep rows satisfying a rule on a raw column
@@ -149,15 +150,26 @@ class SplitSpec(Config):
     ``fractions`` of the rows in that order. ``ordered``: ``fractions`` in file order (files in
     ``paths`` order). ``cutoff``: rows with timestamp < ``cutoffs[0]`` train, < ``cutoffs[1]``
     valid, the rest test (seconds since the epoch). ``random``: each row independently by a
-    stable hash of (seed, row position). ``pinned_files`` sends every row of a log path (as
-    written in ``log.paths``) to one split; the others are split among the remaining rows.
+    stable hash of (seed, row position). ``group``: all rows of a group (the values of the
+    categorical feature ``group_by``, e.g. a query or a user) in one split, chosen by a stable
+    hash of (seed, value), so ``fractions`` hold for groups, not rows. ``group_temporal``: each
+    group split in time, the same stable sort as ``temporal`` within the group: its last
+    ``max(1, round(n * fractions[2]))`` rows to test, the ``max(1, round(n * fractions[1]))``
+    before them to valid (none when a fraction is 0), the rest to train, so every group with
+    three rows or more has training rows before its test rows (``group_by: user_id`` is the
+    leave-last-out protocol of sequential recommendation; it collects the group, time and row id
+    of every row in the driver). ``pinned_files`` sends every row of a log path (as written in
+    ``log.paths``) to one split; the others are split among the remaining rows.
     """
 
-    kind: Literal["temporal", "ordered", "cutoff", "random"] = "temporal"
+    # temporal, ordered, cutoff, random, group or group_temporal (above)
+    kind: Literal["temporal", "ordered", "cutoff", "random", "group", "group_temporal"] = "temporal"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # cutoff: the train/valid and valid/test times (seconds)
     cutoffs: tuple[float, float] | None = None
     tie_break: tuple[str, ...] = ()  # raw columns; compared as numbers when all parse as numbers
-    seed: int = 0
+    seed: int = 0  # random and group: the hash seed
+    group_by: str | None = None  # a single-valued categorical feature (kinds group*)
     pinned_files: Mapping[str, Split] = FrozenMap()
 
     def __post_init__(self) -> None:
@@ -167,8 +179,13 @@ class SplitSpec(Config):
             raise ConfigError("cutoffs are given iff kind is 'cutoff'")
         if self.cutoffs is not None and self.cutoffs[0] > self.cutoffs[1]:
             raise ConfigError(f"cutoffs must be increasing, got {list(self.cutoffs)}")
-        if self.tie_break and self.kind != "temporal":
-            raise ConfigError("tie_break applies to kind 'temporal' only")
+        if self.tie_break and self.kind not in ("temporal", "group_temporal"):
+            raise ConfigError("tie_break applies to kinds 'temporal' and 'group_temporal' only")
+        if (self.group_by is not None) != self.kind.startswith("group"):
+            raise ConfigError(
+                f"split.group_by is given iff kind is 'group' or 'group_temporal' "
+                f"(kind {self.kind!r}, group_by {self.group_by!r})"
+            )
 
 
 @config
@@ -213,7 +230,7 @@ class ValidateSpec(Config):
 class DatasetSpec(Config):
     """A whole dataset: raw tables, column roles, sequences, vocabulary rules and the split."""
 
-    name: str
+    name: str  # the dataset's name, kept in the manifest
     log: TableSpec
     side_tables: tuple[SideTableSpec, ...] = ()
     timestamp: TimestampSpec | None = None
@@ -285,7 +302,14 @@ def _check_spec(spec: DatasetSpec) -> None:
         raise ConfigError("sequences and count_exposures need user_field and timestamp")
     if spec.count_exposures and spec.item_field is None:
         raise ConfigError("count_exposures needs item_field")
-    if spec.split.kind in ("temporal", "cutoff") and spec.timestamp is None:
+    group_by = spec.split.group_by
+    if group_by is not None and (
+        group_by not in categorical or spec.categorical_by_name(group_by).multi_valued
+    ):
+        raise ConfigError(
+            f"split.group_by: {group_by!r} is not a single-valued categorical feature"
+        )
+    if spec.split.kind in ("temporal", "cutoff", "group_temporal") and spec.timestamp is None:
         raise ConfigError(f"split kind {spec.split.kind!r} needs a timestamp")
     unknown_pins = sorted(set(spec.split.pinned_files) - set(spec.log.paths))
     if unknown_pins:

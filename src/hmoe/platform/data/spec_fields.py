@@ -37,7 +37,7 @@ class TableSpec(Config):
     """
 
     paths: tuple[str, ...]
-    format: Literal["csv", "tsv", "parquet", "jsonl"] = "csv"
+    format: Literal["csv", "tsv", "parquet", "jsonl"] = "csv"  # file format of every path
     header: bool = True  # csv/tsv: the first line names the columns
     column_names: tuple[str, ...] = ()  # csv/tsv without header (or to rename every column)
     strip_type_suffix: bool = False  # RecBole-style headers "user_id:token" -> "user_id"
@@ -69,10 +69,10 @@ class TimestampSpec(Config):
     times as UTC), so a log whose files write the time differently needs no second spec.
     """
 
-    column: str
+    column: str  # the raw time column
     unit: Literal["s", "ms", "us", "iso8601"] = "s"
     min_seconds: float = 0.0  # rows outside [min_seconds, max_seconds] are quarantined
-    max_seconds: float = SECONDS_2100
+    max_seconds: float = SECONDS_2100  # default: the year 2100
 
 
 @config
@@ -86,10 +86,11 @@ class VocabSpec(Config):
     declared ``values`` only; any other value quarantines the row (``unknown_category``).
     """
 
+    # fit, hash, identity or closed (above)
     mode: Literal["fit", "hash", "identity", "closed"] = "fit"
     min_count: int = 1
     max_size: int | None = None
-    hash_size: int | None = None
+    hash_size: int | None = None  # hash mode: number of hash buckets
     values: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -116,10 +117,10 @@ class CategoricalSpec(Config):
     ``separator`` (or reads a list column) and keeps the first ``max_len`` tokens.
     """
 
-    name: str
+    name: str  # the feature's name in the prepared data and the model
     column: str | None = None  # default: name
-    group: str = "default"
-    multi_valued: bool = False
+    group: str = "default"  # field group: user, item, context ... (multi-embedding and analysis)
+    multi_valued: bool = False  # several values per row (pooled by the model)
     separator: str = " "
     max_len: int = 1
     transform: Literal["none", "first_token", "prefix"] = "none"
@@ -145,10 +146,10 @@ class CategoricalSpec(Config):
 class NumericSpec(Config):
     """A numeric feature (raw value; non-finite or unparsable values quarantine the row)."""
 
-    name: str
-    column: str | None = None
-    group: str = "default"
-    required: bool = True
+    name: str  # the feature's name in the prepared data and the model
+    column: str | None = None  # default: name
+    group: str = "default"  # field group (as for categorical features)
+    required: bool = True  # a missing value quarantines the row (missing_value)
     fill_missing: float | None = None  # used for missing values (needed when not required)
 
     def __post_init__(self) -> None:
@@ -171,9 +172,9 @@ class EmbeddingSpec(Config):
     per-behaviour similarity of sequences.
     """
 
-    name: str
-    column: str | None = None
-    dim: int
+    name: str  # what similarity and sequences call it
+    column: str | None = None  # default: name
+    dim: int  # vector length; another length quarantines the row
     separator: str = " "
 
     def __post_init__(self) -> None:
@@ -189,19 +190,19 @@ class EmbeddingSpec(Config):
 class SimilaritySpec(Config):
     """Cosine similarity of two embeddings of the same row (e.g. user vs target item)."""
 
-    name: str
-    left: str  # EmbeddingSpec names
-    right: str
-    group: str = "default"
+    name: str  # the feature's name in the prepared data and the model
+    left: str  # an EmbeddingSpec name
+    right: str  # the other EmbeddingSpec
+    group: str = "default"  # field group (as for categorical features)
 
 
 @config
 class Predicate(Config):
     """``value OP operand``: numeric for the order operators, string or number for ==, !=, in."""
 
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in"]
-    value: float | str | None = None
-    values: tuple[float | str, ...] = ()
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in"]  # the comparison
+    value: float | str | None = None  # the operand of ==, !=, >, >=, <, <=
+    values: tuple[float | str, ...] = ()  # the operands of in / not_in
 
     def __post_init__(self) -> None:
         listed = self.op in ("in", "not_in")
@@ -218,7 +219,7 @@ class ColumnPredicate(Config):
     """A rule on a raw column (after side-table joins), e.g. ``{column: rating, where: {op:
     ">=", value: 4}}``; a missing value does not satisfy it."""
 
-    column: str
+    column: str  # a raw column
     where: Predicate
 
 
@@ -226,7 +227,7 @@ class ColumnPredicate(Config):
 class LabelSpec(Config):
     """One task's binary label: the column itself (must be 0/1) or ``positive_if`` on it."""
 
-    task: str
+    task: str  # the task's name (metrics are named after it)
     column: str | None = None  # default: task
     positive_if: Predicate | None = None
 
@@ -239,5 +240,5 @@ class LabelSpec(Config):
 class WeightSpec(Config):
     """A sample weight, or a logged propensity p (the weight becomes 1/p; p kept as a column)."""
 
-    column: str
-    kind: Literal["weight", "propensity"] = "weight"
+    column: str  # the raw column
+    kind: Literal["weight", "propensity"] = "weight"  # weight: used as is; propensity: weight = 1/p

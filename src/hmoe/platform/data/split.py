@@ -4,25 +4,34 @@ Fraction splits (``temporal``, ``ordered``) need the rows at two ranks of a glob
 without sorting the data: a histogram pass over the sort key narrows each boundary to a bin, the
 keys of that bin's rows (few) are sorted in the driver, and a boundary becomes ``(key, rows at
 that key that fall before it)``. Assignment is then a per-row comparison, i.e. streaming.
+
+Group splits keep a group's rows together (``group``: each group to one split by a stable hash
+of its value) or split each group in time (``group_temporal``: the same two boundaries, one pair
+per group, from the (group, time, row) triples sorted in the driver).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from hmoe.platform.data.parsing import parse_numbers
 from hmoe.platform.data.spec import SPLITS, DatasetSpec
 from hmoe.platform.data.tables import FILE_COLUMN, ROW_COLUMN
-from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, tie_column
+from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, cat_column, tie_column
 
 __all__ = [
     "Boundary",
+    "GroupBoundaries",
     "SplitAssigner",
     "eligible_mask",
+    "group_boundaries",
+    "group_hash",
     "locate_boundaries",
     "locate_boundary",
     "order_key",
@@ -58,6 +67,96 @@ class Boundary:
         return (keys < self.key) | (at & listed)
 
 
+def group_hash(groups: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A stable uniform [0, 1) per row from its group's value and ``seed`` (equal values, equal
+    numbers, whatever the block or the process)."""
+    codes = _codes(groups)
+    salt = seed.to_bytes(8, "little", signed=True)
+    per_value = np.array(
+        [
+            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8, salt=salt).digest(), "little")
+            for v in codes.dictionary.to_pylist()
+        ],
+        dtype=np.uint64,
+    )
+    return (per_value >> np.uint64(11)).astype(np.float64)[codes.indices] / float(1 << 53)
+
+
+def _codes(groups: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """Group values as dictionary codes (a missing value is the group ``""``)."""
+    if isinstance(groups, pa.ChunkedArray):
+        groups = groups.combine_chunks()
+    return pc.dictionary_encode(pc.fill_null(groups, ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBoundaries:
+    """Per group, the (train | valid) and (valid | test) boundaries of its rows in time order.
+
+    ``keys_G2`` holds each group's two boundary keys; the rows at a boundary key that fall before
+    it are listed once for all groups (row ids are global), so assignment is vectorised."""
+
+    index: dict[str, int]  # group value -> row of keys_G2
+    keys_G2: np.ndarray
+    rows_before: tuple[np.ndarray, np.ndarray]
+
+    def assign(self, groups: pa.Array, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        values = pc.fill_null(groups, "").to_pylist()
+        # a group absent from the index has no split rows (only pinned files): train, then pinned
+        where = np.array([self.index.get(v, -1) for v in values], dtype=np.int64)
+        known = where >= 0
+        bound_B2 = np.full((len(values), 2), np.inf)
+        bound_B2[known] = self.keys_G2[where[known]]
+        out = []
+        for side in (0, 1):
+            at = keys == bound_B2[:, side]
+            listed = np.isin(rows, self.rows_before[side]) if at.any() else at
+            out.append((keys < bound_B2[:, side]) | (at & listed))
+        return np.where(out[0], 0, np.where(out[1], 1, 2))
+
+
+def group_boundaries(
+    rows: pa.Table, fractions: tuple[float, float, float], tie_break: tuple[str, ...]
+) -> GroupBoundaries:
+    """The boundaries of every group of ``rows`` (columns ``group``, ``key``, ``__row`` and the
+    tie-break columns: the eligible rows). A group of ``n`` rows sends its last
+    ``max(1, round(n * test))`` rows to test, the ``max(1, round(n * valid))`` before them to
+    valid (none when the fraction is 0; as many as there are) and the rest to train."""
+    codes = _codes(rows.column("group"))
+    group_N = np.asarray(codes.indices, dtype=np.int64)
+    keys = np.asarray(rows.column("key"), dtype=np.float64)
+    row_ids = np.asarray(rows.column(ROW_COLUMN), dtype=np.int64)
+    sort_keys: list[np.ndarray] = [row_ids]
+    for name in reversed(tie_break):
+        sort_keys.append(_tie_values(rows.column(tie_column(name)).combine_chunks()))
+    sort_keys += [keys, group_N]
+    order = np.lexsort(sort_keys)
+    group_N, keys, row_ids = group_N[order], keys[order], row_ids[order]
+    num_groups = len(codes.dictionary)
+    count_G = np.bincount(group_N, minlength=num_groups)
+    start_G = np.concatenate([[0], np.cumsum(count_G)[:-1]])
+    half_up = np.floor  # round half up, the same on every platform
+    test_G = np.zeros_like(count_G)
+    if fractions[2] > 0:
+        test_G = np.minimum(count_G, np.maximum(1, half_up(count_G * fractions[2] + 0.5)))
+    valid_G = np.zeros_like(count_G)
+    if fractions[1] > 0:
+        valid_G = np.minimum(count_G - test_G, np.maximum(1, half_up(count_G * fractions[1] + 0.5)))
+    ranks_G2 = np.stack([count_G - test_G - valid_G, count_G - test_G], axis=1).astype(np.int64)
+    keys_G2 = np.full(ranks_G2.shape, np.inf)
+    inside = ranks_G2 < count_G[:, None]
+    positions = (start_G[:, None] + ranks_G2)[inside]
+    keys_G2[inside] = keys[positions] if positions.size else keys_G2[inside]
+    keys_G2[ranks_G2 == 0] = -np.inf
+    rank_in_group = np.arange(len(keys)) - start_G[group_N]
+    rows_before = tuple(
+        row_ids[(rank_in_group < ranks_G2[group_N, side]) & (keys == keys_G2[group_N, side])]
+        for side in (0, 1)
+    )
+    index = {value: g for g, value in enumerate(codes.dictionary.to_pylist())}
+    return GroupBoundaries(index=index, keys_G2=keys_G2, rows_before=rows_before)
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitAssigner:
     """Assigns split ids (0 train, 1 valid, 2 test) to parsed rows; picklable for Ray tasks."""
@@ -68,12 +167,23 @@ class SplitAssigner:
     cutoffs: tuple[float, float] | None = None
     fractions: tuple[float, float, float] = (1.0, 0.0, 0.0)
     seed: int = 0
+    group_by: str | None = None  # the categorical feature whose raw values form the groups
+    groups: GroupBoundaries | None = None
 
     def assign(self, table: pa.Table) -> np.ndarray:
         rows = np.asarray(table.column(ROW_COLUMN), dtype=np.int64)
-        if self.kind == "random":
-            u = row_hash(rows, self.seed)
+        if self.kind in ("random", "group"):
+            if self.kind == "random":
+                u = row_hash(rows, self.seed)
+            else:
+                assert self.group_by is not None
+                u = group_hash(table.column(cat_column(self.group_by)), self.seed)
             out = np.where(u < self.fractions[0], 0, np.where(u < sum(self.fractions[:2]), 1, 2))
+        elif self.kind == "group_temporal":
+            assert self.groups is not None and self.group_by is not None
+            groups = table.column(cat_column(self.group_by)).combine_chunks()
+            keys = np.asarray(table.column(TS_COLUMN), dtype=np.float64)
+            out = self.groups.assign(groups, keys, rows)
         elif self.kind == "cutoff":
             assert self.cutoffs is not None
             ts = np.asarray(table.column(TS_COLUMN), dtype=np.float64)

@@ -170,6 +170,21 @@ def block_candidate_sets(
     return [block_candidates(table, kind, pinned, interval, tie_break) for interval in intervals]
 
 
+def block_group_rows(
+    table: pa.Table, group_by: str, pinned: dict[int, int], tie_break: tuple[str, ...]
+) -> pa.Table:
+    """The group, time and row id (and tie-break values) of the rows a group split assigns."""
+    chosen = np.flatnonzero(eligible_mask(table, pinned))
+    out = {
+        "group": table.column(cat_column(group_by)).take(chosen),
+        "key": pa.array(order_key(table, "temporal")[chosen]),
+        ROW_COLUMN: table.column(ROW_COLUMN).take(chosen),
+    }
+    for name in tie_break:
+        out[tie_column(name)] = table.column(tie_column(name)).take(chosen)
+    return pa.table(out)
+
+
 def block_train_stats(
     table: pa.Table, spec: DatasetSpec, splitter: SplitAssigner, sample_rate: float
 ) -> dict[str, Any]:

@@ -163,6 +163,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             },
             Path(out) / f"world{world}.pt",
         )
+    dist.barrier()  # no rank closes its gloo pairs while another still uses them
     dist.destroy_process_group()
 
 
@@ -263,6 +264,7 @@ def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
             "logits": logits,
         }
         torch.save(result, Path(out) / "hmoe.pt")
+    dist.barrier()  # no rank closes its gloo pairs while another still uses them
     dist.destroy_process_group()
 
 

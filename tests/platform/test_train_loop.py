@@ -165,8 +165,8 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, monkeypatch
     full, _ = _run(_settings(epochs=3))
     report = StandaloneRuntime.report
 
-    def crash_after_two_epochs(self, metrics, state):
-        report(self, metrics, state)
+    def crash_after_two_epochs(self, metrics, state, write_shards=None):
+        report(self, metrics, state, write_shards)
         if metrics["epoch"] == 2:
             raise _Crash
 

@@ -77,6 +77,9 @@ def test_state_file_round_trip(tmp_path: Path):
         ({"port": 7000, "dashboard_port": 7000}, "must differ"),
         ({"num_cpus": -1}, "cluster.num_cpus must be >= 0"),
         ({"num_cpu": 2}, r"unknown key\(s\) \['num_cpu'\]"),
+        ({"join": "http://127.0.0.1:8265"}, "cluster.join must be a GCS address HOST:PORT"),
+        ({"resources": {"CPU": 1}}, "cluster.resources: CPU=1.0 must be a custom resource"),
+        ({"resources": {"worker_node": 0}}, "cluster.resources: worker_node=0.0 must be a"),
     ],
 )
 def test_cluster_config_refuses_bad_values(cfg: dict, message: str):

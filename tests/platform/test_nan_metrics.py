@@ -49,7 +49,7 @@ def test_a_nan_early_stopping_metric_fails_the_run_after_logging_its_epoch():
     assert "early-stopping metric val_auc is NaN after epoch 1" in message
     assert "96 row(s), 96 positive for task like" in message and "val_logloss" in message
     assert "val_auc_click" not in message  # click has both classes
-    assert [step for step, _ in logger.logged] == [0]  # the failed epoch is still logged
+    assert [step for step, _ in logger.logged] == [1]  # the failed epoch (1-based) is logged
     assert "train_loss" in logger.logged[0][1]
 
 

@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from hmoe.platform.model_registry import load_model, log_model, register_model
+from hmoe.platform.model_registry import Registration, load_model, log_model, register_model
 from hmoe.platform.tracking import (
     CONFIG_ARTIFACT,
     MlflowRun,
@@ -133,7 +133,8 @@ def test_model_logging_registry_and_reload(uri, model_cls, expected):
     finally:
         mlflow.set_tracking_uri(None)
     name = f"reg-{expected}"
-    version = register_model(uri, model_uri, name)
+    about = Registration(run_id=run.run_id, dataset_hash="d0", metric="val_auc", value=0.5)
+    version = register_model(uri, model_uri, name, about)
     predict = load_model(uri, f"models:/{name}/{version}")
     batch = {"x": torch.randn(5, 3)}  # another batch size than the example: dynamic batch dim
     torch.testing.assert_close(predict(batch), model(batch))

@@ -27,7 +27,6 @@ from hmoe.platform.processes import (
     write_state,
 )
 from tests.jobs.conftest import Services
-from tests.jobs.listeners import listeners
 
 # a leader that forks a child which moves to its own process group (as Ray workers do), and one
 # that ignores SIGTERM (as `ray start --block` did here): both must still be stopped
@@ -118,11 +117,6 @@ def test_head_keeps_token_auth_and_its_own_address(services: Services):
     assert recorded == head.gcs_address
     default = Path("/tmp/ray/ray_current_cluster")
     assert not default.exists() or default.read_text().strip() != head.gcs_address
-    # every port of the head (GCS, raylet, agents, metrics exporters, client server, dashboard)
-    # on loopback; without the head's LOOPBACK_ONLY_ENV most listened on every interface
-    assert head.gcs_address.startswith("127.0.0.1:")
-    bound = listeners(session_members(head.pid))
-    assert len(bound) >= 8 and {addr.rsplit(":", 1)[0] for _, addr in bound} == {"127.0.0.1"}
 
 
 @pytest.mark.ray

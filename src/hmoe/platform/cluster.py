@@ -16,8 +16,6 @@ Why the details:
   ``<temp-dir>/ray_current_cluster``, and a ``ray.init()`` elsewhere on the machine would read
   the default ``/tmp/ray/ray_current_cluster`` and attach to this head instead of starting its
   own;
-* every Ray port of the head listens on 127.0.0.1 only (``LOOPBACK_ONLY_ENV``): it is a
-  one-machine cluster, and Ray's Prometheus metrics exporter has no authentication;
 * token authentication (Ray 2.60's default) stays on: the head gets ``RAY_AUTH_MODE=token`` and
   ``RAY_AUTH_TOKEN_PATH``; the dashboard answers 401 without the token, which is how "up" looks;
 * the interpreter's ``bin/`` goes first on the head's ``PATH``, so a job entrypoint's
@@ -79,8 +77,6 @@ DASHBOARD_READY = (200, 401)  # 401: token auth is on and the probe sends no tok
 ADDRESS_FILE = "ray_current_cluster"  # written by ray start into its temp dir
 ADDRESS_POLL_S = 0.2
 TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 chars
-# Ray's "clusters of several nodes" switch (named for Windows/macOS, read on every platform)
-LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # read by Ray's State API clients in every worker before they search the machine for a Ray
 RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
@@ -168,7 +164,7 @@ class HeadInfo:
         """The lines ``hmoe cluster up/status`` prints."""
         lines = [
             f"Ray head (pid {self.pid}) on {LOOPBACK}",
-            f"  GCS address:    {self.gcs_address}  (ray.init(address=...) on this machine)",
+            f"  GCS address:    {self.gcs_address}  (ray.init(address=...), worker nodes)",
             f"  dashboard/Jobs: {self.dashboard_url}  (hmoe submit --address ...)",
             f"  auth:           token, file {self.token_file}",
             "  a client outside hmoe needs:",
@@ -236,11 +232,6 @@ def _head_env(token_file: Path, dashboard_port: int) -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # ``ray start`` replaces --node-ip-address=127.0.0.1 by the machine's routable IP
-        # (services.resolve_ip_for_localhost) unless this Ray-for-one-machine switch is off;
-        # with the node IP on loopback, the GCS, raylet, agents, workers and the Prometheus
-        # metrics exporter bind 127.0.0.1 instead of every interface (docs/cluster.md, Ports)
-        LOOPBACK_ONLY_ENV: "0",
     }
     return env | api_server_env(dashboard_port)
 

@@ -1,7 +1,8 @@
 """Prepared shards -> ``Batch`` tensors for the training loop, on top of the data reader.
 
 ``hmoe.platform.data.reader`` owns the prepared-dir format (manifest, shard list, the Arrow ->
-Batch conversion with an explicit dtype per column, Ray's pitfall P5). This module adds what the
+Batch conversion with an explicit dtype for every column, as Ray's ``iter_torch_batches``
+needs). This module adds what the
 loop needs: a whole split materialised in memory (validation and test on rank 0, the standalone
 train split), seeded mini-batches over it, and the fixed input order of a logged model. It
 imports the reader lazily, so the loop itself needs only torch and numpy.

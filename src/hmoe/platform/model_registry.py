@@ -4,7 +4,7 @@ MLflow 3's default ``pt2`` format (``torch.export``) takes positional tensors, w
 model reads a ``Batch`` dict; ``PositionalModel`` adapts one to the other with a fixed input
 order that is stored in the model's metadata. Every preset of ``hmoe.models.zoo`` exports
 (tests/models/test_export.py); a forward that cannot be exported (dynamic routing, Python
-control flow on data) falls back to ``pickle`` under ``auto`` (platform notes, pitfall P6).
+control flow on data) falls back to ``pickle`` under ``auto``.
 ``load_model`` hides the difference: it returns a callable ``Batch -> logits [B, K]``.
 A model trained with the ``torchrec`` embedding backend is logged with its tables gathered into
 the ``torch`` backend (``zoo.with_embedding_backend``), so it loads and predicts where TorchRec

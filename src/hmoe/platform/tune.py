@@ -5,7 +5,9 @@ that applies the sampled dotted parameters to the base config and fits a ``Torch
 ``TuneReportCallback`` forwards every epoch's report to Tune, ASHA and Optuna. The search space
 is an Optuna define-by-run function (``hmoe.search_spaces.SPACES``, or the user's own:
 ``hmoe.search_spaces.custom``, checked against the config before any trial); ``OptunaSearch``
-gets the metric and mode itself (pitfall P2) and ASHA runs with ``stop_last_trials=False`` (P3).
+gets the metric and mode itself (with a define-by-run space, Tune's own metric and mode do not
+reach it and sampling fails) and ASHA runs with ``stop_last_trials=False`` (with the default,
+whatever a trial does after its last report, such as logging its model, is killed).
 
 MLflow: one parent run per search, one child run per trial (``mlflow.parentRunId``), found
 again by its trial id when a trial or the whole search is resumed. An infeasible sample (e.g.

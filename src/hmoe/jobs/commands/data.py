@@ -11,7 +11,6 @@ from typing import Any
 
 from hmoe.jobs.commands import add_set_argument
 
-ISSUE = "issue #3: the Ray Data pipeline"
 EXIT_FETCH_FAILED = 4
 EXIT_USER_ERROR = 2  # as hmoe.jobs.cli for ConfigError
 

@@ -71,7 +71,7 @@ def test_a_killed_train_resumes_from_its_checkpoint_into_the_same_run(tmp_path, 
     assert run.info.status == "FINISHED"
     assert run.data.metrics["resumed_from_epoch"] >= 1.0  # started from the checkpoint
     steps = sorted({m.step for m in client.get_metric_history(run_id, "train_loss")})
-    assert steps == list(range(EPOCHS))  # the epochs of both processes, in one run
+    assert steps == list(range(1, EPOCHS + 1))  # both processes' epochs (1-based), in one run
     assert "hmoe.failure_reason" not in run.data.tags
     assert run.data.tags["hmoe.pid"] != str(first.pid)  # owned by the resuming process
     assert any(key.startswith("test_auc") for key in run.data.metrics)  # completed

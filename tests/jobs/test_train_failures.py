@@ -48,4 +48,4 @@ def test_a_nan_early_stopping_metric_fails_the_run_once_with_its_reason(
     assert run.info.status == "FAILED"
     assert run.data.tags[TAG_FAILURE] == f"DegenerateRunError: {reason}"
     # the failed epoch is logged once: no attempt after the first
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]

@@ -54,6 +54,14 @@ def _train_workers(dashboard: str) -> list:
     return list_actors(address=dashboard, filters=[("class_name", "=", TRAIN_WORKER)])
 
 
+def _forget_ray_token() -> None:
+    """Ray keeps the first auth token a process loads; this test's head has a token of its
+    own, so the cache goes before the State API calls and again after them (private API)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def _node_ids(dashboard: str) -> dict[str, str]:
     """``{"head" | "worker": node_id}`` of the alive nodes."""
     from ray.util.state import list_nodes
@@ -111,6 +119,7 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
         assert server.artifacts == artifacts
         for key, value in head.client_env().items():
             monkeypatch.setenv(key, value)  # the State API calls below send the token
+        _forget_ray_token()  # an earlier test's cluster may have left its token in the cache
         nodes = _node_ids(head.dashboard_url)
         deadline = time.monotonic() + NODE_WAIT_S
         while set(nodes) != {"head", "worker"} and time.monotonic() < deadline:
@@ -195,6 +204,8 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
             log.close()
         down = hmoe_cli("cluster", "down", "--state-dir", str(state), env=env)
         stop = hmoe_cli("ui", "--stop", "--state-dir", str(state), env=env)
+        monkeypatch.undo()
+        _forget_ray_token()  # later tests load their own clusters' tokens
     assert down.returncode == 0 and stop.returncode == 0, (down.stderr, stop.stderr)
     assert head is None or session_members(head.pid) == []
     assert node is None or session_members(node.pid) == []

@@ -28,7 +28,7 @@ class MonitorConfig(Config):
     Args:
         information_abundance: log ``ia_{set}_{field}`` (watch dimensional collapse happen).
         gradient_conflict: log ``grad_cos_{a}_{b}`` for multi-task models.
-        every_n_epochs: log on epochs ``0, n, 2n, ...`` (0-based) and the others not at all.
+        every_n_epochs: log after epochs ``1, 1 + n, 1 + 2n, ...`` and the others not at all.
         spectrum: how the singular values are computed.
     """
 

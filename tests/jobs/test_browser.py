@@ -113,14 +113,15 @@ def test_mlflow_ui_shows_the_search_and_its_trials(
     # the search's shared view: trials expanded, headline metrics and searched params shown
     view_url = f"{runs_url}?viewStateShareKey={parent.info.run_name}"
     columns = ("val_auc", "test_auc", "train.lr", "model.combine.method")
-    view = _page_text(view_url, tmp_path / "p4", [*(t.info.run_name for t in trials), *columns])
+    value = trials[0].data.metrics["val_auc"]  # its cell fills in after the rows
+    wanted = [*(t.info.run_name for t in trials), *columns, f"{value:.4f}"[:5]]
+    view = _page_text(view_url, tmp_path / "p4", wanted)
     for trial in trials:
         assert trial.info.run_name in view  # "lr=... method=... · debug · <trial id>"
         assert trial.info.run_name.split(" · ")[-1] == trial.data.tags["hmoe.trial_id"]
     for column in columns:
         assert column in view, column
     # a value, not just a header (the UI trims trailing zeros: 0.5 shows as "0.5")
-    value = trials[0].data.metrics["val_auc"]
     assert any(form in view for form in {f"{value:.4f}"[:5], f"{value:.3g}", f"{value:g}"}), value
     _browse(view_url, tmp_path / "p5", f"--screenshot={artifacts / 'mlflow-runs.png'}")
 

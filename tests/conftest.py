@@ -72,6 +72,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server (``moto[server]``, a dev dependency) for the session; stopped by PID."""
     pytest.importorskip("moto")
     pytest.importorskip("boto3")
+    from hmoe.platform import storage
     from hmoe.platform.processes import free_port, spawn, stop_session, wait_http
 
     port = free_port()
@@ -85,15 +86,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
-    saved = {name: os.environ.get(name) for name in env}
     try:
         wait_http(f"{endpoint}/", (200,), S3_START_TIMEOUT_S, process, log)
-        os.environ.update(env)
-        yield S3Server(endpoint=endpoint, env=env)
+        with storage.environ(env):
+            yield S3Server(endpoint=endpoint, env=env)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         stop_session(process.pid, S3_STOP_GRACE_S, process)

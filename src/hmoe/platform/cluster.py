@@ -200,6 +200,18 @@ def _ray_executable() -> str:
     return found
 
 
+def _capacity_flags(cfg: ClusterConfig) -> list[str]:
+    """What a node offers: ``ray start``'s CPU, GPU and custom-resource flags (head or joined)."""
+    flags = []
+    if cfg.num_cpus is not None:
+        flags.append(f"--num-cpus={cfg.num_cpus}")
+    if cfg.num_gpus is not None:
+        flags.append(f"--num-gpus={cfg.num_gpus}")
+    if cfg.resources:
+        flags.append(f"--resources={json.dumps(dict(cfg.resources))}")
+    return flags
+
+
 def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> list[str]:
     argv = [
         _ray_executable(),
@@ -216,13 +228,7 @@ def _head_argv(cfg: ClusterConfig, gcs: int, dashboard: int, temp_dir: Path) -> 
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    if cfg.num_cpus is not None:
-        argv.append(f"--num-cpus={cfg.num_cpus}")
-    if cfg.num_gpus is not None:
-        argv.append(f"--num-gpus={cfg.num_gpus}")
-    if cfg.resources:
-        argv.append(f"--resources={json.dumps(dict(cfg.resources))}")
-    return argv
+    return argv + _capacity_flags(cfg)
 
 
 def _head_env(token_file: Path, dashboard_port: int) -> dict[str, str]:
@@ -371,13 +377,7 @@ def _node_argv(cfg: ClusterConfig, temp_dir: Path) -> list[str]:
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    if cfg.num_cpus is not None:
-        argv.append(f"--num-cpus={cfg.num_cpus}")
-    if cfg.num_gpus is not None:
-        argv.append(f"--num-gpus={cfg.num_gpus}")
-    if cfg.resources:
-        argv.append(f"--resources={json.dumps(dict(cfg.resources))}")
-    return argv
+    return argv + _capacity_flags(cfg)
 
 
 def read_node(state_dir: Path) -> NodeInfo | None:

@@ -5,7 +5,7 @@ BCE + the library's own regularisation loss for DeepCTR-Torch, as its ``fit`` do
 ``hmoe.models.testing``'s ml-100k-shaped schema (sequence of 50, MNSE numerics, similarity) and
 Criteo-shaped schema (26 categorical fields, ~1.07M ids, 13 numerics); the peers read the very
 same batches converted to their column layout (numerics as dense inputs). Peer settings are the
-docs/benchmarks.md Q1 (DIN: embedding 16, DNN (128, 64)) and Q2 (DCN: embedding 10, DNN
+../shared/docs/benchmarks.md Q1 (DIN: embedding 16, DNN (128, 64)) and Q2 (DCN: embedding 10, DNN
 (400, 400, 400), dropout 0.2, 3 cross layers) ones.
 
 deepctr-torch is installed only into this benchmark's own folder (``--peer-dir``, default

@@ -87,14 +87,8 @@ EXEMPT_COMMANDS: dict[str, str] = {
     "test_a_followed_job_survives_ctrl_c_is_stopped_then_resumed stops one and resumes it "
     "with this command",
 }
-BENCH_SECTION = (
-    "Training platform: `hmoe train` overhead, 2 workers vs 1, MLflow cost "
-    "(`benchmarks/bench_train.py`)"
-)
 #: whole blocks no scenario runs, by (doc, section, language), each with the reason
 EXEMPT_BLOCKS: dict[tuple[str, str, str], str] = {
-    ("docs/benchmarks.md", BENCH_SECTION, "bash"): "the benchmark behind the table: minutes per "
-    "variant on a prepared ml-100k",
     ("README.md", "Your own search space", "python"): "the contents of the shipped example "
     "file; tests/search_spaces/test_custom.py loads it as FILE.py:FUNCTION, samples and applies it",
     ("README.md", "Your own search space", "bash"): "a search like the usage scenario's `hmoe "

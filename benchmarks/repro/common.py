@@ -29,7 +29,7 @@ from typing import Any
 
 Extra = Callable[[Any, Any], Mapping[str, float]]  # (trained model, ExperimentConfig) -> metrics
 
-SEEDS = (1, 2, 3)  # the peers' seeds (shared docs/benchmarks.md)
+SEEDS = (1, 2, 3)  # the peers' seeds (../shared/docs/benchmarks.md)
 
 
 @dataclass(kw_only=True)

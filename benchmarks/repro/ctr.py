@@ -142,7 +142,7 @@ def run(ctx: Context) -> Section:
     if best is not None:
         parts.append(
             "The best full-search configuration (`benchmarks/bench_search.py`, chosen by "
-            "validation AUC; details in docs/benchmarks.md) sets: "
+            "validation AUC; details in docs/performance.md) sets: "
             + ", ".join(f"`{k}={v}`" for k, v in sorted(best.items()))
             + "."
         )

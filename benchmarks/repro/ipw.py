@@ -50,7 +50,7 @@ LEN_LIST = 3
 N_SIM = 100_000
 RANDOM_STATE = 12345
 PRINTED_DIGITS = 6  # obp's notebook prints the estimates to 6 decimals
-# obp 0.5.4 quickstart on this exact small data (SOURCE.md of the data, benchmarks.md Q3)
+# obp 0.5.4 quickstart on this exact small data (the data's SOURCE.md; shared benchmarks.md Q3)
 PEER = {"IPW": 0.004553, "DM": 0.003545, "DR": 0.004727}
 PEER_TRUTH = 0.0042
 USERS = [f"user_feature_{i}" for i in range(4)]

@@ -43,7 +43,7 @@ class Dropout(nn.Module):
     """Inverted dropout, ``x * 1[U >= p] / (1 - p)`` with ``U ~ Uniform[0, 1)``: the same
     distribution as ``nn.Dropout``, drawn from a uniform mask because torch's CPU ``bernoulli_``
     kernel made forward + backward of a ``[4096, 400]`` activation about 1.6x slower (one thread;
-    see docs/benchmarks.md). The identity in eval mode and at ``p == 0``.
+    see docs/performance.md). The identity in eval mode and at ``p == 0``.
 
     Args:
         p: the probability of zeroing an element, in ``[0, 1)``.

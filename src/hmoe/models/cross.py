@@ -4,7 +4,7 @@ Layer l maps ``x_l`` to ``x_{l+1} = x0 * (W_l x_l + b_l) + x_l`` over ``x0 = fla
 Full rank, ``W_l`` is ``[X, X]``; with ``rank = r`` it is the paper's factorisation
 ``W_l = U_l V_l^T`` (``U_l, V_l`` of ``[X, r]``), which cuts the layer's cost from ``X^2`` to
 ``2 X r`` multiply-adds per sample. At the Criteo peer size (``X = 390``, 3 layers) the full-rank
-cross is about half of the ``dcnv2`` training step (docs/benchmarks.md), so ``r = 64`` saves a
+cross is about half of the ``dcnv2`` training step (docs/performance.md), so ``r = 64`` saves a
 third of it. The paper's mixture of low-rank experts (DCN-Mix: gated ``U_i g(C_i V_i^T x)``) is
 not implemented.
 

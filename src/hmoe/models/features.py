@@ -213,7 +213,7 @@ class FeatureEncoder(nn.Module):
             if q.category_field is not None and self.sequence_config.use_category:
                 category_table = self.categorical[self._categorical_index[q.category_field]]
                 # in place into the fresh lookup: at large B * L * D a new buffer per sum costs
-                # page faults as much as the sum itself (docs/benchmarks.md)
+                # page faults as much as the sum itself (docs/performance.md)
                 behaviours_BLD = behaviours_BLD.add_(
                     category_table.lookup(_column(batch, seq_column(q.name, "category")))
                 )

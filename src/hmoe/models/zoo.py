@@ -7,7 +7,7 @@ the CLI varies a preset only through ``hmoe.config.apply_overrides`` on its dott
 ``{"model.experts.counts.dcnv2": 2, "loss.ranking.alpha": 0.7}``.
 
 Sizes: the paper's production sizes are not public; the baselines follow the peer settings of
-docs/benchmarks.md (Q1: embedding 16, DNN (128, 64) for the sequence models; Q2: embedding 10,
+the shared benchmarks.md (Q1: embedding 16, DNN (128, 64) for the sequence models; Q2: embedding 10,
 DNN (400, 400, 400), dropout 0.2, 3 cross layers for the Criteo models) and the STEM repository
 (embedding 16, experts (512, 512, 512), towers (128, 128)) for the multi-task baselines.
 """
@@ -233,7 +233,7 @@ def hmoe() -> Preset:
     IPNN share embedding set 0, with one 16-dim part per field group, DCN V2 + FlatDNN share set
     1), a softmax gate with one logit per expert from that expert's set, a 128-unit tower, and
     Combined-Pair (alpha 0.9). Two sets rather than one per expert keep the step within 3x of
-    ``dcnv2``'s cost (docs/benchmarks.md); ``model.embedding.assignment=per_expert`` gives one
+    ``dcnv2``'s cost (docs/performance.md); ``model.embedding.assignment=per_expert`` gives one
     set per expert. Whole-table embedding L2 (``HMOE_EMBEDDING_L2``) keeps the id tables from
     overfitting on small logs."""
     model = ModelConfig(

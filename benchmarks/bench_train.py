@@ -47,8 +47,8 @@ def standalone(args: argparse.Namespace, work: Path, tracked: bool) -> dict[str,
 
     from hmoe.platform.api import resolve
     from hmoe.platform.experiment import build_experiment, logged_params, run_name
-    from hmoe.platform.tracking import MlflowRun
-    from hmoe.platform.trainer import train_standalone
+    from hmoe.platform.tracking.runs import MlflowRun
+    from hmoe.platform.training.trainer import train_standalone
 
     torch.set_num_threads(args.threads)
     cfg = resolve(build_experiment(args.preset, args.data, _overrides(args)), work)

@@ -123,8 +123,8 @@ def train(
     import torch
 
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.train_loop import DIAGNOSTICS_PREFIX
-    from hmoe.platform.trainer import train_standalone
+    from hmoe.platform.training.train_loop import DIAGNOSTICS_PREFIX
+    from hmoe.platform.training.trainer import train_standalone
 
     changes = dict(overrides) | {"train.seed": seed, "tracking.log_model": False}
     if ctx.quick:
@@ -240,7 +240,7 @@ def first_task_logits(model: Any, data: Mapping[str, Any], batch_size: int) -> A
     """Logits ``[N]`` (float64 numpy) of the model's first task over a whole split in memory."""
     import torch
 
-    from hmoe.platform.batches import iter_minibatches
+    from hmoe.platform.data.batches import iter_minibatches
 
     was_training = model.training
     model.eval()

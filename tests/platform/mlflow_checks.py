@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.batches import load_schema, read_split
+from hmoe.platform.core.metrics import auc
+from hmoe.platform.data.batches import load_schema, read_split
 from hmoe.platform.experiment import HEADLINE_PARAMS
-from hmoe.platform.metrics import auc
-from hmoe.platform.model_registry import load_model
-from hmoe.platform.tracking import CONFIG_ARTIFACT
+from hmoe.platform.tracking.registry import load_model
+from hmoe.platform.tracking.runs import CONFIG_ARTIFACT
 
 TAGS = ("hmoe.preset", "hmoe.config_hash", "hmoe.dataset_hash", "hmoe.git_commit")
 

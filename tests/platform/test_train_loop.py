@@ -13,9 +13,9 @@ from torch import nn
 
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.testing import random_batch, tiny_schema
-from hmoe.platform.metrics import gauc
-from hmoe.platform.runtime import StandaloneRuntime
-from hmoe.platform.train_loop import (
+from hmoe.platform.core.metrics import gauc
+from hmoe.platform.training.runtime import StandaloneRuntime
+from hmoe.platform.training.train_loop import (
     EvalData,
     LoopHooks,
     LoopSettings,
@@ -258,7 +258,7 @@ def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
 
 
 def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():
-    from hmoe.platform.train_loop import _make_optimizer
+    from hmoe.platform.training.train_loop import _make_optimizer
 
     model = _ItemModel()
     cfg = LossConfig(embedding_l2=0.01)
@@ -273,9 +273,9 @@ def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():
 
 @pytest.mark.parametrize(("optimizer", "by_optimizer"), [("adam", True), ("adamw", False)])
 def test_hmoe_train_puts_the_embedding_l2_on_adam_only(optimizer, by_optimizer, tmp_path):
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.trainer import build_model
+    from hmoe.platform.training.trainer import build_model
     from tests.platform.prepared import write_prepared
 
     data = write_prepared(tmp_path / "tiny")

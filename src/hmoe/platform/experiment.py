@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, apply_overrides, config
+from hmoe.jobs.services.cluster import RAY_BUILTIN_RESOURCES
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
 from hmoe.platform.analysis.monitor import MonitorConfig
-from hmoe.platform.cluster import RAY_BUILTIN_RESOURCES
-from hmoe.platform.metrics import METRIC_MODES
-from hmoe.platform.tracking import DEFAULT_TRACKING_URI
+from hmoe.platform.core.metrics import METRIC_MODES
+from hmoe.platform.tracking.runs import DEFAULT_TRACKING_URI
 
 __all__ = [
     "HEADLINE_PARAMS",
@@ -256,7 +256,7 @@ def build_experiment(
     unknown = sorted(set(options) - set(shortcuts))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; valid: {sorted(shortcuts)}")
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.reader import load_manifest
 
     load_manifest(data)  # a clear FileNotFoundError for a path that is not a prepared dataset

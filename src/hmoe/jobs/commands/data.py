@@ -79,7 +79,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
     """What ``prepare`` did, from its manifest: rows read, written and quarantined (by reason),
     and rows and shards per split (``hmoe data prepare`` and a job's log print it)."""
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.output import MANIFEST
 
     rows = manifest["rows"]
@@ -100,7 +100,7 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
 def run_synth(args: argparse.Namespace) -> int:
     from hmoe.config import apply_overrides
     from hmoe.jobs.commands import parse_sets
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.synth import SynthConfig, synthesize
 
     flags = {

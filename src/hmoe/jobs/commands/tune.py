@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
-    from hmoe.platform.tune import SearchInterrupted, tune
+    from hmoe.platform.search.tune import SearchInterrupted, tune
 
     try:
         result = run_search(tune, args, overrides)

@@ -55,7 +55,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
+from hmoe.platform.core.failures import is_user_error, root_cause
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.behaviour import encode_events, parse_events
 from hmoe.platform.data.columns import check_columns, check_labels
@@ -93,7 +94,6 @@ from hmoe.platform.data.tables import (
     read_table,
 )
 from hmoe.platform.data.validate import FIELD_COLUMN, RAW_COLUMN, REASON_COLUMN, parse_batch
-from hmoe.platform.failures import is_user_error, root_cause
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
@@ -210,7 +210,7 @@ def _run_local(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
     files = list_files(spec.log, base)
-    from hmoe.platform.ray_start import start_ray
+    from hmoe.platform.core.ray_start import start_ray
 
     # before Ray Data's own ray.init() could join a `ray start` cluster; a Ray started here is
     # shut down at the end, so that the next call of the process sizes its own

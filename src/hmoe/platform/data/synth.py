@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from hmoe.config import Config, ConfigError, config
-from hmoe.platform import storage
+from hmoe.platform.core import storage
+from hmoe.platform.core.ray_start import start_ray
 from hmoe.platform.data import synth_model as sm
-from hmoe.platform.ray_start import start_ray
 
 __all__ = ["KNOWN_TASKS", "PlantedConfig", "SynthConfig", "SynthResult", "synthesize"]
 

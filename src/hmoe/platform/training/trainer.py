@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmoe.platform.batches import (
+from hmoe.platform.core.metrics import metric_mode
+from hmoe.platform.data.batches import (
     Batch,
     input_columns,
     load_schema,
@@ -27,10 +28,9 @@ from hmoe.platform.batches import (
     split_rows,
 )
 from hmoe.platform.experiment import ExperimentConfig
-from hmoe.platform.metrics import metric_mode
-from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
-from hmoe.platform.tracking import MlflowRun, NullLogger
-from hmoe.platform.train_loop import (
+from hmoe.platform.tracking.runs import MlflowRun, NullLogger
+from hmoe.platform.training.runtime import RayRuntime, StandaloneRuntime
+from hmoe.platform.training.train_loop import (
     EvalData,
     LoopHooks,
     LoopOutcome,
@@ -97,7 +97,7 @@ def _model_hook(
     run: MlflowRun, cfg: ExperimentConfig, names: Sequence[str]
 ) -> Callable[[nn.Module, Batch], Mapping[str, str]]:
     def log(model: nn.Module, example: Batch) -> Mapping[str, str]:
-        from hmoe.platform.model_registry import log_model
+        from hmoe.platform.tracking.registry import log_model
 
         model_uri, fmt = log_model(
             run, model, example, names, cfg.tracking.model_format, cfg.data.path
@@ -197,11 +197,11 @@ def make_trainer(
     ``name`` must be deterministic: running again with the same name and storage resumes the
     run from its latest checkpoint (Ray Train V2 has no ``restore``). A lost worker restarts
     the worker group from that checkpoint up to ``train.max_failures`` times; a deterministic
-    error (``hmoe.platform.failures``) ends the run at once.
+    error (``hmoe.platform.core.failures``) ends the run at once.
     """
     import ray.train
 
-    from hmoe.platform.retries import FailFastTorchTrainer
+    from hmoe.platform.training.retries import FailFastTorchTrainer
 
     train = split_dataset(cfg.data.path, "train")
     if split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb:

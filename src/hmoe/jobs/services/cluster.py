@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import Config, ConfigError, FrozenMap, config
-from hmoe.platform.processes import (
+from hmoe.jobs.services.processes import (
     LOOPBACK,
     ServiceError,
     alive,

@@ -9,8 +9,8 @@ the model to ``on_final`` (MLflow model logging). A restarted worker group resum
 latest checkpoint. On CPU the loop is deterministic for a seed.
 
 With several workers and TorchRec id tables (``model.embedding.backend="torchrec"``) the tables
-are sharded across the workers instead of replicated (``hmoe.platform.sharding``): every rank
-writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
+are sharded across the workers instead of replicated (``hmoe.platform.training.sharding``): every
+rank writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
 copy that every rank helps to fill after each epoch.
 
 One meaning per metric: epochs are 1-based wherever they are shown (``epoch``, ``best_epoch``,
@@ -48,12 +48,12 @@ from torch import nn
 
 from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
-from hmoe.platform.batches import Batch, iter_minibatches
-from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
-from hmoe.platform.metrics import METRIC_MODES, metric_mode, task_metrics
-from hmoe.platform.runtime import Runtime
-from hmoe.platform.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
-from hmoe.platform.tracking import MetricLogger, NullLogger
+from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
+from hmoe.platform.core.metrics import METRIC_MODES, metric_mode, task_metrics
+from hmoe.platform.data.batches import Batch, iter_minibatches
+from hmoe.platform.tracking.runs import MetricLogger, NullLogger
+from hmoe.platform.training.runtime import Runtime
+from hmoe.platform.training.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
 __all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
@@ -313,7 +313,7 @@ def run_loop(
             with ``train_module``).
         train_module: ``TrainWrapper(model, loss)``; ``runtime.prepare`` wraps it in DDP.
         schema: task names and the user field (GAUC).
-        runtime: standalone or Ray Train (see ``hmoe.platform.runtime``).
+        runtime: standalone or Ray Train (see ``hmoe.platform.training.runtime``).
         eval_data: rank 0's validation and test splits (``None`` on other ranks).
         s: epochs, optimiser, schedule, early stopping, precision.
         hooks: metric logger, final-model hook, progress printer (rank 0 only).

@@ -22,8 +22,8 @@ import signal
 import tempfile
 from pathlib import Path
 
-from hmoe.platform.cluster import api_server_env
-from hmoe.platform.processes import LOOPBACK, file_lock, free_port
+from hmoe.jobs.services.cluster import api_server_env
+from hmoe.jobs.services.processes import LOOPBACK, file_lock, free_port
 
 __all__ = ["RAY_ADDRESS_ENV", "start_ray"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, apply_overrides, config
-from hmoe.jobs.services.cluster import RAY_BUILTIN_RESOURCES
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
 from hmoe.platform.analysis.monitor import MonitorConfig
 from hmoe.platform.core.metrics import METRIC_MODES
+from hmoe.platform.core.ray_start import RAY_BUILTIN_RESOURCES
 from hmoe.platform.tracking.runs import DEFAULT_TRACKING_URI
 
 __all__ = [

@@ -32,8 +32,8 @@ from ray.train.v2._internal.execution.scaling_policy import (
 )
 from ray.train.v2.api.exceptions import TrainingFailedError, WorkerGroupError
 
-from hmoe.jobs.services.cluster import RAY_BUILTIN_RESOURCES
 from hmoe.platform.core.failures import failure_reason, is_deterministic
+from hmoe.platform.core.ray_start import RAY_BUILTIN_RESOURCES
 
 __all__ = ["FailFastPolicy", "FailFastTorchTrainer", "PreferredNodePolicy"]
 

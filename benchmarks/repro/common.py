@@ -122,6 +122,7 @@ def train(
     and it was never run."""
     import torch
 
+    from hmoe.platform.analysis.monitor import epoch_end_hook
     from hmoe.platform.experiment import build_experiment
     from hmoe.platform.training.train_loop import DIAGNOSTICS_PREFIX
     from hmoe.platform.training.trainer import train_standalone
@@ -155,7 +156,7 @@ def train(
         return cached
     torch.set_num_threads(ctx.threads)
     started = time.perf_counter()
-    outcome = train_standalone(cfg)
+    outcome = train_standalone(cfg, epoch_end=epoch_end_hook(cfg.train.monitor))
     wall = time.perf_counter() - started
     best = _best_epoch(outcome.history, cfg.train.early_stopping_metric)
     # the final report's test_* and val_* both belong to the best epoch (whose weights are

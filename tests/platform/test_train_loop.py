@@ -238,15 +238,18 @@ def test_gpu_check_smoke_on_cpu_imports_neither_ray_nor_mlflow(tmp_path):
 
 def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
     from hmoe.models.zoo import build, get_preset
-    from hmoe.platform.analysis.monitor import MonitorConfig
+    from hmoe.platform.analysis.monitor import CollapseMonitor, MonitorConfig
+    from hmoe.platform.training.train_loop import LoopHooks
 
     preset = get_preset("debug")
     torch.manual_seed(0)
     model = build(preset.model, SCHEMA)
     runtime = StandaloneRuntime(_data(128, 0), 32, 0, torch.device("cpu"))
     data = EvalData(val=_data(96, 1), test=_data(96, 2))
-    settings = _settings(epochs=2, monitor=MonitorConfig())
-    run_loop(model, TrainWrapper(model, preset.loss), SCHEMA, runtime, data, settings)
+    # the loop knows only the epoch-end hook; the analysis monitor is one
+    hooks = LoopHooks(on_epoch_end=CollapseMonitor(MonitorConfig()))
+    wrapper = TrainWrapper(model, preset.loss)
+    run_loop(model, wrapper, SCHEMA, runtime, data, _settings(epochs=2), hooks)
     max_dim = max(t.shape[1] for tables in model.embedding_tables() for t in tables.values())
     for report in runtime.reports:
         ia = [v for k, v in report.items() if k.startswith("diagnostics/ia_")]

@@ -267,13 +267,17 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     try:
         with ray_for(cfg.train.num_workers * cfg.train.cpus_per_worker):
             check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
+            from hmoe.platform.analysis.monitor import epoch_end_hook
             from hmoe.platform.training.run_storage import mark
             from hmoe.platform.training.trainer import make_trainer
 
             name = train_run_name(run.run_id)
             # the marker names the MLflow run, for hmoe runs prune
             mark(Path(cfg.train.storage_path) / name, run.run_id, cfg.tracking.uri)
-            result = make_trainer(cfg, run.run_id, name, cfg.train.storage_path).fit()
+            # the run composes training with the analysis monitor of train.monitor
+            monitor = epoch_end_hook(cfg.train.monitor)
+            trainer = make_trainer(cfg, run.run_id, name, cfg.train.storage_path, epoch_end=monitor)
+            result = trainer.fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})
         run.finish("FAILED")

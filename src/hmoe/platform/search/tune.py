@@ -135,6 +135,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from hmoe.platform.analysis.monitor import epoch_end_hook
     from hmoe.platform.training.trainer import make_trainer
 
     base = ExperimentConfig.from_dict(settings["base"])
@@ -179,6 +180,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         name=f"train-{trial_id}",
         storage_path=settings["storage"],
         callbacks=[TuneReportCallback()],
+        epoch_end=epoch_end_hook(cfg.train.monitor),
     )
     try:
         trainer.fit()

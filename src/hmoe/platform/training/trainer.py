@@ -31,6 +31,7 @@ from hmoe.platform.experiment import ExperimentConfig
 from hmoe.platform.tracking.runs import MlflowRun, NullLogger
 from hmoe.platform.training.runtime import RayRuntime, StandaloneRuntime
 from hmoe.platform.training.train_loop import (
+    EpochEndHook,
     EvalData,
     LoopHooks,
     LoopOutcome,
@@ -89,7 +90,6 @@ def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> Lo
         seed=t.seed,
         steps_per_epoch=max(1, math.ceil(train_rows / world_size / t.batch_size)),
         fail_at_step=t.fail_at_step,
-        monitor=t.monitor,
     )
 
 
@@ -112,16 +112,18 @@ def _hooks(
     schema: FeatureSchema,
     run_id: str | None,
     progress: Callable[[str], None] | None,
+    epoch_end: EpochEndHook | None,
 ) -> LoopHooks:
     if run_id is None:
-        return LoopHooks(logger=NullLogger(), progress=progress)
+        return LoopHooks(logger=NullLogger(), progress=progress, on_epoch_end=epoch_end)
     run = MlflowRun(cfg.tracking.uri, run_id)
     on_final = _model_hook(run, cfg, input_columns(schema)) if cfg.tracking.log_model else None
-    return LoopHooks(logger=run, on_final=on_final, progress=progress)
+    return LoopHooks(logger=run, on_final=on_final, progress=progress, on_epoch_end=epoch_end)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``loop_config`` = {experiment: dict, run_id: str | None}."""
+    """Ray Train worker entry point; ``loop_config`` = {experiment: dict, run_id: str | None,
+    epoch_end: EpochEndHook | None}."""
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     schema = load_schema(cfg.data.path)
     runtime = RayRuntime(
@@ -137,7 +139,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             val=read_split(cfg.data.path, "val", schema),
             test=read_split(cfg.data.path, "test", schema),
         )
-        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress())
+        epoch_end = loop_config.get("epoch_end")
+        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress(), epoch_end)
     model, wrapper = build_model(cfg, schema)
     settings = loop_settings(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
     run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
@@ -167,8 +170,12 @@ def train_standalone(
     run_id: str | None = None,
     checkpoint_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    epoch_end: EpochEndHook | None = None,
 ) -> LoopOutcome:
-    """The same loop in this process, no Ray: the whole train split in memory."""
+    """The same loop in this process, no Ray: the whole train split in memory.
+
+    ``epoch_end``: extra per-epoch metrics (the analysis monitor of ``train.monitor``: the
+    caller composes it, as ``hmoe.train`` does)."""
     schema = load_schema(cfg.data.path)
     device = torch.device(device)
     train = read_split(cfg.data.path, "train", schema)
@@ -181,7 +188,7 @@ def train_standalone(
     )
     model, wrapper = build_model(cfg, schema)
     settings = loop_settings(cfg, int(train["labels"].shape[0]), 1)
-    hooks = _hooks(cfg, schema, run_id, progress)
+    hooks = _hooks(cfg, schema, run_id, progress, epoch_end)
     return run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
 
 
@@ -191,13 +198,15 @@ def make_trainer(
     name: str,
     storage_path: str,
     callbacks: Sequence[Any] = (),
+    epoch_end: EpochEndHook | None = None,
 ) -> Any:
     """A ``TorchTrainer`` for ``cfg``: the train split streamed and split across workers.
 
     ``name`` must be deterministic: running again with the same name and storage resumes the
     run from its latest checkpoint (Ray Train V2 has no ``restore``). A lost worker restarts
     the worker group from that checkpoint up to ``train.max_failures`` times; a deterministic
-    error (``hmoe.platform.core.failures``) ends the run at once.
+    error (``hmoe.platform.core.failures``) ends the run at once. ``epoch_end`` travels to
+    rank 0 (pickled by reference) and adds its metrics to every epoch.
     """
     import ray.train
 
@@ -214,7 +223,11 @@ def make_trainer(
         resources[t.node_resource] = NODE_RESOURCE_PER_WORKER
     return FailFastTorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},
+        train_loop_config={
+            "experiment": cfg.to_dict(),
+            "run_id": run_id,
+            "epoch_end": epoch_end,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers,
             use_gpu=t.gpus_per_worker > 0,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hmoe.platform.analysis.access import gradient_conflict_metrics
 from hmoe.platform.analysis.collapse import information_abundance_metrics
+from hmoe.platform.analysis.entanglement import gradient_conflict_metrics
 from hmoe.platform.experiment import MonitorConfig
 
 __all__ = ["CollapseMonitor", "MonitorConfig", "epoch_end_hook", "monitor_metrics"]

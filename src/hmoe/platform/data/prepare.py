@@ -58,13 +58,14 @@ import pyarrow.compute as pc
 from hmoe.platform.core import storage
 from hmoe.platform.core.failures import is_user_error, root_cause
 from hmoe.platform.data import stats as pstats
-from hmoe.platform.data.behaviour import encode_events, parse_events
+from hmoe.platform.data.behaviour import parse_events
 from hmoe.platform.data.columns import check_columns, check_labels
 from hmoe.platform.data.encode import (
     RECORD_SCHEMA,
     SHARD_COLUMN,
     EncodePlan,
     encode_batch,
+    encode_events,
     finish_shard,
 )
 from hmoe.platform.data.lookup import KeyIndex, SideTable

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmoe.jobs.commands import add_set_argument
+from hmoe.jobs.commands.options import add_set_argument
 
 EXIT_FETCH_FAILED = 4
 EXIT_USER_ERROR = 2  # as hmoe.jobs.cli for ConfigError
@@ -99,7 +99,7 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
 
 def run_synth(args: argparse.Namespace) -> int:
     from hmoe.config import apply_overrides
-    from hmoe.jobs.commands import parse_sets
+    from hmoe.jobs.commands.options import parse_sets
     from hmoe.platform.core import storage
     from hmoe.platform.data.synth import SynthConfig, synthesize
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 
 # flag -> DemoConfig field; a flag left out keeps the config's default
 FLAGS = {

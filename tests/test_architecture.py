@@ -236,3 +236,25 @@ def test_a_cycle_between_rooms_is_caught_where_no_module_cycle_is(tmp_path):
     found = violations(_write(tmp_path, files))
     assert any("cycle between platform rooms" in line for line in found), found
     assert not any(line.startswith("import cycle") for line in found), found
+
+
+@pytest.mark.parametrize(
+    ("stored", "now"),
+    [
+        # a pyfunc flavor's loader_module, in the MLmodel file of a model logged before
+        ("hmoe.platform.serving\n_load_pyfunc", "hmoe.platform.tracking.serving"),
+        # the wrapper class of a model logged in the pickle format
+        ("hmoe.platform.model_registry\nPositionalModel", "hmoe.platform.tracking.registry"),
+        # a search's Tune state names its trial function
+        ("hmoe.platform.tune\ntrial_driver", "hmoe.platform.search.tune"),
+    ],
+)
+def test_module_paths_in_stored_artifacts_still_load(stored, now):
+    import importlib
+    import pickle
+
+    module, name = stored.split("\n")
+    # protocol 0's GLOBAL opcode: what an unpickler does with a class or function reference
+    loaded = pickle.loads(f"c{module}\n{name}\n.".encode())
+    assert loaded is getattr(importlib.import_module(now), name)
+    assert importlib.import_module(module) is importlib.import_module(now)

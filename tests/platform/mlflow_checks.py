@@ -33,6 +33,8 @@ def check_run_contents(client, run_id: str, epochs: int, searched: tuple[str, ..
     for key in ("val_auc", "val_auc_click", "val_logloss_click", "val_gauc_click", "test_auc"):
         assert key in run.data.metrics, key
     assert run.data.metrics["best_epoch"] >= 1
+    # the analysis monitor (train.monitor, on by default), handed to the loop as its hook
+    assert any(k.startswith("diagnostics/ia_") for k in run.data.metrics), sorted(run.data.metrics)
     history = client.get_metric_history(run_id, "val_auc")
     assert sorted({m.step for m in history}) == list(range(1, epochs + 1))
     folder = client.download_artifacts(run_id, CONFIG_ARTIFACT)

@@ -242,11 +242,14 @@ def test_a_cycle_between_rooms_is_caught_where_no_module_cycle_is(tmp_path):
     ("stored", "now"),
     [
         # a pyfunc flavor's loader_module, in the MLmodel file of a model logged before
-        ("hmoe.platform.serving\n_load_pyfunc", "hmoe.platform.tracking.serving"),
+        ("hmoe.platform.serving\n_load_pyfunc", "hmoe.platform.tracking.serving"),  # old path
         # the wrapper class of a model logged in the pickle format
-        ("hmoe.platform.model_registry\nPositionalModel", "hmoe.platform.tracking.registry"),
+        (
+            "hmoe.platform.model_registry\nPositionalModel",  # old path
+            "hmoe.platform.tracking.registry",
+        ),
         # a search's Tune state names its trial function
-        ("hmoe.platform.tune\ntrial_driver", "hmoe.platform.search.tune"),
+        ("hmoe.platform.tune\ntrial_driver", "hmoe.platform.search.tune"),  # old path
     ],
 )
 def test_module_paths_in_stored_artifacts_still_load(stored, now):

@@ -18,10 +18,11 @@ import sys
 import types
 
 # module paths written into stored artifacts before the rooms -> where that code lives now
+# ("old path": these old paths are meant; a tool rewriting module paths leaves them)
 _OLD_PATHS = {
-    "hmoe.platform.serving": "hmoe.platform.tracking.serving",
-    "hmoe.platform.model_registry": "hmoe.platform.tracking.registry",
-    "hmoe.platform.tune": "hmoe.platform.search.tune",
+    "hmoe.platform.serving": "hmoe.platform.tracking.serving",  # old path
+    "hmoe.platform.model_registry": "hmoe.platform.tracking.registry",  # old path
+    "hmoe.platform.tune": "hmoe.platform.search.tune",  # old path
 }
 
 

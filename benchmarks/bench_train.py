@@ -45,10 +45,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def standalone(args: argparse.Namespace, work: Path, tracked: bool) -> dict[str, float]:
     import torch
 
+    from hmoe.platform.analysis.monitor import epoch_end_hook
     from hmoe.platform.api import resolve
     from hmoe.platform.experiment import build_experiment, logged_params, run_name
-    from hmoe.platform.tracking import MlflowRun
-    from hmoe.platform.trainer import train_standalone
+    from hmoe.platform.tracking.runs import MlflowRun
+    from hmoe.platform.training.trainer import train_standalone
 
     torch.set_num_threads(args.threads)
     cfg = resolve(build_experiment(args.preset, args.data, _overrides(args)), work)
@@ -58,7 +59,7 @@ def standalone(args: argparse.Namespace, work: Path, tracked: bool) -> dict[str,
         run.log_config(cfg.to_dict(), logged_params(cfg, {}))
         run_id = run.run_id
     started = time.perf_counter()
-    outcome = train_standalone(cfg, run_id=run_id)
+    outcome = train_standalone(cfg, run_id=run_id, epoch_end=epoch_end_hook(cfg.train.monitor))
     wall = time.perf_counter() - started
     last = outcome.history[-1]
     return {

@@ -1,7 +1,7 @@
 """GPU check: the standalone training loop on CUDA with bf16, synthetic data, no Ray, no MLflow.
 
-Runs ``hmoe.platform.train_loop.run_loop`` (the same loop Ray Train workers run) for each preset
-on random, contract-valid batches of an ml-100k-shaped (or criteo-shaped) schema and prints
+Runs ``hmoe.platform.training.train_loop.run_loop`` (the same loop Ray Train workers run) for each
+preset on random, contract-valid batches of an ml-100k-shaped (or criteo-shaped) schema and prints
 training samples/s (median over the epochs after the first, which pays for warm-up and CUDA
 kernel selection) and the peak GPU memory. Everything it imports is torch, numpy and hmoe.
 
@@ -23,8 +23,8 @@ import torch
 from hmoe.models.losses import TrainWrapper
 from hmoe.models.testing import criteo_like_schema, ml100k_like_schema, random_batch
 from hmoe.models.zoo import PRESETS, build
-from hmoe.platform.runtime import StandaloneRuntime
-from hmoe.platform.train_loop import EvalData, LoopSettings, run_loop
+from hmoe.platform.training.runtime import StandaloneRuntime
+from hmoe.platform.training.train_loop import EvalData, LoopSettings, run_loop
 
 SCHEMAS = {"ml100k": ml100k_like_schema, "criteo": lambda: criteo_like_schema(max_vocab=100_000)}
 VAL_FRACTION = 8  # validation rows = rows / VAL_FRACTION

@@ -72,8 +72,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server (``moto[server]``, a dev dependency) for the session; stopped by PID."""
     pytest.importorskip("moto")
     pytest.importorskip("boto3")
-    from hmoe.platform import storage
-    from hmoe.platform.processes import free_port, spawn, stop_session, wait_http
+    from hmoe.jobs.services.processes import free_port, spawn, stop_session, wait_http
+    from hmoe.platform.core import storage
 
     port = free_port()
     log = tmp_path_factory.mktemp("s3") / "moto.log"

@@ -25,7 +25,7 @@ NOT_FROM_THE_PAPERS = {"embedding L2"}  # a training choice of the preset, claim
 @cache
 def _params(data: Path, overrides_json: str) -> int:
     from hmoe.models.zoo import build
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
     from hmoe.platform.experiment import build_experiment
 
     cfg = build_experiment("hmoe", data, json.loads(overrides_json))

@@ -53,7 +53,7 @@ def _smoothed_rate_I(
 
 
 def _group_aucs(labels_N: np.ndarray, scores_N: np.ndarray, new_N: np.ndarray) -> dict[str, float]:
-    from hmoe.platform.metrics import auc
+    from hmoe.platform.core.metrics import auc
 
     return {
         "test_auc": auc(labels_N, scores_N),
@@ -64,7 +64,7 @@ def _group_aucs(labels_N: np.ndarray, scores_N: np.ndarray, new_N: np.ndarray) -
 
 def split_aucs(model: Any, cfg: Any) -> Mapping[str, float]:
     """``extra`` hook: the test AUC over new and over returning users."""
-    from hmoe.platform.batches import load_schema, read_split
+    from hmoe.platform.data.batches import load_schema, read_split
     from hmoe.schema import LABELS
 
     schema = load_schema(cfg.data.path)
@@ -77,8 +77,8 @@ def split_aucs(model: Any, cfg: Any) -> Mapping[str, float]:
 
 def item_reference(ctx: Context) -> dict[str, Any]:
     """The smoothed per-item positive rate of the train split, scored on the test split."""
-    from hmoe.platform.batches import load_schema, read_split
-    from hmoe.platform.metrics import auc
+    from hmoe.platform.core.metrics import auc
+    from hmoe.platform.data.batches import load_schema, read_split
     from hmoe.schema import LABELS
 
     data = ctr.prepared(ctx, ctr.ML)
@@ -129,7 +129,7 @@ def past_labels_reference(
     """
     import pyarrow.csv as pacsv
 
-    from hmoe.platform.metrics import auc
+    from hmoe.platform.core.metrics import auc
 
     table = pacsv.read_csv(
         ctx.data_root / "ml-100k" / "ml-100k.inter",

@@ -122,9 +122,10 @@ def train(
     and it was never run."""
     import torch
 
+    from hmoe.platform.analysis.monitor import epoch_end_hook
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.train_loop import DIAGNOSTICS_PREFIX
-    from hmoe.platform.trainer import train_standalone
+    from hmoe.platform.training.train_loop import DIAGNOSTICS_PREFIX
+    from hmoe.platform.training.trainer import train_standalone
 
     changes = dict(overrides) | {"train.seed": seed, "tracking.log_model": False}
     if ctx.quick:
@@ -155,7 +156,7 @@ def train(
         return cached
     torch.set_num_threads(ctx.threads)
     started = time.perf_counter()
-    outcome = train_standalone(cfg)
+    outcome = train_standalone(cfg, epoch_end=epoch_end_hook(cfg.train.monitor))
     wall = time.perf_counter() - started
     best = _best_epoch(outcome.history, cfg.train.early_stopping_metric)
     # the final report's test_* and val_* both belong to the best epoch (whose weights are
@@ -240,7 +241,7 @@ def first_task_logits(model: Any, data: Mapping[str, Any], batch_size: int) -> A
     """Logits ``[N]`` (float64 numpy) of the model's first task over a whole split in memory."""
     import torch
 
-    from hmoe.platform.batches import iter_minibatches
+    from hmoe.platform.data.batches import iter_minibatches
 
     was_training = model.training
     model.eval()

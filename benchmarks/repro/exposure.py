@@ -106,8 +106,8 @@ def _prepared(ctx: Context) -> Path:
 
 def _interest_metrics(model: Any, cfg: Any) -> dict[str, float]:
     """The click head's test ranking against the observed clicks and the planted interest."""
-    from hmoe.platform.batches import load_schema, read_split
-    from hmoe.platform.metrics import auc
+    from hmoe.platform.core.metrics import auc
+    from hmoe.platform.data.batches import load_schema, read_split
     from hmoe.schema import EXPOSURE, LABELS
 
     schema = load_schema(cfg.data.path)

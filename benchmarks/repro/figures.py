@@ -30,7 +30,7 @@ def _analyse(prefix: str, ctx: Context, correlation: bool):
             collapse_report,
             correlation_report,
         )
-        from hmoe.platform.batches import load_schema
+        from hmoe.platform.data.batches import load_schema
 
         out = ctx.figures / prefix
         out.mkdir(parents=True, exist_ok=True)

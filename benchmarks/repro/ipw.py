@@ -300,7 +300,7 @@ def _prepared_bts_to_random(ctx: Context) -> Path:
 def _weighted_metrics(model: Any, cfg: Any) -> dict[str, float]:
     """IPW-weighted AUC / logloss (weight = 1 / logged propensity) of the val and test splits."""
     from hmoe.platform.analysis.offpolicy import weighted_auc, weighted_logloss
-    from hmoe.platform.batches import load_schema, read_split
+    from hmoe.platform.data.batches import load_schema, read_split
     from hmoe.schema import LABELS, WEIGHT
 
     schema = load_schema(cfg.data.path)

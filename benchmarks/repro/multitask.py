@@ -109,7 +109,7 @@ def _label_correlation(model: Any, cfg: Any) -> dict[str, float]:
     """Pearson correlation of the two tasks' labels on the train split (stored with the run)."""
     import numpy as np
 
-    from hmoe.platform.batches import load_schema, read_split
+    from hmoe.platform.data.batches import load_schema, read_split
 
     labels_NK = read_split(cfg.data.path, "train", load_schema(cfg.data.path))["labels"]
     labels_NK = np.asarray(labels_NK, dtype=np.float64)

@@ -29,7 +29,7 @@ def weighted_test_metrics(beta: float):
 
     def extra(model: Any, cfg: Any) -> Mapping[str, float]:
         from hmoe.platform.analysis.offpolicy import weighted_logloss
-        from hmoe.platform.batches import load_schema, read_split
+        from hmoe.platform.data.batches import load_schema, read_split
         from hmoe.schema import LABELS
 
         test = read_split(cfg.data.path, "test", schema=load_schema(cfg.data.path))

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "train", "tune"]
 
-_LAZY = {"train": "hmoe.platform.api", "tune": "hmoe.platform.tune"}
+_LAZY = {"train": "hmoe.platform.api", "tune": "hmoe.platform.search.tune"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from hmoe.platform.analysis.offpolicy import (
     weighted_auc,
     weighted_logloss,
 )
-from hmoe.platform.metrics import auc, logloss
+from hmoe.platform.core.metrics import auc, logloss
 
 # four logged rows: weights pi_e / pi_b = 2, 0.4, 0.2, 0.5; reward * weight = 2, 0, 0.2, 0
 REWARD = np.array([1.0, 0.0, 1.0, 0.0])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.processes import free_port, session_members
+from hmoe.jobs.services.processes import free_port, session_members
 
 HEAD_CPUS = 4  # 2 concurrent smoke trials (1 worker + 0.01 Tune driver each) + 1 Ray Data
 JOB_TIMEOUT_S = 480
@@ -53,8 +53,8 @@ class Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Services:
-    from hmoe.platform.cluster import read_head
-    from hmoe.platform.mlflow_server import read_server
+    from hmoe.jobs.services.cluster import read_head
+    from hmoe.jobs.services.mlflow_server import read_server
 
     root = tmp_path_factory.mktemp("cluster")
     state, token = root / "state", root / "token"

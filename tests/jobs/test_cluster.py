@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from hmoe.config import ConfigError
-from hmoe.platform.cluster import ClusterConfig, start_head
-from hmoe.platform.mlflow_server import MlflowServerConfig, start_server
-from hmoe.platform.processes import (
+from hmoe.jobs.services.cluster import ClusterConfig, start_head
+from hmoe.jobs.services.mlflow_server import MlflowServerConfig, start_server
+from hmoe.jobs.services.processes import (
     ServiceError,
     alive,
     free_port,
@@ -103,7 +103,7 @@ def test_start_refuses_a_taken_port_before_starting_anything(tmp_path: Path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_head_keeps_token_auth_and_its_own_address(services: Services):
-    from hmoe.platform.cluster import read_head
+    from hmoe.jobs.services.cluster import read_head
 
     head = read_head(services.state_dir)
     token = services.token_file.read_text().strip()
@@ -122,7 +122,7 @@ def test_head_keeps_token_auth_and_its_own_address(services: Services):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_head_does_not_capture_the_sessions_own_ray(services: Services, ray_cluster):
-    from hmoe.platform.cluster import read_head
+    from hmoe.jobs.services.cluster import read_head
 
     head = read_head(services.state_dir)
     own = ray_cluster.get_runtime_context().gcs_address
@@ -133,7 +133,7 @@ def test_head_does_not_capture_the_sessions_own_ray(services: Services, ray_clus
 @pytest.mark.ray
 @pytest.mark.slow
 def test_mlflow_server_is_healthy_and_recorded(services: Services):
-    from hmoe.platform.mlflow_server import server_status
+    from hmoe.jobs.services.mlflow_server import server_status
 
     status = server_status(services.state_dir)
     assert status["healthy"] and status["processes"] >= 1
@@ -180,7 +180,7 @@ def _probe_state_api(env: dict[str, str], *address: str) -> tuple[int, str]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_workers_reach_the_state_api_beside_other_rays(services: Services, ray_cluster):
-    from hmoe.platform.cluster import read_head
+    from hmoe.jobs.services.cluster import read_head
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     base["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from hmoe.config import ConfigError
+from hmoe.jobs import demo
 from hmoe.jobs.cli import EXIT_USER_ERROR, build_parser, main
 from hmoe.jobs.commands.demo import demo_config, leaderboard_table
-from hmoe.platform import demo
-from hmoe.platform.demo import DemoConfig, LeaderboardRow, PreparedData
+from hmoe.jobs.demo import DemoConfig, LeaderboardRow, PreparedData
 from tests.platform.test_store import scrubbed_env
 
 

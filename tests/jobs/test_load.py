@@ -49,7 +49,7 @@ def test_eight_trains_on_a_new_store_and_two_searches_on_one_cluster(tmp_path, s
     ``test_own_ray``'s; here the shared store and the shared cluster are under load)."""
     from mlflow import MlflowClient
 
-    from hmoe.platform.cluster import read_head
+    from hmoe.jobs.services.cluster import read_head
 
     state, token = tmp_path / "state", tmp_path / "token"
     up = subprocess.run(

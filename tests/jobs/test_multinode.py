@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.processes import free_port, session_members
+from hmoe.jobs.services.processes import free_port, session_members
 from tests.jobs.conftest import CLI_TIMEOUT_S, hmoe_cli
 
 # ~4 min on an idle 2-core box, over 10 min when the box is loaded: three services, synth and
@@ -87,9 +87,9 @@ def test_a_search_on_two_nodes_reads_and_checkpoints_to_s3_and_survives_losing_a
 ):
     from mlflow.tracking import MlflowClient
 
-    from hmoe.platform.cluster import read_head, read_node
-    from hmoe.platform.mlflow_server import read_server
-    from hmoe.platform.tracking import TAG_TRIAL_ID
+    from hmoe.jobs.services.cluster import read_head, read_node
+    from hmoe.jobs.services.mlflow_server import read_server
+    from hmoe.platform.tracking.runs import TAG_TRIAL_ID
 
     bucket = s3_server.bucket(f"hmoe-cluster-{uuid.uuid4().hex[:6]}")
     name = bucket.removeprefix("s3://")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.processes import LOOPBACK, free_port, spawn, stop_session
+from hmoe.jobs.services.processes import LOOPBACK, free_port, spawn, stop_session
 from tests.platform.prepared import write_prepared
 from tests.platform.test_store import scrubbed_env
 
@@ -42,7 +42,7 @@ def test_failed_synth_leaves_no_staging_folder(tmp_path, monkeypatch):
 def test_a_dashboard_url_in_ray_address_is_refused_with_the_fix(monkeypatch):
     import ray
 
-    from hmoe.platform.ray_start import start_ray
+    from hmoe.platform.core.ray_start import start_ray
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
@@ -54,7 +54,7 @@ def test_a_local_start_that_runs_out_of_time_is_retried(monkeypatch):
     """Ray's startup timeouts on a busy machine are retried; other errors are not."""
     import ray
 
-    from hmoe.platform import ray_start
+    from hmoe.platform.core import ray_start
 
     calls = []
 

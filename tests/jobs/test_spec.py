@@ -12,6 +12,7 @@ import yaml
 from hmoe.config import ConfigError
 from hmoe.jobs.api import JobClient, runtime_env, submit
 from hmoe.jobs.entry import RESULT_MARKER, decode_spec, encode_spec, parse_result
+from hmoe.jobs.services.processes import free_port
 from hmoe.jobs.spec import (
     EXAMPLES,
     JobSpec,
@@ -20,7 +21,6 @@ from hmoe.jobs.spec import (
     shipped_dataset_spec,
     validate,
 )
-from hmoe.platform.processes import free_port
 from tests.conftest import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "src" / "hmoe" / "jobs" / "examples"

@@ -19,9 +19,9 @@ pytest.importorskip("torchrec", reason="TorchRec/FBGEMM not installed (make venv
 _PREDICT_WITHOUT_TORCHREC = """
 import json, sys
 sys.modules["torchrec"] = sys.modules["fbgemm_gpu"] = None  # imports of them now fail
-from hmoe.platform.batches import load_schema, read_split
-from hmoe.platform.metrics import auc
-from hmoe.platform.model_registry import load_model
+from hmoe.platform.data.batches import load_schema, read_split
+from hmoe.platform.core.metrics import auc
+from hmoe.platform.tracking.registry import load_model
 uri, model_uri, data = sys.argv[1:]
 val = read_split(data, "val", load_schema(data))
 logits = load_model(uri, model_uri)(val)
@@ -39,7 +39,7 @@ def test_train_with_torchrec_tables_logs_a_model_that_predicts_without_torchrec(
     ``import torchrec`` fails."""
     from mlflow import MlflowClient
 
-    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI
+    from hmoe.platform.tracking.runs import CONFIG_ARTIFACT, TAG_MODEL_URI
 
     data = write_prepared(tmp_path / "tiny")
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hmoe.jobs.cli import EXIT_USER_ERROR, main
-from hmoe.platform.tracking import TAG_FAILURE
+from hmoe.platform.tracking.runs import TAG_FAILURE
 from tests.platform.prepared import write_prepared
 
 ERROR_PREFIX = "hmoe train: error: "

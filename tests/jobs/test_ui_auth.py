@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.mlflow_server import DEFAULT_PASSWORD_FILE, MlflowServerConfig, read_server
-from hmoe.platform.processes import free_port, session_members
+from hmoe.jobs.services.mlflow_server import DEFAULT_PASSWORD_FILE, MlflowServerConfig, read_server
+from hmoe.jobs.services.processes import free_port, session_members
 from tests.jobs.conftest import hmoe_cli
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"

@@ -210,7 +210,8 @@ def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_cle
 def test_gradient_conflict_monitor_reads_a_torchrec_model_without_updating_its_tables():
     """The per-epoch monitor differentiates each task's loss: with fused tables that must not
     run FBGEMM's backward (it would update the rows)."""
-    from hmoe.platform.analysis.access import gradient_conflict_metrics, shared_parameters
+    from hmoe.platform.analysis.access import shared_parameters
+    from hmoe.platform.analysis.entanglement import gradient_conflict_metrics
 
     _, fused, schema = _pair("mmoe")
     # no zero-filled gradient of every table either: they are not among the shared parameters

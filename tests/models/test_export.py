@@ -2,7 +2,7 @@
 gives the eager outputs, at the example's batch size and at another one (dynamic batch dim).
 
 The export mirrors what ``mlflow.pytorch.log_model(serialization_format="pt2")`` does with the
-positional wrapper from ``hmoe.platform.model_registry``: one ``Dim.AUTO`` on dim 0 per input.
+positional wrapper from ``hmoe.platform.tracking.registry``: one ``Dim.AUTO`` on dim 0 per input.
 One preset runs in the fast set; the others (~3-25 s each on the shared 2-core box) are slow.
 """
 
@@ -15,9 +15,9 @@ from torch.export import Dim
 
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.models.zoo import PRESETS, build, get_preset
-from hmoe.platform.batches import input_columns
-from hmoe.platform.model_registry import _exportable, load_model, log_model
-from hmoe.platform.tracking import MlflowRun
+from hmoe.platform.data.batches import input_columns
+from hmoe.platform.tracking.registry import _exportable, load_model, log_model
+from hmoe.platform.tracking.runs import MlflowRun
 from hmoe.schema import FeatureSchema
 
 TWO_TASKS = ("click", "like")

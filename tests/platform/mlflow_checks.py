@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.platform.batches import load_schema, read_split
+from hmoe.platform.core.metrics import auc
+from hmoe.platform.data.batches import load_schema, read_split
 from hmoe.platform.experiment import HEADLINE_PARAMS
-from hmoe.platform.metrics import auc
-from hmoe.platform.model_registry import load_model
-from hmoe.platform.tracking import CONFIG_ARTIFACT
+from hmoe.platform.tracking.registry import load_model
+from hmoe.platform.tracking.runs import CONFIG_ARTIFACT
 
 TAGS = ("hmoe.preset", "hmoe.config_hash", "hmoe.dataset_hash", "hmoe.git_commit")
 
@@ -33,6 +33,8 @@ def check_run_contents(client, run_id: str, epochs: int, searched: tuple[str, ..
     for key in ("val_auc", "val_auc_click", "val_logloss_click", "val_gauc_click", "test_auc"):
         assert key in run.data.metrics, key
     assert run.data.metrics["best_epoch"] >= 1
+    # the analysis monitor (train.monitor, on by default), handed to the loop as its hook
+    assert any(k.startswith("diagnostics/ia_") for k in run.data.metrics), sorted(run.data.metrics)
     history = client.get_metric_history(run_id, "val_auc")
     assert sorted({m.step for m in history}) == list(range(1, epochs + 1))
     folder = client.download_artifacts(run_id, CONFIG_ARTIFACT)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from hmoe.models.testing import random_batch, tiny_schema
-from hmoe.platform.batches import Batch
+from hmoe.platform.data.batches import Batch
 from hmoe.schema import LABELS, FeatureSchema
 
 SPLIT_ROWS = {"train": 512, "valid": 256, "test": 256}

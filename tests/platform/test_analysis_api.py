@@ -13,18 +13,14 @@ from hmoe.config import ConfigError, apply_overrides
 from hmoe.jobs.cli import main as cli_main
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.zoo import build
-from hmoe.platform.analysis.access import (
-    embedding_sets,
-    gradient_conflict_metrics,
-    shared_parameters,
-    unwrap,
-)
+from hmoe.platform.analysis.access import embedding_sets, shared_parameters, unwrap
 from hmoe.platform.analysis.api import ANALYSIS_ARTIFACT_DIR, analyze, load_run
+from hmoe.platform.analysis.entanglement import gradient_conflict_metrics
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.analysis.reports import AnalysisConfig, entanglement_report
 from hmoe.platform.experiment import DataConfig, ExperimentConfig, TrackingConfig
-from hmoe.platform.model_registry import log_model
-from hmoe.platform.tracking import MlflowRun
+from hmoe.platform.tracking.registry import log_model
+from hmoe.platform.tracking.runs import MlflowRun
 from tests.platform import analysis_helpers as h
 
 ROWS = {"train": 1500, "val": 500, "test": 1000}

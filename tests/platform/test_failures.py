@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hmoe.jobs.cli import EXIT_FAILURE, EXIT_USER_ERROR, main
-from hmoe.platform.failures import (
+from hmoe.platform.core.failures import (
     DegenerateRunError,
     failure_reason,
     is_deterministic,
@@ -51,7 +51,7 @@ def test_only_deterministic_worker_errors_skip_the_retries():
     from ray.train import FailureConfig
     from ray.train.v2._internal.execution.failure_handling import FailureDecision
 
-    from hmoe.platform.retries import FailFastPolicy
+    from hmoe.platform.training.retries import FailFastPolicy
 
     policy = FailFastPolicy(FailureConfig(max_failures=2))
     killed = _wrapped({1: _killed_worker()})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hmoe.platform.metrics import auc, gauc, logloss, metric_mode, task_metrics
+from hmoe.platform.core.metrics import auc, gauc, logloss, metric_mode, task_metrics
 
 
 def _slow_auc(labels: np.ndarray, scores: np.ndarray) -> float:

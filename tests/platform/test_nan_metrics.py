@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hmoe.models.losses import LossConfig, TrainWrapper
-from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
-from hmoe.platform.runtime import StandaloneRuntime
-from hmoe.platform.train_loop import EvalData, LoopHooks, run_loop
+from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
+from hmoe.platform.training.runtime import StandaloneRuntime
+from hmoe.platform.training.train_loop import EvalData, LoopHooks, run_loop
 from hmoe.schema import LABELS
 from tests.platform.test_train_loop import SCHEMA, _data, _ItemModel, _settings
 

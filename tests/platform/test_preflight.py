@@ -13,7 +13,7 @@ import torch
 from hmoe.config import ConfigError
 from hmoe.jobs.cli import EXIT_USER_ERROR, main
 from hmoe.platform.experiment import TrainConfig, build_experiment
-from hmoe.platform.preflight import check_resources, check_run, label_counts
+from hmoe.platform.training.preflight import check_resources, check_run, label_counts
 from tests.platform.prepared import SPLIT_ROWS, write_prepared
 
 

@@ -103,11 +103,11 @@ def test_the_logged_model_scores_raw_values_served_and_registered_as_champion(
     from mlflow import MlflowClient
 
     from hmoe.platform.api import resolve
-    from hmoe.platform.batches import input_columns, load_schema, read_split
+    from hmoe.platform.data.batches import input_columns, load_schema, read_split
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.model_registry import Registration, log_model, register_model
-    from hmoe.platform.tracking import MlflowRun, fluent_store
-    from hmoe.platform.trainer import build_model
+    from hmoe.platform.tracking.registry import Registration, log_model, register_model
+    from hmoe.platform.tracking.runs import MlflowRun, fluent_store
+    from hmoe.platform.training.trainer import build_model
 
     monkeypatch.chdir(tmp_path)
     data = write_prepared(tmp_path / "tiny", sequences=False)

@@ -113,7 +113,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from torchrec.distributed.planner.types import ParameterConstraints
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from hmoe.platform.sharding import ShardedTraining
+    from hmoe.platform.training.sharding import ShardedTraining
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -244,8 +244,8 @@ def _hmoe_steps(module, optimizer, batches, rank: int, world: int) -> list[float
 def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from hmoe.platform.sharding import ShardedTraining
-    from hmoe.platform.train_loop import _make_optimizer
+    from hmoe.platform.training.sharding import ShardedTraining
+    from hmoe.platform.training.train_loop import _make_optimizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -269,7 +269,7 @@ def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def _settings():
-    from hmoe.platform.train_loop import LoopSettings
+    from hmoe.platform.training.train_loop import LoopSettings
 
     return LoopSettings(
         epochs=1, lr=0.01, weight_decay=0.0, optimizer="adam", lr_schedule="constant",
@@ -286,7 +286,7 @@ def test_sharded_hmoe_model_on_two_ranks_trains_like_the_unsharded_one(tmp_path)
     gloo ranks, half the global batch each, against one process without TorchRec's sharding."""
     import torch.multiprocessing as mp
 
-    from hmoe.platform.train_loop import _make_optimizer
+    from hmoe.platform.training.train_loop import _make_optimizer
 
     mp.spawn(_hmoe_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "hmoe.pt", weights_only=False)

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from hmoe.config import ConfigError
+from hmoe.jobs.services.processes import free_port
 from hmoe.jobs.spec import example_path, load_job, validate
-from hmoe.platform import storage
 from hmoe.platform.api import dataset_hash
-from hmoe.platform.batches import split_megabytes
+from hmoe.platform.core import storage
 from hmoe.platform.data import iter_batches, load_manifest, read_split_table, verify_shards
+from hmoe.platform.data.batches import split_megabytes
 from hmoe.platform.data.output import MANIFEST
-from hmoe.platform.processes import free_port
 from tests.platform.prepared import write_prepared
 
 BATCH = 200

@@ -47,7 +47,7 @@ def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 def test_tracking_uri_follows_mlflow_convention(tmp_path, monkeypatch):
     from hmoe.platform.analysis.api import _tracking_uri
     from hmoe.platform.api import tracking_option
-    from hmoe.platform.tracking import tracking_uri
+    from hmoe.platform.tracking.runs import tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -92,7 +92,7 @@ def test_concurrent_first_use_of_a_new_store_creates_it_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + START_DELAY_S
     code = (
-        "import time; from hmoe.platform.tracking import MlflowRun;"
+        "import time; from hmoe.platform.tracking.runs import MlflowRun;"
         f"time.sleep(max(0.0, {start} - time.time()));"
         f"run = MlflowRun.create({uri!r}, 'race', 'r', {{}}); run.finish();"
         "print('created', run.run_id)"
@@ -151,7 +151,7 @@ def test_half_upgraded_store_is_one_line_with_the_fix(tmp_path):
 def _orphan(tmp_path: Path, uri: str) -> tuple[str, int]:
     """A run created by a process that is then SIGKILLed: (run id, its pid)."""
     code = (
-        "import os, signal; from hmoe.platform.tracking import MlflowRun;"
+        "import os, signal; from hmoe.platform.tracking.runs import MlflowRun;"
         f"run = MlflowRun.create({uri!r}, 'orphans', 'killed', {{}});"
         "print(run.run_id, os.getpid(), flush=True); os.kill(os.getpid(), signal.SIGKILL)"
     )
@@ -164,7 +164,7 @@ def _orphan(tmp_path: Path, uri: str) -> tuple[str, int]:
 def test_runs_of_a_killed_process_are_ended_by_gc_and_by_the_next_run(tmp_path, capsys):
     from mlflow import MlflowClient
 
-    from hmoe.platform.tracking import TAG_FAILURE, MlflowRun, end_orphans
+    from hmoe.platform.tracking.runs import TAG_FAILURE, MlflowRun, end_orphans
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -189,7 +189,7 @@ def test_runs_of_a_killed_process_are_ended_by_gc_and_by_the_next_run(tmp_path, 
 
 
 def test_a_reused_pid_does_not_keep_a_run_alive():
-    from hmoe.platform.tracking import TAG_PROCESS_START, owner_gone, owner_tags
+    from hmoe.platform.tracking.runs import TAG_PROCESS_START, owner_gone, owner_tags
 
     mine = owner_tags()
     assert not owner_gone(mine)
@@ -204,7 +204,7 @@ def logged_run(tmp_path, monkeypatch):
     """A tracked ``hmoe train`` run (config logged, no training): (uri, run)."""
     from hmoe.platform.api import record_run, resolve, run_tags
     from hmoe.platform.experiment import build_experiment, run_name
-    from hmoe.platform.tracking import MlflowRun
+    from hmoe.platform.tracking.runs import MlflowRun
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -257,8 +257,8 @@ def test_runs_prune_deletes_only_the_storage_of_runs_that_are_over(tmp_path, cap
 
     from hmoe.jobs.commands import runs
     from hmoe.platform import experiment
-    from hmoe.platform.run_storage import mark
-    from hmoe.platform.tracking import MlflowRun
+    from hmoe.platform.tracking.runs import MlflowRun
+    from hmoe.platform.training.run_storage import mark
 
     assert runs.DEFAULT_STORAGE == experiment.DEFAULT_STORAGE
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -13,8 +13,8 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from hmoe.platform.model_registry import Registration, load_model, log_model, register_model
-from hmoe.platform.tracking import (
+from hmoe.platform.tracking.registry import Registration, load_model, log_model, register_model
+from hmoe.platform.tracking.runs import (
     CONFIG_ARTIFACT,
     MlflowRun,
     flatten,
@@ -151,7 +151,7 @@ def test_fluent_store_restores_the_environment_exactly(tmp_path, monkeypatch):
     command of this process (and its subprocesses) would track into that store."""
     import os
 
-    from hmoe.platform.tracking import TRACKING_URI_ENV, fluent_store
+    from hmoe.platform.tracking.runs import TRACKING_URI_ENV, fluent_store
 
     monkeypatch.delenv(TRACKING_URI_ENV, raising=False)
     with fluent_store(f"sqlite:///{tmp_path / 'a.db'}"):

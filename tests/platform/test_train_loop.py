@@ -13,9 +13,9 @@ from torch import nn
 
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.testing import random_batch, tiny_schema
-from hmoe.platform.metrics import gauc
-from hmoe.platform.runtime import StandaloneRuntime
-from hmoe.platform.train_loop import (
+from hmoe.platform.core.metrics import gauc
+from hmoe.platform.training.runtime import StandaloneRuntime
+from hmoe.platform.training.train_loop import (
     EvalData,
     LoopHooks,
     LoopSettings,
@@ -238,15 +238,18 @@ def test_gpu_check_smoke_on_cpu_imports_neither_ray_nor_mlflow(tmp_path):
 
 def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
     from hmoe.models.zoo import build, get_preset
-    from hmoe.platform.analysis.monitor import MonitorConfig
+    from hmoe.platform.analysis.monitor import CollapseMonitor, MonitorConfig
+    from hmoe.platform.training.train_loop import LoopHooks
 
     preset = get_preset("debug")
     torch.manual_seed(0)
     model = build(preset.model, SCHEMA)
     runtime = StandaloneRuntime(_data(128, 0), 32, 0, torch.device("cpu"))
     data = EvalData(val=_data(96, 1), test=_data(96, 2))
-    settings = _settings(epochs=2, monitor=MonitorConfig())
-    run_loop(model, TrainWrapper(model, preset.loss), SCHEMA, runtime, data, settings)
+    # the loop knows only the epoch-end hook; the analysis monitor is one
+    hooks = LoopHooks(on_epoch_end=CollapseMonitor(MonitorConfig()))
+    wrapper = TrainWrapper(model, preset.loss)
+    run_loop(model, wrapper, SCHEMA, runtime, data, _settings(epochs=2), hooks)
     max_dim = max(t.shape[1] for tables in model.embedding_tables() for t in tables.values())
     for report in runtime.reports:
         ia = [v for k, v in report.items() if k.startswith("diagnostics/ia_")]
@@ -258,7 +261,7 @@ def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
 
 
 def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():
-    from hmoe.platform.train_loop import _make_optimizer
+    from hmoe.platform.training.train_loop import _make_optimizer
 
     model = _ItemModel()
     cfg = LossConfig(embedding_l2=0.01)
@@ -273,9 +276,9 @@ def test_the_embedding_l2_rides_only_on_a_coupled_l2_optimizer():
 
 @pytest.mark.parametrize(("optimizer", "by_optimizer"), [("adam", True), ("adamw", False)])
 def test_hmoe_train_puts_the_embedding_l2_on_adam_only(optimizer, by_optimizer, tmp_path):
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.trainer import build_model
+    from hmoe.platform.training.trainer import build_model
     from tests.platform.prepared import write_prepared
 
     data = write_prepared(tmp_path / "tiny")

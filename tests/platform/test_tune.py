@@ -49,7 +49,7 @@ def test_tune_interrupted_and_resumed_nests_runs_and_registers_the_best(
         "tracking.model_format": "pickle",  # skip the export attempt: this test is about Tune
     }
     marker = str(tmp_path / "interrupted")
-    from hmoe.platform.tune import SearchInterrupted
+    from hmoe.platform.search.tune import SearchInterrupted
 
     with pytest.raises(SearchInterrupted, match=r"with 1 of 2 trials unfinished.* --resume"):
         hmoe.tune("debug", "smoke", data, 2, overrides, callbacks=[_InterruptOnce(marker)])
@@ -95,8 +95,8 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
 
     from hmoe.platform.api import resolve
     from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.tracking import MlflowRun, owner_tags
-    from hmoe.platform.tune import FailedBefore, InfeasibleTrial, trial_driver
+    from hmoe.platform.search.tune import FailedBefore, InfeasibleTrial, trial_driver
+    from hmoe.platform.tracking.runs import MlflowRun, owner_tags
 
     class _Context:
         def get_trial_id(self):
@@ -133,7 +133,7 @@ def test_an_infeasible_sample_is_a_failed_trial_with_its_reason(tmp_path, monkey
 
 def test_resume_without_saved_state_fails_before_any_ray_or_mlflow_work(tmp_path, monkeypatch):
     from hmoe.config import ConfigError
-    from hmoe.platform.tune import tune
+    from hmoe.platform.search.tune import tune
 
     data = write_prepared(tmp_path / "tiny")
     monkeypatch.chdir(tmp_path)

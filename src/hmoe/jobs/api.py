@@ -40,9 +40,9 @@ from typing import Any
 
 from hmoe.config import ConfigError
 from hmoe.jobs.entry import TAG_JOB_ID, decode_spec, encode_spec, parse_result
+from hmoe.jobs.services.cluster import default_state_dir, default_token_file, read_head
 from hmoe.jobs.spec import JobSpec, load_job, validate
-from hmoe.platform.cluster import default_state_dir, default_token_file, read_head
-from hmoe.platform.tracking import TAG_PARENT
+from hmoe.platform.tracking.runs import TAG_PARENT
 
 __all__ = [
     "Job",

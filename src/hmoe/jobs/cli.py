@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hmoe import __version__
 from hmoe.jobs.commands import COMMANDS, NotImplementedYet
-from hmoe.platform.failures import failure_reason, is_user_error, root_cause
+from hmoe.platform.core.failures import failure_reason, is_user_error, root_cause
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2

@@ -32,7 +32,7 @@ from hmoe.jobs.spec import (
     location,
     shipped_dataset_spec,
 )
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 
 __all__ = [
     "RESULT_ARTIFACT",
@@ -241,8 +241,8 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
         return 0
     except BaseException as err:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the clean-up
-        from hmoe.platform.failures import failure_reason
-        from hmoe.platform.tune import end_search_runs
+        from hmoe.platform.core.failures import failure_reason
+        from hmoe.platform.search.tune import end_search_runs
 
         # a search Tune ended gracefully raises SearchInterrupted; Ray may turn JobStopped into
         # a bare KeyboardInterrupt: either way the reason is the stop itself

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, FrozenMap, apply_overrides, config
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 from hmoe.search_spaces.custom import Distribution
 
 __all__ = [
@@ -268,7 +268,7 @@ class JobSpec(Config):
         """Logical CPUs the job holds at its peak, counted as ``hmoe.tune``/``hmoe.train`` do:
         per trial its workers and its Tune driver, then Ray Data's share and the job driver."""
         from hmoe.platform.api import DATA_CPUS
-        from hmoe.platform.tune import TRIAL_DRIVER_CPUS
+        from hmoe.platform.search.tune import TRIAL_DRIVER_CPUS
 
         res = self.resources
         trial_driver = TRIAL_DRIVER_CPUS if self.search is not None else 0.0

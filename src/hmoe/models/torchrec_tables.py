@@ -248,7 +248,8 @@ _SEQ_KINDS = ("item", "category")
 
 def _in_feature_order(pooled: Any, keys: list[str]) -> torch.Tensor:
     """The pooled features ``[B, N * D]`` in ``keys`` order: a collection sharded across workers
-    (``hmoe.platform.sharding``) returns them grouped by sharding type, not in input order."""
+    (``hmoe.platform.training.sharding``) returns them grouped by sharding type, not in input
+    order."""
     if pooled.keys() == keys:
         return pooled.values()
     by_key = pooled.to_dict()

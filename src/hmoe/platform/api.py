@@ -1,7 +1,7 @@
 """The Python API behind ``hmoe train``: one run on Ray Train, tracked in MLflow.
 
 ``train(...)`` validates everything first (an unknown ``--set`` key, a config the dataset or
-the cluster cannot run: ``hmoe.platform.preflight``; all before Ray starts), creates the
+the cluster cannot run: ``hmoe.platform.training.preflight``; all before Ray starts), creates the
 MLflow run (name ``{preset}-{config_hash}``, tags of the run-identity contract), fits a
 ``TorchTrainer`` and returns a ``TrainResult``. ``resume(run_id)`` continues a run that did not
 finish from its latest checkpoint, into the same MLflow run: the config is the run's logged
@@ -28,17 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import apply_overrides
-from hmoe.platform import storage
-from hmoe.platform.batches import MANIFEST
+from hmoe.platform.core import storage
+from hmoe.platform.core.failures import failure_reason
+from hmoe.platform.data.batches import MANIFEST
 from hmoe.platform.experiment import (
     ExperimentConfig,
     build_experiment,
     logged_params,
     run_name,
 )
-from hmoe.platform.failures import failure_reason
-from hmoe.platform.preflight import check_resources, check_run
-from hmoe.platform.tracking import (
+from hmoe.platform.tracking.runs import (
     CONFIG_ARTIFACT,
     SOURCE_TYPE_LOCAL,
     STATUS_RUNNING,
@@ -64,7 +63,8 @@ from hmoe.platform.tracking import (
     owner_gone,
     resolve_tracking_uri,
 )
-from hmoe.platform.tracking import tracking_uri as store_uri
+from hmoe.platform.tracking.runs import tracking_uri as store_uri
+from hmoe.platform.training.preflight import check_resources, check_run
 
 __all__ = [
     "TrainResult",
@@ -143,7 +143,7 @@ def ensure_ray(cpus_needed: float) -> None:
     plus ingest, or the cluster ``RAY_ADDRESS`` names) and check its CPUs."""
     import ray
 
-    from hmoe.platform.ray_start import start_ray
+    from hmoe.platform.core.ray_start import start_ray
 
     start_ray(max(os.cpu_count() or 1, int(cpus_needed + DATA_CPUS + 0.999)))
     total = ray.cluster_resources().get("CPU", 0.0)
@@ -267,13 +267,17 @@ def _fit(cfg: ExperimentConfig, run: MlflowRun, register: bool) -> TrainResult:
     try:
         with ray_for(cfg.train.num_workers * cfg.train.cpus_per_worker):
             check_resources(cfg.train, DATA_CPUS)  # a cluster joined through RAY_ADDRESS
-            from hmoe.platform.run_storage import mark
-            from hmoe.platform.trainer import make_trainer
+            from hmoe.platform.analysis.monitor import epoch_end_hook
+            from hmoe.platform.training.run_storage import mark
+            from hmoe.platform.training.trainer import make_trainer
 
             name = train_run_name(run.run_id)
             # the marker names the MLflow run, for hmoe runs prune
             mark(Path(cfg.train.storage_path) / name, run.run_id, cfg.tracking.uri)
-            result = make_trainer(cfg, run.run_id, name, cfg.train.storage_path).fit()
+            # the run composes training with the analysis monitor of train.monitor
+            monitor = epoch_end_hook(cfg.train.monitor)
+            trainer = make_trainer(cfg, run.run_id, name, cfg.train.storage_path, epoch_end=monitor)
+            result = trainer.fit()
     except BaseException as err:
         run.set_tags({TAG_FAILURE: failure_reason(err)})
         run.finish("FAILED")
@@ -352,8 +356,8 @@ def resume(
 def _finish_run(
     cfg: ExperimentConfig, run: MlflowRun, metrics: dict[str, float], register: bool
 ) -> TrainResult:
-    from hmoe.platform.batches import load_schema
-    from hmoe.platform.model_registry import register_model
+    from hmoe.platform.data.batches import load_schema
+    from hmoe.platform.tracking.registry import register_model
 
     tags = run.tags()
     model_uri = tags.get(TAG_MODEL_URI)
@@ -382,7 +386,7 @@ def registration(
 ) -> Any:
     """The ``Registration`` of run ``run_id``'s model: its early-stopping metric (the best
     epoch's) and dataset."""
-    from hmoe.platform.model_registry import Registration
+    from hmoe.platform.tracking.registry import Registration
 
     metric = cfg.train.early_stopping_metric
     return Registration(

@@ -16,15 +16,16 @@ from typing import Any, Literal
 from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
-from hmoe.platform.analysis.monitor import MonitorConfig
-from hmoe.platform.cluster import RAY_BUILTIN_RESOURCES
-from hmoe.platform.metrics import METRIC_MODES
-from hmoe.platform.tracking import DEFAULT_TRACKING_URI
+from hmoe.platform.core.metrics import METRIC_MODES
+from hmoe.platform.core.ray_start import RAY_BUILTIN_RESOURCES
+from hmoe.platform.tracking.runs import DEFAULT_TRACKING_URI
 
 __all__ = [
     "HEADLINE_PARAMS",
+    "CollapseConfig",
     "DataConfig",
     "ExperimentConfig",
+    "MonitorConfig",
     "TrackingConfig",
     "TrainConfig",
     "apply_params",
@@ -39,6 +40,45 @@ DEFAULT_STORAGE = "hmoe_runs"  # Ray Train/Tune run folders (checkpoints), besid
 # the MLflow params of every run besides a search's sampled values (the rest: config.json)
 HEADLINE_PARAMS = ("preset", "train.epochs", "train.lr", "train.batch_size", "train.seed")
 TRIAL_NAME_VALUES_CHARS = 80  # the sampled-values part of a trial's run name, at most
+
+
+@config
+class CollapseConfig(Config):
+    """How spectra are computed.
+
+    ``eps`` guards the row normalisation of all-zero rows (the padding row stays zero and adds
+    nothing to the spectrum); ``chunk_rows`` bounds the memory of one Gram-matrix step.
+    """
+
+    eps: float = 1e-8
+    chunk_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.eps <= 0.0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+
+
+@config
+class MonitorConfig(Config):
+    """The per-epoch monitor (cheap enough to leave on).
+
+    Args:
+        information_abundance: log ``ia_{set}_{field}`` (watch dimensional collapse happen).
+        gradient_conflict: log ``grad_cos_{a}_{b}`` for multi-task models.
+        every_n_epochs: log after epochs ``1, 1 + n, 1 + 2n, ...`` and the others not at all.
+        spectrum: how the singular values are computed.
+    """
+
+    information_abundance: bool = True
+    gradient_conflict: bool = True
+    every_n_epochs: int = 1
+    spectrum: CollapseConfig = CollapseConfig()
+
+    def __post_init__(self) -> None:
+        if self.every_n_epochs < 1:
+            raise ConfigError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
 
 
 @config
@@ -256,7 +296,7 @@ def build_experiment(
     unknown = sorted(set(options) - set(shortcuts))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; valid: {sorted(shortcuts)}")
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.reader import load_manifest
 
     load_manifest(data)  # a clear FileNotFoundError for a path that is not a prepared dataset

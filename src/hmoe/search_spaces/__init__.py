@@ -3,8 +3,8 @@
 Each space is a function ``space(trial) -> None`` that only calls ``trial.suggest_*``. The
 same function runs under plain Optuna and under Ray Tune's ``OptunaSearch(space=fn)``; the
 sampled ``{path: value}`` dict is applied to the base ExperimentConfig with
-``hmoe.platform.tune.apply_params`` (``apply_overrides``, plus new keys of mapping fields such
-as ``model.experts.counts.fm``). Names use ``.``, never ``/`` (Ray unflattens on ``/``). An
+``hmoe.platform.search.tune.apply_params`` (``apply_overrides``, plus new keys of mapping fields
+such as ``model.experts.counts.fm``). Names use ``.``, never ``/`` (Ray unflattens on ``/``). An
 infeasible sample (e.g. zero experts) is not clipped: the config rejects it and the trial
 fails with the reason.
 """

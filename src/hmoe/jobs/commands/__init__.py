@@ -2,37 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from hmoe.config import ConfigError, parse_override_value
-
-
-class NotImplementedYet(Exception):
-    """A subcommand whose issue has not landed; the CLI exits non-zero with this message."""
-
-
-def parse_sets(items: list[str] | None) -> dict[str, object]:
-    """Parse repeated ``--set a.b.c=VALUE`` arguments into an ``apply_overrides`` mapping."""
-    overrides: dict[str, object] = {}
-    for item in items or []:
-        path, sep, value = item.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--set expects PATH=VALUE (e.g. train.lr=0.001), got {item!r}")
-        overrides[path.strip()] = parse_override_value(value)
-    return overrides
-
-
-def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        metavar="PATH=VALUE",
-        help="override a config field by its dotted path (repeatable), e.g. train.lr=0.003",
-    )
-
-
-from hmoe.jobs.commands import (  # noqa: E402 - the command modules import the helpers above
+from hmoe.jobs.commands import (
     analyze,
     cluster,
     data,
@@ -44,5 +14,8 @@ from hmoe.jobs.commands import (  # noqa: E402 - the command modules import the 
     tune,
     ui,
 )
+from hmoe.jobs.commands.options import NotImplementedYet, add_set_argument, parse_sets
+
+__all__ = ["COMMANDS", "NotImplementedYet", "add_set_argument", "parse_sets"]
 
 COMMANDS = (data, train, tune, analyze, runs, cluster, ui, submit, jobs, demo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hmoe.config import ConfigError, apply_overrides
-from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 from hmoe.jobs.commands.train import add_tracking_uri_argument
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hmoe.platform.cluster import ClusterConfig, default_state_dir
+from hmoe.jobs.services.cluster import ClusterConfig, default_state_dir
 
 DEFAULTS = ClusterConfig()
 EXIT_SERVICE_ERROR = 1
@@ -23,7 +23,7 @@ def reports_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace) -> int:
         from hmoe.jobs.api import JobError, JobNotFoundError, JobStateError
-        from hmoe.platform.processes import ServiceError
+        from hmoe.jobs.services.processes import ServiceError
 
         try:
             return handler(args)
@@ -89,7 +89,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 @reports_errors
 def run_up(args: argparse.Namespace) -> int:
-    from hmoe.platform.cluster import start_head
+    from hmoe.jobs.services.cluster import start_head
 
     cfg = ClusterConfig(
         port=args.port,
@@ -101,7 +101,7 @@ def run_up(args: argparse.Namespace) -> int:
         resources=args.resources or {},
     )
     if args.join is not None:
-        from hmoe.platform.cluster import start_node
+        from hmoe.jobs.services.cluster import start_node
 
         print(f"joining a Ray worker node to {args.join} ...", flush=True)
         print("\n".join(start_node(cfg, _state_dir(args)).describe()))
@@ -114,7 +114,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 @reports_errors
 def run_down(args: argparse.Namespace) -> int:
-    from hmoe.platform.cluster import stop_head, stop_node
+    from hmoe.jobs.services.cluster import stop_head, stop_node
 
     node = stop_node(_state_dir(args))
     if node is not None:
@@ -126,7 +126,7 @@ def run_down(args: argparse.Namespace) -> int:
 
 @reports_errors
 def run_status(args: argparse.Namespace) -> int:
-    from hmoe.platform.cluster import head_status
+    from hmoe.jobs.services.cluster import head_status
 
     status = head_status(_state_dir(args))
     if status is None:

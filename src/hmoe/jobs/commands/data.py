@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hmoe.jobs.commands import add_set_argument
+from hmoe.jobs.commands.options import add_set_argument
 
 EXIT_FETCH_FAILED = 4
 EXIT_USER_ERROR = 2  # as hmoe.jobs.cli for ConfigError
@@ -79,7 +79,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
     """What ``prepare`` did, from its manifest: rows read, written and quarantined (by reason),
     and rows and shards per split (``hmoe data prepare`` and a job's log print it)."""
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.output import MANIFEST
 
     rows = manifest["rows"]
@@ -99,8 +99,8 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
 
 def run_synth(args: argparse.Namespace) -> int:
     from hmoe.config import apply_overrides
-    from hmoe.jobs.commands import parse_sets
-    from hmoe.platform import storage
+    from hmoe.jobs.commands.options import parse_sets
+    from hmoe.platform.core import storage
     from hmoe.platform.data.synth import SynthConfig, synthesize
 
     flags = {

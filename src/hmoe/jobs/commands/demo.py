@@ -1,6 +1,6 @@
 """``hmoe demo``: the main job end to end on this machine (prepare, search, leaderboard, UI).
 
-A thin layer over ``hmoe.platform.demo.run_demo``: flags to a ``DemoConfig``, progress lines
+A thin layer over ``hmoe.jobs.demo.run_demo``: flags to a ``DemoConfig``, progress lines
 to stdout, then the leaderboard, the registered model, the plots and the MLflow UI command.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 
 # flag -> DemoConfig field; a flag left out keeps the config's default
 FLAGS = {
@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def demo_config(args: argparse.Namespace) -> Any:
     """The DemoConfig of the parsed flags (``--set`` last, so it wins)."""
     from hmoe.config import apply_overrides
-    from hmoe.platform.demo import DemoConfig
+    from hmoe.jobs.demo import DemoConfig
 
     flags = {field: getattr(args, flag) for flag, field in FLAGS.items()}
     overrides = {field: value for field, value in flags.items() if value is not None}
@@ -62,7 +62,7 @@ def demo_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     cfg = demo_config(args)
-    from hmoe.platform.demo import run_demo
+    from hmoe.jobs.demo import run_demo
 
     for key, value in QUIET_RAY_ENV.items():
         os.environ.setdefault(key, value)

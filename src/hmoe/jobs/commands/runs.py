@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    from hmoe.platform.tracking import end_orphans, tracking_uri
+    from hmoe.platform.tracking.runs import end_orphans, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     orphans = end_orphans(uri, dry_run=args.dry_run)
@@ -64,7 +64,7 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from hmoe.platform.run_storage import prune
+    from hmoe.platform.training.run_storage import prune
 
     pruned = prune(
         args.storage,

@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
-from hmoe.jobs.commands import add_set_argument, parse_sets
 from hmoe.jobs.commands.cluster import add_state_dir_argument, reports_errors
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 
 EXIT_JOB_FAILED = 1
 EXIT_DETACHED = 130  # the shell's code for a command ended by Ctrl-C

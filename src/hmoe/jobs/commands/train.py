@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hmoe.config import ConfigError
-from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 
 METRIC_COLUMNS = ("auc", "gauc", "logloss")
 TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from hmoe.jobs.commands import add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 from hmoe.jobs.commands.train import add_tracking_arguments, metrics_table, shortcut_options
 
 EXIT_INTERRUPTED = 130  # the shell's code for an interrupted (Ctrl+C) command
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
-    from hmoe.platform.tune import SearchInterrupted, tune
+    from hmoe.platform.search.tune import SearchInterrupted, tune
 
     try:
         result = run_search(tune, args, overrides)

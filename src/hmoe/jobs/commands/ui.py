@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from hmoe.jobs.commands.cluster import add_state_dir_argument, reports_errors
-from hmoe.platform.cluster import default_state_dir
-from hmoe.platform.mlflow_server import MlflowServerConfig
+from hmoe.jobs.services.cluster import default_state_dir
+from hmoe.jobs.services.mlflow_server import MlflowServerConfig
 
 DEFAULTS = MlflowServerConfig()
 
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 @reports_errors
 def run(args: argparse.Namespace) -> int:
-    from hmoe.platform import mlflow_server
+    from hmoe.jobs.services import mlflow_server
 
     state_dir = args.state_dir or default_state_dir()
     if args.stop:

@@ -18,7 +18,6 @@ from hmoe.schema import LABELS
 __all__ = [
     "embedding_sets",
     "feature_encoders",
-    "gradient_conflict_metrics",
     "shared_parameters",
     "task_losses",
     "unwrap",
@@ -107,24 +106,3 @@ def task_losses(wrapper: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[s
     logits_BK = model(batch)
     loss_K = bce_per_task(logits_BK, batch[LABELS], wrapper.sample_weights(batch))
     return {task: loss_K[k] for k, task in enumerate(wrapper.tasks)}
-
-
-def gradient_conflict_metrics(
-    wrapper: nn.Module, batch: Mapping[str, torch.Tensor]
-) -> dict[str, float]:
-    """``{"grad_cos_{a}_{b}": cosine}`` of the per-task gradients on the shared parameters for
-    one batch (empty for a single task or a model that shares nothing), for the training
-    loop to log once per epoch; it leaves no gradient behind."""
-    from hmoe.platform.analysis.entanglement import gradient_conflict
-
-    if len(wrapper.tasks) < 2:
-        return {}
-    shared = shared_parameters(wrapper.model)
-    if not shared:
-        return {}
-    was_training = wrapper.training
-    wrapper.eval()  # no dropout noise in the directions, no batch-norm statistics update
-    try:
-        return gradient_conflict(task_losses(wrapper, batch), shared)
-    finally:
-        wrapper.train(was_training)

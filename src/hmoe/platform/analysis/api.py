@@ -57,7 +57,7 @@ class AnalysisResult:
 
 
 def _tracking_uri(uri: str | None) -> str:
-    from hmoe.platform.tracking import tracking_uri
+    from hmoe.platform.tracking.runs import tracking_uri
 
     return tracking_uri(uri)
 
@@ -67,9 +67,9 @@ def load_run(run_id: str, tracking_uri: str | None = None) -> LoadedRun:
     import mlflow.pytorch
 
     from hmoe.models.zoo import build
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
     from hmoe.platform.experiment import ExperimentConfig
-    from hmoe.platform.tracking import CONFIG_ARTIFACT, TAG_MODEL_URI, fluent_store, open_store
+    from hmoe.platform.tracking.runs import CONFIG_ARTIFACT, TAG_MODEL_URI, fluent_store, open_store
 
     uri = _tracking_uri(tracking_uri)
     client = open_store(uri)
@@ -157,7 +157,7 @@ def _applicable(kind: str, schema: FeatureSchema) -> bool:
 
 
 def _log(uri: str, run_id: str, result: AnalysisResult) -> None:
-    from hmoe.platform.tracking import MlflowRun
+    from hmoe.platform.tracking.runs import MlflowRun
 
     run = MlflowRun(uri, run_id)
     run.log_metrics({METRIC_PREFIX + k: v for k, v in result.metrics.items()}, step=0)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hmoe.config import Config, ConfigError, config
 from hmoe.platform.analysis.access import embedding_sets
+from hmoe.platform.experiment import CollapseConfig
 
 __all__ = [
     "CollapseConfig",
@@ -34,24 +34,6 @@ __all__ = [
 ]
 
 _METRIC_UNSAFE = re.compile(r"[^0-9A-Za-z_\-./ ]")
-
-
-@config
-class CollapseConfig(Config):
-    """How spectra are computed.
-
-    ``eps`` guards the row normalisation of all-zero rows (the padding row stays zero and adds
-    nothing to the spectrum); ``chunk_rows`` bounds the memory of one Gram-matrix step.
-    """
-
-    eps: float = 1e-8
-    chunk_rows: int = 65536
-
-    def __post_init__(self) -> None:
-        if self.eps <= 0.0:
-            raise ConfigError(f"eps must be > 0, got {self.eps}")
-        if self.chunk_rows < 1:
-            raise ConfigError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
 
 
 @dataclass(frozen=True)

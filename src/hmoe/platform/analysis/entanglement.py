@@ -19,8 +19,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.platform.analysis.access import shared_parameters, task_losses
 from hmoe.platform.analysis.collapse import metric_name
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "distance_bands",
     "frequent_pair_mask",
     "gradient_conflict",
+    "gradient_conflict_metrics",
     "user_item_distances",
 ]
 
@@ -184,3 +187,22 @@ def gradient_conflict(
         cosine = (grad_a @ grad_b) / norms if norms > 0 else torch.zeros(())
         result[metric_name("grad_cos", a, b)] = float(cosine)
     return result
+
+
+def gradient_conflict_metrics(
+    wrapper: nn.Module, batch: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """``{"grad_cos_{a}_{b}": cosine}`` of the per-task gradients on the shared parameters for
+    one batch (empty for a single task or a model that shares nothing), for the training
+    loop to log once per epoch; it leaves no gradient behind."""
+    if len(wrapper.tasks) < 2:
+        return {}
+    shared = shared_parameters(wrapper.model)
+    if not shared:
+        return {}
+    was_training = wrapper.training
+    wrapper.eval()  # no dropout noise in the directions, no batch-norm statistics update
+    try:
+        return gradient_conflict(task_losses(wrapper, batch), shared)
+    finally:
+        wrapper.train(was_training)

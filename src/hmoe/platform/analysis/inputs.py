@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hmoe.platform.batches import SPLITS
+from hmoe.platform.data.batches import SPLITS
 from hmoe.platform.data.reader import load_manifest, shard_paths
 from hmoe.platform.data.spec import label_column
 from hmoe.platform.data.vocab import FIRST_INDEX  # ids 0 and 1 are padding and OOV

@@ -10,36 +10,16 @@ pass over each table (a ``D x D`` Gram matrix) and one extra forward/backward on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hmoe.config import Config, ConfigError, config
-from hmoe.platform.analysis.access import gradient_conflict_metrics
-from hmoe.platform.analysis.collapse import CollapseConfig, information_abundance_metrics
+from hmoe.platform.analysis.collapse import information_abundance_metrics
+from hmoe.platform.analysis.entanglement import gradient_conflict_metrics
+from hmoe.platform.experiment import MonitorConfig
 
-__all__ = ["MonitorConfig", "monitor_metrics"]
-
-
-@config
-class MonitorConfig(Config):
-    """The per-epoch monitor (cheap enough to leave on).
-
-    Args:
-        information_abundance: log ``ia_{set}_{field}`` (watch dimensional collapse happen).
-        gradient_conflict: log ``grad_cos_{a}_{b}`` for multi-task models.
-        every_n_epochs: log after epochs ``1, 1 + n, 1 + 2n, ...`` and the others not at all.
-        spectrum: how the singular values are computed.
-    """
-
-    information_abundance: bool = True
-    gradient_conflict: bool = True
-    every_n_epochs: int = 1
-    spectrum: CollapseConfig = CollapseConfig()
-
-    def __post_init__(self) -> None:
-        if self.every_n_epochs < 1:
-            raise ConfigError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
+__all__ = ["CollapseMonitor", "MonitorConfig", "epoch_end_hook", "monitor_metrics"]
 
 
 def monitor_metrics(
@@ -65,3 +45,23 @@ def monitor_metrics(
     if cfg.gradient_conflict and batch is not None:
         metrics |= gradient_conflict_metrics(wrapper, batch)
     return metrics
+
+
+@dataclass(frozen=True)
+class CollapseMonitor:
+    """The training loop's epoch-end hook (``EpochEndHook`` of the training loop): the monitor's
+    metrics under ``cfg``. The loop knows only the hook, so training never imports analysis;
+    whatever composes a run (``hmoe.train``, ``hmoe.tune``) hands it over. It is pickled by
+    reference into each Ray Train worker."""
+
+    cfg: MonitorConfig
+
+    def __call__(
+        self, train_module: nn.Module, batch: Mapping[str, torch.Tensor] | None, epoch: int
+    ) -> dict[str, float]:
+        return monitor_metrics(train_module, batch, self.cfg, epoch)
+
+
+def epoch_end_hook(cfg: MonitorConfig | None) -> CollapseMonitor | None:
+    """The hook of a run's ``train.monitor`` (``None``: the run logs no diagnostics)."""
+    return None if cfg is None else CollapseMonitor(cfg)

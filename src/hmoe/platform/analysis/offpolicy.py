@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hmoe.platform.metrics import LOGLOSS_EPS
+from hmoe.platform.core.metrics import LOGLOSS_EPS
 
 __all__ = [
     "dm_estimate",

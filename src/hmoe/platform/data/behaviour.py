@@ -10,8 +10,6 @@ match the log's values as written (no transform is applied to them).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,22 +18,21 @@ from hmoe.platform.data.spec import BehaviourLogSpec, DatasetSpec, SequenceSpec
 from hmoe.platform.data.tables import MALFORMED_COLUMN, ROW_COLUMN, as_strings
 from hmoe.platform.data.validate import REASON_COLUMN, TS_COLUMN, parse_timestamps
 
-if TYPE_CHECKING:
-    from hmoe.platform.data.encode import EncodePlan
-
 __all__ = [
     "EVENT_CATEGORY",
     "EVENT_ITEM",
     "EVENT_SEQUENCE",
-    "encode_events",
+    "RAW_CATEGORY",
+    "RAW_ITEM",
+    "USER",
     "parse_events",
 ]
 
 EVENT_SEQUENCE = "__event_sequence"  # which sequence (index in spec.sequences) an event feeds
 EVENT_ITEM = "__event_item"
 EVENT_CATEGORY = "__event_category"
-_RAW_ITEM = "__event_item_raw"
-_RAW_CATEGORY = "__event_category_raw"
+RAW_ITEM = "__event_item_raw"
+RAW_CATEGORY = "__event_category_raw"
 USER = "__user"
 
 
@@ -52,7 +49,7 @@ def parse_events(raw: pa.Table, spec: DatasetSpec, q: SequenceSpec) -> pa.Table:
     if MALFORMED_COLUMN in raw.column_names:
         reason[np.asarray(raw.column(MALFORMED_COLUMN).is_valid(), dtype=bool)] = "malformed_line"
     columns = {}
-    for key, name in ((USER, log.user_column), (_RAW_ITEM, log.item_column)):
+    for key, name in ((USER, log.user_column), (RAW_ITEM, log.item_column)):
         values = pc.utf8_trim_whitespace(as_strings(raw.column(name)))
         missing = np.asarray(pc.or_(values.is_null(), pc.equal(values, "")).fill_null(True), bool)
         reason[missing & (reason == None)] = "missing_value"  # noqa: E711 - elementwise
@@ -60,33 +57,11 @@ def parse_events(raw: pa.Table, spec: DatasetSpec, q: SequenceSpec) -> pa.Table:
     category = None
     if log.category_column is not None:
         category = pc.utf8_trim_whitespace(as_strings(raw.column(log.category_column)))
-    columns[_RAW_CATEGORY] = category if category is not None else pa.nulls(n, pa.string())
+    columns[RAW_CATEGORY] = category if category is not None else pa.nulls(n, pa.string())
     seconds, missing, bad = parse_timestamps(raw.column(log.timestamp_column), spec)
     reason[missing & (reason == None)] = "missing_value"  # noqa: E711
     reason[bad & (reason == None)] = "bad_timestamp"  # noqa: E711
     columns[TS_COLUMN] = pa.array(seconds)
     columns[ROW_COLUMN] = raw.column(ROW_COLUMN).combine_chunks()
     columns[REASON_COLUMN] = pa.array(reason, type=pa.string())
-    return pa.table(columns)
-
-
-def encode_events(parsed: pa.Table, plan: EncodePlan, sequence: int) -> pa.Table:
-    """Valid events encoded for ``spec.sequences[sequence]``, with their user's shard."""
-    from hmoe.platform.data.encode import SHARD_COLUMN, shard_ids
-
-    q = plan.spec.sequences[sequence]
-    valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
-    items = plan.vocabs[q.item_field].encode(valid.column(_RAW_ITEM).combine_chunks())
-    columns = {
-        USER: valid.column(USER),
-        TS_COLUMN: valid.column(TS_COLUMN),
-        ROW_COLUMN: valid.column(ROW_COLUMN),
-        EVENT_SEQUENCE: pa.array(np.full(valid.num_rows, sequence, dtype=np.int8)),
-        EVENT_ITEM: pa.array(items),
-    }
-    if q.category_field is not None:
-        raw = valid.column(_RAW_CATEGORY).combine_chunks()
-        columns[EVENT_CATEGORY] = pa.array(plan.vocabs[q.category_field].encode(raw))
-    users = valid.column(USER).combine_chunks()
-    columns[SHARD_COLUMN] = pa.array(shard_ids(users, plan.num_shards))
     return pa.table(columns)

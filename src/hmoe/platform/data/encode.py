@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hmoe.platform.data.behaviour import EVENT_CATEGORY, EVENT_ITEM, EVENT_SEQUENCE
+from hmoe.platform.data.behaviour import (
+    EVENT_CATEGORY,
+    EVENT_ITEM,
+    EVENT_SEQUENCE,
+    RAW_CATEGORY,
+    RAW_ITEM,
+)
+from hmoe.platform.data.behaviour import USER as EVENT_USER
 from hmoe.platform.data.sequences import cosine, earlier_exposures, sequence_entries
 from hmoe.platform.data.sides import SideEmbedding, key_column
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, SequenceSpec, label_column
@@ -28,6 +35,7 @@ from hmoe.platform.data.split import SplitAssigner, row_hash
 from hmoe.platform.data.tables import ROW_COLUMN
 from hmoe.platform.data.validate import (
     PROPENSITY_COLUMN,
+    REASON_COLUMN,
     TS_COLUMN,
     WEIGHT_COLUMN,
     cat_column,
@@ -45,6 +53,7 @@ __all__ = [
     "SPLIT_COLUMN",
     "EncodePlan",
     "encode_batch",
+    "encode_events",
     "finish_shard",
     "output_columns",
 ]
@@ -105,6 +114,26 @@ def shard_ids(keys: pa.Array, num_shards: int) -> np.ndarray:
     uniques = encoded.dictionary.to_pylist()
     hashes = np.array([zlib.crc32(u.encode("utf-8")) % num_shards for u in uniques], np.int64)
     return hashes[np.asarray(encoded.indices.fill_null(0), dtype=np.int64)]
+
+
+def encode_events(parsed: pa.Table, plan: EncodePlan, sequence: int) -> pa.Table:
+    """Valid events encoded for ``spec.sequences[sequence]``, with their user's shard."""
+    q = plan.spec.sequences[sequence]
+    valid = parsed.filter(pc.is_null(parsed.column(REASON_COLUMN)))
+    items = plan.vocabs[q.item_field].encode(valid.column(RAW_ITEM).combine_chunks())
+    columns = {
+        EVENT_USER: valid.column(EVENT_USER),
+        TS_COLUMN: valid.column(TS_COLUMN),
+        ROW_COLUMN: valid.column(ROW_COLUMN),
+        EVENT_SEQUENCE: pa.array(np.full(valid.num_rows, sequence, dtype=np.int8)),
+        EVENT_ITEM: pa.array(items),
+    }
+    if q.category_field is not None:
+        raw = valid.column(RAW_CATEGORY).combine_chunks()
+        columns[EVENT_CATEGORY] = pa.array(plan.vocabs[q.category_field].encode(raw))
+    users = valid.column(EVENT_USER).combine_chunks()
+    columns[SHARD_COLUMN] = pa.array(shard_ids(users, plan.num_shards))
+    return pa.table(columns)
 
 
 def encode_batch(parsed: pa.Table, plan: EncodePlan) -> pa.Table:

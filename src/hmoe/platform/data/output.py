@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from hmoe import __version__
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.encode import output_columns
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, TableSpec, label_column, resolve_path

@@ -55,15 +55,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
+from hmoe.platform.core.failures import is_user_error, root_cause
 from hmoe.platform.data import stats as pstats
-from hmoe.platform.data.behaviour import encode_events, parse_events
+from hmoe.platform.data.behaviour import parse_events
 from hmoe.platform.data.columns import check_columns, check_labels
 from hmoe.platform.data.encode import (
     RECORD_SCHEMA,
     SHARD_COLUMN,
     EncodePlan,
     encode_batch,
+    encode_events,
     finish_shard,
 )
 from hmoe.platform.data.lookup import KeyIndex, SideTable
@@ -93,7 +95,6 @@ from hmoe.platform.data.tables import (
     read_table,
 )
 from hmoe.platform.data.validate import FIELD_COLUMN, RAW_COLUMN, REASON_COLUMN, parse_batch
-from hmoe.platform.failures import is_user_error, root_cause
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
 
@@ -210,7 +211,7 @@ def _run_local(spec: DatasetSpec, base: Path, tmp: Path, progress: bool) -> dict
     embeddings = side_embeddings(spec, sides)
     frags = fragments(spec.log, base)
     files = list_files(spec.log, base)
-    from hmoe.platform.ray_start import start_ray
+    from hmoe.platform.core.ray_start import start_ray
 
     # before Ray Data's own ray.init() could join a `ray start` cluster; a Ray started here is
     # shut down at the end, so that the next call of the process sizes its own

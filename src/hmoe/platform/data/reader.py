@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 from hmoe.platform.data.spec import SPLITS, label_column
 from hmoe.schema import EXPOSURE, LABELS, WEIGHT, FeatureSchema, seq_column
 

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 from hmoe.platform.data.spec import BehaviourLogSpec, DatasetSpec, SequenceSpec, load_spec
 from hmoe.platform.data.spec_fields import TableSpec
 

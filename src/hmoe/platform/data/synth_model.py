@@ -32,18 +32,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from hmoe.platform.data.synth import SynthConfig
+from hmoe.config import Config, ConfigError, config
 
 __all__ = [
     "INTEREST_CLICK",
     "INTEREST_PROB",
+    "KNOWN_TASKS",
     "Block",
     "BlockLayout",
+    "PlantedConfig",
+    "SynthConfig",
     "World",
     "build_world",
     "generate_block",
@@ -58,6 +59,123 @@ AGE_SCALE = 10.0  # age effects are expressed per decade
 SAMPLER_WINDOW = 32  # rows per user per step of the click sampler (speed only, same output)
 INTEREST_PROB = "click_interest_prob"  # the planted interest's click probability of a row
 INTEREST_CLICK = "click_interest"  # a click drawn from it (written when exposure_inflation > 0)
+
+
+KNOWN_TASKS = ("click", "conversion", "like")
+
+
+@config
+class PlantedConfig(Config):
+    """The planted semantic-temporal effect: recent clicks of the target's category (module doc)."""
+
+    strength: float = 1.2  # logit of a same-category behaviour at position 0
+    decay: float = 0.7  # per position further back
+    related: float = 0.35  # weight of another category of the same semantic group
+    positions: int = 8  # P: behaviours further back contribute nothing
+    target_category: int = 0  # the target category whose [C, P] matrix is written
+
+    def __post_init__(self) -> None:
+        if self.positions < 1:
+            raise ConfigError("planted.positions must be >= 1")
+        if not 0.0 <= self.decay <= 1.0 or self.strength < 0 or self.related < 0:
+            raise ConfigError("planted: need 0 <= decay <= 1, strength >= 0, related >= 0")
+
+
+@config
+class SynthConfig(Config):
+    """Everything tunable about the synthetic world, the logit model and the output layout."""
+
+    users: int | None = None  # None: ceil(rows / rows_per_user)
+    rows_per_user: int = 40
+    items: int = 20_000
+    categories: int = 40
+    category_groups: int = 8  # semantic groups of related categories
+    tasks: tuple[str, ...] = KNOWN_TASKS
+    click_rate: float = 0.035
+    conversion_rate: float = 0.12  # P(conversion | click)
+    like_rate: float = 0.02
+    user_zipf: float = 0.8  # activity of the users of a block
+    item_zipf: float = 1.05
+    category_zipf: float = 1.0  # share of items per category
+    latent_dim: int = 16
+    embedding_dim: int = 16
+    embedding_noise: float = 1.0  # noise std relative to the projected latent's std
+    group_share: float = 0.5  # variance of a category vector shared with its group
+    category_weight: float = 0.6  # variance of an item vector shared with its category
+    affinity_scale: float = 1.5  # weight of <user, item> / sqrt(D) in every task's logit
+    conflict_fraction: float = 0.5  # latent dims whose sign flips for conversion / like
+    planted: PlantedConfig = PlantedConfig()
+    repeat_prob: float = 0.25  # an impression re-shows one of the user's recent items
+    repeat_window: int = 10  # ... chosen among the user's last this-many impressions
+    fatigue: float = 0.5  # click logit lost per earlier exposure of the same item
+    # click logit gained per log(1 + earlier exposures) of the same item, independent of the user's
+    # interest; > 0 also writes the interest columns (synth_model docstring)
+    exposure_inflation: float = 0.0
+    age_range: tuple[int, int] = (18, 65)
+    age_peak: float = 30.0
+    age_curvature: float = 0.08  # click logit lost per squared decade away from age_peak
+    price_levels: int = 10
+    price_effect_click: float = -0.08  # per price level above the middle
+    price_effect_conversion: float = 0.12
+    hour_amplitude: float = 0.3
+    hour_peak: float = 20.0  # UTC hour of the highest click propensity
+    devices: tuple[str, ...] = ("android", "ios", "web")
+    device_weights: tuple[float, ...] = (0.55, 0.35, 0.10)
+    device_effects: tuple[float, ...] = (0.0, 0.15, -0.2)
+    genders: tuple[str, ...] = ("f", "m", "u")
+    start_timestamp: int = 1_700_000_000
+    span_seconds: int = 30 * 86_400
+    sequence_max_len: int = 20  # L of the spec's behaviour sequence
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # temporal fractions of the spec
+    block_rows: int = 100_000  # rows generated (and held) by one task
+    calibration_steps: int = 12  # most secant steps per task bias
+    calibration_tolerance: float = 0.002  # relative error of a block's expected rate
+    bias_search: tuple[float, float] = (-20.0, 10.0)
+
+    def __post_init__(self) -> None:
+        _check_config(self)
+
+
+def _check_config(cfg: SynthConfig) -> None:
+    if not cfg.tasks or cfg.tasks[0] != "click" or len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"tasks must start with 'click' and be distinct, got {list(cfg.tasks)}")
+    unknown = sorted(set(cfg.tasks) - set(KNOWN_TASKS))
+    if unknown:
+        raise ConfigError(f"unknown task(s) {unknown}; valid: {list(KNOWN_TASKS)}")
+    for name in ("click_rate", "conversion_rate", "like_rate"):
+        if not 0.0 < getattr(cfg, name) < 1.0:
+            raise ConfigError(f"{name} must be in (0, 1), got {getattr(cfg, name)}")
+    for name in ("items", "categories", "category_groups", "latent_dim", "embedding_dim"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1")
+    for name in ("rows_per_user", "block_rows", "calibration_steps", "price_levels"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1")
+    if cfg.users is not None and cfg.users < 1:
+        raise ConfigError("users must be >= 1 (or null)")
+    if cfg.category_groups > cfg.categories:
+        raise ConfigError("category_groups must be <= categories")
+    if not cfg.planted.target_category < cfg.categories:
+        raise ConfigError("planted.target_category must be < categories")
+    if cfg.planted.positions > cfg.sequence_max_len:
+        raise ConfigError("planted.positions must be <= sequence_max_len (prepare keeps L)")
+    for name in ("group_share", "category_weight", "conflict_fraction", "repeat_prob"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1]")
+    if not len(cfg.devices) == len(cfg.device_weights) == len(cfg.device_effects):
+        raise ConfigError("devices, device_weights and device_effects must have equal lengths")
+    if min(cfg.device_weights) < 0 or sum(cfg.device_weights) <= 0:
+        raise ConfigError("device_weights must be >= 0 with a positive sum")
+    if cfg.age_range[0] > cfg.age_range[1] or cfg.repeat_window < 1 or not cfg.genders:
+        raise ConfigError("need age_range[0] <= age_range[1], repeat_window >= 1, genders")
+    if cfg.span_seconds < 1 or cfg.bias_search[0] >= cfg.bias_search[1]:
+        raise ConfigError("need span_seconds >= 1 and bias_search increasing")
+    if not 0.0 < cfg.calibration_tolerance < 1.0:
+        raise ConfigError("calibration_tolerance must be in (0, 1)")
+    if cfg.exposure_inflation < 0.0:
+        raise ConfigError(
+            f"exposure_inflation must be >= 0 (fatigue lowers clicks), got {cfg.exposure_inflation}"
+        )
 
 
 @dataclass(frozen=True)

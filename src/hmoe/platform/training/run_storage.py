@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 
 __all__ = ["MARKER", "Pruned", "mark", "prune"]
 
@@ -62,7 +62,7 @@ def _marked(root: Path, depth: int = 0) -> Iterator[Path]:
 def _status(run_id: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    from hmoe.platform.tracking import open_store
+    from hmoe.platform.tracking.runs import open_store
 
     try:
         run = open_store(uri).get_run(run_id)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmoe.platform.batches import (
+from hmoe.platform.core.metrics import metric_mode
+from hmoe.platform.data.batches import (
     Batch,
     input_columns,
     load_schema,
@@ -27,10 +28,10 @@ from hmoe.platform.batches import (
     split_rows,
 )
 from hmoe.platform.experiment import ExperimentConfig
-from hmoe.platform.metrics import metric_mode
-from hmoe.platform.runtime import RayRuntime, StandaloneRuntime
-from hmoe.platform.tracking import MlflowRun, NullLogger
-from hmoe.platform.train_loop import (
+from hmoe.platform.tracking.runs import MlflowRun, NullLogger
+from hmoe.platform.training.runtime import RayRuntime, StandaloneRuntime
+from hmoe.platform.training.train_loop import (
+    EpochEndHook,
     EvalData,
     LoopHooks,
     LoopOutcome,
@@ -89,7 +90,6 @@ def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> Lo
         seed=t.seed,
         steps_per_epoch=max(1, math.ceil(train_rows / world_size / t.batch_size)),
         fail_at_step=t.fail_at_step,
-        monitor=t.monitor,
     )
 
 
@@ -97,7 +97,7 @@ def _model_hook(
     run: MlflowRun, cfg: ExperimentConfig, names: Sequence[str]
 ) -> Callable[[nn.Module, Batch], Mapping[str, str]]:
     def log(model: nn.Module, example: Batch) -> Mapping[str, str]:
-        from hmoe.platform.model_registry import log_model
+        from hmoe.platform.tracking.registry import log_model
 
         model_uri, fmt = log_model(
             run, model, example, names, cfg.tracking.model_format, cfg.data.path
@@ -112,16 +112,18 @@ def _hooks(
     schema: FeatureSchema,
     run_id: str | None,
     progress: Callable[[str], None] | None,
+    epoch_end: EpochEndHook | None,
 ) -> LoopHooks:
     if run_id is None:
-        return LoopHooks(logger=NullLogger(), progress=progress)
+        return LoopHooks(logger=NullLogger(), progress=progress, on_epoch_end=epoch_end)
     run = MlflowRun(cfg.tracking.uri, run_id)
     on_final = _model_hook(run, cfg, input_columns(schema)) if cfg.tracking.log_model else None
-    return LoopHooks(logger=run, on_final=on_final, progress=progress)
+    return LoopHooks(logger=run, on_final=on_final, progress=progress, on_epoch_end=epoch_end)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``loop_config`` = {experiment: dict, run_id: str | None}."""
+    """Ray Train worker entry point; ``loop_config`` = {experiment: dict, run_id: str | None,
+    epoch_end: EpochEndHook | None}."""
     cfg = ExperimentConfig.from_dict(loop_config["experiment"])
     schema = load_schema(cfg.data.path)
     runtime = RayRuntime(
@@ -137,7 +139,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             val=read_split(cfg.data.path, "val", schema),
             test=read_split(cfg.data.path, "test", schema),
         )
-        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress())
+        epoch_end = loop_config.get("epoch_end")
+        hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress(), epoch_end)
     model, wrapper = build_model(cfg, schema)
     settings = loop_settings(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
     run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
@@ -167,8 +170,12 @@ def train_standalone(
     run_id: str | None = None,
     checkpoint_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    epoch_end: EpochEndHook | None = None,
 ) -> LoopOutcome:
-    """The same loop in this process, no Ray: the whole train split in memory."""
+    """The same loop in this process, no Ray: the whole train split in memory.
+
+    ``epoch_end``: extra per-epoch metrics (the analysis monitor of ``train.monitor``: the
+    caller composes it, as ``hmoe.train`` does)."""
     schema = load_schema(cfg.data.path)
     device = torch.device(device)
     train = read_split(cfg.data.path, "train", schema)
@@ -181,7 +188,7 @@ def train_standalone(
     )
     model, wrapper = build_model(cfg, schema)
     settings = loop_settings(cfg, int(train["labels"].shape[0]), 1)
-    hooks = _hooks(cfg, schema, run_id, progress)
+    hooks = _hooks(cfg, schema, run_id, progress, epoch_end)
     return run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
 
 
@@ -191,17 +198,19 @@ def make_trainer(
     name: str,
     storage_path: str,
     callbacks: Sequence[Any] = (),
+    epoch_end: EpochEndHook | None = None,
 ) -> Any:
     """A ``TorchTrainer`` for ``cfg``: the train split streamed and split across workers.
 
     ``name`` must be deterministic: running again with the same name and storage resumes the
     run from its latest checkpoint (Ray Train V2 has no ``restore``). A lost worker restarts
     the worker group from that checkpoint up to ``train.max_failures`` times; a deterministic
-    error (``hmoe.platform.failures``) ends the run at once.
+    error (``hmoe.platform.core.failures``) ends the run at once. ``epoch_end`` travels to
+    rank 0 (pickled by reference) and adds its metrics to every epoch.
     """
     import ray.train
 
-    from hmoe.platform.retries import FailFastTorchTrainer
+    from hmoe.platform.training.retries import FailFastTorchTrainer
 
     train = split_dataset(cfg.data.path, "train")
     if split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb:
@@ -214,7 +223,11 @@ def make_trainer(
         resources[t.node_resource] = NODE_RESOURCE_PER_WORKER
     return FailFastTorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "run_id": run_id},
+        train_loop_config={
+            "experiment": cfg.to_dict(),
+            "run_id": run_id,
+            "epoch_end": epoch_end,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers,
             use_gpu=t.gpus_per_worker > 0,

@@ -9,8 +9,8 @@ the model to ``on_final`` (MLflow model logging). A restarted worker group resum
 latest checkpoint. On CPU the loop is deterministic for a seed.
 
 With several workers and TorchRec id tables (``model.embedding.backend="torchrec"``) the tables
-are sharded across the workers instead of replicated (``hmoe.platform.sharding``): every rank
-writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
+are sharded across the workers instead of replicated (``hmoe.platform.training.sharding``): every
+rank writes its shards into each checkpoint, and rank 0 evaluates, monitors and logs an unsharded
 copy that every rank helps to fill after each epoch.
 
 One meaning per metric: epochs are 1-based wherever they are shown (``epoch``, ``best_epoch``,
@@ -40,23 +40,22 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
-from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
-from hmoe.platform.batches import Batch, iter_minibatches
-from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
-from hmoe.platform.metrics import METRIC_MODES, metric_mode, task_metrics
-from hmoe.platform.runtime import Runtime
-from hmoe.platform.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
-from hmoe.platform.tracking import MetricLogger, NullLogger
+from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
+from hmoe.platform.core.metrics import METRIC_MODES, metric_mode, task_metrics
+from hmoe.platform.data.batches import Batch, iter_minibatches
+from hmoe.platform.tracking.runs import MetricLogger, NullLogger
+from hmoe.platform.training.runtime import Runtime
+from hmoe.platform.training.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
-__all__ = ["EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
+__all__ = ["EpochEndHook", "EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
 
 SPLIT_NAMES = {"val": "validation", "test": "test"}  # metric prefix -> split, for messages
 VAL_PREFIX = "val_"
@@ -87,7 +86,6 @@ class LoopSettings:
     seed: int
     steps_per_epoch: int
     fail_at_step: int | None = None
-    monitor: MonitorConfig | None = None  # None: no collapse / gradient-conflict metrics
 
 
 @dataclass(kw_only=True)
@@ -98,11 +96,25 @@ class EvalData:
     test: Batch | None = None
 
 
+class EpochEndHook(Protocol):
+    """Extra metrics at the end of an epoch, on rank 0 (the analysis monitor is one).
+
+    Called with the bare ``TrainWrapper`` (not DDP-wrapped, so no collective runs), the first
+    validation mini-batch on the device (``None`` without a validation split) and the 0-based
+    epoch; what it returns is logged under ``diagnostics/``.
+    """
+
+    def __call__(
+        self, train_module: nn.Module, batch: Batch | None, epoch: int
+    ) -> Mapping[str, float]: ...
+
+
 @dataclass(kw_only=True)
 class LoopHooks:
     logger: MetricLogger = field(default_factory=NullLogger)
     on_final: Callable[[nn.Module, Batch], Mapping[str, str]] | None = None
     progress: Callable[[str], None] | None = None
+    on_epoch_end: EpochEndHook | None = None  # None: no diagnostics
 
 
 @dataclass(kw_only=True)
@@ -313,10 +325,11 @@ def run_loop(
             with ``train_module``).
         train_module: ``TrainWrapper(model, loss)``; ``runtime.prepare`` wraps it in DDP.
         schema: task names and the user field (GAUC).
-        runtime: standalone or Ray Train (see ``hmoe.platform.runtime``).
+        runtime: standalone or Ray Train (see ``hmoe.platform.training.runtime``).
         eval_data: rank 0's validation and test splits (``None`` on other ranks).
         s: epochs, optimiser, schedule, early stopping, precision.
-        hooks: metric logger, final-model hook, progress printer (rank 0 only).
+        hooks: metric logger, final-model hook, progress printer, epoch-end hook (rank 0
+            only).
     """
     hooks = hooks or LoopHooks()
     torch.manual_seed(s.seed)
@@ -361,7 +374,7 @@ def run_loop(
                 # the failed epoch's metrics stay visible in MLflow
                 hooks.logger.log_metrics(metrics, step=state.epoch + 1)
                 raise
-            metrics |= _monitor(train_module, eval_data, runtime, state, s)
+            metrics |= _diagnostics(train_module, eval_data, runtime, state, s, hooks)
         stop = runtime.agree(stop) or state.epoch == s.epochs - 1
         if runtime.rank == 0:
             headline = _finish(model, eval_data, schema, runtime, state, s, hooks) if stop else {}
@@ -482,17 +495,22 @@ def _warn_nan(reasons: Mapping[str, str], state: _State) -> None:
             warnings.warn(reason, DegenerateMetricWarning, stacklevel=2)
 
 
-def _monitor(
-    train_module: nn.Module, eval_data: EvalData, runtime: Runtime, state: _State, s: LoopSettings
+def _diagnostics(
+    train_module: nn.Module,
+    eval_data: EvalData,
+    runtime: Runtime,
+    state: _State,
+    s: LoopSettings,
+    hooks: LoopHooks,
 ) -> dict[str, float]:
-    """Rank 0: information abundance per set and field, and per-task gradient conflict measured
-    on the first validation mini-batch (the bare wrapper, so no DDP collective is triggered)."""
-    if s.monitor is None:
+    """Rank 0: the epoch-end hook's metrics (e.g. information abundance per set and field, and
+    per-task gradient conflict) on the first validation mini-batch."""
+    if hooks.on_epoch_end is None:
         return {}
     batch = None
     if eval_data.val is not None:
         batch = {k: v[: s.eval_batch_size].to(runtime.device) for k, v in eval_data.val.items()}
-    found = monitor_metrics(train_module, batch, s.monitor, state.epoch)
+    found = hooks.on_epoch_end(train_module, batch, state.epoch)
     return {f"{DIAGNOSTICS_PREFIX}{key}": value for key, value in found.items()}
 
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from hmoe.platform.processes import alive, file_lock
+from hmoe.platform.core.host import alive, file_lock
 
 __all__ = [
     "CONFIG_ARTIFACT",

@@ -32,8 +32,8 @@ from ray.train.v2._internal.execution.scaling_policy import (
 )
 from ray.train.v2.api.exceptions import TrainingFailedError, WorkerGroupError
 
-from hmoe.platform.cluster import RAY_BUILTIN_RESOURCES
-from hmoe.platform.failures import failure_reason, is_deterministic
+from hmoe.platform.core.failures import failure_reason, is_deterministic
+from hmoe.platform.core.ray_start import RAY_BUILTIN_RESOURCES
 
 __all__ = ["FailFastPolicy", "FailFastTorchTrainer", "PreferredNodePolicy"]
 
@@ -88,14 +88,14 @@ class FailFastTorchTrainer(TorchTrainer):
             # a Ray upgrade moved the policy: fail loudly rather than silently retry again
             raise RuntimeError(
                 f"TorchTrainer no longer passes {POLICY_KEYWORD!r} to its controller; "
-                "update hmoe.platform.retries for this Ray version"
+                "update hmoe.platform.training.retries for this Ray version"
             )
         policies: dict[str, Any] = {POLICY_KEYWORD: FailFastPolicy(self.run_config.failure_config)}
         if custom_resources(self.scaling_config._resources_per_worker_not_none):
             if SCALING_KEYWORD not in controller_init_kwargs:
                 raise RuntimeError(
                     f"TorchTrainer no longer passes {SCALING_KEYWORD!r} to its controller; "
-                    "update hmoe.platform.retries for this Ray version"
+                    "update hmoe.platform.training.retries for this Ray version"
                 )
             policies[SCALING_KEYWORD] = PreferredNodePolicy(self.scaling_config)
         return super()._initialize_and_run_controller(**(controller_init_kwargs | policies))

@@ -22,10 +22,15 @@ import signal
 import tempfile
 from pathlib import Path
 
-from hmoe.platform.cluster import api_server_env
-from hmoe.platform.processes import LOOPBACK, file_lock, free_port
+from hmoe.platform.core.host import LOOPBACK, file_lock, free_port
 
-__all__ = ["RAY_ADDRESS_ENV", "start_ray"]
+__all__ = [
+    "RAY_ADDRESS_ENV",
+    "RAY_BUILTIN_RESOURCES",
+    "api_server_env",
+    "dashboard_url",
+    "start_ray",
+]
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 START_ATTEMPTS = 3
@@ -34,6 +39,19 @@ HTTP_SCHEMES = ("http://", "https://")
 # register within 30 s, or the dashboard did not come up within 60 s (or lost its port)
 STARTUP_FAILURES = ("timed out during startup", "dashboard.log")
 _LOG = logging.getLogger(__name__)
+# read by Ray's State API clients in every worker before they search the machine for a Ray
+RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def dashboard_url(port: int) -> str:
+    return f"http://{LOOPBACK}:{port}"
+
+
+def api_server_env(dashboard_port: int) -> dict[str, str]:
+    """What a Ray's workers must inherit so that Train V2's placement-group cleaner reaches this
+    Ray's State API instead of scanning the machine (it gives up when it finds several Rays)."""
+    return {RAY_API_SERVER_ENV: dashboard_url(dashboard_port)}
 
 
 def _start_lock_path() -> Path:

@@ -8,8 +8,8 @@ function's error as ``__cause__``. ``root_cause`` peels them off; ``failure_reas
 ``Type: message`` line that the CLI prints and MLflow's failure tag holds.
 
 A deterministic error (``DETERMINISTIC_ERRORS``: a config or data check, a NaN early-stopping
-metric) fails again on every retry, so ``hmoe.platform.retries`` ends the run at once instead
-of spending ``train.max_failures`` restarts on it; a killed or lost worker is still retried.
+metric) fails again on every retry, so ``hmoe.platform.training.retries`` ends the run at once
+instead of spending ``train.max_failures`` restarts on it; a killed or lost worker is still retried.
 
 No Ray import here: the CLI uses this module before (or without) Ray starting.
 """

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import ConfigError
+from hmoe.platform.core.ray_start import RAY_ADDRESS_ENV
 from hmoe.platform.experiment import ExperimentConfig, TrainConfig
-from hmoe.platform.ray_start import RAY_ADDRESS_ENV
 from hmoe.schema import FeatureSchema
 
 __all__ = [
@@ -83,7 +83,7 @@ def label_counts(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data.spec import label_column
 
     columns = [label_column(task) for task in tasks]

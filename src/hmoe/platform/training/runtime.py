@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from hmoe.platform.batches import Batch, iter_minibatches
+from hmoe.platform.data.batches import Batch, iter_minibatches
 
 __all__ = ["CHECKPOINT_FILE", "RayRuntime", "Runtime", "StandaloneRuntime"]
 

@@ -141,7 +141,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] | None = None) -> 
     import ray
 
     from hmoe.platform.api import ray_for
-    from hmoe.platform.tune import TRIAL_DRIVER_CPUS
+    from hmoe.platform.search.tune import TRIAL_DRIVER_CPUS
 
     say = progress or (lambda line: None)
     out = _fresh_out_dir(Path(cfg.out), say)
@@ -153,7 +153,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None] | None = None) -> 
 
 def _run_demo(cfg: DemoConfig, out: Path, say: Callable[[str], None]) -> DemoResult:
     data = prepare_data(cfg, out, say)
-    from hmoe.platform.tracking import tracking_uri
+    from hmoe.platform.tracking.runs import tracking_uri
 
     # MLFLOW_TRACKING_URI, as for every command; else a store of the demo's own, in its folder
     uri = tracking_uri(None, default=f"sqlite:///{out / MLFLOW_DB}")
@@ -161,7 +161,7 @@ def _run_demo(cfg: DemoConfig, out: Path, say: Callable[[str], None]) -> DemoRes
         f"epochs, {cfg.max_concurrent} at a time ({cfg.scheduler})")  # fmt: skip
     trials = _TrialLog(say)
     search = _search(cfg, data.path, out, uri, trials, say)
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
 
     tasks = load_schema(data.path).tasks
     board = leaderboard(uri, cfg.experiment, search.parent_run_id, trials.params, tasks)
@@ -260,7 +260,7 @@ def _split_rows(manifest: Mapping[str, Any]) -> dict[str, int]:
 def _search(
     cfg: DemoConfig, data: Path, out: Path, uri: str, trials: Any, say: Callable[[str], None]
 ) -> Any:
-    from hmoe.platform.tune import tune
+    from hmoe.platform.search.tune import tune
 
     overrides = {
         "train.epochs": cfg.epochs,
@@ -339,7 +339,7 @@ def leaderboard(
     """The search's child runs read back from MLflow, best validation AUC first."""
     from mlflow import MlflowClient
 
-    from hmoe.platform.tracking import TAG_PARENT, TAG_TRIAL_ID
+    from hmoe.platform.tracking.runs import TAG_PARENT, TAG_TRIAL_ID
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -368,7 +368,7 @@ def _analyse(
     cfg: DemoConfig, run_id: str, data: Path, uri: str, out: Path, say: Callable[[str], None]
 ) -> dict[str, Path]:
     from hmoe.platform.analysis.api import analyze
-    from hmoe.platform.batches import load_schema
+    from hmoe.platform.data.batches import load_schema
 
     schema = load_schema(data)
     plots: dict[str, Path] = {}

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import Config, ConfigError, config
-from hmoe.platform import storage
-from hmoe.platform.processes import (
+from hmoe.jobs.services.processes import (
     LOOPBACK,
     ServiceError,
     http_status,
@@ -44,6 +43,7 @@ from hmoe.platform.processes import (
     wait_http,
     write_state,
 )
+from hmoe.platform.core import storage
 
 __all__ = [
     "MlflowServerConfig",

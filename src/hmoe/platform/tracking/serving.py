@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from hmoe.platform import storage
+from hmoe.platform.core import storage
 
 __all__ = ["ENCODING_FILE", "RawFeatureScorer", "add_pyfunc_flavor", "raw_example"]
 
 ENCODING_FILE = "hmoe_encoding.json"
 VOCAB_DIR = "vocab"  # the prepared dataset's folder of fitted values, and the model's copy
 FIRST_INDEX = 2  # vocabulary indices 0 and 1 are padding and OOV (hmoe.platform.data.vocab)
-PYFUNC_LOADER = "hmoe.platform.serving"
+PYFUNC_LOADER = "hmoe.platform.tracking.serving"
 
 
 def encoding_spec(

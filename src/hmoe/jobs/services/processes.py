@@ -11,7 +11,6 @@ A small JSON state file records what a later ``stop`` or ``status`` needs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -20,9 +19,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hmoe.platform.core.host import LOOPBACK, alive, file_lock, free_port, proc_stat
 
 __all__ = [
     "LOOPBACK",
@@ -40,7 +41,6 @@ __all__ = [
     "write_state",
 ]
 
-LOOPBACK = "127.0.0.1"
 POLL_S = 0.5
 HTTP_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_CHARS = 3000
@@ -48,13 +48,6 @@ LOG_TAIL_CHARS = 3000
 
 class ServiceError(RuntimeError):
     """A service did not start, or did not stop, as asked; the message says why."""
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it from its ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:
@@ -80,28 +73,13 @@ def spawn(
         )
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session, ...)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
 def session_members(sid: int) -> list[int]:
     """Live processes whose session id is ``sid`` (the leader included while it lives)."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat(int(entry.name))
+        fields = proc_stat(int(entry.name))
         if fields is not None and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return sorted(members)
@@ -196,15 +174,3 @@ def read_state(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if absent) for a block: processes
-    started together take turns."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

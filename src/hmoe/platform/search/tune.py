@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hmoe.config import ConfigError
-from hmoe.platform import storage
 from hmoe.platform.api import (
     DATA_CPUS,
     TrainResult,
@@ -43,6 +42,9 @@ from hmoe.platform.api import (
     run_tags,
     tracking_option,
 )
+from hmoe.platform.core import storage
+from hmoe.platform.core.failures import failure_reason, is_deterministic
+from hmoe.platform.core.metrics import metric_mode
 from hmoe.platform.experiment import (
     ExperimentConfig,
     TrainConfig,
@@ -50,11 +52,7 @@ from hmoe.platform.experiment import (
     build_experiment,
     trial_run_name,
 )
-from hmoe.platform.failures import failure_reason, is_deterministic
-from hmoe.platform.metrics import metric_mode
-from hmoe.platform.preflight import check_resources, check_run
-from hmoe.platform.run_storage import MARKER, mark
-from hmoe.platform.tracking import (
+from hmoe.platform.tracking.runs import (
     STATUS_RUNNING,
     TAG_FAILURE,
     TAG_MODEL_URI,
@@ -67,6 +65,8 @@ from hmoe.platform.tracking import (
     owner_tags,
     share_runs_view,
 )
+from hmoe.platform.training.preflight import check_resources, check_run
+from hmoe.platform.training.run_storage import MARKER, mark
 
 if TYPE_CHECKING:
     from hmoe.search_spaces.custom import SearchSpace
@@ -135,7 +135,8 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from hmoe.platform.trainer import make_trainer
+    from hmoe.platform.analysis.monitor import epoch_end_hook
+    from hmoe.platform.training.trainer import make_trainer
 
     base = ExperimentConfig.from_dict(settings["base"])
     trial_id = ray.tune.get_context().get_trial_id()
@@ -179,6 +180,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
         name=f"train-{trial_id}",
         storage_path=settings["storage"],
         callbacks=[TuneReportCallback()],
+        epoch_end=epoch_end_hook(cfg.train.monitor),
     )
     try:
         trainer.fit()
@@ -547,8 +549,8 @@ def _tuner(
 def _summarise(
     cfg: ExperimentConfig, grid: Any, parent: MlflowRun, search: str, path: str
 ) -> TuneResult:
-    from hmoe.platform.batches import load_schema
-    from hmoe.platform.model_registry import register_model
+    from hmoe.platform.data.batches import load_schema
+    from hmoe.platform.tracking.registry import register_model
 
     metric = cfg.train.early_stopping_metric
     failed = [r for r in grid if r.error is not None]

@@ -11,8 +11,8 @@ the ``torch`` backend (``zoo.with_embedding_backend``), so it loads and predicts
 is not installed, with the same outputs.
 
 A model logged with its prepared dataset also gets a ``python_function`` flavor that scores a
-pandas DataFrame of raw feature values (``hmoe.platform.serving``), so ``mlflow.pyfunc`` and
-``mlflow models serve`` work on it. ``register_model`` tags the new version (dataset, metric,
+pandas DataFrame of raw feature values (``hmoe.platform.tracking.serving``), so ``mlflow.pyfunc``
+and ``mlflow models serve`` work on it. ``register_model`` tags the new version (dataset, metric,
 source run, search) and moves the ``champion`` alias to it only when it beats the current
 champion's validation metric on the same dataset.
 """
@@ -33,9 +33,9 @@ from torch import nn
 
 from hmoe.models.losses import fused_table_modules
 from hmoe.models.zoo import with_embedding_backend
-from hmoe.platform.batches import Batch
-from hmoe.platform.metrics import metric_mode
-from hmoe.platform.tracking import (
+from hmoe.platform.core.metrics import metric_mode
+from hmoe.platform.data.batches import Batch
+from hmoe.platform.tracking.runs import (
     TAG_DATASET_HASH,
     TAG_MODEL_FORMAT,
     TAG_MODEL_URI,
@@ -121,7 +121,8 @@ def _active_run(run: MlflowRun) -> Iterator[None]:
 
 class _PytorchWithPyfunc:
     """A flavor module for ``Model.log``: MLflow's pytorch flavor, then the raw-feature
-    ``python_function`` flavor of ``hmoe.platform.serving`` (when the dataset allows it)."""
+    ``python_function`` flavor of ``hmoe.platform.tracking.serving`` (when the dataset allows
+    it)."""
 
     def __init__(self, data_dir: str | None, names: Sequence[str], arrays: Sequence[Any]) -> None:
         self.data_dir = data_dir
@@ -133,7 +134,7 @@ class _PytorchWithPyfunc:
         from mlflow.models.model import MLMODEL_FILE_NAME
         from mlflow.models.utils import _save_example
 
-        from hmoe.platform import serving
+        from hmoe.platform.tracking import serving
 
         mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
         spec = None

@@ -71,7 +71,7 @@ def split_rows(data_dir: str | Path, split: str) -> int:
 
 def split_megabytes(data_dir: str | Path, split: str) -> float:
     """Stored size of a split's Parquet shards, in MB."""
-    from hmoe.platform import storage
+    from hmoe.platform.core import storage
     from hmoe.platform.data import reader
 
     paths = reader.shard_paths(data_dir, _split(split))

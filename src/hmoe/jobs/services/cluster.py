@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import Config, ConfigError, FrozenMap, config
-from hmoe.platform.processes import (
+from hmoe.jobs.services.processes import (
     LOOPBACK,
     ServiceError,
     alive,
@@ -51,6 +51,12 @@ from hmoe.platform.processes import (
     stop_session,
     wait_http,
     write_state,
+)
+from hmoe.platform.core.ray_start import (
+    RAY_API_SERVER_ENV,
+    RAY_BUILTIN_RESOURCES,
+    api_server_env,
+    dashboard_url,
 )
 
 __all__ = [
@@ -77,20 +83,7 @@ DASHBOARD_READY = (200, 401)  # 401: token auth is on and the probe sends no tok
 ADDRESS_FILE = "ray_current_cluster"  # written by ray start into its temp dir
 ADDRESS_POLL_S = 0.2
 TEMP_DIR_PREFIX = "hmoe-ray-"  # short: Ray's unix socket paths must stay < 108 chars
-# read by Ray's State API clients in every worker before they search the machine for a Ray
-RAY_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
-RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
 _ADDRESS = re.compile(r"^[^\s:/]+:\d{1,5}$")
-
-
-def dashboard_url(port: int) -> str:
-    return f"http://{LOOPBACK}:{port}"
-
-
-def api_server_env(dashboard_port: int) -> dict[str, str]:
-    """What a Ray's workers must inherit so that Train V2's placement-group cleaner reaches this
-    Ray's State API instead of scanning the machine (it gives up when it finds several Rays)."""
-    return {RAY_API_SERVER_ENV: dashboard_url(dashboard_port)}
 
 
 @config

@@ -1,0 +1,1 @@
+"""Hyperparameter search: Ray Tune + Optuna over an ExperimentConfig (``hmoe.tune``)."""

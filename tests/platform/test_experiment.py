@@ -63,14 +63,6 @@ def test_a_trial_run_name_leads_with_the_sampled_values_that_differ(data_dir):
         ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
-        (
-            {
-                "model.embedding.backend": "torchrec",
-                "model.embedding.table_l2": 0.1,
-                "train.num_workers": 2,
-            },
-            "table_l2 > 0 needs train.num_workers=1",
-        ),
         ({"model.embedding.backend": "torchrec", "train.gpus_per_worker": 1}, "on CPU"),
         ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],

@@ -21,7 +21,10 @@ The L2 (``table_l2``) is ours, not FBGEMM's: fbgemm-gpu-cpu 1.8.0's row-wise Ada
 ``weight_decay`` arguments. Each training forward first shrinks every row the batch touches by
 ``1 - 2 * table_lr * table_l2`` (a gradient step on ``table_l2 * |w_r|^2``, once per touched row
 and step, however often the batch repeats the id); the fused Adagrad step then follows in the
-backward. Untouched rows are never read or written, the point of the backend.
+backward. Untouched rows are never read or written, the point of the backend. When the
+collection is sharded across workers (``hmoe.platform.sharding`` calls ``use_shards``), every
+rank gathers the rows the global batch touches (two ``all_gather`` per step) and shrinks those
+that lie in its own shards, so a sharded step decays exactly the rows one worker would.
 
 Width: FBGEMM's kernels store rows in multiples of ``DIM_MULTIPLE`` floats, so a set of another
 dim ``D`` keeps ``ceil(D / 4) * 4`` columns whose extra columns stay zero (never read, zero
@@ -122,6 +125,9 @@ class TorchRecIdTables(nn.Module):
 
         self.schema, self.dim, self.use_category = schema, dim, settings.use_category
         self.decay_factor = 1.0 - 2.0 * settings.lr * settings.l2
+        # set by use_shards once the collection is sharded: table -> (local rows, first row)
+        self._shards: dict[str, list[tuple[torch.Tensor, int]]] | None = None
+        self._shard_group: Any = None
         self.stored_dim = -(-dim // DIM_MULTIPLE) * DIM_MULTIPLE
         # per table (categorical field): the batch columns looked up in it, as
         # (column, is_sequence); the kernel's features run table by table in this order
@@ -189,10 +195,15 @@ class TorchRecIdTables(nn.Module):
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         decay = self.decay_factor != 1.0 and self.training and torch.is_grad_enabled()
+        if decay:
+            self._decay(
+                {
+                    table: _touched_rows([_column(batch, column) for column, _ in columns])
+                    for table, columns in self._columns.items()
+                }
+            )
         keys, slots, counts = [], [], []
-        for table, columns in self._columns.items():
-            if decay:
-                self._decay_rows(table, [_column(batch, column) for column, _ in columns])
+        for columns in self._columns.values():
             for column, is_seq in columns:
                 ids = _column(batch, column)
                 if is_seq:  # [B, L] -> L features of one-id bags, position-major
@@ -209,13 +220,50 @@ class TorchRecIdTables(nn.Module):
         lengths = torch.cat([c.to(torch.int32) for c in counts])
         return KeyedJaggedTensor(keys=keys, values=values[values != PAD_INDEX], lengths=lengths)
 
+    def use_shards(self, shards: Mapping[str, list[tuple[torch.Tensor, int]]], group: Any) -> None:
+        """Decay through this rank's shards from now on: per table, each local piece
+        ``[rows, columns]`` (a view of the sharded kernel's weights) and the global index of its
+        first row; ``group``: the process group whose ranks share the global batch."""
+        self._shards = {name: list(shards.get(name, [])) for name in self._columns}
+        self._shard_group = group
+
     @torch.no_grad()
-    def _decay_rows(self, table: str, ids: list[torch.Tensor]) -> None:
-        """Shrink the rows of ``table`` that ``ids`` touch (each once) by ``decay_factor``."""
-        rows = torch.cat([i.reshape(-1) for i in ids]).unique()
-        rows = rows[rows != PAD_INDEX]
-        weight = self.collection.embedding_bags[table].weight
-        weight.index_copy_(0, rows, weight.index_select(0, rows).mul_(self.decay_factor))
+    def _decay(self, rows: dict[str, torch.Tensor]) -> None:
+        """Shrink each table's ``rows`` (unique, no padding) by ``decay_factor``; sharded: the
+        rows any rank's batch touches, in this rank's pieces."""
+        if self._shards is None:
+            for table, touched in rows.items():
+                weight = self.collection.embedding_bags[table].weight
+                weight.index_copy_(0, touched, weight.index_select(0, touched) * self.decay_factor)
+            return
+        for table, touched in self._gather_rows(rows).items():
+            for piece, first in self._shards[table]:
+                local = touched[(touched >= first) & (touched < first + piece.shape[0])] - first
+                piece.index_copy_(0, local, piece.index_select(0, local) * self.decay_factor)
+
+    def _gather_rows(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The union over the group's ranks of each table's touched rows (one flat id space,
+        table after table, so two ``all_gather`` serve every table)."""
+        import torch.distributed as dist
+
+        starts, start = {}, 0
+        for c in self.schema.categorical:
+            starts[c.name], start = start, start + c.vocab_size
+        flat = torch.cat([rows[name] + starts[name] for name in self._columns])
+        world = dist.get_world_size(self._shard_group)
+        size = torch.tensor([flat.numel()], device=flat.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self._shard_group)
+        padded = flat.new_full((int(max(sizes).item()),), -1)  # all_gather needs equal sizes
+        padded[: flat.numel()] = flat
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self._shard_group)
+        every = torch.cat([p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)]).unique()
+        return {
+            c.name: every[(every >= starts[c.name]) & (every < starts[c.name] + c.vocab_size)]
+            - starts[c.name]
+            for c in self.schema.categorical
+        }
 
     def forward(
         self, batch: Mapping[str, torch.Tensor]
@@ -253,6 +301,12 @@ def _in_feature_order(pooled: Any, keys: list[str]) -> torch.Tensor:
         return pooled.values()
     by_key = pooled.to_dict()
     return torch.cat([by_key[k] for k in keys], dim=1)
+
+
+def _touched_rows(ids: list[torch.Tensor]) -> torch.Tensor:
+    """The distinct non-padding ids of ``ids`` (each row decays once per step)."""
+    rows = torch.cat([i.reshape(-1) for i in ids]).unique()
+    return rows[rows != PAD_INDEX]
 
 
 def _column(batch: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

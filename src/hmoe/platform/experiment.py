@@ -184,15 +184,6 @@ class ExperimentConfig(Config):
             raise ConfigError(
                 "model.embedding.backend='torchrec' trains on CPU for now (train.gpus_per_worker=0)"
             )
-        embedding = self.model.embedding
-        if embedding.backend == "torchrec" and self.train.num_workers > 1 and embedding.table_l2:
-            # the touched-row decay reads and writes whole tables, which no rank holds once
-            # they are sharded across the workers
-            raise ConfigError(
-                "model.embedding.table_l2 > 0 needs train.num_workers=1 with "
-                "model.embedding.backend='torchrec' (sharded tables take no table L2 yet): "
-                "set model.embedding.table_l2=0 or train.num_workers=1"
-            )
 
 
 def run_name(cfg: ExperimentConfig) -> str:

@@ -19,6 +19,10 @@ also builds the whole model once before it is sharded). Checkpoints are sharded:
 writes its shards (weights and fused optimizer state) with ``torch.distributed.checkpoint`` into
 the same Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every
 rank of a restarted group reads back its own shards.
+
+The ``torchrec`` backend's touched-row L2 (``table_l2``) follows the shards: each rank learns
+the rows the whole global batch touches and decays those its own shards hold
+(``TorchRecIdTables.use_shards``).
 """
 
 from __future__ import annotations
@@ -185,6 +189,25 @@ def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, n
     return fresh, copy.deepcopy(train_module, {id(model): fresh})
 
 
+def _decay_through_shards(dmp: nn.Module, group: Any) -> None:
+    """Hand every ``torchrec``-backend table set its local pieces, so its touched-row L2
+    (``table_l2``) decays the rows the global batch touches in this rank's shards."""
+    from hmoe.models.torchrec_tables import TorchRecIdTables
+
+    for tables in dmp.modules():
+        if not isinstance(tables, TorchRecIdTables):
+            continue
+        shards: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        for key, value in tables.collection.state_dict().items():
+            name = key.removeprefix("embedding_bags.").removesuffix(".weight")
+            if _is_sharded(value):
+                pieces = _local_pieces(value)
+            else:  # replicated: the whole table on every rank
+                pieces = [(value, (slice(0, value.shape[0]),))]
+            shards[name] = [(local, where[0].start) for local, where in pieces if local.numel()]
+        tables.use_shards(shards, group)
+
+
 class ShardedTraining:
     """``train_module`` sharded across the process group, plus rank 0's unsharded copy.
 
@@ -232,6 +255,7 @@ class ShardedTraining:
         )
         load_full_state(self.dmp.state_dict(), full)
         del full
+        _decay_through_shards(self.dmp, dist.GroupMember.WORLD)
 
     def plan_json(self) -> str:
         """The plan, readable (``plan_summary`` as indented JSON)."""

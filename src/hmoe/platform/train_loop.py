@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
+from hmoe.models.torchrec_tables import place_fused_tables
 from hmoe.platform.analysis.monitor import MonitorConfig, monitor_metrics
 from hmoe.platform.batches import Batch, iter_minibatches
 from hmoe.platform.failures import DegenerateMetricWarning, DegenerateRunError
@@ -321,6 +322,9 @@ def run_loop(
     hooks = hooks or LoopHooks()
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
+    # the torchrec backend's tables onto FBGEMM's kernels for the device (a no-op on CPU);
+    # Module.to, in prepare or DMP, moves only the weights
+    place_fused_tables(model, runtime.device)
     sharded = None
     if runtime.world_size > 1 and has_torchrec_tables(train_module):
         sharded = ShardedTraining(model, train_module, runtime.device, runtime.rank)

@@ -5,7 +5,9 @@
 # FBGEMM_SPEC / TORCHREC_SPEC: the TorchRec pair of model.embedding.backend=torchrec, which must
 # match the torch build; the default is the CPU pair for torch 2.13.0, installed with --no-deps
 # (torchrec declares a CUDA fbgemm-gpu; its pure-Python dependencies come from the [torchrec]
-# extra). GPU builds: FBGEMM_SPEC='fbgemm-gpu==1.8.0 --index-url ...'; FBGEMM_SPEC= skips them.
+# extra). GPU builds (a CUDA torch 2.13.0 in TORCH_SPEC): FBGEMM_SPEC='fbgemm-gpu==1.8.0', with
+# the --index-url of torch's CUDA variant when it is not PyPI's default (README: which pair goes
+# with which torch); FBGEMM_SPEC= skips them.
 PYTHON ?= python3.11
 TORCH_SPEC ?= torch==2.13.0
 FBGEMM_SPEC ?= fbgemm-gpu-cpu==1.8.0

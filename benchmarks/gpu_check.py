@@ -3,9 +3,17 @@
 Runs ``hmoe.platform.training.train_loop.run_loop`` (the same loop Ray Train workers run) for each
 preset on random, contract-valid batches of an ml-100k-shaped (or criteo-shaped) schema and prints
 training samples/s (median over the epochs after the first, which pays for warm-up and CUDA
-kernel selection) and the peak GPU memory. Everything it imports is torch, numpy and hmoe.
+kernel selection) and the peak GPU memory. Everything it imports is torch, numpy and hmoe
+(and TorchRec/FBGEMM for the ``torchrec`` part).
+
+The ``torchrec`` part trains the same presets with ``model.embedding.backend=torchrec``: the
+id tables on FBGEMM's CUDA kernels with each ``--table-optimizers`` entry fused into the
+backward, the dense layers under the same bf16 autocast, and prints step time and peak memory
+beside the ``torch`` backend's. It is left out, with one line, where TorchRec is missing.
+Without a CUDA device (and no ``--device``) the check prints one line and exits 0.
 
     python benchmarks/gpu_check.py                          # CUDA, bf16, hmoe and dcnv2
+    python benchmarks/gpu_check.py --schema criteo --table-optimizers rowwise_adagrad adam
     python benchmarks/gpu_check.py --device cpu --rows 2048 --batch-size 256 --epochs 2  # smoke
 """
 
@@ -20,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from hmoe.config import ConfigError, apply_overrides
+from hmoe.models.embeddings import CPU_TABLE_OPTIMIZERS, TABLE_OPTIMIZERS
 from hmoe.models.losses import TrainWrapper
 from hmoe.models.testing import criteo_like_schema, ml100k_like_schema, random_batch
 from hmoe.models.zoo import PRESETS, build
@@ -35,11 +45,19 @@ def _data(schema, rows: int, seed: int, device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def check(preset: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def check(
+    preset: str, args: argparse.Namespace, device: torch.device, table_optimizer: str | None = None
+) -> dict[str, float]:
+    """One preset's run; ``table_optimizer``: the ``torchrec`` backend with that fused optimizer
+    (``None``: the ``torch`` backend)."""
     schema = SCHEMAS[args.schema]()
     made = PRESETS[preset]()
+    config = made.model
+    if table_optimizer is not None:
+        changes = {"embedding.backend": "torchrec", "embedding.table_optimizer": table_optimizer}
+        config = apply_overrides(config, changes)
     torch.manual_seed(0)
-    model = build(made.model, schema)
+    model = build(config, schema)
     wrapper = TrainWrapper(model, made.loss, tasks=schema.tasks, embedding_l2_by_optimizer=True)
     train = _data(schema, args.rows, 1, device)
     val = _data(schema, max(args.rows // VAL_FRACTION, 2), 2, device)
@@ -71,6 +89,7 @@ def check(preset: str, args: argparse.Namespace, device: torch.device) -> dict[s
     )
     return {
         "samples_per_s": statistics.median(steady),
+        "ms_per_step": 1000.0 * args.batch_size / statistics.median(steady),
         "first_epoch_samples_per_s": rates[0],
         "peak_gpu_mib": peak,
         "val_auc": runtime.reports[-1]["val_auc"],
@@ -79,18 +98,82 @@ def check(preset: str, args: argparse.Namespace, device: torch.device) -> dict[s
     }
 
 
+def _torchrec_missing() -> str | None:
+    """Why the ``torchrec`` part cannot run here (``None``: it can)."""
+    from hmoe.models.torchrec_tables import require_torchrec
+
+    try:
+        require_torchrec()
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _torchrec_part(
+    args: argparse.Namespace, device: torch.device
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per preset, per fused table optimizer: the ``torchrec`` backend's run (one line and
+    nothing where it cannot run)."""
+    missing = _torchrec_missing()
+    if missing is not None:
+        print(f"torchrec part skipped: {missing}")
+        return {}
+    optimizers = list(args.table_optimizers)
+    if device.type != "cuda":  # FBGEMM's CPU build has no Adam
+        skipped = [o for o in optimizers if o not in CPU_TABLE_OPTIMIZERS]
+        optimizers = [o for o in optimizers if o in CPU_TABLE_OPTIMIZERS]
+        if skipped:
+            print(f"torchrec part: {', '.join(skipped)} left out (CUDA only)")
+    return {p: {o: check(p, args, device, o) for o in optimizers} for p in args.presets}
+
+
+def _print_side_by_side(
+    results: dict[str, dict[str, float]], fused: dict[str, dict[str, dict[str, float]]]
+) -> None:
+    """Per preset: the ``torch`` backend's row, then each ``torchrec`` row with its ratios."""
+    print(
+        f"{'preset':<10}{'tables':<34}{'ms/step':>9}{'samples/s':>11}{'peak MiB':>10}"
+        f"{'step x':>8}{'memory x':>10}"
+    )
+    for preset, base in results.items():
+        rows = [("torch (dense Adam)", base)]
+        rows += [(f"torchrec ({o}, fused)", r) for o, r in fused.get(preset, {}).items()]
+        for label, r in rows:
+            step = r["ms_per_step"] / base["ms_per_step"]
+            memory = r["peak_gpu_mib"] / base["peak_gpu_mib"]
+            print(
+                f"{preset:<10}{label:<34}{r['ms_per_step']:>9.2f}{r['samples_per_s']:>11.0f}"
+                f"{r['peak_gpu_mib']:>10.0f}{step:>8.2f}{memory:>10.2f}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default cuda; without one: skipped")
     parser.add_argument("--presets", nargs="+", default=["hmoe", "dcnv2"])
     parser.add_argument("--schema", choices=sorted(SCHEMAS), default="ml100k")
     parser.add_argument("--rows", type=int, default=262_144)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-bf16", action="store_true", help="float32 on CUDA too")
+    parser.add_argument(
+        "--backends", nargs="+", choices=["torch", "torchrec"], default=["torch", "torchrec"]
+    )
+    parser.add_argument(
+        "--table-optimizers",
+        nargs="+",
+        choices=TABLE_OPTIMIZERS,
+        default=["rowwise_adagrad", "adam"],
+        help="the torchrec part's fused table optimizers (adam: CUDA only)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    if args.device is None and not torch.cuda.is_available():
+        print(
+            f"gpu_check skipped: no CUDA device (torch {torch.__version__}); --device cpu runs it"
+        )
+        return 0
+    device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available (use --device cpu for a smoke run)", file=sys.stderr)
         return 2
@@ -103,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     for preset, r in results.items():
         print(f"{preset:<10}{r['samples_per_s']:>12.0f}{r['first_epoch_samples_per_s']:>12.0f}"
               f"{r['peak_gpu_mib']:>10.0f}{r['parameters']:>12.0f}")  # fmt: skip
+    fused = _torchrec_part(args, device) if "torchrec" in args.backends else {}
+    if fused:
+        _print_side_by_side(results, fused)
     if args.out is not None:
         meta = {"device": name, "precision": precision, "torch": torch.__version__}
-        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        out = {"meta": meta, "results": results, "torchrec": fused}
+        args.out.write_text(json.dumps(out, indent=2))
     return 0
 
 

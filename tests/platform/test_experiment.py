@@ -64,20 +64,26 @@ def test_a_trial_run_name_leads_with_the_sampled_values_that_differ(data_dir):
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
         (
-            {
-                "model.embedding.backend": "torchrec",
-                "model.embedding.table_l2": 0.1,
-                "train.num_workers": 2,
-            },
-            "table_l2 > 0 needs train.num_workers=1",
+            {"model.embedding.backend": "torchrec", "model.embedding.table_optimizer": "adam"},
+            r"table_optimizer='adam' needs CUDA \(train.gpus_per_worker > 0\)",
         ),
-        ({"model.embedding.backend": "torchrec", "train.gpus_per_worker": 1}, "on CPU"),
         ({"model.embedding.table_l2": 0.1}, "read only with"),
     ],
 )
 def test_invalid_overrides_name_the_problem(data_dir, overrides, message):
     with pytest.raises(ConfigError, match=message):
         build_experiment("debug", data_dir, overrides)
+
+
+def test_torchrec_tables_may_train_on_gpus_with_any_table_optimizer(data_dir):
+    for optimizer in ("rowwise_adagrad", "adam"):
+        overrides = {
+            "model.embedding.backend": "torchrec",
+            "model.embedding.table_optimizer": optimizer,
+            "train.gpus_per_worker": 1,
+        }
+        cfg = build_experiment("debug", data_dir, overrides)
+        assert cfg.model.embedding.table_optimizer == optimizer
 
 
 def test_unknown_preset_and_option(data_dir):

@@ -201,6 +201,7 @@ def test_two_sharded_ranks_train_like_one_and_checkpoints_restore(tmp_path):
 
 
 HMOE_STEPS = 3
+TABLE_L2 = 0.5  # with the default table_lr 0.01: a decay factor of 0.99
 
 
 def _hmoe(seed: int):
@@ -210,15 +211,23 @@ def _hmoe(seed: int):
 
     from hmoe.models.losses import LossConfig, TrainWrapper
     from hmoe.models.testing import random_batch, tiny_schema
+    from hmoe.models.torchrec_tables import TorchRecIdTables
     from hmoe.models.zoo import build, get_preset
 
     schema = tiny_schema()
     cfg = get_preset("hmoe").model
-    cfg = dataclasses.replace(cfg, embedding=dataclasses.replace(cfg.embedding, backend="torchrec"))
+    # a strong touched-row L2 (each touched row shrinks by 1% a step): the ranks must decay
+    # the rows the whole global batch touches, in their own shards
+    embedding = dataclasses.replace(cfg.embedding, backend="torchrec", table_l2=TABLE_L2)
+    cfg = dataclasses.replace(cfg, embedding=embedding)
     torch.manual_seed(seed)
     model = build(cfg, schema)
-    # eval mode: no dropout, whose random masks differ between 2 processes and 1
+    # eval mode: no dropout, whose random masks differ between 2 processes and 1; the tables
+    # in training mode, the only one in which their L2 applies
     wrapper = TrainWrapper(model, LossConfig(), tasks=schema.tasks).eval()
+    for tables in model.modules():
+        if isinstance(tables, TorchRecIdTables):
+            tables.train()
     g = torch.Generator().manual_seed(3)
     batches = [random_batch(schema, GLOBAL_BATCH, g) for _ in range(HMOE_STEPS)]
     return model, wrapper, batches

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import runpy
 import subprocess
 import sys
 
@@ -234,6 +236,21 @@ def test_gpu_check_smoke_on_cpu_imports_neither_ray_nor_mlflow(tmp_path):
     assert set(results) == {"hmoe", "dcnv2"}
     for r in results.values():
         assert r["samples_per_s"] > 0 and 0.0 <= r["val_auc"] <= 1.0 and r["parameters"] > 0
+    # the torchrec part beside it: FBGEMM's CPU build runs row-wise Adagrad, not Adam
+    fused = json.loads(out.read_text())["torchrec"]
+    if importlib.util.find_spec("torchrec") is not None:
+        assert {p: set(r) for p, r in fused.items()} == {p: {"rowwise_adagrad"} for p in results}
+        assert "adam left out (CUDA only)" in result.stdout
+        assert fused["hmoe"]["rowwise_adagrad"]["ms_per_step"] > 0
+
+
+def test_gpu_check_without_cuda_skips_with_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the check would run")
+    gpu_check = runpy.run_path(str(REPO_ROOT / "benchmarks" / "gpu_check.py"))
+    assert gpu_check["main"]([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("gpu_check skipped: no CUDA device")
 
 
 def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():

@@ -14,6 +14,7 @@ from torch import nn
 from hmoe.schema import PAD_INDEX
 
 __all__ = [
+    "CPU_TABLE_OPTIMIZERS",
     "EMBEDDING_BACKENDS",
     "TABLE_OPTIMIZERS",
     "EmbeddingBackend",
@@ -28,9 +29,11 @@ Pooling = Literal["mean", "sum"]
 POOLINGS: tuple[str, ...] = ("mean", "sum")
 EmbeddingBackend = Literal["torch", "torchrec"]
 EMBEDDING_BACKENDS: tuple[str, ...] = ("torch", "torchrec")
-# FBGEMM's fused table optimizers we expose; on CPU FBGEMM runs only rowwise_adagrad and sgd
-TableOptimizer = Literal["rowwise_adagrad", "sgd", "adam"]
-TABLE_OPTIMIZERS: tuple[str, ...] = ("rowwise_adagrad", "sgd", "adam")
+# the fused table optimizers of TorchRec's FusedEmbeddingBagCollection (FBGEMM kernels); the
+# CPU build of FBGEMM runs all but adam, CUDA all of them
+TableOptimizer = Literal["rowwise_adagrad", "sgd", "adagrad", "adam"]
+TABLE_OPTIMIZERS: tuple[str, ...] = ("rowwise_adagrad", "sgd", "adagrad", "adam")
+CPU_TABLE_OPTIMIZERS: tuple[str, ...] = ("rowwise_adagrad", "sgd", "adagrad")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

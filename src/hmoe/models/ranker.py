@@ -82,10 +82,10 @@ class EmbeddingSetsConfig(Config):
     (``nn.Embedding``, trained by the dense optimizer with the whole-table ``loss.embedding_l2``)
     or ``torchrec`` (one TorchRec/FBGEMM table-batched collection per set, see
     ``hmoe.models.torchrec_tables``). Only ``torchrec`` reads the ``table_*`` knobs: the
-    optimizer fused into the backward (``rowwise_adagrad`` or ``sgd`` on CPU; ``adam`` needs
-    CUDA), its ``table_lr`` and ``table_eps``, and ``table_l2``, an L2 ``table_l2 * |w_r|^2``
-    on each row a batch touches (``loss.embedding_l2`` then covers only the other tables:
-    MNSE digits, similarity buckets, positions).
+    optimizer fused into the backward (``rowwise_adagrad``, ``sgd`` or ``adagrad``; ``adam``
+    needs CUDA), its ``table_lr`` and ``table_eps``, and ``table_l2``, an L2
+    ``table_l2 * |w_r|^2`` on each row a batch touches (``loss.embedding_l2`` then covers only
+    the other tables: MNSE digits, similarity buckets, positions).
     """
 
     embedding_dim: int = 16

@@ -13,15 +13,25 @@ target and its behaviour sequence share the table).
 
 How the optimizer is fused: the collection is built with ``optimizer_type`` / kwargs from
 ``FusedTableSettings`` (``model.embedding.table_*``); FBGEMM updates the rows a batch touches
-inside the backward (row-wise Adagrad on CPU), so the tables never hold a ``.grad`` and the dense
-optimizer must leave them out (``fused_table_parameters`` in ``hmoe.models.ranker``).
-``fused_optimizer()`` exposes the state (Adagrad accumulators) as a TorchRec ``KeyedOptimizer``.
+inside the backward (``table_optimizer``: row-wise Adagrad, SGD or Adagrad; on CUDA also Adam),
+so the tables never hold a ``.grad`` and the dense optimizer must leave them out
+(``fused_table_parameters`` in ``hmoe.models.ranker``). ``fused_optimizer()`` exposes the state
+(Adagrad accumulators, Adam moments) as a TorchRec ``KeyedOptimizer``.
+
+Device: the tables are built on the CPU like the rest of the model; ``place`` (or
+``place_fused_tables`` for a whole model) rebuilds the collection on a CUDA device with the same
+weights, because FBGEMM chooses its kernel when the collection is built and ``Module.to`` would
+move the weights without it. The lookups' output is float32 (the tables' dtype) under bf16
+autocast; the dense layers after it autocast as usual.
 
 The L2 (``table_l2``) is ours, not FBGEMM's: fbgemm-gpu-cpu 1.8.0's row-wise Adagrad ignores its
 ``weight_decay`` arguments. Each training forward first shrinks every row the batch touches by
 ``1 - 2 * table_lr * table_l2`` (a gradient step on ``table_l2 * |w_r|^2``, once per touched row
 and step, however often the batch repeats the id); the fused Adagrad step then follows in the
-backward. Untouched rows are never read or written, the point of the backend.
+backward. Untouched rows are never read or written, the point of the backend. When the
+collection is sharded across workers (``hmoe.platform.training.sharding`` calls ``use_shards``), every
+rank gathers the rows the global batch touches (two ``all_gather`` per step) and shrinks those
+that lie in its own shards, so a sharded step decays exactly the rows one worker would.
 
 Width: FBGEMM's kernels store rows in multiples of ``DIM_MULTIPLE`` floats, so a set of another
 dim ``D`` keeps ``ceil(D / 4) * 4`` columns whose extra columns stay zero (never read, zero
@@ -49,7 +59,13 @@ from hmoe.config import ConfigError
 from hmoe.models.embeddings import FusedTableSettings, Pooling, init_embedding_
 from hmoe.schema import PAD_INDEX, FeatureSchema, seq_column
 
-__all__ = ["DIM_MULTIPLE", "INSTALL_HINT", "TorchRecIdTables", "require_torchrec"]
+__all__ = [
+    "DIM_MULTIPLE",
+    "INSTALL_HINT",
+    "TorchRecIdTables",
+    "place_fused_tables",
+    "require_torchrec",
+]
 
 DIM_MULTIPLE = 4  # FBGEMM's row alignment (its CPU kernels reject other widths)
 
@@ -73,7 +89,9 @@ def _optimizer(
     settings: FusedTableSettings, width_ratio: float
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The TorchRec optimizer type and kwargs that FBGEMM fuses into the backward
-    (``width_ratio``: stored / real columns, see the module docstring)."""
+    (``width_ratio``: stored / real columns, see the module docstring). Element-wise
+    optimizers (``sgd``, ``adagrad``, ``adam``) leave the always-zero alignment columns at zero
+    and need no scaling."""
     from torchrec.optim import RowWiseAdagrad
 
     if settings.optimizer == "rowwise_adagrad":
@@ -81,6 +99,8 @@ def _optimizer(
         return RowWiseAdagrad, {"lr": settings.lr * scale, "eps": settings.eps * scale}
     if settings.optimizer == "sgd":
         return torch.optim.SGD, {"lr": settings.lr}
+    if settings.optimizer == "adagrad":
+        return torch.optim.Adagrad, {"lr": settings.lr, "eps": settings.eps}
     return torch.optim.Adam, {"lr": settings.lr, "eps": settings.eps}
 
 
@@ -118,10 +138,12 @@ class TorchRecIdTables(nn.Module):
         super().__init__()
         require_torchrec()
         from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
         self.schema, self.dim, self.use_category = schema, dim, settings.use_category
         self.decay_factor = 1.0 - 2.0 * settings.lr * settings.l2
+        # set by use_shards once the collection is sharded: table -> (local rows, first row)
+        self._shards: dict[str, list[tuple[torch.Tensor, int]]] | None = None
+        self._shard_group: Any = None
         self.stored_dim = -(-dim // DIM_MULTIPLE) * DIM_MULTIPLE
         # per table (categorical field): the batch columns looked up in it, as
         # (column, is_sequence); the kernel's features run table by table in this order
@@ -150,19 +172,50 @@ class TorchRecIdTables(nn.Module):
             )
             for c in schema.categorical
         ]
-        optimizer_type, kwargs = _optimizer(settings, self.stored_dim / dim)
-        try:
-            self.collection = FusedEmbeddingBagCollection(
-                tables=tables, optimizer_type=optimizer_type, optimizer_kwargs=kwargs
-            )
-        except AssertionError as err:  # FBGEMM's way of saying "not on this device"
-            raise ConfigError(
-                f"model.embedding.table_optimizer={settings.optimizer!r}: {err}"
-            ) from None
+        self._table_configs = tables
+        self._optimizer_name = settings.optimizer
+        self._optimizer_type, self._optimizer_kwargs = _optimizer(settings, self.stored_dim / dim)
+        self.collection = self._make_collection(torch.device("cpu"))
         with torch.no_grad():
             for c in schema.categorical:
                 self.collection.embedding_bags[c.name].weight.zero_()
                 init_embedding_(self.table(c.name), init_std, PAD_INDEX)
+
+    def _make_collection(self, device: torch.device) -> Any:
+        """A fresh ``FusedEmbeddingBagCollection`` of these tables whose FBGEMM kernel (and its
+        optimizer state) lives on ``device``: FBGEMM picks the kernel when it is built."""
+        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+        try:
+            return FusedEmbeddingBagCollection(
+                tables=self._table_configs,
+                optimizer_type=self._optimizer_type,
+                optimizer_kwargs=self._optimizer_kwargs,
+                device=device,
+            )
+        except AssertionError as err:  # FBGEMM's way of saying "not on this device"
+            raise ConfigError(
+                f"model.embedding.table_optimizer={self._optimizer_name!r} on {device.type}: "
+                f"{err or 'FBGEMM has no such kernel there'}"
+            ) from None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tables and their kernel live."""
+        return self.collection.embedding_bags[self.schema.categorical[0].name].weight.device
+
+    @torch.no_grad()
+    def place(self, device: torch.device) -> None:
+        """Move the tables to ``device`` by rebuilding the collection there with the same
+        weights (``Module.to`` would move the weights but leave FBGEMM's kernel behind). The
+        fused optimizer starts afresh: place the tables before training, not mid-way."""
+        if _same_device(self.device, device):
+            return
+        weights = {c.name: self.table(c.name).detach() for c in self.schema.categorical}
+        self.collection = self._make_collection(device)
+        for name, weight in weights.items():
+            self.collection.embedding_bags[name].weight.zero_()  # the alignment columns
+            self.table(name).copy_(weight)
 
     def _feature_offsets(self) -> dict[str, int]:
         """Column -> index of its first feature in the kernel's output ``[B, N, D]``."""
@@ -189,10 +242,15 @@ class TorchRecIdTables(nn.Module):
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
         decay = self.decay_factor != 1.0 and self.training and torch.is_grad_enabled()
+        if decay:
+            self._decay(
+                {
+                    table: _touched_rows([_column(batch, column) for column, _ in columns])
+                    for table, columns in self._columns.items()
+                }
+            )
         keys, slots, counts = [], [], []
-        for table, columns in self._columns.items():
-            if decay:
-                self._decay_rows(table, [_column(batch, column) for column, _ in columns])
+        for columns in self._columns.values():
             for column, is_seq in columns:
                 ids = _column(batch, column)
                 if is_seq:  # [B, L] -> L features of one-id bags, position-major
@@ -209,13 +267,50 @@ class TorchRecIdTables(nn.Module):
         lengths = torch.cat([c.to(torch.int32) for c in counts])
         return KeyedJaggedTensor(keys=keys, values=values[values != PAD_INDEX], lengths=lengths)
 
+    def use_shards(self, shards: Mapping[str, list[tuple[torch.Tensor, int]]], group: Any) -> None:
+        """Decay through this rank's shards from now on: per table, each local piece
+        ``[rows, columns]`` (a view of the sharded kernel's weights) and the global index of its
+        first row; ``group``: the process group whose ranks share the global batch."""
+        self._shards = {name: list(shards.get(name, [])) for name in self._columns}
+        self._shard_group = group
+
     @torch.no_grad()
-    def _decay_rows(self, table: str, ids: list[torch.Tensor]) -> None:
-        """Shrink the rows of ``table`` that ``ids`` touch (each once) by ``decay_factor``."""
-        rows = torch.cat([i.reshape(-1) for i in ids]).unique()
-        rows = rows[rows != PAD_INDEX]
-        weight = self.collection.embedding_bags[table].weight
-        weight.index_copy_(0, rows, weight.index_select(0, rows).mul_(self.decay_factor))
+    def _decay(self, rows: dict[str, torch.Tensor]) -> None:
+        """Shrink each table's ``rows`` (unique, no padding) by ``decay_factor``; sharded: the
+        rows any rank's batch touches, in this rank's pieces."""
+        if self._shards is None:
+            for table, touched in rows.items():
+                weight = self.collection.embedding_bags[table].weight
+                weight.index_copy_(0, touched, weight.index_select(0, touched) * self.decay_factor)
+            return
+        for table, touched in self._gather_rows(rows).items():
+            for piece, first in self._shards[table]:
+                local = touched[(touched >= first) & (touched < first + piece.shape[0])] - first
+                piece.index_copy_(0, local, piece.index_select(0, local) * self.decay_factor)
+
+    def _gather_rows(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The union over the group's ranks of each table's touched rows (one flat id space,
+        table after table, so two ``all_gather`` serve every table)."""
+        import torch.distributed as dist
+
+        starts, start = {}, 0
+        for c in self.schema.categorical:
+            starts[c.name], start = start, start + c.vocab_size
+        flat = torch.cat([rows[name] + starts[name] for name in self._columns])
+        world = dist.get_world_size(self._shard_group)
+        size = torch.tensor([flat.numel()], device=flat.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self._shard_group)
+        padded = flat.new_full((int(max(sizes).item()),), -1)  # all_gather needs equal sizes
+        padded[: flat.numel()] = flat
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self._shard_group)
+        every = torch.cat([p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)]).unique()
+        return {
+            c.name: every[(every >= starts[c.name]) & (every < starts[c.name] + c.vocab_size)]
+            - starts[c.name]
+            for c in self.schema.categorical
+        }
 
     def forward(
         self, batch: Mapping[str, torch.Tensor]
@@ -254,6 +349,32 @@ def _in_feature_order(pooled: Any, keys: list[str]) -> torch.Tensor:
         return pooled.values()
     by_key = pooled.to_dict()
     return torch.cat([by_key[k] for k in keys], dim=1)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are one device when 0 is the current one."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current
+    )
+
+
+def place_fused_tables(model: nn.Module, device: torch.device) -> None:
+    """Every ``torchrec``-backend table set of ``model`` rebuilt on ``device`` (a no-op where
+    they already are, as on CPU); the rest of the model moves with ``Module.to`` as usual."""
+    for tables in model.modules():
+        if isinstance(tables, TorchRecIdTables):
+            tables.place(device)
+
+
+def _touched_rows(ids: list[torch.Tensor]) -> torch.Tensor:
+    """The distinct non-padding ids of ``ids`` (each row decays once per step)."""
+    rows = torch.cat([i.reshape(-1) for i in ids]).unique()
+    return rows[rows != PAD_INDEX]
 
 
 def _column(batch: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

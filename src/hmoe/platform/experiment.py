@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, apply_overrides, config
+from hmoe.models.embeddings import CPU_TABLE_OPTIMIZERS
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
 from hmoe.platform.core.metrics import METRIC_MODES
@@ -218,20 +219,16 @@ class ExperimentConfig(Config):
                 "model.use_sparse_gradients=true is not supported by hmoe train: its optimizer "
                 "(fused Adam/AdamW) cannot take sparse id-table gradients; set it to false"
             )
-        if self.model.embedding.backend == "torchrec" and self.train.gpus_per_worker > 0:
-            # FBGEMM's kernels are built for the device at construction; the model is built on
-            # the CPU and moved, which would leave the tables behind
-            raise ConfigError(
-                "model.embedding.backend='torchrec' trains on CPU for now (train.gpus_per_worker=0)"
-            )
         embedding = self.model.embedding
-        if embedding.backend == "torchrec" and self.train.num_workers > 1 and embedding.table_l2:
-            # the touched-row decay reads and writes whole tables, which no rank holds once
-            # they are sharded across the workers
+        if (
+            embedding.backend == "torchrec"
+            and self.train.gpus_per_worker == 0
+            and embedding.table_optimizer not in CPU_TABLE_OPTIMIZERS
+        ):
+            # FBGEMM's CPU build has no kernel for it: fail here, not in every worker
             raise ConfigError(
-                "model.embedding.table_l2 > 0 needs train.num_workers=1 with "
-                "model.embedding.backend='torchrec' (sharded tables take no table L2 yet): "
-                "set model.embedding.table_l2=0 or train.num_workers=1"
+                f"model.embedding.table_optimizer={embedding.table_optimizer!r} needs CUDA "
+                f"(train.gpus_per_worker > 0); on CPU: {' or '.join(CPU_TABLE_OPTIMIZERS)}"
             )
 
 

@@ -5,7 +5,9 @@ With more than one worker and id tables held in TorchRec modules (``EmbeddingBag
 ``ShardedTraining`` wraps the train module in TorchRec's ``DistributedModelParallel`` with a
 plan from its ``EmbeddingShardingPlanner``: each table is placed whole on one rank
 (table-wise), split by columns or rows, or replicated (data-parallel), and the rest of the
-model is wrapped in DDP. gloo on CPU, NCCL on CUDA (the process group Ray Train set up).
+model is wrapped in DDP. gloo on CPU, NCCL on CUDA (the process group Ray Train set up); on
+CUDA the tables are on FBGEMM's CUDA kernels (``run_loop`` places them before sharding) and
+may also be split by rows.
 
 What TorchRec 1.8 offers depends on the module and the device: on CPU a bag collection's table
 can be data-parallel, table-wise, column-wise or table-column-wise but not row-wise (its
@@ -19,6 +21,10 @@ also builds the whole model once before it is sharded). Checkpoints are sharded:
 writes its shards (weights and fused optimizer state) with ``torch.distributed.checkpoint`` into
 the same Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every
 rank of a restarted group reads back its own shards.
+
+The ``torchrec`` backend's touched-row L2 (``table_l2``) follows the shards: each rank learns
+the rows the whole global batch touches and decays those its own shards hold
+(``TorchRecIdTables.use_shards``).
 """
 
 from __future__ import annotations
@@ -123,17 +129,22 @@ def load_full_state(sharded_state: dict[str, Any], full_state: dict[str, torch.T
 
 
 @torch.no_grad()
-def gather_full_state(sharded_state: dict[str, Any], rank: int) -> dict[str, torch.Tensor]:
-    """The whole state on rank 0 (CPU tensors; other ranks get ``{}``); a collective."""
+def gather_full_state(
+    sharded_state: dict[str, Any], rank: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """The whole state on rank 0 (CPU tensors; other ranks get ``{}``); a collective.
+    ``device``: where the shards live (NCCL gathers only into CUDA tensors); default CPU."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     out: dict[str, torch.Tensor] = {}
     for key, value in sharded_state.items():
         if isinstance(value, ShardedTensor):
-            full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            full = (
+                torch.empty(value.size(), dtype=value.dtype, device=device) if rank == 0 else None
+            )
             value.gather(dst=0, out=full)
             if full is not None:
-                out[key] = full
+                out[key] = full.cpu()
         elif _is_sharded(value):
             full = value.full_tensor()  # DTensor: every rank takes part
             if rank == 0:
@@ -185,6 +196,25 @@ def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, n
     return fresh, copy.deepcopy(train_module, {id(model): fresh})
 
 
+def _decay_through_shards(dmp: nn.Module, group: Any) -> None:
+    """Hand every ``torchrec``-backend table set its local pieces, so its touched-row L2
+    (``table_l2``) decays the rows the global batch touches in this rank's shards."""
+    from hmoe.models.torchrec_tables import TorchRecIdTables
+
+    for tables in dmp.modules():
+        if not isinstance(tables, TorchRecIdTables):
+            continue
+        shards: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        for key, value in tables.collection.state_dict().items():
+            name = key.removeprefix("embedding_bags.").removesuffix(".weight")
+            if _is_sharded(value):
+                pieces = _local_pieces(value)
+            else:  # replicated: the whole table on every rank
+                pieces = [(value, (slice(0, value.shape[0]),))]
+            shards[name] = [(local, where[0].start) for local, where in pieces if local.numel()]
+        tables.use_shards(shards, group)
+
+
 class ShardedTraining:
     """``train_module`` sharded across the process group, plus rank 0's unsharded copy.
 
@@ -214,11 +244,17 @@ class ShardedTraining:
         from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
         from torchrec.distributed.sharding_plan import get_default_sharders
 
-        self.rank = rank
+        from hmoe.models.torchrec_tables import place_fused_tables
+
+        self.rank, self.device = rank, device
         self.local_model: nn.Module | None = None
         self.local_wrapper: nn.Module | None = None
         if rank == 0:
             self.local_model, self.local_wrapper = _local_copy(model, train_module)
+            # rank 0 evaluates its copy where the batches are (its tables on FBGEMM's kernels
+            # for that device)
+            place_fused_tables(self.local_model, device)
+            self.local_wrapper.to(device)
         full = {k: v.detach().clone() for k, v in train_module.state_dict().items()}
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(
@@ -232,6 +268,7 @@ class ShardedTraining:
         )
         load_full_state(self.dmp.state_dict(), full)
         del full
+        _decay_through_shards(self.dmp, dist.GroupMember.WORLD)
 
     def plan_json(self) -> str:
         """The plan, readable (``plan_summary`` as indented JSON)."""
@@ -239,7 +276,7 @@ class ShardedTraining:
 
     def sync_local(self) -> None:
         """Gather the trained weights into rank 0's unsharded copy (a collective)."""
-        full = gather_full_state(self.dmp.state_dict(), self.rank)
+        full = gather_full_state(self.dmp.state_dict(), self.rank, self.device)
         if self.local_wrapper is not None:
             self.local_wrapper.load_state_dict(full)
 

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
+from hmoe.models.torchrec_tables import place_fused_tables
 from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
 from hmoe.platform.core.metrics import METRIC_MODES, metric_mode, task_metrics
 from hmoe.platform.data.batches import Batch, iter_minibatches
@@ -334,6 +335,9 @@ def run_loop(
     hooks = hooks or LoopHooks()
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
+    # the torchrec backend's tables onto FBGEMM's kernels for the device (a no-op on CPU);
+    # Module.to, in prepare or DMP, moves only the weights
+    place_fused_tables(model, runtime.device)
     sharded = None
     if runtime.world_size > 1 and has_torchrec_tables(train_module):
         sharded = ShardedTraining(model, train_module, runtime.device, runtime.rank)

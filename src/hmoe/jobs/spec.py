@@ -395,11 +395,10 @@ def _check_overrides(spec: JobSpec) -> Any:
 
 def _check_space(space: str | Mapping[str, Distribution], base: Any) -> None:
     """Sample the space and apply the samples to the job's base config, as its trials will."""
-    from hmoe.platform.experiment import apply_params
     from hmoe.search_spaces.custom import check_space, resolve_space
 
     try:
-        check_space(resolve_space(space), lambda params: apply_params(base, params))
+        check_space(resolve_space(space), lambda params: apply_overrides(base, params))
     except ConfigError as err:
         raise ConfigError(f"{ROOT}.search.space: {err}") from None
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hmoe.config import ConfigError
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.platform import storage
 from hmoe.platform.api import (
     DATA_CPUS,
@@ -46,7 +46,6 @@ from hmoe.platform.api import (
 from hmoe.platform.experiment import (
     ExperimentConfig,
     TrainConfig,
-    apply_params,
     build_experiment,
     trial_run_name,
 )
@@ -143,7 +142,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     run = find_run(uri, experiment, {TAG_TRIAL_ID: trial_id, TAG_PARENT: settings["parent"]})
     fresh = run is None
     try:
-        cfg = apply_params(base, params)
+        cfg = apply_overrides(base, params)
     except ConfigError as err:
         cfg, reason = base, f"infeasible sample {params}: {err}"
     else:
@@ -354,7 +353,7 @@ def tune(
         registered_model=registered_model,
     )
     cfg = resolve(cfg)
-    check_space(searched, lambda params: apply_params(cfg, params))
+    check_space(searched, lambda params: apply_overrides(cfg, params))
     search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
     path = storage.join(cfg.train.storage_path, search)
     # the storage marker alone (written just before Tune starts) is no search yet
@@ -563,7 +562,7 @@ def _summarise(
         tags = {TAG_TRIAL_ID: best_trial, TAG_PARENT: parent.run_id}
         child = find_run(cfg.tracking.uri, cfg.tracking.experiment, tags)
     params = dict(best.config) if best is not None else {}
-    best_cfg = apply_params(cfg, params) if best is not None else None
+    best_cfg = apply_overrides(cfg, params) if best is not None else None
     metrics = child.metrics() if child is not None else {}
     model_uri = child.tags().get(TAG_MODEL_URI) if child is not None else None
     version = None

@@ -10,8 +10,8 @@ Two forms besides the shipped names of ``SPACES``:
   ``{"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}``.
 
 ``check_space`` samples a space before any trial runs and passes the samples through the
-caller's ``apply`` (``apply_params``: the one ``apply_overrides``), so an unknown path or a
-value of the wrong type is refused up front with the config's own message naming the path.
+caller's ``apply`` (``apply_overrides`` on the base config, as ``--set`` does), so an unknown
+path or a value of the wrong type is refused up front with the config's own message naming the path.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _from_distributions(space: Mapping[str, Any]) -> SearchSpace:
 
 
 def check_space(space: SearchSpace, apply: Callable[[Mapping[str, Any]], Any]) -> None:
-    """Sample ``space`` and ``apply`` the samples (``apply_params`` on the base config) before
+    """Sample ``space`` and ``apply`` the samples (``apply_overrides`` on the base config) before
     any trial; raise ``ConfigError`` naming the space and the config's complaint when no sample
     makes a valid config (an unknown path, a wrong type) or the function itself fails."""
     import optuna

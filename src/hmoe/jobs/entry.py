@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import re
 import signal
 import sys
 import traceback
@@ -25,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hmoe.jobs.spec import (
-    MANIFEST,
     DatasetRef,
     JobSpec,
     expand,
@@ -33,6 +31,7 @@ from hmoe.jobs.spec import (
     shipped_dataset_spec,
 )
 from hmoe.platform import storage
+from hmoe.schema import MANIFEST
 
 __all__ = [
     "RESULT_ARTIFACT",
@@ -55,8 +54,6 @@ TUNE_SIGINT_HANDLER = "signal_interrupt_tune_run"
 SYNTH_RAW = "raw"
 SYNTH_PREPARED = "prepared"
 SYNTH_SPEC = "spec.yaml"
-# the first line ``hmoe.train``/``hmoe.tune`` print names the run that parents the others
-_RUN_LINE = re.compile(r"MLflow (?:parent )?run ([0-9a-f]{32})\b")
 
 
 class JobStopped(KeyboardInterrupt):
@@ -116,7 +113,12 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> str:
 
 
 def _run(
-    spec: JobSpec, job_id: str, resumes: str | None, data: str, say: Callable[[str], None]
+    spec: JobSpec,
+    job_id: str,
+    resumes: str | None,
+    data: str,
+    say: Callable[[str], None],
+    run_started: Callable[[str], None],
 ) -> dict[str, Any]:
     import hmoe
 
@@ -136,6 +138,7 @@ def _run(
         "registered_model": track.registered_model,
         "tags": tags,
         "progress": say,
+        "run_started": run_started,
     }
     if spec.search is None:
         run = hmoe.train(spec.preset, data, overrides, **common)
@@ -216,9 +219,6 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
 
     def say(line: str) -> None:
         print(f"[hmoe] {line}", flush=True)
-        match = _RUN_LINE.search(line)
-        if match and not parents:
-            parents.append(match.group(1))
 
     try:
         import ray
@@ -227,7 +227,8 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
         # after ray.init, which installs its own SIGTERM handler (SystemExit, i.e. FAILED runs)
         signal.signal(signal.SIGTERM, _stopper(job_id, stops))
         data = prepare_dataset(spec.dataset, say)
-        result = _run(spec, job_id, resumes, data, say)
+        # the run that parents the others, to end it and its trials if the call fails
+        result = _run(spec, job_id, resumes, data, say, parents.append)
         result |= {
             "job_id": job_id,
             "name": spec.name,

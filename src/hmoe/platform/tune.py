@@ -321,6 +321,7 @@ def tune(
     callbacks: Sequence[Any] = (),
     tags: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    run_started: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Search ``space`` around ``preset`` with Ray Tune + Optuna (TPE) and ASHA.
 
@@ -337,6 +338,8 @@ def tune(
         callbacks: extra ``ray.tune.Callback`` objects (monitoring, tests).
         tags: extra MLflow tags of the parent run and every trial run (a job's id).
         progress: called with one line per stage.
+        run_started: called with the MLflow parent run id as soon as it exists, so that a
+            caller can end the search's runs if this call fails before it returns.
     """
     from hmoe.search_spaces.custom import check_space, resolve_space
 
@@ -371,11 +374,12 @@ def tune(
     check_run(cfg)
     check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)
     say = progress or (lambda line: None)
+    started = run_started or (lambda run_id: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     with ray_for(max_concurrent * per_trial):
         check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
         return _search(cfg, searched, search, path, num_samples, max_concurrent, scheduler,
-                       resume, callbacks, dict(tags or {}), say)  # fmt: skip
+                       resume, callbacks, dict(tags or {}), say, started)  # fmt: skip
 
 
 def _search(
@@ -390,10 +394,12 @@ def _search(
     callbacks: Sequence[Any],
     extra: dict[str, str],
     say: Callable[[str], None],
+    run_started: Callable[[str], None],
 ) -> TuneResult:
     parent = _parent_run(cfg, searched.source, search, path, resume, extra)
     mark(path, parent.run_id, cfg.tracking.uri)  # hmoe runs prune may delete it once it is over
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
+    run_started(parent.run_id)
     settings = {
         "base": cfg.to_dict(),
         "parent": parent.run_id,

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from hmoe.platform import storage
 from hmoe.platform.data.spec import SPLITS, label_column
-from hmoe.schema import EXPOSURE, LABELS, WEIGHT, FeatureSchema, seq_column
+from hmoe.schema import EXPOSURE, LABELS, MANIFEST, WEIGHT, FeatureSchema, seq_column
 
 __all__ = [
     "batch_columns",
@@ -32,8 +32,6 @@ __all__ = [
     "to_batch",
     "verify_shards",
 ]
-
-MANIFEST = "manifest.json"
 
 
 def load_manifest(prepared_dir: str | Path) -> dict[str, Any]:

@@ -167,3 +167,20 @@ def test_set_and_a_search_space_accept_and_refuse_the_same_paths(path: str):
         assert not isinstance(by_set, ConfigError), f"the space takes {path}, --set: {by_set}"
         assert _get(by_set, path) == value
     assert isinstance(by_set, ConfigError) == (path != "model.experts.counts.fm")
+
+
+def test_every_categorical_choice_is_checked_not_only_one_of_them():
+    base = _base()
+    good = {"type": "categorical", "choices": ["mean", "gate"]}
+    check_space(resolve_space({"model.combine.method": good}), lambda p: apply_overrides(base, p))
+    # one bad choice among good ones: a sample drawing a good one applies, which passed before
+    bad = {"type": "categorical", "choices": ["mean", "gate", "max", "sum"]}
+    space = resolve_space({"model.combine.method": bad})
+    with pytest.raises(ConfigError, match=r"model\.combine\.method='max': .*'max' is not one of"):
+        check_space(space, lambda params: apply_overrides(base, params))
+
+
+@pytest.mark.parametrize("name", ["smoke", "embeddings", "experts", "ranking_loss", "full"])
+def test_the_shipped_spaces_pass_the_check_of_every_choice(name: str):
+    base = _base()
+    check_space(resolve_space(name), lambda params: apply_overrides(base, params))

@@ -51,9 +51,11 @@ __all__ = [
     "JobNotFoundError",
     "JobProgress",
     "JobResult",
+    "JobSpec",
     "JobStateError",
     "get_job",
     "list_jobs",
+    "load_job",
     "resume",
     "submit",
 ]

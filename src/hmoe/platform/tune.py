@@ -396,6 +396,8 @@ def _search(
     say: Callable[[str], None],
     run_started: Callable[[str], None],
 ) -> TuneResult:
+    from hmoe.search_spaces.custom import sampled_names
+
     parent = _parent_run(cfg, searched.source, search, path, resume, extra)
     mark(path, parent.run_id, cfg.tracking.uri)  # hmoe runs prune may delete it once it is over
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
@@ -409,26 +411,12 @@ def _search(
         "owner": owner_tags(),
         "tags": extra,
     }
-    view = runs_view(cfg, parent, search, _sampled_names(searched.function, cfg.train.seed))
+    view = runs_view(cfg, parent, search, sampled_names(searched.function, cfg.train.seed))
     say(f"MLflow view of its trials ({cfg.train.early_stopping_metric}, searched params): {view}")
     tuner = _tuner(cfg, searched.function, settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
     grid = _fit(tuner, parent, num_samples, search, path)
     return _summarise(cfg, grid, parent, search, path)
-
-
-def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
-    """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
-    import optuna
-
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
-    try:
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
-        space_fn(trial)
-    finally:
-        optuna.logging.set_verbosity(previous)
-    return sorted(trial.params)
 
 
 def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Sequence[str]) -> str:

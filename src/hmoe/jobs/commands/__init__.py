@@ -7,10 +7,6 @@ import argparse
 from hmoe.config import ConfigError, parse_override_value
 
 
-class NotImplementedYet(Exception):
-    """A subcommand whose issue has not landed; the CLI exits non-zero with this message."""
-
-
 def parse_sets(items: list[str] | None) -> dict[str, object]:
     """Parse repeated ``--set a.b.c=VALUE`` arguments into an ``apply_overrides`` mapping."""
     overrides: dict[str, object] = {}

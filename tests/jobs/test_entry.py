@@ -43,3 +43,42 @@ def test_a_failed_job_ends_the_run_the_api_named(tmp_path: Path, monkeypatch, se
     )
     assert entry.run_job(spec, "job-1") == 1
     assert ended == [RUN_ID]
+
+
+def test_a_run_and_a_search_give_the_same_result_fields():
+    import dataclasses
+
+    from hmoe.jobs.api import JobResult
+    from hmoe.platform.api import TrainResult
+    from hmoe.platform.tune import TuneResult
+
+    def filled(cls, **given):
+        return cls(**({f.name: None for f in dataclasses.fields(cls)} | given))
+
+    run = filled(TrainResult, run_id=RUN_ID, metrics={"val_auc": 0.7}, model_version="3")
+    search = filled(TuneResult, parent_run_id=RUN_ID, best_run_id="b", num_trials=4)
+    job = {"job_id": "j", "name": "n", "kind": "train", "status": "SUCCEEDED",
+           "tracking_uri": "u", "experiment": "e", "dataset": "d"}  # fmt: skip
+    from_run = entry._run_fields(run)
+    assert sorted(from_run) == sorted(entry.RUN_FIELDS) == sorted(entry._run_fields(search))
+    result = JobResult.from_dict(job | from_run)
+    assert result.parent_run_id == result.best_run_id == RUN_ID and result.num_trials == 1
+    assert result.best_metrics == {"val_auc": 0.7} and result.model_version == "3"
+    assert JobResult.from_dict(job | entry._run_fields(search)).best_run_id == "b"
+
+
+def test_job_status_reads_what_ray_knows_once_for_list_and_progress():
+    from types import SimpleNamespace
+
+    from hmoe.jobs.api import META_KIND, META_NAME, job_status
+
+    status = SimpleNamespace(value="RUNNING")
+    info = SimpleNamespace(
+        submission_id="raysubmit_1", job_id=None, status=status, message=" started \n",
+        metadata={META_NAME: "smoke", META_KIND: "search"}, start_time=1500, end_time=None,
+    )  # fmt: skip
+    assert job_status(info) == {
+        "job_id": "raysubmit_1", "name": "smoke", "kind": "search", "status": "RUNNING",
+        "message": "started", "start_time": 1.5, "end_time": None,
+    }  # fmt: skip
+    assert job_status(info, "other")["job_id"] == "other"

@@ -54,6 +54,12 @@ TUNE_SIGINT_HANDLER = "signal_interrupt_tune_run"
 SYNTH_RAW = "raw"
 SYNTH_PREPARED = "prepared"
 SYNTH_SPEC = "spec.yaml"
+# the fields of a job's result that its run or search produced (``hmoe.tune``'s TuneResult
+# carries them under these names)
+RUN_FIELDS = (
+    "parent_run_id", "best_run_id", "best_trial_id", "best_params", "best_metrics",
+    "num_trials", "num_errors", "model_uri", "registered_model", "model_version",
+)  # fmt: skip
 
 
 class JobStopped(KeyboardInterrupt):
@@ -141,19 +147,7 @@ def _run(
         "run_started": run_started,
     }
     if spec.search is None:
-        run = hmoe.train(spec.preset, data, overrides, **common)
-        return {
-            "parent_run_id": run.run_id,
-            "best_run_id": run.run_id,
-            "best_trial_id": None,
-            "best_params": {},
-            "best_metrics": run.metrics,
-            "num_trials": 1,
-            "num_errors": 0,
-            "model_uri": run.model_uri,
-            "registered_model": run.registered_model,
-            "model_version": run.model_version,
-        }
+        return _run_fields(hmoe.train(spec.preset, data, overrides, **common))
     search = spec.search
     found = hmoe.tune(
         spec.preset,
@@ -166,14 +160,21 @@ def _run(
         resume=resumes is not None,
         **common,
     )
-    return {
-        "parent_run_id": found.parent_run_id,
-        "best_run_id": found.best_run_id,
-        "best_trial_id": found.best_trial_id,
-        "best_params": found.best_params,
-        "best_metrics": found.best_metrics,
-        "num_trials": found.num_trials,
-        "num_errors": found.num_errors,
+    return _run_fields(found)
+
+
+def _run_fields(found: Any) -> dict[str, Any]:
+    """The part of a job's result (``JobResult``) that ``hmoe.tune``'s TuneResult or
+    ``hmoe.train``'s TrainResult holds; a single run is a search of one trial, its own best."""
+    from hmoe.platform.api import TrainResult
+
+    if not isinstance(found, TrainResult):
+        return {name: getattr(found, name) for name in RUN_FIELDS}
+    single = {"best_trial_id": None, "best_params": {}, "num_trials": 1, "num_errors": 0}
+    return single | {
+        "parent_run_id": found.run_id,
+        "best_run_id": found.run_id,
+        "best_metrics": found.metrics,
         "model_uri": found.model_uri,
         "registered_model": found.registered_model,
         "model_version": found.model_version,

@@ -77,7 +77,7 @@ def split_dataset(data_dir: str | Path, split: str) -> Any:
     """A split as a lazy Ray Dataset of exactly the Batch columns (streamed by Train)."""
     from hmoe.platform.data import reader  # pyarrow: only when reading shards
 
-    return reader.read_split(data_dir, _split(split))
+    return reader.read_split_dataset(data_dir, _split(split))
 
 
 def make_collate(schema: FeatureSchema) -> Any:

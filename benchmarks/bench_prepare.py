@@ -40,9 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from hmoe.schema import SPLITS
+
 ROW_BITS = 40  # row id = file index << ROW_BITS | row in file, as hmoe.platform.data.tables
 ROW_GROUP_ROWS = 65_536
-SPLITS = ("train", "valid", "test")
 CATEGORICAL = ("user_id", "item_id", "category", "gender", "device")
 NUMERIC = ("age", "price_level", "hour")
 PAD, OOV, FIRST = 0, 1, 2

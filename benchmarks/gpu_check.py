@@ -33,8 +33,9 @@ from hmoe.models.embeddings import CPU_TABLE_OPTIMIZERS, TABLE_OPTIMIZERS
 from hmoe.models.losses import TrainWrapper
 from hmoe.models.testing import criteo_like_schema, ml100k_like_schema, random_batch
 from hmoe.models.zoo import PRESETS, build
+from hmoe.platform.experiment import TrainConfig
 from hmoe.platform.training.runtime import StandaloneRuntime
-from hmoe.platform.training.train_loop import EvalData, LoopSettings, run_loop
+from hmoe.platform.training.train_loop import EvalData, run_loop
 
 SCHEMAS = {"ml100k": ml100k_like_schema, "criteo": lambda: criteo_like_schema(max_vocab=100_000)}
 VAL_FRACTION = 8  # validation rows = rows / VAL_FRACTION
@@ -62,8 +63,9 @@ def check(
     train = _data(schema, args.rows, 1, device)
     val = _data(schema, max(args.rows // VAL_FRACTION, 2), 2, device)
     runtime = StandaloneRuntime(train, args.batch_size, 0, device)
-    settings = LoopSettings(
+    settings = TrainConfig(
         epochs=args.epochs,
+        batch_size=args.batch_size,
         lr=1e-3,
         weight_decay=0.0,
         optimizer="adam",
@@ -72,15 +74,17 @@ def check(
         grad_clip_norm=10.0,
         early_stopping_metric="val_auc",
         early_stopping_patience=0,
-        eval_batch_size=args.batch_size,
         use_bf16=not args.no_bf16,
         seed=0,
-        steps_per_epoch=max(1, args.rows // args.batch_size),
+        monitor=None,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
-    run_loop(model, wrapper, schema, runtime, EvalData(val=val), settings)
+    run_loop(
+        model, wrapper, schema, runtime, EvalData(val=val), settings,
+        eval_batch_size=args.batch_size, steps_per_epoch=max(1, args.rows // args.batch_size),
+    )  # fmt: skip
     wall = time.perf_counter() - started
     rates = [r["train_samples_per_s"] for r in runtime.reports]
     steady = rates[1:] or rates

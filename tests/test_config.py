@@ -207,3 +207,18 @@ def test_non_finite_set_values_are_refused(text):
         apply_overrides(TrainConfig(), {"lr": value})
     with pytest.raises(ConfigError, match=r"fractions\[1\]: expected a finite number"):
         SplitSpec.from_dict({"fractions": [0.9, value, 0.1]})
+
+
+@config
+class Kinds(Config):
+    counts: Mapping[Literal["a", "b"], int] = FrozenMap({"a": 1})
+
+
+def test_a_literal_keyed_mapping_takes_exactly_its_declared_keys():
+    assert apply_overrides(Kinds(), {"counts.b": 2}).counts == {"a": 1, "b": 2}
+    with pytest.raises(ConfigError, match=r"'c' is not a key of counts; valid keys: \['a', 'b'\]"):
+        apply_overrides(Kinds(), {"counts.c": 2})
+    with pytest.raises(ConfigError, match=r"Kinds\.counts: unknown key\(s\) \['c'\]"):
+        Kinds(counts={"c": 1})
+    with pytest.raises(ConfigError, match=r"'c' is not a key of inner\.counts"):
+        apply_overrides(Outer(name="x"), {"inner.counts.c": 1})  # a str-keyed one stays closed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hmoe.jobs.cli import EXIT_NOT_IMPLEMENTED, build_parser, main
+from hmoe.jobs.cli import build_parser, main
 from tests.conftest import REPO_ROOT
 
 SUBCOMMANDS = [
@@ -97,15 +97,3 @@ def test_console_script_installed():
     assert script.exists(), "pip install -e . should install the hmoe console script"
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("hmoe ")
-
-
-def test_unimplemented_command_fails_loudly(monkeypatch, capsys):
-    """A command whose issue has not landed exits non-zero with a message, never a fake success."""
-    from hmoe.jobs.commands import NotImplementedYet, ui
-
-    def not_yet(args):
-        raise NotImplementedYet("issue #6")
-
-    monkeypatch.setattr(ui, "run", not_yet)
-    assert main(["ui"]) == EXIT_NOT_IMPLEMENTED
-    assert "not implemented yet (issue #6)" in capsys.readouterr().err

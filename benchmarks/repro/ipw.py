@@ -1,4 +1,4 @@
-"""IPW on the Open Bandit small data (issue #8, Q3 of ``../shared/docs/benchmarks.md``).
+"""IPW on the Open Bandit small data (protocol Q3 of the reproduction report).
 
 1. Off-policy evaluation, reproduced without obp's code: the value of obp's evaluation policy
    (Bernoulli Thompson sampling with the ZOZOTOWN production prior, campaign "all", slate of 3,

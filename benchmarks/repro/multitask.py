@@ -1,4 +1,4 @@
-"""Multi-task learning (issue #8, spec §4): single-task vs shared-bottom, MMoE, PLE, STEM, AME.
+"""Multi-task learning: single-task vs shared-bottom, MMoE, PLE, STEM, AME.
 
 Two datasets, two tasks each: UCI adult (``income`` and ``never_married``, the shipped spec) and
 a synthetic log (``click`` and ``like``) whose generator gives every task its own sign on half

@@ -13,7 +13,8 @@ the search spaces and the tests all go through it) and a stable ``config_hash``.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 nested ``Config`` subclasses, ``tuple[T, ...]`` / fixed ``tuple[A, B]`` and ``Mapping[str, T]``
-(stored as an immutable, hashable ``FrozenMap``). A ``float`` must be finite (``.inf`` and
+or ``Mapping[Literal[...], T]`` (a fixed key set; stored as an immutable, hashable
+``FrozenMap``). A ``float`` must be finite (``.inf`` and
 ``.nan`` are refused with the key path). ``@config`` is
 ``@dataclass(frozen=True, kw_only=True, slots=True)`` whose constructor also checks and
 normalises every value against its annotation, so a config built in Python is as strict as one
@@ -145,9 +146,13 @@ def iter_configs(config: Config, prefix: str = "") -> Iterator[tuple[str, Config
 def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
     """Return a copy of ``config`` with dotted paths set, validated as ``from_dict`` would.
 
-    ``apply_overrides(cfg, {"model.experts.counts.dcnv2": 2})``. Every path must already exist
-    (an unknown key raises ``ConfigError`` naming the path and the valid keys); a whole
-    sub-config or mapping can be replaced by giving a dict at its path.
+    ``apply_overrides(cfg, {"model.experts.counts.dcnv2": 2})``. Every path must be a key the
+    config declares: a field, a key already in a mapping, or any key of a mapping whose keys
+    are a ``Literal`` (``Mapping[Literal["a", "b"], int]`` takes ``a`` and ``b`` whether or
+    not they are set yet). An unknown key raises ``ConfigError`` naming the path and the valid
+    keys; a whole sub-config or mapping can be replaced by giving a dict at its path. This is
+    the only way a config is changed: the CLI's ``--set``, the search spaces and the tests
+    all go through it, so they accept exactly the same paths.
     """
     data = config.to_dict()
     for dotted, value in overrides.items():
@@ -155,22 +160,66 @@ def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
             raise ConfigError(f"override path must be a non-empty dotted string, got {dotted!r}")
         keys = dotted.split(".")
         node: Any = data
+        tp: Any = type(config)
         for depth, key in enumerate(keys):
             where = ".".join(keys[:depth]) or "<root>"
             if not isinstance(node, dict):
                 raise ConfigError(
                     f"cannot override {dotted!r}: {where} is {node!r}, not a config or mapping"
                 )
-            if key not in node:
+            valid = _override_keys(tp, node)
+            if key not in valid:
                 raise ConfigError(
                     f"unknown override path {dotted!r}: {key!r} is not a key of {where}; "
-                    f"valid keys: {sorted(node)}"
+                    f"valid keys: {sorted(valid)}"
                 )
             if depth == len(keys) - 1:
                 node[key] = _to_plain(value)
             else:
+                tp = _child_type(tp, node, key)
                 node = node[key]
     return type(config).from_dict(data)
+
+
+def _mapping_keys(tp: Any) -> tuple[str, ...] | None:
+    """The fixed key set of a ``Mapping[Literal[...], T]`` annotation (``None`` for any other
+    type: its keys are whatever the value holds)."""
+    tp = _one_container(tp)
+    origin = typing.get_origin(tp)
+    if origin in (Mapping, dict, typing.Mapping):
+        key_type = typing.get_args(tp)[0]
+        if typing.get_origin(key_type) is Literal:
+            return typing.get_args(key_type)
+    return None
+
+
+def _override_keys(tp: Any, node: dict[str, Any]) -> set[str]:
+    fixed = _mapping_keys(tp)
+    return set(node) | set(fixed or ())
+
+
+def _child_type(tp: Any, node: dict[str, Any], key: str) -> Any:
+    """The annotation of ``node[key]`` inside a value annotated ``tp`` (``Any`` if unknown)."""
+    tp = _one_container(tp)
+    if isinstance(tp, type) and issubclass(tp, Config):
+        return _hints(tp).get(key, Any)
+    if typing.get_origin(tp) in (Mapping, dict, typing.Mapping):
+        args = typing.get_args(tp)
+        return args[1] if args else Any
+    return Any
+
+
+def _one_container(tp: Any) -> Any:
+    """``X`` for ``X | None`` when ``X`` is the only config or mapping arm, else ``tp``."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return tp
+    arms = [
+        a
+        for a in typing.get_args(tp)
+        if (isinstance(a, type) and issubclass(a, Config))
+        or typing.get_origin(a) in (Mapping, dict, typing.Mapping)
+    ]
+    return arms[0] if len(arms) == 1 else tp
 
 
 def parse_override_value(text: str) -> Any:
@@ -314,6 +363,10 @@ def _convert_mapping(tp: Any, value: Any, path: str) -> FrozenMap:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path}: expected a mapping, got {value!r}")
     args = typing.get_args(tp) or (str, Any)
+    fixed = _mapping_keys(tp)
+    unknown = [k for k in value if fixed is not None and k not in fixed]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {list(fixed or ())}")
     out = {}
     for key, item in value.items():
         if not isinstance(key, str):

@@ -27,9 +27,12 @@ from hmoe.config import Config, ConfigError, config
 __all__ = [
     "EXPOSURE",
     "LABELS",
+    "MANIFEST",
+    "METRIC_SPLITS",
     "OOV_INDEX",
     "PAD_INDEX",
     "SEQUENCE_PARTS",
+    "SPLITS",
     "WEIGHT",
     "CategoricalFeature",
     "FeatureSchema",
@@ -45,6 +48,13 @@ LABELS = "labels"
 WEIGHT = "weight"
 EXPOSURE = "exposure"
 SEQUENCE_PARTS = ("item", "category", "time_delta", "similarity", "length")
+# a prepared dataset's manifest (schema, shards, vocabularies, row counts), at its root
+MANIFEST = "manifest.json"
+# a prepared dataset's splits in order: its folder names and the manifest's keys
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+# the short name of each split in metric keys (``val_auc``) and in the training loop's calls
+# (``read_split(data, "val", schema)``) -> the split it names
+METRIC_SPLITS: dict[str, str] = dict(zip(("train", "val", "test"), SPLITS, strict=True))
 
 
 def seq_column(sequence: str, part: str) -> str:

@@ -219,7 +219,7 @@ def test_required_embedding_dim() -> None:
         ({"gwpfm": 0, "mlp": 0}, "no expert"),
         ({}, "no expert"),
         ({"mlp": -1, "fm": 2}, ">= 0"),
-        ({"cin": 1}, "unknown expert kind"),
+        ({"cin": 1}, r"counts: unknown key\(s\) \['cin'\]; valid keys: \['gwpfm'"),
     ],
 )
 def test_infeasible_mix_raises_with_reason(counts: dict, message: str) -> None:

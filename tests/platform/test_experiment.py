@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from hmoe.config import ConfigError
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.models.zoo import PRESETS
-from hmoe.platform.experiment import ExperimentConfig, apply_params, build_experiment, run_name
+from hmoe.platform.experiment import ExperimentConfig, build_experiment, run_name
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +93,19 @@ def test_unknown_preset_and_option(data_dir):
         build_experiment("debug", data_dir, cpus=3)
 
 
-def test_apply_params_adds_new_keys_of_mapping_fields_only(data_dir):
+def test_every_expert_kind_is_an_override_path_of_any_preset(data_dir):
     cfg = build_experiment("dcnv2", data_dir)
     assert "gwpfm" not in cfg.model.experts.counts
-    out = apply_params(cfg, {"model.experts.counts.gwpfm": 2, "train.lr": 0.01})
+    assert build_experiment("dcnv2", data_dir, {"model.experts.counts.gwpfm": 2}).model.experts
+    out = apply_overrides(cfg, {"model.experts.counts.gwpfm": 2, "train.lr": 0.01})
     assert out.model.experts.counts["gwpfm"] == 2 and out.train.lr == 0.01
     assert out.model.experts.counts["dcnv2"] == cfg.model.experts.counts["dcnv2"]
     with pytest.raises(ConfigError, match="not_a_field"):
-        apply_params(cfg, {"train.not_a_field": 1})
+        apply_overrides(cfg, {"train.not_a_field": 1})
+    with pytest.raises(ConfigError, match=r"'cin' is not a key of model\.experts\.counts"):
+        apply_overrides(cfg, {"model.experts.counts.cin": 1})
     with pytest.raises(ConfigError, match="no expert at all"):
-        apply_params(cfg, {f"model.experts.counts.{k}": 0 for k in cfg.model.experts.counts})
+        apply_overrides(cfg, {f"model.experts.counts.{k}": 0 for k in cfg.model.experts.counts})
 
 
 def test_import_hmoe_is_cheap_and_api_is_lazy():

@@ -12,7 +12,7 @@ from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunEr
 from hmoe.platform.training.runtime import StandaloneRuntime
 from hmoe.platform.training.train_loop import EvalData, LoopHooks, run_loop
 from hmoe.schema import LABELS
-from tests.platform.test_train_loop import SCHEMA, _data, _ItemModel, _settings
+from tests.platform.test_train_loop import SCHEMA, _data, _ItemModel, _loop_sizes, _settings
 
 
 class _Recorder:
@@ -33,7 +33,8 @@ def _loop(val, test, settings, logger=None):
     runtime = StandaloneRuntime(_data(128, 0), 32, settings.seed, torch.device("cpu"))
     hooks = LoopHooks(logger=logger) if logger is not None else None
     wrapper = TrainWrapper(model, LossConfig())
-    run_loop(model, wrapper, SCHEMA, runtime, EvalData(val=val, test=test), settings, hooks)
+    data = EvalData(val=val, test=test)
+    run_loop(model, wrapper, SCHEMA, runtime, data, settings, hooks, **_loop_sizes())
     return runtime
 
 

@@ -278,12 +278,12 @@ def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def _settings():
-    from hmoe.platform.training.train_loop import LoopSettings
+    from hmoe.platform.experiment import TrainConfig
 
-    return LoopSettings(
+    return TrainConfig(
         epochs=1, lr=0.01, weight_decay=0.0, optimizer="adam", lr_schedule="constant",
         warmup_steps=0, grad_clip_norm=None, early_stopping_metric="val_auc",
-        early_stopping_patience=0, eval_batch_size=8, use_bf16=False, seed=0, steps_per_epoch=1,
+        early_stopping_patience=0, use_bf16=False, seed=0, monitor=None,
     )  # fmt: skip
 
 

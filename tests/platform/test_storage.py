@@ -20,7 +20,7 @@ from hmoe.platform.api import dataset_hash
 from hmoe.platform.core import storage
 from hmoe.platform.data import iter_batches, load_manifest, read_split_table, verify_shards
 from hmoe.platform.data.batches import split_megabytes
-from hmoe.platform.data.output import MANIFEST
+from hmoe.schema import MANIFEST
 from tests.platform.prepared import write_prepared
 
 BATCH = 200

@@ -16,11 +16,11 @@ from torch import nn
 from hmoe.models.losses import LossConfig, TrainWrapper
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.platform.core.metrics import gauc
+from hmoe.platform.experiment import TrainConfig
 from hmoe.platform.training.runtime import StandaloneRuntime
 from hmoe.platform.training.train_loop import (
     EvalData,
     LoopHooks,
-    LoopSettings,
     _lr_factor,
     evaluate,
     run_loop,
@@ -29,6 +29,8 @@ from hmoe.schema import LABELS, OOV_INDEX
 from tests.conftest import REPO_ROOT
 
 SCHEMA = tiny_schema(("click", "like"))
+EVAL_BATCH_SIZE = 64
+STEPS_PER_EPOCH = 4  # 128 train rows in batches of 32
 
 
 class _ItemModel(nn.Module):
@@ -53,9 +55,10 @@ def _data(rows: int, seed: int):
     return batch
 
 
-def _settings(**changes) -> LoopSettings:
+def _settings(**changes) -> TrainConfig:
     base = dict(
         epochs=3,
+        batch_size=32,
         lr=0.05,
         weight_decay=0.0,
         optimizer="adam",
@@ -64,15 +67,18 @@ def _settings(**changes) -> LoopSettings:
         grad_clip_norm=1.0,
         early_stopping_metric="val_auc",
         early_stopping_patience=0,
-        eval_batch_size=64,
         use_bf16=True,
         seed=7,
-        steps_per_epoch=4,
+        monitor=None,
     )
-    return LoopSettings(**(base | changes))
+    return TrainConfig(**(base | changes))
 
 
-def _run(settings: LoopSettings, checkpoint_dir=None, hooks=None):
+def _loop_sizes() -> dict[str, int]:
+    return {"eval_batch_size": EVAL_BATCH_SIZE, "steps_per_epoch": STEPS_PER_EPOCH}
+
+
+def _run(settings: TrainConfig, checkpoint_dir=None, hooks=None):
     torch.manual_seed(settings.seed)
     model = _ItemModel()
     runtime = StandaloneRuntime(
@@ -80,7 +86,8 @@ def _run(settings: LoopSettings, checkpoint_dir=None, hooks=None):
     )
     data = EvalData(val=_data(96, 1), test=_data(96, 2))
     wrapper = TrainWrapper(model, LossConfig())
-    return run_loop(model, wrapper, SCHEMA, runtime, data, settings, hooks), runtime
+    outcome = run_loop(model, wrapper, SCHEMA, runtime, data, settings, hooks, **_loop_sizes())
+    return outcome, runtime
 
 
 def test_loop_learns_the_planted_signal_and_reports_every_metric():
@@ -204,12 +211,12 @@ def test_hooks_receive_metrics_and_the_final_model():
 
 @pytest.mark.parametrize(("schedule", "end"), [("constant", 1.0), ("cosine", 0.0), ("linear", 0.0)])
 def test_lr_schedules_with_warmup(schedule, end):
-    s = _settings(lr_schedule=schedule, warmup_steps=2, epochs=2, steps_per_epoch=6)
-    assert _lr_factor(0, s) == pytest.approx(0.5)
-    assert _lr_factor(1, s) == pytest.approx(1.0)
-    assert _lr_factor(12, s) == pytest.approx(end, abs=1e-9)
+    s = _settings(lr_schedule=schedule, warmup_steps=2, epochs=2)
+    assert _lr_factor(0, s, 6) == pytest.approx(0.5)
+    assert _lr_factor(1, s, 6) == pytest.approx(1.0)
+    assert _lr_factor(12, s, 6) == pytest.approx(end, abs=1e-9)
     if schedule == "cosine":
-        assert _lr_factor(7, s) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+        assert _lr_factor(7, s, 6) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
 @pytest.mark.slow
@@ -266,7 +273,7 @@ def test_monitor_logs_collapse_and_gradient_conflict_every_epoch():
     # the loop knows only the epoch-end hook; the analysis monitor is one
     hooks = LoopHooks(on_epoch_end=CollapseMonitor(MonitorConfig()))
     wrapper = TrainWrapper(model, preset.loss)
-    run_loop(model, wrapper, SCHEMA, runtime, data, _settings(epochs=2), hooks)
+    run_loop(model, wrapper, SCHEMA, runtime, data, _settings(epochs=2), hooks, **_loop_sizes())
     max_dim = max(t.shape[1] for tables in model.embedding_tables() for t in tables.values())
     for report in runtime.reports:
         ia = [v for k, v in report.items() if k.startswith("diagnostics/ia_")]

@@ -8,8 +8,7 @@ import cloudpickle
 import optuna
 import pytest
 
-from hmoe.config import ConfigError
-from hmoe.platform.experiment import apply_params
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.search_spaces.custom import Distribution, check_space, resolve_space
 from tests.search_spaces.test_spaces import _base, _get
 
@@ -32,11 +31,11 @@ def test_the_shipped_example_file_is_resolved_checked_and_applied():
     assert space.name == "my_space.space" and space.source == f"{EXAMPLE.resolve()}:space"
     base = _base()
     optuna.logging.set_verbosity(optuna.logging.INFO)
-    check_space(space, lambda params: apply_params(base, params))
+    check_space(space, lambda params: apply_overrides(base, params))
     assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the caller's, left as it was
     for params in _samples(space.function):
         assert sorted(params) == ["model.experts.counts.mlp", "train.batch_size", "train.lr"]
-        cfg = apply_params(base, params)
+        cfg = apply_overrides(base, params)
         assert all(_get(cfg, path) == value for path, value in params.items())
         assert 1e-4 <= cfg.train.lr <= 1e-2 and cfg.train.batch_size in (128, 256, 512)
     # Tune pickles the searcher (and so the function) into the search's state for a resume
@@ -55,10 +54,10 @@ def test_a_distribution_mapping_samples_what_it_declares():
     )
     assert space.name.startswith("space-")
     base = _base()
-    check_space(space, lambda params: apply_params(base, params))
+    check_space(space, lambda params: apply_overrides(base, params))
     samples = _samples(space.function)
     for params in samples:
-        cfg = apply_params(base, params)
+        cfg = apply_overrides(base, params)
         assert 1e-4 <= cfg.train.lr <= 1e-2 and 0.0 <= cfg.train.weight_decay <= 0.1
         assert cfg.model.experts.counts["dcnv2"] in (0, 1, 2)
         assert isinstance(params["model.experts.counts.dcnv2"], int)
@@ -86,7 +85,7 @@ def test_a_bad_file_space_is_refused_naming_the_path(tmp_path: Path, case: str):
     (tmp_path / "my.py").write_text(f"def space(trial):\n    {body}\n")
     base = _base()
     with pytest.raises(ConfigError, match=message):
-        check_space(resolve_space(f"{tmp_path}/my.py:space"), lambda p: apply_params(base, p))
+        check_space(resolve_space(f"{tmp_path}/my.py:space"), lambda p: apply_overrides(base, p))
 
 
 def test_a_missing_file_or_function_is_refused(tmp_path: Path):
@@ -130,3 +129,58 @@ def test_cli_refuses_a_bad_space_in_one_line_before_anything_starts(
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "unknown override path 'train.epoch'" in error, error
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "hmoe_runs").exists()
+
+
+# a kind the preset leaves out, a kind no model implements, a new key of a free-key mapping, a
+# misspelt field: what `--set` takes, a search space takes, and the other way round
+PARITY_PATHS = (
+    "model.experts.counts.fm",
+    "model.experts.counts.cin",
+    "loss.task_weights.click",
+    "train.lrr",
+)
+
+
+@pytest.mark.parametrize("path", PARITY_PATHS)
+def test_set_and_a_search_space_accept_and_refuse_the_same_paths(path: str):
+    from hmoe.jobs.commands import parse_sets
+    from hmoe.models.zoo import PRESETS
+    from hmoe.platform.experiment import DataConfig, ExperimentConfig
+
+    made = PRESETS["dcnv2"]()  # a single-kind mix: every other kind's count is unset
+    base = ExperimentConfig(
+        preset="dcnv2", data=DataConfig(path="/unused"), model=made.model, loss=made.loss
+    )
+    value = 1
+    try:
+        by_set = apply_overrides(base, parse_sets([f"{path}={value}"]))
+    except ConfigError as err:
+        by_set = err
+    space = resolve_space({path: {"type": "categorical", "choices": [value]}})
+    try:
+        check_space(space, lambda params: apply_overrides(base, params))
+    except ConfigError as err:
+        assert isinstance(by_set, ConfigError), f"--set takes {path}, the space refuses: {err}"
+        assert str(by_set) in str(err) and "\n" not in str(err)
+        assert f"unknown override path {path!r}" in str(err)
+    else:
+        assert not isinstance(by_set, ConfigError), f"the space takes {path}, --set: {by_set}"
+        assert _get(by_set, path) == value
+    assert isinstance(by_set, ConfigError) == (path != "model.experts.counts.fm")
+
+
+def test_every_categorical_choice_is_checked_not_only_one_of_them():
+    base = _base()
+    good = {"type": "categorical", "choices": ["mean", "gate"]}
+    check_space(resolve_space({"model.combine.method": good}), lambda p: apply_overrides(base, p))
+    # one bad choice among good ones: a sample drawing a good one applies, which passed before
+    bad = {"type": "categorical", "choices": ["mean", "gate", "max", "sum"]}
+    space = resolve_space({"model.combine.method": bad})
+    with pytest.raises(ConfigError, match=r"model\.combine\.method='max': .*'max' is not one of"):
+        check_space(space, lambda params: apply_overrides(base, params))
+
+
+@pytest.mark.parametrize("name", ["smoke", "embeddings", "experts", "ranking_loss", "full"])
+def test_the_shipped_spaces_pass_the_check_of_every_choice(name: str):
+    base = _base()
+    check_space(resolve_space(name), lambda params: apply_overrides(base, params))

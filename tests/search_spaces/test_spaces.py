@@ -6,10 +6,10 @@ import optuna
 import pytest
 import torch
 
-from hmoe.config import ConfigError
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.models.zoo import PRESETS, build
-from hmoe.platform.experiment import DataConfig, ExperimentConfig, apply_params
+from hmoe.platform.experiment import DataConfig, ExperimentConfig
 from hmoe.search_spaces import SPACES
 
 NUM_TRIALS = 20
@@ -32,7 +32,7 @@ def _sample(space, seed: int = 0):
         trial = study.ask()
         assert space(trial) is None  # Ray's define-by-run contract: None or a dict of constants
         try:
-            cfg = apply_params(base, trial.params)
+            cfg = apply_overrides(base, trial.params)
         except ConfigError as err:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             yield trial.params, err
@@ -81,7 +81,7 @@ def test_ranking_alpha_is_conditional_on_the_loss_being_on():
 def test_an_all_zero_expert_mix_is_refused_not_clipped():
     zero = {f"model.experts.counts.{k}": 0 for k in ("gwpfm", "ipnn", "dcnv2", "mlp", "fm")}
     with pytest.raises(ConfigError, match="no expert at all"):
-        apply_params(_base(), zero)
+        apply_overrides(_base(), zero)
 
 
 def _get(cfg, path):

@@ -1,49 +1,28 @@
 """Entry points: the ``hmoe`` CLI, presets and job specs; thin layers over the Python API.
 
 The job API (``hmoe.jobs.submit``, ``resume``, ``get_job``, ``list_jobs``, ``Job``,
-``JobResult``, ``JobProgress``, ``JobError`` and its kinds, ``JobSpec``, ``load_job``) loads on
-first use, so importing ``hmoe.jobs`` stays cheap.
+``JobResult``, ``JobProgress``, ``JobError`` and its kinds, ``JobSpec``, ``load_job``: the
+names of ``hmoe.jobs.api.__all__``) loads on first use, so importing ``hmoe.jobs`` (which every
+``hmoe`` command does) stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
-__all__ = [
-    "Job",
-    "JobClient",
-    "JobError",
-    "JobNotFoundError",
-    "JobProgress",
-    "JobResult",
-    "JobSpec",
-    "JobStateError",
-    "get_job",
-    "list_jobs",
-    "load_job",
-    "resume",
-    "submit",
-]
-
-_LAZY = {
-    "Job": "hmoe.jobs.api",
-    "JobClient": "hmoe.jobs.api",
-    "JobError": "hmoe.jobs.api",
-    "JobNotFoundError": "hmoe.jobs.api",
-    "JobProgress": "hmoe.jobs.api",
-    "JobResult": "hmoe.jobs.api",
-    "JobStateError": "hmoe.jobs.api",
-    "resume": "hmoe.jobs.api",
-    "get_job": "hmoe.jobs.api",
-    "list_jobs": "hmoe.jobs.api",
-    "submit": "hmoe.jobs.api",
-    "JobSpec": "hmoe.jobs.spec",
-    "load_job": "hmoe.jobs.spec",
-}
+_API = "hmoe.jobs.api"
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    # ``__all__`` too: ``from hmoe.jobs import *`` sees the API's own list. A submodule
+    # (``from hmoe.jobs import entry``) is left to the import system, without loading the API
+    submodule = importlib.util.find_spec(f"{__name__}.{name}") is not None
+    if name == "__all__" or not (name.startswith("_") or submodule):
+        api = importlib.import_module(_API)
+        if name == "__all__":
+            return list(api.__all__)
+        if name in api.__all__:
+            return getattr(api, name)
     raise AttributeError(f"module 'hmoe.jobs' has no attribute {name!r}")

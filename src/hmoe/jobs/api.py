@@ -51,9 +51,12 @@ __all__ = [
     "JobNotFoundError",
     "JobProgress",
     "JobResult",
+    "JobSpec",
     "JobStateError",
     "get_job",
+    "job_status",
     "list_jobs",
+    "load_job",
     "resume",
     "submit",
 ]
@@ -430,13 +433,7 @@ class Job:
             search_job = meta.get(META_RESUMES) or self.submission_id
             found |= _mlflow_progress(uri, meta.get(META_EXPERIMENT, ""), search_job)
         return JobProgress(
-            job_id=self.submission_id,
-            name=meta.get(META_NAME),
-            kind=meta.get(META_KIND),
-            status=str(info.status.value),
-            message=(info.message or "").strip(),
-            start_time=info.start_time / 1e3 if info.start_time else None,
-            end_time=info.end_time / 1e3 if info.end_time else None,
+            **job_status(info, self.submission_id),
             storage=meta.get(META_STORAGE),
             resumes=meta.get(META_RESUMES),
             tracking_uri=uri,
@@ -484,6 +481,22 @@ def submit(
     validate(job_spec, check_paths=check_paths)  # before connecting: a bad spec needs no cluster
     client = JobClient(address, token_file=token_file, state_dir=state_dir)
     return client.submit(job_spec, check_paths=check_paths, check_resources=check_resources)
+
+
+def job_status(info: Any, job_id: str | None = None) -> dict[str, Any]:
+    """What Ray knows of a job (a ``JobDetails`` or ``JobInfo``): ``job_id``, ``name``,
+    ``kind``, ``status``, ``message`` and ``start_time``/``end_time`` in seconds (or ``None``);
+    the one place ``hmoe jobs list`` and ``Job.progress`` read them from."""
+    meta = dict(info.metadata or {})
+    return {
+        "job_id": job_id or getattr(info, "submission_id", None) or getattr(info, "job_id", None),
+        "name": meta.get(META_NAME),
+        "kind": meta.get(META_KIND),
+        "status": str(info.status.value),
+        "message": (info.message or "").strip(),
+        "start_time": info.start_time / 1e3 if info.start_time else None,
+        "end_time": info.end_time / 1e3 if info.end_time else None,
+    }
 
 
 _MLFLOW_FIELDS = ("trials_finished", "best_val_auc", "parent_run_id", "mlflow_url", "mlflow_error")

@@ -14,12 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from hmoe import __version__
-from hmoe.jobs.commands import COMMANDS, NotImplementedYet
+from hmoe.jobs.commands import COMMANDS
 from hmoe.platform.core.failures import failure_reason, is_user_error, root_cause
 
 EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
-EXIT_NOT_IMPLEMENTED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -40,9 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except NotImplementedYet as err:
-        print(f"hmoe {args.command}: not implemented yet ({err})", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
     except KeyboardInterrupt:
         print(f"hmoe {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, config
+from hmoe.schema import SPLITS
 
 __all__ = ["DemoConfig", "DemoResult", "LeaderboardRow", "PreparedData", "run_demo"]
 
@@ -254,7 +255,7 @@ def _shipped_spec(name: str) -> Path:
 
 
 def _split_rows(manifest: Mapping[str, Any]) -> dict[str, int]:
-    return {split: int(manifest["rows"][split]) for split in ("train", "valid", "test")}
+    return {split: int(manifest["rows"][split]) for split in SPLITS}
 
 
 def _search(

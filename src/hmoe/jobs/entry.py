@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import re
 import signal
 import sys
 import traceback
@@ -25,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hmoe.jobs.spec import (
-    MANIFEST,
     DatasetRef,
     JobSpec,
     expand,
@@ -33,6 +31,7 @@ from hmoe.jobs.spec import (
     shipped_dataset_spec,
 )
 from hmoe.platform.core import storage
+from hmoe.schema import MANIFEST
 
 __all__ = [
     "RESULT_ARTIFACT",
@@ -55,8 +54,12 @@ TUNE_SIGINT_HANDLER = "signal_interrupt_tune_run"
 SYNTH_RAW = "raw"
 SYNTH_PREPARED = "prepared"
 SYNTH_SPEC = "spec.yaml"
-# the first line ``hmoe.train``/``hmoe.tune`` print names the run that parents the others
-_RUN_LINE = re.compile(r"MLflow (?:parent )?run ([0-9a-f]{32})\b")
+# the fields of a job's result that its run or search produced (``hmoe.tune``'s TuneResult
+# carries them under these names)
+RUN_FIELDS = (
+    "parent_run_id", "best_run_id", "best_trial_id", "best_params", "best_metrics",
+    "num_trials", "num_errors", "model_uri", "registered_model", "model_version",
+)  # fmt: skip
 
 
 class JobStopped(KeyboardInterrupt):
@@ -116,7 +119,12 @@ def prepare_dataset(ref: DatasetRef, say: Callable[[str], None]) -> str:
 
 
 def _run(
-    spec: JobSpec, job_id: str, resumes: str | None, data: str, say: Callable[[str], None]
+    spec: JobSpec,
+    job_id: str,
+    resumes: str | None,
+    data: str,
+    say: Callable[[str], None],
+    run_started: Callable[[str], None],
 ) -> dict[str, Any]:
     import hmoe
 
@@ -136,21 +144,10 @@ def _run(
         "registered_model": track.registered_model,
         "tags": tags,
         "progress": say,
+        "run_started": run_started,
     }
     if spec.search is None:
-        run = hmoe.train(spec.preset, data, overrides, **common)
-        return {
-            "parent_run_id": run.run_id,
-            "best_run_id": run.run_id,
-            "best_trial_id": None,
-            "best_params": {},
-            "best_metrics": run.metrics,
-            "num_trials": 1,
-            "num_errors": 0,
-            "model_uri": run.model_uri,
-            "registered_model": run.registered_model,
-            "model_version": run.model_version,
-        }
+        return _run_fields(hmoe.train(spec.preset, data, overrides, **common))
     search = spec.search
     found = hmoe.tune(
         spec.preset,
@@ -163,14 +160,21 @@ def _run(
         resume=resumes is not None,
         **common,
     )
-    return {
-        "parent_run_id": found.parent_run_id,
-        "best_run_id": found.best_run_id,
-        "best_trial_id": found.best_trial_id,
-        "best_params": found.best_params,
-        "best_metrics": found.best_metrics,
-        "num_trials": found.num_trials,
-        "num_errors": found.num_errors,
+    return _run_fields(found)
+
+
+def _run_fields(found: Any) -> dict[str, Any]:
+    """The part of a job's result (``JobResult``) that ``hmoe.tune``'s TuneResult or
+    ``hmoe.train``'s TrainResult holds; a single run is a search of one trial, its own best."""
+    from hmoe.platform.api import TrainResult
+
+    if not isinstance(found, TrainResult):
+        return {name: getattr(found, name) for name in RUN_FIELDS}
+    single = {"best_trial_id": None, "best_params": {}, "num_trials": 1, "num_errors": 0}
+    return single | {
+        "parent_run_id": found.run_id,
+        "best_run_id": found.run_id,
+        "best_metrics": found.metrics,
         "model_uri": found.model_uri,
         "registered_model": found.registered_model,
         "model_version": found.model_version,
@@ -216,9 +220,6 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
 
     def say(line: str) -> None:
         print(f"[hmoe] {line}", flush=True)
-        match = _RUN_LINE.search(line)
-        if match and not parents:
-            parents.append(match.group(1))
 
     try:
         import ray
@@ -227,7 +228,8 @@ def run_job(spec: JobSpec, job_id: str, resumes: str | None = None) -> int:
         # after ray.init, which installs its own SIGTERM handler (SystemExit, i.e. FAILED runs)
         signal.signal(signal.SIGTERM, _stopper(job_id, stops))
         data = prepare_dataset(spec.dataset, say)
-        result = _run(spec, job_id, resumes, data, say)
+        # the run that parents the others, to end it and its trials if the call fails
+        result = _run(spec, job_id, resumes, data, say, parents.append)
         result |= {
             "job_id": job_id,
             "name": spec.name,

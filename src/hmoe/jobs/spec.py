@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, FrozenMap, apply_overrides, config
 from hmoe.platform.core import storage
+from hmoe.schema import MANIFEST
 from hmoe.search_spaces.custom import Distribution
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 ROOT = "JobSpec"  # the key path prefix of every message, as in from_dict
-MANIFEST = "manifest.json"
 MAX_GPUS_PER_WORKER = 8  # one node's worth; more is a typo, not a request
 MAX_WORKERS = 1024
 EXAMPLES = ("smoke", "ml100k_full", "criteo_tiny_experts", "synthetic_scale")
@@ -395,11 +395,10 @@ def _check_overrides(spec: JobSpec) -> Any:
 
 def _check_space(space: str | Mapping[str, Distribution], base: Any) -> None:
     """Sample the space and apply the samples to the job's base config, as its trials will."""
-    from hmoe.platform.experiment import apply_params
     from hmoe.search_spaces.custom import check_space, resolve_space
 
     try:
-        check_space(resolve_space(space), lambda params: apply_params(base, params))
+        check_space(resolve_space(space), lambda params: apply_overrides(base, params))
     except ConfigError as err:
         raise ConfigError(f"{ROOT}.search.space: {err}") from None
 

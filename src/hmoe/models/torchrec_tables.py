@@ -29,9 +29,10 @@ The L2 (``table_l2``) is ours, not FBGEMM's: fbgemm-gpu-cpu 1.8.0's row-wise Ada
 ``1 - 2 * table_lr * table_l2`` (a gradient step on ``table_l2 * |w_r|^2``, once per touched row
 and step, however often the batch repeats the id); the fused Adagrad step then follows in the
 backward. Untouched rows are never read or written, the point of the backend. When the
-collection is sharded across workers (``hmoe.platform.training.sharding`` calls ``use_shards``), every
-rank gathers the rows the global batch touches (two ``all_gather`` per step) and shrinks those
-that lie in its own shards, so a sharded step decays exactly the rows one worker would.
+collection is sharded across workers (``hmoe.platform.training.sharding`` calls
+``use_shards``), every rank gathers the rows the global batch touches (two ``all_gather`` per
+step) and shrinks those that lie in its own shards, so a sharded step decays exactly the rows
+one worker would.
 
 Width: FBGEMM's kernels store rows in multiples of ``DIM_MULTIPLE`` floats, so a set of another
 dim ``D`` keeps ``ceil(D / 4) * 4`` columns whose extra columns stay zero (never read, zero

@@ -30,7 +30,6 @@ from typing import Any
 from hmoe.config import apply_overrides
 from hmoe.platform.core import storage
 from hmoe.platform.core.failures import failure_reason
-from hmoe.platform.data.batches import MANIFEST
 from hmoe.platform.experiment import (
     ExperimentConfig,
     build_experiment,
@@ -65,6 +64,7 @@ from hmoe.platform.tracking.runs import (
 )
 from hmoe.platform.tracking.runs import tracking_uri as store_uri
 from hmoe.platform.training.preflight import check_resources, check_run
+from hmoe.schema import MANIFEST
 
 __all__ = [
     "TrainResult",
@@ -227,6 +227,7 @@ def train(
     register: bool = True,
     tags: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    run_started: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``preset`` on the prepared dataset ``data`` with Ray Train; track it in MLflow.
 
@@ -240,6 +241,8 @@ def train(
         register: register the trained model in the MLflow Model Registry.
         tags: extra MLflow tags of the run (a job's id).
         progress: called with one line per stage (the CLI prints them).
+        run_started: called with the MLflow run id as soon as the run exists, so that a caller
+            can find the run again if this call fails before it returns.
     """
     cfg = build_experiment(
         preset,
@@ -259,6 +262,8 @@ def train(
     run = MlflowRun.create(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg), all_tags)
     record_run(run, cfg, {})
     say(f"MLflow run {run.run_id} ({run_name(cfg)}) in {cfg.tracking.uri}")
+    if run_started is not None:
+        run_started(run.run_id)
     return _fit(cfg, run, register)
 
 

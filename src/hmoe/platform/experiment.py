@@ -29,7 +29,6 @@ __all__ = [
     "MonitorConfig",
     "TrackingConfig",
     "TrainConfig",
-    "apply_params",
     "build_experiment",
     "logged_params",
     "run_name",
@@ -307,25 +306,6 @@ def build_experiment(
     changes = {shortcuts[k]: v for k, v in options.items() if v is not None}
     changes |= dict(overrides or {})
     return apply_overrides(base, changes)
-
-
-def apply_params(cfg: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
-    """``apply_overrides`` for sampled search parameters.
-
-    A path whose parent is a mapping field (``model.experts.counts.fm``) may add a key the base
-    config does not have yet; it is merged into that mapping. Everything else is as strict as
-    ``apply_overrides`` (unknown paths raise ``ConfigError`` naming them).
-    """
-    merged: dict[str, Any] = {}
-    for path, value in params.items():
-        parent_path, _, key = path.rpartition(".")
-        parent = _lookup(cfg, parent_path) if parent_path else None
-        if isinstance(parent, Mapping) and not dataclasses.is_dataclass(parent):
-            current = merged.get(parent_path, dict(parent))
-            merged[parent_path] = {**current, key: value}
-        else:
-            merged[path] = value
-    return apply_overrides(cfg, merged)
 
 
 def _lookup(cfg: Config, path: str) -> Any:

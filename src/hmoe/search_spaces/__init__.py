@@ -3,10 +3,10 @@
 Each space is a function ``space(trial) -> None`` that only calls ``trial.suggest_*``. The
 same function runs under plain Optuna and under Ray Tune's ``OptunaSearch(space=fn)``; the
 sampled ``{path: value}`` dict is applied to the base ExperimentConfig with
-``hmoe.platform.search.tune.apply_params`` (``apply_overrides``, plus new keys of mapping fields
-such as ``model.experts.counts.fm``). Names use ``.``, never ``/`` (Ray unflattens on ``/``). An
-infeasible sample (e.g. zero experts) is not clipped: the config rejects it and the trial
-fails with the reason.
+``hmoe.config.apply_overrides``, the one path the CLI's ``--set`` takes too (every expert kind's
+count, such as ``model.experts.counts.fm``, is a key whether or not the preset sets it).
+Names use ``.``, never ``/`` (Ray unflattens on ``/``). An infeasible sample (e.g. zero
+experts) is not clipped: the config rejects it and the trial fails with the reason.
 """
 
 from __future__ import annotations

@@ -10,24 +10,32 @@ Two forms besides the shipped names of ``SPACES``:
   ``{"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}``.
 
 ``check_space`` samples a space before any trial runs and passes the samples through the
-caller's ``apply`` (``apply_params``: the one ``apply_overrides``), so an unknown path or a
-value of the wrong type is refused up front with the config's own message naming the path.
+caller's ``apply`` (``apply_overrides`` on the base config, as ``--set`` does), so an unknown
+path or a value of the wrong type is refused up front with the config's own message naming the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from hmoe.config import Config, ConfigError, config
 
-__all__ = ["Distribution", "DistributionSpace", "SearchSpace", "check_space", "resolve_space"]
+__all__ = [
+    "Distribution",
+    "DistributionSpace",
+    "SearchSpace",
+    "check_space",
+    "resolve_space",
+    "sampled_names",
+]
 
 SPACE_FILE_SUFFIX = ".py"
 # samples drawn to validate a space: an unknown path or a wrong type fails every one of them,
@@ -35,6 +43,7 @@ SPACE_FILE_SUFFIX = ".py"
 CHECK_SAMPLES = 8
 CHECK_SEED = 0
 NAME_HASH_LENGTH = 8
+_UNSET = object()  # a parameter a sample did not draw
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # the name goes into folder and run names
 
 
@@ -152,28 +161,76 @@ def _from_distributions(space: Mapping[str, Any]) -> SearchSpace:
 
 
 def check_space(space: SearchSpace, apply: Callable[[Mapping[str, Any]], Any]) -> None:
-    """Sample ``space`` and ``apply`` the samples (``apply_params`` on the base config) before
+    """Sample ``space`` and ``apply`` the samples (``apply_overrides`` on the base config) before
     any trial; raise ``ConfigError`` naming the space and the config's complaint when no sample
-    makes a valid config (an unknown path, a wrong type) or the function itself fails."""
+    makes a valid config (an unknown path, a wrong type), when some choice of a categorical
+    parameter never does, or when the function itself fails."""
     import optuna
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a check
-    try:
+    with _quiet(optuna):
         error = _first_error(space, apply, optuna)
-    finally:
-        optuna.logging.set_verbosity(verbosity)  # the search's own study logs as before
     if error is not None:
         raise ConfigError(f"search space {space.source}: {error}")
+
+
+def sampled_names(function: Callable[[Any], None], seed: int) -> list[str]:
+    """The parameter names one sample of ``function`` draws (an in-memory Optuna trial)."""
+    import optuna
+
+    with _quiet(optuna):
+        trial = _study(optuna, seed).ask()
+        function(trial)
+    return sorted(trial.params)
+
+
+@contextlib.contextmanager
+def _quiet(optuna: Any) -> Iterator[None]:
+    """No "study created" line for a check; the search's own study logs as before."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _study(optuna: Any, seed: int) -> Any:
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
 
 
 def _first_error(
     space: SearchSpace, apply: Callable[[Mapping[str, Any]], Any], optuna: Any
 ) -> ConfigError | None:
-    """``None`` once a sample applies; else the first sample's ``ConfigError``."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=CHECK_SEED))
+    """The first sample's ``ConfigError`` when none of ``CHECK_SAMPLES`` applies; else, for each
+    choice of each categorical parameter (one bad choice among good ones would otherwise pass),
+    the first error of samples drawn with that choice fixed; ``None`` when all apply."""
+    study = _study(optuna, CHECK_SEED)
+    choices: dict[str, tuple[Any, ...]] = {}
+    error = _try_samples(space, apply, optuna, study, None, choices)
+    if error is not None:
+        return error
+    for name, options in choices.items():
+        for choice in options:
+            error = _try_samples(space, apply, optuna, study, (name, choice), choices)
+            if error is not None:
+                return ConfigError(f"{name}={choice!r}: {error}")
+    return None
+
+
+def _try_samples(
+    space: SearchSpace,
+    apply: Callable[[Mapping[str, Any]], Any],
+    optuna: Any,
+    study: Any,
+    fixed: tuple[str, Any] | None,
+    choices: dict[str, tuple[Any, ...]],
+) -> ConfigError | None:
+    """``None`` once a sample (with ``fixed`` set, where given) applies; else the first
+    ``ConfigError``. Records the categorical parameters the samples draw in ``choices``."""
     first: ConfigError | None = None
     for _ in range(CHECK_SAMPLES):
+        if fixed is not None:
+            study.enqueue_trial(dict([fixed]))
         trial = study.ask()
         try:
             space.function(trial)
@@ -181,6 +238,12 @@ def _first_error(
             return ConfigError(f"sampling failed: {err!r}")
         if not trial.params:
             return ConfigError("it suggests no parameter")
+        for name, distribution in trial.distributions.items():
+            if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+                choices.setdefault(name, tuple(distribution.choices))
+        if fixed is not None and trial.params.get(fixed[0], _UNSET) != fixed[1]:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue  # a conditional parameter this sample did not draw: try another
         try:
             apply(trial.params)
         except ConfigError as err:

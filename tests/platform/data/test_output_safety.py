@@ -19,8 +19,9 @@ import pytest
 
 from hmoe.jobs.cli import main
 from hmoe.platform.data import output, prepare, read_split_table
-from hmoe.platform.data.output import MANIFEST, check_out, clean_leftovers, commit
+from hmoe.platform.data.output import check_out, clean_leftovers, commit
 from hmoe.platform.data.spec import SPLITS, label_column, spec_from_dict
+from hmoe.schema import MANIFEST
 from tests.platform.data.toy import make_log, spec_dict, write_dataset
 
 # the module (``hmoe.platform.data.prepare`` as an attribute is the function)

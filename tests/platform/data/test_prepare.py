@@ -24,7 +24,7 @@ from hmoe.platform.data import (
     iter_batches,
     load_manifest,
     prepare,
-    read_split,
+    read_split_dataset,
     read_split_table,
     verify_shards,
 )
@@ -352,7 +352,7 @@ def test_sequences_from_a_separate_behaviour_log(ray_cluster, tmp_path: Path) ->
 
 def test_ray_dataset_and_collate_give_batches(toy: dict) -> None:
     schema = feature_schema(toy["out"])
-    dataset = read_split(toy["out"], "valid")
+    dataset = read_split_dataset(toy["out"], "valid")
     batches = list(dataset.iter_torch_batches(batch_size=50, collate_fn=collate_fn(schema)))
     assert [len(b[WEIGHT]) for b in batches] == [50, 30]
     assert batches[0][LABELS].shape == (50, 2)

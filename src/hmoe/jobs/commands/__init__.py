@@ -14,8 +14,8 @@ from hmoe.jobs.commands import (
     tune,
     ui,
 )
-from hmoe.jobs.commands.options import NotImplementedYet, add_set_argument, parse_sets
+from hmoe.jobs.commands.options import add_set_argument, parse_sets
 
-__all__ = ["COMMANDS", "NotImplementedYet", "add_set_argument", "parse_sets"]
+__all__ = ["COMMANDS", "add_set_argument", "parse_sets"]
 
 COMMANDS = (data, train, tune, analyze, runs, cluster, ui, submit, jobs, demo)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.jobs.commands.options import add_set_argument
+from hmoe.schema import MANIFEST, SPLITS
 
 EXIT_FETCH_FAILED = 4
 EXIT_USER_ERROR = 2  # as hmoe.jobs.cli for ConfigError
@@ -80,7 +81,6 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
     """What ``prepare`` did, from its manifest: rows read, written and quarantined (by reason),
     and rows and shards per split (``hmoe data prepare`` and a job's log print it)."""
     from hmoe.platform.core import storage
-    from hmoe.platform.data.output import MANIFEST
 
     rows = manifest["rows"]
     lines = [
@@ -88,7 +88,7 @@ def prepare_summary(manifest: Mapping[str, Any], out: str | Path) -> list[str]:
         f"  rows read {rows['read']:,}, written {rows['written']:,}, "
         f"quarantined {rows['quarantined']:,}",
     ]
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         shards = len(manifest["shards"][split])
         lines.append(f"  {split:<5} {rows[split]:>12,} rows in {shards} shard(s)")
     for reason, count in manifest["quarantined_by_reason"].items():

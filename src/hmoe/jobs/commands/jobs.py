@@ -76,21 +76,10 @@ def _print_json(data: Any) -> None:
 
 @reports_errors
 def run_list(args: argparse.Namespace) -> int:
-    from hmoe.jobs.api import list_jobs
+    from hmoe.jobs.api import job_status, list_jobs
 
     jobs = list_jobs(args.address, token_file=args.token_file, state_dir=args.state_dir)
-    rows = [
-        {
-            "job_id": job.submission_id or job.job_id,
-            "status": str(job.status.value),
-            "kind": (job.metadata or {}).get("hmoe.kind"),
-            "name": (job.metadata or {}).get("hmoe.name"),
-            "start_time": job.start_time / 1e3 if job.start_time else None,
-            "end_time": job.end_time / 1e3 if job.end_time else None,
-            "message": (job.message or "").strip(),
-        }
-        for job in jobs
-    ]
+    rows = [job_status(job) for job in jobs]
     if args.json:
         _print_json([{k: row[k] for k in LIST_KEYS} for row in rows])
         return 0

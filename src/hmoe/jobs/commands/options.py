@@ -1,14 +1,10 @@
-"""What the subcommands share: ``--set PATH=VALUE`` overrides, and the not-yet-landed marker."""
+"""What the subcommands share: ``--set PATH=VALUE`` overrides."""
 
 from __future__ import annotations
 
 import argparse
 
 from hmoe.config import ConfigError, parse_override_value
-
-
-class NotImplementedYet(Exception):
-    """A subcommand whose issue has not landed; the CLI exits non-zero with this message."""
 
 
 def parse_sets(items: list[str] | None) -> dict[str, object]:

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from hmoe.platform.data.batches import SPLITS
 from hmoe.platform.data.reader import load_manifest, shard_paths
 from hmoe.platform.data.spec import label_column
 from hmoe.platform.data.vocab import FIRST_INDEX  # ids 0 and 1 are padding and OOV
-from hmoe.schema import FeatureSchema
+from hmoe.schema import METRIC_SPLITS, FeatureSchema
 
 __all__ = [
     "PLANTED_MATRIX",
@@ -74,9 +73,9 @@ def iter_columns(
     import pyarrow.parquet as pq
 
     for split in splits:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLITS)}")
-        files = shard_paths(data_dir, SPLITS[split])
+        if split not in METRIC_SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {sorted(METRIC_SPLITS)}")
+        files = shard_paths(data_dir, METRIC_SPLITS[split])
         if not files:
             raise FileNotFoundError(f"split {split!r} of {data_dir} has no shard")
         for path in files:

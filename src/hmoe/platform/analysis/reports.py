@@ -36,7 +36,7 @@ from hmoe.platform.analysis.plots import (
     plot_entanglement_histograms,
     plot_spectrum_heatmaps,
 )
-from hmoe.schema import FeatureSchema, SequenceFeature, seq_column
+from hmoe.schema import METRIC_SPLITS, FeatureSchema, SequenceFeature, seq_column
 
 __all__ = [
     "ANALYSIS_KINDS",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 ANALYSIS_KINDS: tuple[str, ...] = ("collapse", "correlation", "entanglement")
-ALL_SPLITS = ("train", "val", "test")
+ALL_SPLITS = tuple(METRIC_SPLITS)
 
 
 @config

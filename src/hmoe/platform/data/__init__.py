@@ -1,8 +1,8 @@
 """Raw logs to encoded Parquet shards (Ray Data), the dataset spec, and the prepared-data reader.
 
 ``prepare(spec, out_dir)`` writes a prepared directory (``manifest.json`` + Parquet shards per
-split); ``load_manifest`` / ``feature_schema`` / ``read_split`` / ``iter_batches`` read it back
-as the Batches of ``hmoe.schema``. Heavy dependencies (Ray) load on first use.
+split); ``load_manifest`` / ``feature_schema`` / ``read_split_dataset`` / ``iter_batches`` read
+it back as the Batches of ``hmoe.schema``. Heavy dependencies (Ray) load on first use.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hmoe.platform.data.reader import (
     feature_schema,
     iter_batches,
     load_manifest,
-    read_split,
+    read_split_dataset,
     read_split_table,
     shard_paths,
     to_batch,
@@ -43,7 +43,7 @@ __all__ = [
     "load_manifest",
     "load_spec",
     "prepare",
-    "read_split",
+    "read_split_dataset",
     "read_split_table",
     "resolve_path",
     "shard_paths",

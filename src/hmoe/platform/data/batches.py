@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmoe.schema import LABELS, FeatureSchema
+from hmoe.schema import LABELS, METRIC_SPLITS, FeatureSchema
 
 __all__ = [
-    "MANIFEST",
-    "SPLITS",
     "Batch",
     "batch_size_of",
     "input_columns",
@@ -37,9 +35,6 @@ __all__ = [
 ]
 
 Batch = dict[str, torch.Tensor]
-MANIFEST = "manifest.json"
-# metric prefix -> the prepared dir's split name
-SPLITS = {"train": "train", "val": "valid", "test": "test"}
 
 
 def load_schema(data_dir: str | Path) -> FeatureSchema:
@@ -49,9 +44,9 @@ def load_schema(data_dir: str | Path) -> FeatureSchema:
 
 
 def _split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {sorted(SPLITS)}")
-    return SPLITS[split]
+    if split not in METRIC_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {sorted(METRIC_SPLITS)}")
+    return METRIC_SPLITS[split]
 
 
 def read_split(data_dir: str | Path, split: str, schema: FeatureSchema) -> Batch:
@@ -82,7 +77,7 @@ def split_dataset(data_dir: str | Path, split: str) -> Any:
     """A split as a lazy Ray Dataset of exactly the Batch columns (streamed by Train)."""
     from hmoe.platform.data import reader  # pyarrow: only when reading shards
 
-    return reader.read_split(data_dir, _split(split))
+    return reader.read_split_dataset(data_dir, _split(split))
 
 
 def make_collate(schema: FeatureSchema) -> Any:

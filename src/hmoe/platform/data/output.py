@@ -31,9 +31,9 @@ from hmoe.platform.core import storage
 from hmoe.platform.data import stats as pstats
 from hmoe.platform.data.encode import output_columns
 from hmoe.platform.data.spec import SPLITS, DatasetSpec, TableSpec, label_column, resolve_path
+from hmoe.schema import MANIFEST
 
 __all__ = [
-    "MANIFEST",
     "MANIFEST_VERSION",
     "build_manifest",
     "check_out",
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 LOG = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _TMP_MARK = ".tmp-"
 _OLD_MARK = ".old-"

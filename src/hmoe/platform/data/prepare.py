@@ -70,7 +70,6 @@ from hmoe.platform.data.encode import (
 )
 from hmoe.platform.data.lookup import KeyIndex, SideTable
 from hmoe.platform.data.output import (
-    MANIFEST,
     MANIFEST_VERSION,
     build_manifest,
     check_out,
@@ -95,8 +94,9 @@ from hmoe.platform.data.tables import (
     read_table,
 )
 from hmoe.platform.data.validate import FIELD_COLUMN, RAW_COLUMN, REASON_COLUMN, parse_batch
+from hmoe.schema import MANIFEST
 
-__all__ = ["MANIFEST", "MANIFEST_VERSION", "prepare"]
+__all__ = ["MANIFEST_VERSION", "prepare"]
 
 LOG = logging.getLogger(__name__)
 PARSED = ".parsed"  # scratch folder of the parsed blocks inside the temporary output

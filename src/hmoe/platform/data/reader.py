@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from hmoe.platform.core import storage
 from hmoe.platform.data.spec import SPLITS, label_column
-from hmoe.schema import EXPOSURE, LABELS, WEIGHT, FeatureSchema, seq_column
+from hmoe.schema import EXPOSURE, LABELS, MANIFEST, WEIGHT, FeatureSchema, seq_column
 
 __all__ = [
     "batch_columns",
@@ -26,14 +26,12 @@ __all__ = [
     "feature_schema",
     "iter_batches",
     "load_manifest",
-    "read_split",
+    "read_split_dataset",
     "read_split_table",
     "shard_paths",
     "to_batch",
     "verify_shards",
 ]
-
-MANIFEST = "manifest.json"
 
 
 def load_manifest(prepared_dir: str | Path) -> dict[str, Any]:
@@ -107,7 +105,7 @@ def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
     return pa.concat_tables([_open_parquet(p).read() for p in paths])
 
 
-def read_split(prepared_dir: str | Path, split: str) -> Any:
+def read_split_dataset(prepared_dir: str | Path, split: str) -> Any:
     """A split as a Ray Dataset of the Batch columns (use ``BatchCollate`` to get Batches).
 
     The dataset runs without Ray Data's progress bars and execution-plan lines: it is read
@@ -196,7 +194,7 @@ def collate_fn(schema: FeatureSchema) -> Any:
     Example::
 
         collate = collate_fn(feature_schema(prepared_dir))
-        for batch in read_split(prepared_dir, "train").iter_torch_batches(
+        for batch in read_split_dataset(prepared_dir, "train").iter_torch_batches(
             batch_size=256, collate_fn=collate
         ):
             logits_BK = model(batch)

@@ -55,6 +55,7 @@ from hmoe.platform.data.spec_fields import (
     VocabSpec,
     WeightSpec,
 )
+from hmoe.schema import SPLITS
 
 __all__ = [
     "DATA_ROOT_ENV",
@@ -86,7 +87,6 @@ __all__ = [
 
 DATA_ROOT_ENV = "HMOE_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"
-SPLITS = ("train", "valid", "test")
 LABEL_PREFIX = "label__"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

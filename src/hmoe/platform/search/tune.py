@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hmoe.config import ConfigError
+from hmoe.config import ConfigError, apply_overrides
 from hmoe.platform.api import (
     DATA_CPUS,
     TrainResult,
@@ -48,7 +48,6 @@ from hmoe.platform.core.metrics import metric_mode
 from hmoe.platform.experiment import (
     ExperimentConfig,
     TrainConfig,
-    apply_params,
     build_experiment,
     trial_run_name,
 )
@@ -144,7 +143,7 @@ def trial_driver(params: dict[str, Any], settings: dict[str, Any]) -> None:
     run = find_run(uri, experiment, {TAG_TRIAL_ID: trial_id, TAG_PARENT: settings["parent"]})
     fresh = run is None
     try:
-        cfg = apply_params(base, params)
+        cfg = apply_overrides(base, params)
     except ConfigError as err:
         cfg, reason = base, f"infeasible sample {params}: {err}"
     else:
@@ -324,6 +323,7 @@ def tune(
     callbacks: Sequence[Any] = (),
     tags: Mapping[str, str] | None = None,
     progress: Callable[[str], None] | None = None,
+    run_started: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Search ``space`` around ``preset`` with Ray Tune + Optuna (TPE) and ASHA.
 
@@ -340,6 +340,8 @@ def tune(
         callbacks: extra ``ray.tune.Callback`` objects (monitoring, tests).
         tags: extra MLflow tags of the parent run and every trial run (a job's id).
         progress: called with one line per stage.
+        run_started: called with the MLflow parent run id as soon as it exists, so that a
+            caller can end the search's runs if this call fails before it returns.
     """
     from hmoe.search_spaces.custom import check_space, resolve_space
 
@@ -356,7 +358,7 @@ def tune(
         registered_model=registered_model,
     )
     cfg = resolve(cfg)
-    check_space(searched, lambda params: apply_params(cfg, params))
+    check_space(searched, lambda params: apply_overrides(cfg, params))
     search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
     path = storage.join(cfg.train.storage_path, search)
     # the storage marker alone (written just before Tune starts) is no search yet
@@ -374,11 +376,12 @@ def tune(
     check_run(cfg)
     check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)
     say = progress or (lambda line: None)
+    started = run_started or (lambda run_id: None)
     per_trial = TRIAL_DRIVER_CPUS + cfg.train.num_workers * cfg.train.cpus_per_worker
     with ray_for(max_concurrent * per_trial):
         check_resources(cfg.train, DATA_CPUS, extra_cpus=TRIAL_DRIVER_CPUS)  # a joined cluster
         return _search(cfg, searched, search, path, num_samples, max_concurrent, scheduler,
-                       resume, callbacks, dict(tags or {}), say)  # fmt: skip
+                       resume, callbacks, dict(tags or {}), say, started)  # fmt: skip
 
 
 def _search(
@@ -393,10 +396,14 @@ def _search(
     callbacks: Sequence[Any],
     extra: dict[str, str],
     say: Callable[[str], None],
+    run_started: Callable[[str], None],
 ) -> TuneResult:
+    from hmoe.search_spaces.custom import sampled_names
+
     parent = _parent_run(cfg, searched.source, search, path, resume, extra)
     mark(path, parent.run_id, cfg.tracking.uri)  # hmoe runs prune may delete it once it is over
     say(f"MLflow parent run {parent.run_id} ({search}) in {cfg.tracking.uri}")
+    run_started(parent.run_id)
     settings = {
         "base": cfg.to_dict(),
         "parent": parent.run_id,
@@ -406,26 +413,12 @@ def _search(
         "owner": owner_tags(),
         "tags": extra,
     }
-    view = runs_view(cfg, parent, search, _sampled_names(searched.function, cfg.train.seed))
+    view = runs_view(cfg, parent, search, sampled_names(searched.function, cfg.train.seed))
     say(f"MLflow view of its trials ({cfg.train.early_stopping_metric}, searched params): {view}")
     tuner = _tuner(cfg, searched.function, settings, num_samples, max_concurrent, scheduler,
                    resume, path, callbacks)  # fmt: skip
     grid = _fit(tuner, parent, num_samples, search, path)
     return _summarise(cfg, grid, parent, search, path)
-
-
-def _sampled_names(space_fn: Callable[..., Any], seed: int) -> list[str]:
-    """The parameter names one sample of ``space_fn`` draws (an in-memory Optuna trial)."""
-    import optuna
-
-    previous = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
-    try:
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
-        space_fn(trial)
-    finally:
-        optuna.logging.set_verbosity(previous)
-    return sorted(trial.params)
 
 
 def runs_view(cfg: ExperimentConfig, parent: MlflowRun, search: str, params: Sequence[str]) -> str:
@@ -565,7 +558,7 @@ def _summarise(
         tags = {TAG_TRIAL_ID: best_trial, TAG_PARENT: parent.run_id}
         child = find_run(cfg.tracking.uri, cfg.tracking.experiment, tags)
     params = dict(best.config) if best is not None else {}
-    best_cfg = apply_params(cfg, params) if best is not None else None
+    best_cfg = apply_overrides(cfg, params) if best is not None else None
     metrics = child.metrics() if child is not None else {}
     model_uri = child.tags().get(TAG_MODEL_URI) if child is not None else None
     version = None

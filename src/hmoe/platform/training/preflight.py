@@ -30,7 +30,7 @@ from typing import Any
 from hmoe.config import ConfigError
 from hmoe.platform.core.ray_start import RAY_ADDRESS_ENV
 from hmoe.platform.experiment import ExperimentConfig, TrainConfig
-from hmoe.schema import FeatureSchema
+from hmoe.schema import METRIC_SPLITS, FeatureSchema
 
 __all__ = [
     "AUC_METRICS",
@@ -47,7 +47,6 @@ AUC_METRICS = ("auc", "gauc")
 # data the model is a plain DNN. TIM is one part of the hmoe presets, which also run on
 # datasets without sequences (Criteo), so it is not listed.
 SEQUENCE_MODEL_KINDS = ("din", "din_plus", "sasrec")
-VALID_SPLIT = "valid"  # the prepared directory's name of the validation split
 CAPACITY_SLACK = 1e-6  # float rounding of fractional CPU / GPU requests
 
 
@@ -153,7 +152,7 @@ def _check_early_stopping(
     if name not in AUC_METRICS:
         return
     tasks = (task,) if task else schema.tasks
-    counts = label_counts(cfg.data.path, VALID_SPLIT, tasks, manifest)
+    counts = label_counts(cfg.data.path, METRIC_SPLITS["val"], tasks, manifest)
     single = [
         f"{t}: {positives} of {rows} rows positive"
         for t, (rows, positives) in counts.items()

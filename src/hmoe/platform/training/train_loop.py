@@ -51,12 +51,13 @@ from hmoe.models.torchrec_tables import place_fused_tables
 from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
 from hmoe.platform.core.metrics import METRIC_MODES, metric_mode, task_metrics
 from hmoe.platform.data.batches import Batch, iter_minibatches
+from hmoe.platform.experiment import TrainConfig
 from hmoe.platform.tracking.runs import MetricLogger, NullLogger
 from hmoe.platform.training.runtime import Runtime
 from hmoe.platform.training.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
-__all__ = ["EpochEndHook", "EvalData", "LoopHooks", "LoopOutcome", "LoopSettings", "run_loop"]
+__all__ = ["EpochEndHook", "EvalData", "LoopHooks", "LoopOutcome", "run_loop"]
 
 SPLIT_NAMES = {"val": "validation", "test": "test"}  # metric prefix -> split, for messages
 VAL_PREFIX = "val_"
@@ -67,26 +68,6 @@ DIAGNOSTICS_PREFIX = "diagnostics/"  # MLflow groups metrics by the part before 
 def epoch_score(metric: str) -> str:
     """The reported key of an epoch's own value of ``metric`` (Ray Train's checkpoint score)."""
     return f"{EPOCH_SCORE_PREFIX}{metric}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoopSettings:
-    """The loop's knobs, taken from ``TrainConfig`` (kept separate so the loop needs no Ray)."""
-
-    epochs: int
-    lr: float
-    weight_decay: float
-    optimizer: str
-    lr_schedule: str
-    warmup_steps: int
-    grad_clip_norm: float | None
-    early_stopping_metric: str
-    early_stopping_patience: int
-    eval_batch_size: int
-    use_bf16: bool
-    seed: int
-    steps_per_epoch: int
-    fail_at_step: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -127,33 +108,33 @@ class LoopOutcome:
     model: nn.Module
 
 
-def _make_optimizer(train_module: nn.Module, s: LoopSettings) -> torch.optim.Optimizer:
+def _make_optimizer(train_module: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     """The dense optimizer: every parameter but the ``torchrec`` backend's fused tables."""
     fused = {id(p) for p in fused_table_parameters(train_module)}
     params: Iterable[Any] = [p for p in train_module.parameters() if id(p) not in fused]
     if isinstance(train_module, TrainWrapper):
-        if train_module.embedding_l2_by_optimizer and s.optimizer != "adam":
+        if train_module.embedding_l2_by_optimizer and t.optimizer != "adam":
             raise ValueError(
                 f"the embedding L2 can ride on the optimizer only as Adam's coupled L2, not "
-                f"with {s.optimizer!r}: build the TrainWrapper with embedding_l2_by_optimizer=False"
+                f"with {t.optimizer!r}: build the TrainWrapper with embedding_l2_by_optimizer=False"
             )
-        params = train_module.param_groups(s.weight_decay)
+        params = train_module.param_groups(t.weight_decay)
     # fused: one pass over each parameter instead of a chain of foreach kernels; on the
     # 15.5M-value Criteo tables it doubles the dcnv2 step rate at batch 512 (bench_models.py)
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
-    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
-def _lr_factor(step: int, s: LoopSettings) -> float:
+def _lr_factor(step: int, t: TrainConfig, steps_per_epoch: int) -> float:
     """Linear warmup, then constant, cosine or linear decay over the whole run."""
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    total = max(1, s.epochs * s.steps_per_epoch - s.warmup_steps)
-    progress = min(1.0, (step - s.warmup_steps) / total)
-    if s.lr_schedule == "cosine":
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    total = max(1, t.epochs * steps_per_epoch - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / total)
+    if t.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if s.lr_schedule == "linear":
+    if t.lr_schedule == "linear":
         return 1.0 - progress
     return 1.0
 
@@ -215,20 +196,20 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     runtime: Runtime,
     state: _State,
-    s: LoopSettings,
+    t: TrainConfig,
     resumed: bool,
 ) -> tuple[float, int]:
     """One pass over this worker's train batches: (mean loss, rows seen)."""
     module.train()
     total_loss, rows = 0.0, 0
     for batch in runtime.train_batches(state.epoch):
-        runtime.maybe_fail(state.step, s.fail_at_step, resumed)
-        with _autocast(runtime.device, s.use_bf16):
+        runtime.maybe_fail(state.step, t.fail_at_step, resumed)
+        with _autocast(runtime.device, t.use_bf16):
             loss, _ = module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if s.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), s.grad_clip_norm)
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), t.grad_clip_norm)
         optimizer.step()
         scheduler.step()
         num_rows = int(batch[LABELS].shape[0])
@@ -289,7 +270,8 @@ def _finish(
     schema: FeatureSchema,
     runtime: Runtime,
     state: _State,
-    s: LoopSettings,
+    t: TrainConfig,
+    eval_batch_size: int,
     hooks: LoopHooks,
 ) -> dict[str, float]:
     """Rank 0 after the last epoch: best weights back, the best epoch's validation metrics
@@ -299,11 +281,11 @@ def _finish(
     out: dict[str, float] = {"best_epoch": float(state.best_epoch + 1), **state.best_metrics}
     if eval_data.test is not None:
         out |= evaluate(
-            model, eval_data.test, schema, "test", runtime.device, s.eval_batch_size, s.use_bf16
+            model, eval_data.test, schema, "test", runtime.device, eval_batch_size, t.use_bf16
         )
         _warn_nan(_nan_metrics(out, "test", eval_data.test, schema.tasks), state)
     if hooks.on_final is not None and eval_data.val is not None:
-        example = next(iter_minibatches(eval_data.val, min(8, s.eval_batch_size)))
+        example = next(iter_minibatches(eval_data.val, min(8, eval_batch_size)))
         started = time.perf_counter()
         hooks.on_final(model, example)
         out["model_log_seconds"] = time.perf_counter() - started
@@ -316,10 +298,13 @@ def run_loop(
     schema: FeatureSchema,
     runtime: Runtime,
     eval_data: EvalData,
-    s: LoopSettings,
+    t: TrainConfig,
     hooks: LoopHooks | None = None,
+    *,
+    eval_batch_size: int,
+    steps_per_epoch: int,
 ) -> LoopOutcome:
-    """Train ``train_module`` (the loss wrapper around ``model``) for ``s.epochs`` epochs.
+    """Train ``train_module`` (the loss wrapper around ``model``) for ``t.epochs`` epochs.
 
     Args:
         model: the bare model (evaluated, checkpointed and logged; it shares its parameters
@@ -328,13 +313,16 @@ def run_loop(
         schema: task names and the user field (GAUC).
         runtime: standalone or Ray Train (see ``hmoe.platform.training.runtime``).
         eval_data: rank 0's validation and test splits (``None`` on other ranks).
-        s: epochs, optimiser, schedule, early stopping, precision.
+        t: the run's ``TrainConfig``: epochs, optimiser, schedule, early stopping, precision and
+            fault injection (``batch_size`` and the resources are the runtime's).
         hooks: metric logger, final-model hook, progress printer, epoch-end hook (rank 0
             only).
+        eval_batch_size: rows per forward when evaluating (``data.eval_batch_size``).
+        steps_per_epoch: optimizer steps in one epoch of this worker, for the schedule.
     """
     hooks = hooks or LoopHooks()
-    torch.manual_seed(s.seed)
-    np.random.seed(s.seed)
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
     # the torchrec backend's tables onto FBGEMM's kernels for the device (a no-op on CPU);
     # Module.to, in prepare or DMP, moves only the weights
     place_fused_tables(model, runtime.device)
@@ -346,19 +334,21 @@ def run_loop(
             model, train_module = sharded.local_model, sharded.local_wrapper  # rank 0's copy
             hooks.logger.log_text(sharded.plan_json(), PLAN_ARTIFACT)
         # the sharded module: rank 0's copy holds none of the parameters being trained
-        optimizer = _make_optimizer(sharded.dmp.module, s)
+        optimizer = _make_optimizer(sharded.dmp.module, t)
     else:
         module = runtime.prepare(train_module)
-        optimizer = _make_optimizer(train_module, s)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: _lr_factor(i, s))
+        optimizer = _make_optimizer(train_module, t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: _lr_factor(i, t, steps_per_epoch)
+    )
     state, resumed = _restore(runtime, model, optimizer, scheduler, sharded)
     write_shards = sharded.save if sharded is not None else None
     resumed_from = {"resumed_from_epoch": float(state.epoch)} if resumed else {}
-    mode = metric_mode(s.early_stopping_metric)
+    mode = metric_mode(t.early_stopping_metric)
     final: dict[str, float] = state.history[-1] if state.history else {}
-    while state.epoch < s.epochs:
+    while state.epoch < t.epochs:
         started = time.perf_counter()
-        train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, s, resumed)
+        train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, t, resumed)
         seconds = time.perf_counter() - started
         metrics: dict[str, float] = {
             "epoch": float(state.epoch + 1),
@@ -373,19 +363,25 @@ def run_loop(
             sharded.sync_local()  # every rank: the tables gathered into rank 0's copy
         if runtime.rank == 0:
             try:
-                stop = _after_epoch(model, schema, runtime, eval_data, state, s, metrics, mode)
+                stop = _after_epoch(
+                    model, schema, runtime, eval_data, state, t, eval_batch_size, metrics, mode
+                )
             except DegenerateRunError:
                 # the failed epoch's metrics stay visible in MLflow
                 hooks.logger.log_metrics(metrics, step=state.epoch + 1)
                 raise
-            metrics |= _diagnostics(train_module, eval_data, runtime, state, s, hooks)
-        stop = runtime.agree(stop) or state.epoch == s.epochs - 1
+            metrics |= _diagnostics(train_module, eval_data, runtime, state, eval_batch_size, hooks)
+        stop = runtime.agree(stop) or state.epoch == t.epochs - 1
         if runtime.rank == 0:
-            headline = _finish(model, eval_data, schema, runtime, state, s, hooks) if stop else {}
+            headline = (
+                _finish(model, eval_data, schema, runtime, state, t, eval_batch_size, hooks)
+                if stop
+                else {}
+            )
             weights = model if sharded is None else None
             checkpoint = _checkpoint(weights, optimizer, scheduler, state)
             final = _report_rank0(
-                metrics, headline, checkpoint, runtime, state, s, hooks, write_shards
+                metrics, headline, checkpoint, runtime, state, t, hooks, write_shards
             )
         else:
             runtime.report(metrics, None, write_shards)
@@ -402,7 +398,7 @@ def _report_rank0(
     checkpoint: dict[str, Any],
     runtime: Runtime,
     state: _State,
-    s: LoopSettings,
+    t: TrainConfig,
     hooks: LoopHooks,
     write_shards: Callable[[Path], None] | None,
 ) -> dict[str, float]:
@@ -416,11 +412,11 @@ def _report_rank0(
     state.history.append(metrics)
     checkpoint["state"]["history"] = state.history
     if hooks.progress is not None:
-        hooks.progress(_progress_line(metrics, s))
-    own = metrics.get(s.early_stopping_metric)
+        hooks.progress(_progress_line(metrics, t))
+    own = metrics.get(t.early_stopping_metric)
     reported = metrics | state.best_metrics | headline
     if own is not None:
-        reported[epoch_score(s.early_stopping_metric)] = own
+        reported[epoch_score(t.early_stopping_metric)] = own
     runtime.report(reported, checkpoint, write_shards)
     return reported
 
@@ -431,7 +427,8 @@ def _after_epoch(
     runtime: Runtime,
     eval_data: EvalData,
     state: _State,
-    s: LoopSettings,
+    t: TrainConfig,
+    eval_batch_size: int,
     metrics: dict[str, float],
     mode: str,
 ) -> bool:
@@ -439,18 +436,18 @@ def _after_epoch(
     if eval_data.val is None:
         return False
     metrics |= evaluate(
-        model, eval_data.val, schema, "val", runtime.device, s.eval_batch_size, s.use_bf16
+        model, eval_data.val, schema, "val", runtime.device, eval_batch_size, t.use_bf16
     )
-    value = metrics.get(s.early_stopping_metric, math.nan)
-    if s.early_stopping_metric not in metrics:
+    value = metrics.get(t.early_stopping_metric, math.nan)
+    if t.early_stopping_metric not in metrics:
         raise ValueError(
-            f"early-stopping metric {s.early_stopping_metric!r} is not computed; "
+            f"early-stopping metric {t.early_stopping_metric!r} is not computed; "
             f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
         )
     nan = _nan_metrics(metrics, "val", eval_data.val, schema.tasks)
     _warn_nan(nan, state)
     if math.isnan(value):
-        metric = s.early_stopping_metric
+        metric = t.early_stopping_metric
         why = [reason for key, reason in nan.items() if key.startswith(f"{metric}_")]
         raise DegenerateRunError(
             f"the early-stopping metric {metric} is NaN after epoch {state.epoch + 1} "
@@ -464,7 +461,7 @@ def _after_epoch(
         state.best_model = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
     else:
         state.bad_epochs += 1
-    patience = s.early_stopping_patience
+    patience = t.early_stopping_patience
     return patience > 0 and state.bad_epochs >= patience
 
 
@@ -504,7 +501,7 @@ def _diagnostics(
     eval_data: EvalData,
     runtime: Runtime,
     state: _State,
-    s: LoopSettings,
+    eval_batch_size: int,
     hooks: LoopHooks,
 ) -> dict[str, float]:
     """Rank 0: the epoch-end hook's metrics (e.g. information abundance per set and field, and
@@ -513,12 +510,12 @@ def _diagnostics(
         return {}
     batch = None
     if eval_data.val is not None:
-        batch = {k: v[: s.eval_batch_size].to(runtime.device) for k, v in eval_data.val.items()}
+        batch = {k: v[:eval_batch_size].to(runtime.device) for k, v in eval_data.val.items()}
     found = hooks.on_epoch_end(train_module, batch, state.epoch)
     return {f"{DIAGNOSTICS_PREFIX}{key}": value for key, value in found.items()}
 
 
-def _progress_line(metrics: Mapping[str, float], s: LoopSettings) -> str:
+def _progress_line(metrics: Mapping[str, float], t: TrainConfig) -> str:
     keys = ("train_loss", "val_auc", "val_logloss", "val_gauc", "train_samples_per_s")
     shown = "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
-    return f"epoch {int(metrics['epoch'])}/{s.epochs}  {shown}"
+    return f"epoch {int(metrics['epoch'])}/{t.epochs}  {shown}"

@@ -35,7 +35,6 @@ from hmoe.platform.training.train_loop import (
     EvalData,
     LoopHooks,
     LoopOutcome,
-    LoopSettings,
     epoch_score,
     run_loop,
 )
@@ -50,8 +49,8 @@ NODE_RESOURCE_PER_WORKER = 0.001
 
 __all__ = [
     "build_model",
-    "loop_settings",
     "make_trainer",
+    "steps_per_epoch",
     "train_loop_per_worker",
     "train_standalone",
 ]
@@ -73,24 +72,9 @@ def build_model(cfg: ExperimentConfig, schema: FeatureSchema) -> tuple[nn.Module
     return model, wrapper
 
 
-def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> LoopSettings:
-    t = cfg.train
-    return LoopSettings(
-        epochs=t.epochs,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        optimizer=t.optimizer,
-        lr_schedule=t.lr_schedule,
-        warmup_steps=t.warmup_steps,
-        grad_clip_norm=t.grad_clip_norm,
-        early_stopping_metric=t.early_stopping_metric,
-        early_stopping_patience=t.early_stopping_patience,
-        eval_batch_size=cfg.data.eval_batch_size,
-        use_bf16=t.use_bf16,
-        seed=t.seed,
-        steps_per_epoch=max(1, math.ceil(train_rows / world_size / t.batch_size)),
-        fail_at_step=t.fail_at_step,
-    )
+def steps_per_epoch(cfg: ExperimentConfig, train_rows: int, world_size: int) -> int:
+    """Optimizer steps in one epoch of each of ``world_size`` workers (the schedule's unit)."""
+    return max(1, math.ceil(train_rows / world_size / cfg.train.batch_size))
 
 
 def _model_hook(
@@ -142,8 +126,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         epoch_end = loop_config.get("epoch_end")
         hooks = _hooks(cfg, schema, loop_config.get("run_id"), _worker_progress(), epoch_end)
     model, wrapper = build_model(cfg, schema)
-    settings = loop_settings(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
-    run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
+    steps = steps_per_epoch(cfg, split_rows(cfg.data.path, "train"), runtime.world_size)
+    run_loop(
+        model, wrapper, schema, runtime, eval_data, cfg.train, hooks,
+        eval_batch_size=cfg.data.eval_batch_size, steps_per_epoch=steps,
+    )  # fmt: skip
 
 
 def _worker_progress() -> Callable[[str], None]:
@@ -187,9 +174,12 @@ def train_standalone(
         test=read_split(cfg.data.path, "test", schema),
     )
     model, wrapper = build_model(cfg, schema)
-    settings = loop_settings(cfg, int(train["labels"].shape[0]), 1)
+    steps = steps_per_epoch(cfg, int(train["labels"].shape[0]), 1)
     hooks = _hooks(cfg, schema, run_id, progress, epoch_end)
-    return run_loop(model, wrapper, schema, runtime, eval_data, settings, hooks)
+    return run_loop(
+        model, wrapper, schema, runtime, eval_data, cfg.train, hooks,
+        eval_batch_size=cfg.data.eval_batch_size, steps_per_epoch=steps,
+    )  # fmt: skip
 
 
 def make_trainer(

@@ -67,7 +67,8 @@ def _stub(calls: list) -> object:
     def train_on_platform(ctx, key, preset, data, changes, extra):
         calls.append(key["variant"])
         record = {"metrics": {"test_auc": TRAINED_AUC}, "ia": {}, "best_epoch": 1}
-        return None, record | {"epochs_run": 1, "params": 10, "wall_s": 0.1, "config_hash": "x"}
+        record |= {"epochs_run": 1, "params": 10, "wall_s": 0.1, "config_hash": "x"}
+        return None, record | {"model_hash": common.current_model_hash(preset, key["overrides"])}
 
     return train_on_platform
 

@@ -185,7 +185,6 @@ def train(
         key
         | outcome
         | {
-            "model_hash": current_model_hash(preset, key["overrides"]),
             "date": dt.date.today().isoformat(),
             "machine": machine(),
             "loop": "ray-train",  # hmoe.train; runs migrated from the former store: "standalone"
@@ -207,7 +206,7 @@ def train_on_platform(
     extra: Extra | None,
 ) -> tuple[str | None, dict[str, Any]]:
     """Train through ``hmoe.train`` into the report's MLflow store; (its run id, the record's
-    results: metrics, ia, best_epoch, epochs_run, params, wall_s, config_hash).
+    results: metrics, ia, best_epoch, epochs_run, params, wall_s, config_hash, model_hash).
 
     The best epoch's weights and per-epoch history come from the run's last Ray Train
     checkpoint (which holds both), for ``extra`` and the information abundance of that epoch.
@@ -261,6 +260,9 @@ def train_on_platform(
         "params": sum(p.numel() for p in model.parameters()),
         "wall_s": round(wall, 1),
         "config_hash": cfg.config_hash(),
+        # of the config hmoe.train resolved and ran; a run whose hash is not the one its
+        # preset gives at load time is never reused (``trusted``)
+        "model_hash": model_hash(cfg),
     }
 
 
@@ -281,8 +283,9 @@ def _last_checkpoint(folder: Path) -> dict[str, Any]:
     from hmoe.platform.runtime import CHECKPOINT_FILE
 
     # Ray Train V2 names checkpoint folders by their time, so the last name is the latest
-    latest = sorted(folder.glob("checkpoint_*"))[-1]
-    return torch.load(latest / CHECKPOINT_FILE, weights_only=False)
+    # (beside them it keeps its own checkpoint_manager_snapshot.json)
+    saved = sorted(p.parent for p in folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+    return torch.load(saved[-1] / CHECKPOINT_FILE, weights_only=False)
 
 
 def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:

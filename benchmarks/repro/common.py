@@ -191,6 +191,7 @@ def train(
         }
     )
     ctx.add(record, run_id)
+    ctx.save()  # the export follows each run, so an interrupted report loses none
     shown = record["metrics"].get("test_auc", float("nan"))
     ctx.log(f"  {dataset:>8} {variant:<28} seed {seed}  test_auc {shown:.4f}  "
             f"{record['wall_s']:5.0f} s")  # fmt: skip

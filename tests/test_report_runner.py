@@ -150,3 +150,18 @@ def test_the_migration_keeps_only_records_of_the_current_hash(tmp_path, monkeypa
     assert [r["variant"] for r in RunStore(uri).records()] == ["a"]
     exported = json.loads((tmp_path / "runs" / f"{SECTION}.json").read_text())
     assert [e["tags"]["report.variant"] for e in exported] == ["a"]
+
+
+def test_the_last_checkpoint_is_the_latest_folder_not_trains_snapshot(tmp_path):
+    import torch
+
+    from hmoe.platform.runtime import CHECKPOINT_FILE
+
+    for name, epoch in (
+        ("checkpoint_2026-01-01_10-00-00.1", 0),
+        ("checkpoint_2026-01-01_10-00-09.2", 1),
+    ):
+        (tmp_path / name).mkdir()
+        torch.save({"state": {"epoch": epoch}}, tmp_path / name / CHECKPOINT_FILE)
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # sorts after them
+    assert common._last_checkpoint(tmp_path)["state"]["epoch"] == 1

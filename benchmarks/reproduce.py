@@ -137,7 +137,8 @@ def render(ctx: Context, wanted: set[str]) -> str:
             section: Section = module.run(view)
             ctx.save()
         else:  # rendered from whatever is stored, training nothing
-            section = module.run(view.cached())
+            view = dataclasses.replace(view, cached_only=True, force=False, retrain=())
+            section = module.run(view)
         parts.append(section.render() + _not_run(name, view.missing))
     # the header counts the machines of every run, those trained just now included
     parts[0] = _header(ctx)
@@ -145,14 +146,16 @@ def render(ctx: Context, wanted: set[str]) -> str:
 
 
 def _not_run(name: str, missing: list[dict]) -> str:
-    if not missing:
-        return ""
-    # a section may read another's runs too (coldstart reads ctr's): count each run once
-    count = len({json.dumps(key, sort_keys=True) for key in missing})
-    return (
-        f"\n**Not run yet:** {count} run(s) of this section are missing from the store "
-        f"(or were trained with another config): `python benchmarks/reproduce.py --sections "
-        f"{name}`.\n"
+    """The missing runs a section read, by the section that trains them (coldstart also
+    reads ctr's runs through ``ctx.cached()``): each with the command that runs it."""
+    by_section: dict[str, set[str]] = {}
+    for key in missing:
+        owner = key["trained_by"] or name
+        by_section.setdefault(owner, set()).add(json.dumps(key, sort_keys=True))
+    return "".join(
+        f"\n**Not run yet:** {len(keys)} run(s) missing from the store (or trained with "
+        f"another config): `python benchmarks/reproduce.py --sections {owner}`.\n"
+        for owner, keys in sorted(by_section.items())
     )
 
 

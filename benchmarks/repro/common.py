@@ -56,6 +56,9 @@ class Context:
     tracking_uri: str | None = None  # the MLflow store (None: ``out/mlflow.db``)
     # keys of the runs a render wanted but the store lacks (shared by every view of a context)
     missing: list[dict[str, Any]] = field(default_factory=list)
+    # a view a section made to read another section's runs (``cached()``): its misses are
+    # that section's to train, not the reader's
+    borrowed: bool = False
     _records: list[dict[str, Any]] = field(default_factory=list)
     _loaded: int = 0  # records read from the store; ``retrain`` skips these, not new ones
     _store: RunStore | None = None
@@ -113,7 +116,7 @@ class Context:
 
     def cached(self) -> Context:
         """A view of this context that trains nothing (same store, same records)."""
-        return dataclasses.replace(self, cached_only=True, force=False, retrain=())
+        return dataclasses.replace(self, cached_only=True, force=False, retrain=(), borrowed=True)
 
     def machines(self) -> dict[str, int]:
         """Stored runs per machine they were trained on."""
@@ -178,7 +181,7 @@ def train(
     if cached is not None:
         return cached
     if ctx.cached_only:
-        ctx.missing.append(key)
+        ctx.missing.append(key | {"trained_by": key["section"] if ctx.borrowed else None})
         return None
     run_id, outcome = train_on_platform(ctx, key, preset, data, changes, extra)
     record = (

@@ -1,15 +1,15 @@
-"""The reproduction report's runner: cached training runs, seed statistics, markdown tables.
+"""The reproduction report's runner: training runs on the platform, seed statistics, tables.
 
-Every training run of the report is one *record* (section, dataset, variant, seed, the resolved
+Every run of the report is one *record* (section, dataset, variant, seed, the resolved
 overrides, the final validation/test metrics of the best-validation epoch, information abundance
-at that epoch, parameter count, wall time) appended to a JSON-lines store that is committed
-beside the report (``docs/results/runs.jsonl``). A record is reused while its overrides are
-unchanged, so an interrupted report resumes and the markdown can be re-rendered without
-re-training; ``--force`` retrains (``--retrain DATASET``: only that dataset's runs, e.g. after
-a metric changed). Records stored since 2026-11-29 also carry ``model_hash`` (the resolved
-model, loss and training config): when a preset's contents change, such a record is retrained,
-or flagged in the log when only rendering. Runs use the standalone loop (``train_standalone``):
-the same loop as ``hmoe train``, without Ray workers or MLflow, which measure nothing here.
+at that epoch, parameter count, wall time, ``model_hash``), held as an MLflow run of the
+experiment ``hmoe-report`` (``repro.store``: its tags and metrics; the store's committed export
+lets a fresh checkout re-render without training). Runs train through ``hmoe.train`` (Ray Train,
+tracked in MLflow) in one Ray session for the whole report. A record is reused while its key
+(section, dataset, variant, seed, preset, overrides) matches and its ``model_hash`` is that of
+the preset as it is now; any other record of a preset is stale: it is retrained, and a render
+shows it as not run. ``--force`` retrains all (``--retrain DATASET``: only that dataset's runs,
+e.g. after a metric changed).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from collections import Counter
@@ -27,9 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repro.store import EXPERIMENT, JSON_KEYS_TAG, RunStore, record_tags
+
 Extra = Callable[[Any, Any], Mapping[str, float]]  # (trained model, ExperimentConfig) -> metrics
 
 SEEDS = (1, 2, 3)  # the peers' seeds (../shared/docs/benchmarks.md)
+STORE_FILE = "mlflow.db"  # the working MLflow store, beside the committed export
+EXPORT_DIR = "runs"  # the committed export of the store (``repro.store``)
+RAY_RUNS_DIR = "ray_runs"  # Ray Train run folders under ``work``, removed once a run is read
+CPUS_PER_RUN = 1.0  # one Ray Train worker per run, like the standalone loop's one process
 
 
 @dataclass(kw_only=True)
@@ -37,7 +44,7 @@ class Context:
     """Where the report reads and writes, and how hard it trains."""
 
     work: Path  # prepared datasets and scratch (not committed)
-    out: Path  # docs/results: runs.jsonl and figures/ (committed)
+    out: Path  # docs/results: the store's export runs/ and figures/ (committed)
     data_root: Path
     seeds: tuple[int, ...] = SEEDS
     threads: int = 2
@@ -46,22 +53,53 @@ class Context:
     cached_only: bool = False  # render from the store; a missing run is left out, not trained
     quick: bool = False  # 1 epoch, for a smoke run of the script itself
     log: Callable[[str], None] = print
+    tracking_uri: str | None = None  # the MLflow store (None: ``out/mlflow.db``)
+    # keys of the runs a render wanted but the store lacks (shared by every view of a context)
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    # a view a section made to read another section's runs (``cached()``): its misses are
+    # that section's to train, not the reader's
+    borrowed: bool = False
     _records: list[dict[str, Any]] = field(default_factory=list)
     _loaded: int = 0  # records read from the store; ``retrain`` skips these, not new ones
-
-    @property
-    def store(self) -> Path:
-        return self.out / "runs.jsonl"
+    _store: RunStore | None = None
 
     @property
     def figures(self) -> Path:
         return self.out / "figures"
 
+    @property
+    def export(self) -> Path:
+        return self.out / EXPORT_DIR
+
+    @property
+    def runs(self) -> RunStore:
+        if self._store is None:
+            uri = self.tracking_uri or f"sqlite:///{(self.out / STORE_FILE).resolve()}"
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._store = RunStore(uri)
+        return self._store
+
     def load(self) -> None:
-        if self.store.exists():
-            lines = self.store.read_text().splitlines()
-            self._records = [json.loads(line) for line in lines if line.strip()]
+        """Import the committed export into the store, then read its trusted records (a stale
+        one is logged and left out: it is retrained, or shown as not run)."""
+        copied = self.runs.import_folder(self.export)
+        if copied:
+            self.log(f"imported {copied} runs from {self.export} into {self.runs.uri}")
+        self._records.clear()
+        for record in self.runs.records():
+            if trusted(record):
+                self._records.append(record)
+            else:
+                self.log(
+                    f"  stale: {record.get('section')} {record.get('dataset')} "
+                    f"{record.get('variant')} seed {record.get('seed')} was trained with "
+                    "another config than its preset's now: not used"
+                )
         self._loaded = len(self._records)
+
+    def save(self) -> None:
+        """Write the store's export (``runs/<section>.json``)."""
+        self.runs.export_folder(self.export)
 
     def find(self, key: Mapping[str, Any], *, since: int = 0) -> dict[str, Any] | None:
         """The latest record matching ``key`` among those from index ``since`` on."""
@@ -70,19 +108,23 @@ class Context:
                 return record
         return None
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: dict[str, Any], run_id: str | None = None) -> None:
+        """Keep ``record``: in the MLflow run ``run_id`` (one ``hmoe.train`` made), or in a new
+        run (a record computed without training)."""
+        self.runs.add(record, run_id)
         self._records.append(record)
-        self.out.mkdir(parents=True, exist_ok=True)
-        with self.store.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
 
     def cached(self) -> Context:
         """A view of this context that trains nothing (same store, same records)."""
-        return dataclasses.replace(self, cached_only=True, force=False, retrain=())
+        return dataclasses.replace(self, cached_only=True, force=False, retrain=(), borrowed=True)
 
     def machines(self) -> dict[str, int]:
-        """Stored runs per machine they were trained on (``"not recorded"``: older runs)."""
+        """Stored runs per machine they were trained on."""
         return dict(Counter(record.get("machine", "not recorded") for record in self._records))
+
+    def loops(self) -> dict[str, int]:
+        """Stored runs per training loop (``ray-train``: ``hmoe.train``)."""
+        return dict(Counter(record.get("loop", "not recorded") for record in self._records))
 
     def records(self, **key: Any) -> list[dict[str, Any]]:
         """Latest record per (dataset, variant, seed) matching ``key``."""
@@ -120,13 +162,6 @@ def train(
 ) -> dict[str, Any] | None:
     """One seeded training run (cached in the store); its record, or None if ``cached_only``
     and it was never run."""
-    import torch
-
-    from hmoe.platform.analysis.monitor import epoch_end_hook
-    from hmoe.platform.experiment import build_experiment
-    from hmoe.platform.training.train_loop import DIAGNOSTICS_PREFIX
-    from hmoe.platform.training.trainer import train_standalone
-
     changes = dict(overrides) | {"train.seed": seed, "tracking.log_model": False}
     if ctx.quick:
         changes["train.epochs"] = 1
@@ -139,66 +174,159 @@ def train(
         "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
         "quick": ctx.quick,
     }
-    # a render (cached_only) may lack the prepared data: then there is nothing to check against
-    prepared = (data / "manifest.json").exists()
-    cfg = build_experiment(preset, data, changes) if prepared or not ctx.cached_only else None
     # a retrained dataset reuses only runs of this process (a resumed retrain, or a run that
     # two sections share), never the stored ones
     since = ctx._loaded if dataset in ctx.retrain else 0
     cached = None if ctx.force else ctx.find(key, since=since)
-    if cached is not None and cfg is not None and _stale(cached, cfg):
-        if ctx.cached_only:
-            ctx.log(f"  stale: {dataset} {variant} seed {seed} was trained with another preset")
-            return cached
-        ctx.log(f"  {dataset} {variant} seed {seed}: the preset changed since, retraining")
-        cached = None
-    if cached is not None or ctx.cached_only:
+    if cached is not None:
         return cached
+    if ctx.cached_only:
+        ctx.missing.append(key | {"trained_by": key["section"] if ctx.borrowed else None})
+        return None
+    run_id, outcome = train_on_platform(ctx, key, preset, data, changes, extra)
+    record = (
+        key
+        | outcome
+        | {
+            "date": dt.date.today().isoformat(),
+            "machine": machine(),
+            "loop": "ray-train",  # hmoe.train; runs migrated from the former store: "standalone"
+        }
+    )
+    ctx.add(record, run_id)
+    ctx.save()  # the export follows each run, so an interrupted report loses none
+    shown = record["metrics"].get("test_auc", float("nan"))
+    ctx.log(f"  {dataset:>8} {variant:<28} seed {seed}  test_auc {shown:.4f}  "
+            f"{record['wall_s']:5.0f} s")  # fmt: skip
+    return record
+
+
+def train_on_platform(
+    ctx: Context,
+    key: Mapping[str, Any],
+    preset: str,
+    data: Path,
+    changes: Mapping[str, Any],
+    extra: Extra | None,
+) -> tuple[str | None, dict[str, Any]]:
+    """Train through ``hmoe.train`` into the report's MLflow store; (its run id, the record's
+    results: metrics, ia, best_epoch, epochs_run, params, wall_s, config_hash, model_hash).
+
+    The best epoch's weights and per-epoch history come from the run's last Ray Train
+    checkpoint (which holds both), for ``extra`` and the information abundance of that epoch.
+    """
+    import torch
+
+    import hmoe
+    from hmoe.platform.data.batches import load_schema
+    from hmoe.platform.training.train_loop import DIAGNOSTICS_PREFIX
+    from hmoe.platform.training.trainer import build_model
+
     torch.set_num_threads(ctx.threads)
+    _ray_once()
+    storage = ctx.work / RAY_RUNS_DIR
+    identity = {k: v for k, v in record_tags(key).items() if k != JSON_KEYS_TAG}
     started = time.perf_counter()
-    outcome = train_standalone(cfg, epoch_end=epoch_end_hook(cfg.train.monitor))
+    result = hmoe.train(
+        preset,
+        data,
+        dict(changes) | {"train.storage_path": str(storage.resolve())},
+        tracking_uri=ctx.runs.uri,
+        experiment=EXPERIMENT,
+        register=False,
+        tags=identity,
+    )
     wall = time.perf_counter() - started
-    best = _best_epoch(outcome.history, cfg.train.early_stopping_metric)
+    cfg = result.config
+    folder = storage.resolve() / f"train-{result.run_id}"
+    state = _last_checkpoint(folder)
+    model, _ = build_model(cfg, load_schema(cfg.data.path))
+    model.load_state_dict(state["state"]["best_model"])
+    model.eval()
+    history = state["state"]["history"]
+    best = _best_epoch(history, cfg.train.early_stopping_metric)
     # the final report's test_* and val_* both belong to the best epoch (whose weights are
     # restored); its diagnostics come from that epoch's history entry
-    metrics = {k: v for k, v in outcome.final.items() if k.startswith(("test_", "val_"))}
+    metrics = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "val_"))}
     ia = {
         k.removeprefix(DIAGNOSTICS_PREFIX): v
         for k, v in best.items()
         if k.startswith(f"{DIAGNOSTICS_PREFIX}ia_")
     }
     if extra is not None:
-        metrics |= dict(extra(outcome.model, cfg))
-    record = key | {
+        metrics |= dict(extra(model, cfg))
+    shutil.rmtree(folder, ignore_errors=True)
+    return result.run_id, {
         "metrics": metrics,
         "ia": ia,
-        "best_epoch": int(best.get("epoch", 1)),  # 1-based
-        "epochs_run": len(outcome.history),
-        "params": sum(p.numel() for p in outcome.model.parameters()),
+        "best_epoch": int(result.metrics.get("best_epoch", best.get("epoch", 1))),  # 1-based
+        "epochs_run": len(history),
+        "params": sum(p.numel() for p in model.parameters()),
         "wall_s": round(wall, 1),
         "config_hash": cfg.config_hash(),
+        # of the config hmoe.train resolved and ran; a run whose hash is not the one its
+        # preset gives at load time is never reused (``trusted``)
         "model_hash": model_hash(cfg),
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
     }
-    ctx.add(record)
-    shown = metrics.get("test_auc", float("nan"))
-    ctx.log(f"  {dataset:>8} {variant:<28} seed {seed}  test_auc {shown:.4f}  {wall:5.0f} s")
-    return record
+
+
+def _ray_once() -> None:
+    """One Ray session for the whole report: ``hmoe.train`` uses a Ray it finds running and
+    leaves it up, instead of starting and stopping one per run (seconds each)."""
+    import ray
+
+    from hmoe.platform.api import ensure_ray
+
+    if not ray.is_initialized():
+        ensure_ray(CPUS_PER_RUN)
+
+
+def _last_checkpoint(folder: Path) -> dict[str, Any]:
+    import torch
+
+    from hmoe.platform.training.runtime import CHECKPOINT_FILE
+
+    # Ray Train V2 names checkpoint folders by their time, so the last name is the latest
+    # (beside them it keeps its own checkpoint_manager_snapshot.json)
+    saved = sorted(p.parent for p in folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+    return torch.load(saved[-1] / CHECKPOINT_FILE, weights_only=False)
+
+
+def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:
+    """``model_hash`` of ``preset`` with ``overrides`` as the code builds it now (no data is
+    read: the hashed parts do not depend on it)."""
+    from hmoe.config import apply_overrides
+    from hmoe.models.zoo import PRESETS
+    from hmoe.platform.experiment import DataConfig, ExperimentConfig
+
+    made = PRESETS[preset]()
+    base = ExperimentConfig(
+        preset=preset, data=DataConfig(path="."), model=made.model, loss=made.loss
+    )
+    return model_hash(apply_overrides(base, overrides))
+
+
+def trusted(record: Mapping[str, Any]) -> bool:
+    """A record of a preset is trusted only with the ``model_hash`` its preset and overrides
+    give now; a record without a preset (an estimate, no model) is identified by its key."""
+    if record.get("preset") is None:
+        return True
+    try:
+        now = current_model_hash(record["preset"], record["overrides"])
+    except Exception:  # a preset or an override path that no longer exists
+        return False
+    return record.get("model_hash") == now
 
 
 def model_hash(cfg: Any) -> str:
-    """Hash of what decides a run's numbers (model, loss, training), not of where its data or
-    tracking live: the cache key holds the preset's name only, so this catches a preset whose
-    contents changed since a run was stored."""
+    """Hash of what decides a run's numbers (model, loss, training), not of where its data,
+    tracking or Ray Train run folders live: the cache key holds the preset's name only, so
+    this catches a preset whose contents changed since a run was stored."""
     from hmoe.config import config_hash
+    from hmoe.platform.experiment import DEFAULT_STORAGE
 
-    return "".join(config_hash(part) for part in (cfg.model, cfg.loss, cfg.train))
-
-
-def _stale(record: Mapping[str, Any], cfg: Any) -> bool:
-    stored = record.get("model_hash")  # runs stored before 2026-11-29 have none: trusted
-    return stored is not None and stored != model_hash(cfg)
+    train = dataclasses.replace(cfg.train, storage_path=DEFAULT_STORAGE)
+    return "".join(config_hash(part) for part in (cfg.model, cfg.loss, train))
 
 
 def _best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> Mapping[str, float]:

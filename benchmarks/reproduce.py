@@ -37,6 +37,7 @@ SECTIONS = (
     "exposure",
     "figures",
     "correlation",
+    "entanglement",
 )
 
 

@@ -38,6 +38,7 @@ SECTIONS = (
     "figures",
     "correlation",
     "entanglement",
+    "stem_al",
 )
 
 

@@ -39,6 +39,7 @@ SECTIONS = (
     "correlation",
     "entanglement",
     "stem_al",
+    "negatives",
 )
 
 

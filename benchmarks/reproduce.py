@@ -40,6 +40,7 @@ SECTIONS = (
     "entanglement",
     "stem_al",
     "negatives",
+    "ame",
 )
 
 

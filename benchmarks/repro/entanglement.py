@@ -2,7 +2,7 @@
 
 The multi-task section's synthetic two-task log (click and like with uncorrelated, planted
 conflicting interests) and its MMoE and STEM settings. After training, on the restored
-best-epoch model: the two tasks' BCE gradients on ``BATCHES`` validation batches, per parameter
+best-epoch model: the two tasks' BCE gradients on 8 validation batches (``BATCHES``), per parameter
 group (``hmoe.platform.analysis.access.parameter_groups``: every embedding table of every set,
 every expert), and their cosine (``entanglement.gradient_conflict_by_group``; negative = the
 tasks pull that part apart), averaged over the batches. A group only one task's loss reaches

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
 SECTIONS = (
     "ctr", "coldstart", "ablations", "sparse", "backends", "multitask", "ipw", "exposure",
-    "figures",
+    "figures", "correlation", "entanglement", "stem_al", "negatives", "ame",
 )  # fmt: skip
 
 

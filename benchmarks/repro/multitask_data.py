@@ -108,4 +108,19 @@ def synth(ctx: Context, task: str | None = None) -> Path:
         full = yaml.safe_load((_make_synth_raw(ctx) / SPEC_FILE).read_text())
         return full | {"name": name} if task is None else _one_task(full, task, name)
 
-    return _prepare(ctx, name, spec, raw)
+    out = _prepare(ctx, name, spec, raw)
+    if not ctx.cached_only:
+        _copy_planted(raw, ctx.work / "specs")
+    return out
+
+
+def _copy_planted(raw: Path, spec_dir: Path) -> None:
+    """The analyses find a synth dataset's planted correlation beside the spec it was prepared
+    from; a derived spec lives in ``spec_dir``, so the raw output's files go there too."""
+    import shutil
+
+    from hmoe.platform.analysis.inputs import PLANTED_MATRIX, PLANTED_META
+
+    for name in (PLANTED_MATRIX, PLANTED_META):
+        if (raw / name).exists() and not (spec_dir / name).exists():
+            shutil.copy2(raw / name, spec_dir / name)

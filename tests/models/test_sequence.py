@@ -310,3 +310,74 @@ def test_a_training_batch_of_one_sample(name: str) -> None:
     if name == "tim_code":
         encoder.eval()
         torch.testing.assert_close(encoder(behaviours, target, lengths, delta), tokens)
+
+
+def _slow_rollout(encoder: SequenceEncoder, behaviours, target, lengths) -> torch.Tensor:
+    """SASRec's attention rollout, one sample and one query at a time, from the blocks'
+    parameters: per block the head-mean softmax over the allowed keys (causal, real), then
+    the pooling weights carried back through ``(A + I) / 2`` block by block."""
+    pool = encoder.pool
+    out = torch.zeros(len(lengths), L)
+    for b, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        x = behaviours[b, :n] + torch.stack([pool.position.weight[n - i] for i in range(n)])
+        maps = []
+        for block in pool.blocks:
+            h = block.norm_attention(x)
+            q, k, v = block.qkv(h).chunk(3, dim=-1)
+            heads, width = block.heads, D // block.heads
+            a = torch.zeros(n, n)
+            for head in range(heads):
+                cols = slice(head * width, (head + 1) * width)
+                for i in range(n):
+                    scores = torch.tensor(
+                        [float(q[i, cols] @ k[j, cols]) / math.sqrt(width) for j in range(i + 1)]
+                    )
+                    a[i, : i + 1] += torch.softmax(scores, dim=0) / heads
+            maps.append(a)
+            y = torch.zeros(n, D)
+            for head in range(heads):
+                cols = slice(head * width, (head + 1) * width)
+                weights = torch.zeros(n, n)
+                for i in range(n):
+                    scores = torch.tensor(
+                        [float(q[i, cols] @ k[j, cols]) / math.sqrt(width) for j in range(i + 1)]
+                    )
+                    weights[i, : i + 1] = torch.softmax(scores, dim=0)
+                y[:, cols] = weights @ v[:, cols]
+            x = x + block.out(y)
+            x = x + block.ffn(block.norm_ffn(x))
+        x = pool.norm(x)
+        if pool.pooling == "target":
+            w = torch.softmax(torch.stack([x[i] @ target[b] for i in range(n)]) / math.sqrt(D), 0)
+        else:
+            w = torch.zeros(n)
+            w[n - 1] = 1.0
+        for a in reversed(maps):
+            w = w @ (0.5 * (a + torch.eye(n)))
+        out[b, :n] = w
+    return out
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrec_target"])
+def test_sasrec_behaviour_weights_equal_a_slow_rollout(name: str) -> None:
+    encoder = _encoder(name).eval()
+    behaviours, target, lengths, delta = _inputs(seed=3)
+    with torch.no_grad():
+        fast = encoder.behaviour_weights(behaviours, target, lengths, delta)
+        slow = _slow_rollout(encoder, behaviours, target, lengths)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    real = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)
+    assert torch.all(fast[~real] == 0.0)  # padding and the empty history get nothing
+    torch.testing.assert_close(fast.sum(dim=1), (lengths > 0).float())
+    # the newest behaviour keeps at least the residual's half per block under last pooling
+    if name == "sasrec":
+        newest = fast[torch.arange(B), (lengths - 1).clamp(min=0)]
+        assert torch.all(newest[lengths > 0] >= 0.5 ** len(encoder.pool.blocks) - 1e-6)
+
+
+def test_behaviour_weights_of_target_attention_encoders_are_their_pooling_weights() -> None:
+    encoder = _encoder("din")
+    inputs = _inputs(seed=5)
+    assert torch.equal(encoder.behaviour_weights(*inputs), encoder.attention_weights(*inputs))

@@ -186,7 +186,10 @@ def write_prepared(root: Path, rows: dict[str, int], seed: int, synth: bool) -> 
         folder = data / name
         folder.mkdir(parents=True)
         path = folder / "part-00000.parquet"
-        pq.write_table(_table(generate(count, seed + index)), path)
+        columns = generate(count, seed + index)
+        # the per-row columns ``prepare`` always writes, so that ``read_split`` reads the shards
+        columns |= {"weight": np.ones(count, np.float32), "exposure": np.zeros(count, np.float32)}
+        pq.write_table(_table(columns), path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         shards[name] = [{"path": str(path.relative_to(data)), "rows": count, "sha256": digest}]
     manifest = {"name": "planted", "feature_schema": schema().to_dict(), "shards": shards}

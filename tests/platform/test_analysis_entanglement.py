@@ -13,6 +13,7 @@ from hmoe.platform.analysis.entanglement import (
     distance_bands,
     frequent_pair_mask,
     gradient_conflict,
+    gradient_conflict_by_group,
     user_item_distances,
 )
 
@@ -117,3 +118,61 @@ def test_gradient_conflict_handles_sparse_embedding_gradients() -> None:
     out = table(ids)
     losses = {"a": out[:, 0].sum(), "b": -out[:, 0].sum()}
     assert gradient_conflict(losses, [table.weight])["grad_cos_a_b"] == pytest.approx(-1.0)
+
+
+def test_gradient_conflict_by_group_equals_per_group_manual_gradients() -> None:
+    """Each group's cosine and norms from two separate backward passes (the slow reference);
+    a group only one task reaches has cosine 0; a frozen group is left out."""
+    torch.manual_seed(1)
+    trunk, own_a, heads = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    x, y = torch.randn(32, 4), torch.rand(32, 2)
+    hidden = torch.relu(trunk(x))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    loss_a = bce(own_a(hidden)[:, 0], y[:, 0])
+    loss_b = bce(heads(hidden)[:, 0], y[:, 1])
+    groups = {
+        "trunk weight": [trunk.weight],
+        "trunk": list(trunk.parameters()),  # overlaps the first group
+        "own a": list(own_a.parameters()),
+        "frozen": [frozen],
+    }
+    got = gradient_conflict_by_group(loss_a, loss_b, groups)
+    assert set(got) == {"trunk weight", "trunk", "own a"}
+    manual = {}
+    for name, loss in (("a", loss_a), ("b", loss_b)):
+        for module in (trunk, own_a, heads):
+            module.zero_grad()
+        loss.backward(retain_graph=True)
+        manual[name] = {
+            "trunk weight": trunk.weight.grad.reshape(-1).clone(),
+            "trunk": torch.cat([p.grad.reshape(-1) for p in trunk.parameters()]).clone(),
+        }
+    for group in ("trunk weight", "trunk"):
+        a, b = manual["a"][group], manual["b"][group]
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=0)
+        assert got[group].cosine == pytest.approx(float(cos), rel=1e-5)
+        assert got[group].norm_a == pytest.approx(float(a.norm()), rel=1e-5)
+        assert got[group].norm_b == pytest.approx(float(b.norm()), rel=1e-5)
+    assert got["own a"].cosine == 0.0 and got["own a"].norm_b == 0.0 < got["own a"].norm_a
+    with pytest.raises(ValueError, match="trainable"):
+        gradient_conflict_by_group(loss_a, loss_b, {"frozen": [frozen]})
+
+
+def test_parameter_groups_name_every_table_and_expert_with_its_owner() -> None:
+    from hmoe.models.zoo import build
+    from hmoe.platform.analysis.access import parameter_groups
+    from tests.platform import analysis_helpers as h
+
+    model = build(h.model_config("stem"), h.schema())
+    groups = parameter_groups(model)
+    fields = [c.name for c in h.schema().categorical]
+    for set_name in model.set_names:
+        for field in fields:
+            assert f"table {set_name}/{field}" in groups
+    experts = [g for g in groups if g.startswith("expert ")]
+    assert len(experts) == len(model.experts)
+    owners = {g.rsplit(" ", 1)[1] for g in experts}
+    assert owners == {"shared", *h.TASKS}
+    expert_params = sum(len(groups[g]) for g in experts)
+    assert expert_params == sum(1 for _ in model.experts.parameters())

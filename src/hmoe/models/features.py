@@ -161,6 +161,19 @@ class FeatureEncoder(nn.Module):
             )
         }
 
+    def behaviour_weights(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per sequence name, each input behaviour's share of its interest token ``[B, L]``
+        (``SequenceEncoder.behaviour_weights``)."""
+        id_tokens, behaviours = self._id_lookups(batch)
+        return {
+            q.name: encoder.behaviour_weights(
+                *self._sequence_inputs(batch, i, id_tokens, behaviours[i])
+            )
+            for i, (q, encoder) in enumerate(
+                zip(self.schema.sequences, self.sequences, strict=True)
+            )
+        }
+
     def embedding_tables(self) -> dict[str, torch.Tensor]:
         """Per categorical / numeric / similarity field, the (detached) matrix of the token of
         every value: the id table ``[V, D]`` (row 0 = padding, always zero), the numeric

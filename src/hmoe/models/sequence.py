@@ -253,6 +253,13 @@ class _SelfAttentionBlock(nn.Module):
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x_BLD: torch.Tensor, allowed_BLL: torch.Tensor) -> torch.Tensor:
+        return self.attend(x_BLD, allowed_BLL)[0]
+
+    def attend(
+        self, x_BLD: torch.Tensor, allowed_BLL: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output ``[B, L, D]`` and its attention weights averaged over the heads
+        ``[B, L, L]`` (row = query position; an all-masked row is zero)."""
         b, seq_len, dim = x_BLD.shape
         q, k, v = self.qkv(self.norm_attention(x_BLD)).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, seq_len, self.heads, -1).transpose(1, 2) for t in (q, k, v))
@@ -260,7 +267,7 @@ class _SelfAttentionBlock(nn.Module):
         weights_BHLL = masked_softmax(logits_BHLL, allowed_BLL.unsqueeze(1))
         attended_BLD = (weights_BHLL @ v).transpose(1, 2).reshape(b, seq_len, dim)
         x_BLD = x_BLD + self.dropout(self.out(attended_BLD))
-        return x_BLD + self.dropout(self.ffn(self.norm_ffn(x_BLD)))
+        return x_BLD + self.dropout(self.ffn(self.norm_ffn(x_BLD))), weights_BHLL.mean(dim=1)
 
 
 class _SASRec(nn.Module):
@@ -283,6 +290,27 @@ class _SASRec(nn.Module):
     def forward(
         self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor, time_delta_BL: Tensor
     ) -> tuple[Tensor, Tensor]:
+        pooled_B1D, alpha_BL, _ = self._encode(behaviours_BLD, target_BD, lengths_B)
+        return pooled_B1D, alpha_BL
+
+    def behaviour_weights(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor
+    ) -> Tensor:
+        """Each input behaviour's share of the pooled interest ``[B, L]`` by attention rollout
+        (Abnar & Zuidema 2020): the pooling weights over the last block's outputs, carried back
+        through every block's ``(A + I) / 2`` (the residual keeps half of a position's own
+        input), so each row sums to 1 over the real behaviours."""
+        _, weights_BL, maps = self._encode(behaviours_BLD, target_BD, lengths_B)
+        eye_LL = torch.eye(weights_BL.shape[1], dtype=weights_BL.dtype, device=weights_BL.device)
+        for attention_BLL in reversed(maps):
+            weights_BL = torch.einsum("bq,bqk->bk", weights_BL, 0.5 * (attention_BLL + eye_LL))
+        return weights_BL * valid_mask(lengths_B, weights_BL.shape[1]).to(weights_BL.dtype)
+
+    def _encode(
+        self, behaviours_BLD: Tensor, target_BD: Tensor, lengths_B: Tensor
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Pooled interest ``[B, 1, D]``, pooling weights ``[B, L]`` and every block's
+        head-averaged attention ``[B, L, L]``."""
         seq_len = behaviours_BLD.shape[1]
         mask_BL = valid_mask(lengths_B, seq_len)
         positions_L = torch.arange(seq_len, device=lengths_B.device)
@@ -291,8 +319,11 @@ class _SASRec(nn.Module):
         x_BLD = self.dropout(behaviours_BLD + self.position(index_BL)) * keep_BL1
         causal_LL = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x_BLD.device).tril()
         allowed_BLL = causal_LL.unsqueeze(0) & mask_BL.unsqueeze(1)
+        maps = []
         for block in self.blocks:
-            x_BLD = block(x_BLD, allowed_BLL) * keep_BL1
+            x_BLD, attention_BLL = block.attend(x_BLD, allowed_BLL)
+            x_BLD = x_BLD * keep_BL1
+            maps.append(attention_BLL)
         x_BLD = self.norm(x_BLD) * keep_BL1
         if self.pooling == "target":
             logits_BL = torch.einsum("bld,bd->bl", x_BLD, target_BD) * self.scale
@@ -300,7 +331,7 @@ class _SASRec(nn.Module):
         else:
             last_BL = positions_L.unsqueeze(0) == (lengths_B.unsqueeze(1) - 1)
             alpha_BL = (last_BL & mask_BL).to(x_BLD.dtype)
-        return torch.einsum("bl,bld->bd", alpha_BL, x_BLD).unsqueeze(1), alpha_BL
+        return torch.einsum("bl,bld->bd", alpha_BL, x_BLD).unsqueeze(1), alpha_BL, maps
 
 
 class SequenceEncoder(nn.Module):
@@ -366,6 +397,23 @@ class SequenceEncoder(nn.Module):
         """The pooling weights over the history ``[B, L]`` (TIM/DIN attention, SASRec's
         one-hot last position or target attention, mean's uniform weights); zero at padding."""
         return self._run(behaviours_BLD, target_BD, lengths_B, time_delta_BL)[1]
+
+    def behaviour_weights(
+        self,
+        behaviours_BLD: torch.Tensor,
+        target_BD: torch.Tensor,
+        lengths_B: torch.Tensor,
+        time_delta_BL: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each input behaviour's share of the interest token ``[B, L]``: the pooling weights,
+        except for SASRec, whose pooling weights are over its blocks' outputs (mixtures of
+        behaviours) and are traced back to the inputs by attention rollout."""
+        if isinstance(self.pool, _SASRec):
+            seq_len = behaviours_BLD.shape[1]
+            return self.pool.behaviour_weights(
+                behaviours_BLD, target_BD, lengths_B.long().clamp(0, seq_len)
+            )
+        return self.attention_weights(behaviours_BLD, target_BD, lengths_B, time_delta_BL)
 
     def temporal_table(self) -> torch.Tensor | None:
         """TIM's temporal-encoding table ``[rows, D]`` (row 0 = the target), else ``None``."""

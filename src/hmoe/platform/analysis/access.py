@@ -18,6 +18,7 @@ from hmoe.schema import LABELS
 __all__ = [
     "embedding_sets",
     "feature_encoders",
+    "parameter_groups",
     "shared_parameters",
     "task_losses",
     "unwrap",
@@ -97,6 +98,29 @@ def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
     # none is ever materialised (and asking for one would update them); left out
     fused = {id(p) for p in fused_table_parameters(model)}
     return [p for p in params if p.requires_grad and id(p) not in fused]
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameters by the part of the model they belong to: ``table {set}/{field}`` (every
+    categorical field's id table of every set; the ``torchrec`` backend's fused tables are left
+    out, as in ``shared_parameters``) and ``expert {i} {kind} {owner}`` (the owning task, or
+    ``shared`` for an expert no task owns)."""
+    model = unwrap(model)
+    fused = {id(p) for p in fused_table_parameters(model)}
+    groups: dict[str, list[nn.Parameter]] = {}
+    for set_name, encoder in feature_encoders(model).items():
+        for field in encoder.schema.categorical:
+            table = encoder.id_table(field.name)
+            if isinstance(table, nn.Parameter) and id(table) not in fused:
+                groups[f"table {set_name}/{field.name}"] = [table]
+    plan = getattr(model, "plan", None)
+    experts = getattr(model, "experts", None)
+    if plan is not None and experts is not None:
+        for i, (expert, kind, owner) in enumerate(
+            zip(experts, plan.expert_kinds, plan.expert_owners, strict=True)
+        ):
+            groups[f"expert {i} {kind} {owner or 'shared'}"] = list(expert.parameters())
+    return groups
 
 
 def task_losses(wrapper: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

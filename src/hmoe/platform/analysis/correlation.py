@@ -12,6 +12,11 @@ Learned (RecScope): with the trained category table ``C`` and the temporal table
 representation (``e = C[c]``, ``r = ||C[c]||``); DIN+ keeps the product (``r = ||C[c] * C[c_t]||``).
 Fidelity is the Spearman rank correlation of the two grids.
 
+SASRec has no target in its attention, so no table formula applies: its read-out is empirical
+(``attention_grid``): over the analysed samples, the mean share of the interest token that a
+behaviour of category ``c`` in slot ``p`` receives (attention rollout through the
+self-attention blocks, ``SequenceEncoder.behaviour_weights``).
+
 Legend for shape suffixes: ``N`` samples, ``L`` sequence length, ``C`` categories, ``P``
 positions, ``V`` vocabulary, ``D`` dim.
 """
@@ -32,6 +37,7 @@ __all__ = [
     "CorrelationConfig",
     "CorrelationCounts",
     "EncoderKind",
+    "attention_grid",
     "binary_mutual_information",
     "fidelity",
     "interval_buckets",
@@ -270,3 +276,39 @@ def fidelity(learned: np.ndarray, truth: np.ndarray) -> float:
     if np.ptp(learned) == 0 or np.ptp(truth) == 0:
         return 0.0
     return float(stats.spearmanr(learned, truth).statistic)
+
+
+def attention_grid(
+    weights_NL: np.ndarray,
+    categories_NL: np.ndarray,
+    slots_NL: np.ndarray,
+    *,
+    categories: Sequence[int],
+    num_slots: int,
+) -> np.ndarray:
+    """Mean weight of the behaviours of each (category, slot) cell, ``[C, P]``.
+
+    ``weights_NL``: each behaviour's share of the pooled interest; ``slots_NL``: its slot
+    (0 = padding, beyond ``num_slots`` = outside the grid). A cell no behaviour falls in is 0
+    (no weight observed).
+    """
+    weights_NL = np.asarray(weights_NL, dtype=np.float64)
+    categories_NL, slots_NL = np.asarray(categories_NL), np.asarray(slots_NL)
+    if not weights_NL.shape == categories_NL.shape == slots_NL.shape or weights_NL.ndim != 2:
+        raise ValueError(
+            f"weights {weights_NL.shape}, categories {categories_NL.shape} and slots "
+            f"{slots_NL.shape} must be one [N, L] shape"
+        )
+    ids = np.asarray(list(categories), dtype=np.int64)
+    if np.any(categories_NL < 0) or np.any(ids < 0):
+        raise ValueError("category ids must be >= 0")
+    row_of_V = np.full(max(int(categories_NL.max(initial=0)), int(ids.max(initial=0))) + 1, -1)
+    row_of_V[ids] = np.arange(len(ids))
+    rows_NL = row_of_V[categories_NL.astype(np.int64)]
+    inside = (rows_NL >= 0) & (slots_NL >= 1) & (slots_NL <= num_slots)
+    cells = rows_NL[inside] * num_slots + (slots_NL[inside] - 1)
+    size = len(categories) * num_slots
+    total = np.bincount(cells, weights=weights_NL[inside], minlength=size)
+    count = np.bincount(cells, minlength=size)
+    mean = np.divide(total, count, out=np.zeros(size), where=count > 0)
+    return mean.reshape(len(categories), num_slots)

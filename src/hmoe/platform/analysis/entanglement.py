@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,10 +29,12 @@ from hmoe.platform.analysis.collapse import metric_name
 __all__ = [
     "BAND_NAMES",
     "EntanglementConfig",
+    "GroupConflict",
     "conflict_subset",
     "distance_bands",
     "frequent_pair_mask",
     "gradient_conflict",
+    "gradient_conflict_by_group",
     "gradient_conflict_metrics",
     "user_item_distances",
 ]
@@ -206,3 +209,36 @@ def gradient_conflict_metrics(
         return gradient_conflict(task_losses(wrapper, batch), shared)
     finally:
         wrapper.train(was_training)
+@dataclass(frozen=True)
+class GroupConflict:
+    """Two tasks' gradients on one parameter group (a table, an expert): their cosine (0 when
+    either is zero) and each one's norm."""
+
+    cosine: float
+    norm_a: float
+    norm_b: float
+
+
+def gradient_conflict_by_group(
+    loss_a: torch.Tensor, loss_b: torch.Tensor, groups: Mapping[str, Sequence[torch.Tensor]]
+) -> dict[str, GroupConflict]:
+    """``gradient_conflict`` of two task losses per parameter group: where in the model the
+    tasks pull apart. One backward per task; the graph is kept. A parameter may sit in several
+    groups; a group without a parameter that needs a gradient is left out."""
+    kept = {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
+    kept = {name: params for name, params in kept.items() if params}
+    if not kept:
+        raise ValueError("gradient_conflict_by_group needs a group with a trainable parameter")
+    unique = list({id(p): p for params in kept.values() for p in params}.values())
+    position = {id(p): i for i, p in enumerate(unique)}
+    grads = []
+    for loss in (loss_a, loss_b):
+        raw = torch.autograd.grad(loss, unique, retain_graph=True, allow_unused=True)
+        grads.append([_dense(g, p).reshape(-1) for g, p in zip(raw, unique, strict=True)])
+    out = {}
+    for name, params in kept.items():
+        a, b = (torch.cat([g[position[id(p)]] for p in params]).double() for g in grads)
+        norm_a, norm_b = float(a.norm()), float(b.norm())
+        cosine = float(a @ b) / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else 0.0
+        out[name] = GroupConflict(cosine=cosine, norm_a=norm_a, norm_b=norm_b)
+    return out

@@ -80,6 +80,8 @@ class Report:
 
     plots: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # the drawn grids by panel title (the correlation analysis), for figures that combine models
+    grids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --- dimensional collapse -----------------------------------------------------------------------
@@ -202,7 +204,12 @@ def correlation_report(
         grids["planted"] = corr.min_max(planted_CP)
         metrics["corr_truth_vs_planted"] = corr.fidelity(truth_CP, planted_CP)
     for set_name, encoder in encoders.items():
-        learned_CP = _learned(encoder, q, slots, target, categories)
+        if slots.kind == "sasrec":
+            learned_CP = _attention_grid(
+                encoder, schema, data_dir, q, slots, target, categories, cfg
+            )
+        else:
+            learned_CP = _learned(encoder, q, slots, target, categories)
         if learned_CP is None:
             continue
         grids[f"{slots.kind} {set_name}"] = corr.min_max(learned_CP)
@@ -215,7 +222,50 @@ def correlation_report(
     path = plot_correlation_heatmaps(
         grids, [str(x) for x in categories], out_dir / "correlation.png", title, cfg.plot
     )
-    return Report(plots={"correlation": path}, metrics=metrics)
+    return Report(plots={"correlation": path}, metrics=metrics, grids=grids)
+
+
+def _attention_grid(
+    encoder: FeatureEncoder,
+    schema: FeatureSchema,
+    data_dir: Path,
+    q: SequenceFeature,
+    slots: _Slots,
+    target: int,
+    categories: list[int],
+    cfg: AnalysisConfig,
+) -> np.ndarray:
+    """The empirical read-out (``corr.attention_grid``) of an encoder without a table formula,
+    over the analysed splits' samples whose target has category ``target``."""
+    import torch
+
+    from hmoe.platform.data.batches import iter_minibatches, read_split
+
+    weights, behaviour_categories, behaviour_slots = [], [], []
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for split in cfg.correlation_splits:
+            data = read_split(data_dir, split, schema)
+            hits_N = _target_hits(data[q.category_field].numpy(), target)
+            kept = {k: v[torch.from_numpy(hits_N)] for k, v in data.items()}
+            for batch in iter_minibatches(kept, cfg.read_batch_rows):
+                with torch.no_grad():
+                    weights.append(encoder.behaviour_weights(batch)[q.name].double().numpy())
+                columns = {k: v.numpy() for k, v in batch.items()}
+                behaviour_categories.append(columns[seq_column(q.name, "category")])
+                behaviour_slots.append(slots.of(columns, q))
+    finally:
+        encoder.train(was_training)
+    if not weights:
+        raise ValueError(f"no sample has target category {target}")
+    return corr.attention_grid(
+        np.concatenate(weights),
+        np.concatenate(behaviour_categories),
+        np.concatenate(behaviour_slots),
+        categories=categories,
+        num_slots=slots.num_slots,
+    )
 
 
 def _learned(
@@ -225,8 +275,8 @@ def _learned(
     target: int,
     categories: list[int],
 ) -> np.ndarray | None:
-    """One set's learned grid, or ``None`` for an encoder without a target attention
-    (SASRec, mean pooling) or without the category in its behaviour embedding."""
+    """One set's learned grid from its tables, or ``None`` for an encoder without a target
+    attention (mean pooling) or without the category in its behaviour embedding."""
     if slots.kind not in corr.ENCODER_KINDS or not encoder.sequence_config.use_category:
         return None
     tables = encoder.embedding_tables()

@@ -16,6 +16,9 @@ deepctr-torch is installed only into this benchmark's own folder (``--peer-dir``
 ``bench_models.py`` does; it never enters the project's environment.
 
     python benchmarks/bench_peers.py --threads 1       # writes docs/results/q1b_peers.json
+
+The file is rewritten after every run; a run stored there with the same settings on the same
+prepared data is kept, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -174,6 +177,10 @@ def _prepared(work: Path, data_root: Path) -> Path:
     return prepared(Context(work=work, out=work, data_root=data_root), DATASET)
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
@@ -194,29 +201,38 @@ def main(argv: list[str] | None = None) -> None:
 
     schema = load_schema(data)
     splits = export(data)
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load_start = load_average()
-    runs = {kind: [train_peer(kind, splits, schema, seed) for seed in args.seeds]
-            for kind in args.peers}  # fmt: skip
+    settings = {
+        "embedding_dim": EMBEDDING_DIM,
+        "dnn_hidden_units": list(DNN_UNITS),
+        "lr": LEARNING_RATE,
+        "batch_size": BATCH_SIZE,
+        "epochs": EPOCHS,
+        "patience": PATIENCE,
+    }
+    dataset_hash = json.loads((data / "manifest.json").read_text())["dataset_hash"]
+    # a run stored with these settings on this very data is kept: an interrupted run resumes
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    same = stored.get("settings") == settings and stored.get("dataset_hash") == dataset_hash
+    runs: dict[str, list[dict[str, Any]]] = stored["peers"] if same else {}
     result = {
         "dataset": DATASET,
+        "dataset_hash": dataset_hash,
         "rows": {name: len(c["label"]) for name, c in splits.items()},
         "library": f"deepctr-torch {PEER_VERSION}",
-        "settings": {
-            "embedding_dim": EMBEDDING_DIM,
-            "dnn_hidden_units": list(DNN_UNITS),
-            "lr": LEARNING_RATE,
-            "batch_size": BATCH_SIZE,
-            "epochs": EPOCHS,
-            "patience": PATIENCE,
-        },
+        "settings": settings,
         "machine": machine(args.threads),
-        "started": started,
-        "load_average": [load_start, load_average()],
         "peers": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    for seed in args.seeds:  # seed by seed, so a run cut short has every peer's first seeds
+        for kind in args.peers:
+            if any(r["seed"] == seed for r in runs.get(kind, [])):
+                continue
+            load_start = load_average()
+            run = train_peer(kind, splits, schema, seed)
+            run |= {"load_average": [load_start, load_average()], "date": _now()}
+            runs.setdefault(kind, []).append(run)
+            args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     for kind, peer in runs.items():
         aucs = [r["metrics"]["test_auc"] for r in peer]
         spread = statistics.stdev(aucs) if len(aucs) > 1 else 0.0

@@ -20,7 +20,7 @@ def q1b():
     return q1b
 
 
-def _context(q1b, tmp_path: Path, hmoe_auc: float):
+def _context(q1b, tmp_path: Path, hmoe_auc: float, deepfm_seeds: int = 3):
     from repro.common import Context
 
     ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
@@ -40,7 +40,8 @@ def _context(q1b, tmp_path: Path, hmoe_auc: float):
             )  # fmt: skip
     peers = {
         name: [
-            {"seed": s, "best_epoch": 1, "metrics": {"test_auc": auc + s / 1000}} for s in ctx.seeds
+            {"seed": s, "best_epoch": 1, "metrics": {"test_auc": auc + s / 1000}}
+            for s in ctx.seeds[: deepfm_seeds if name == "DeepFM" else None]
         ]
         for name, auc in (("DIN", 0.75), ("DeepFM", 0.74))
     }
@@ -57,3 +58,9 @@ def test_target_is_best_peer_plus_margin(q1b, tmp_path: Path, hmoe_auc: float, v
     assert "| ours `hmoe` | " + f"{hmoe_auc + 0.002:.4f} ± 0.0010" in body
     assert "| peer DIN (DeepCTR-Torch) | 0.7520 ± 0.0010 |" in body
     assert body.index("ours `dnn`") < body.index("ours `hmoe`") < body.index("peer DIN")
+    assert "Incomplete" not in body
+
+
+def test_rows_short_of_seeds_are_named(q1b, tmp_path: Path):
+    body = q1b.run(_context(q1b, tmp_path, 0.77, deepfm_seeds=1)).body
+    assert "**Incomplete**: stored seeds of 3 per row: peer DeepFM 1;" in body

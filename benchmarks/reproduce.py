@@ -39,7 +39,7 @@ from repro.datasets import DERIVED, SHIPPED
 REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
 SECTIONS = (
-    "ctr", "coldstart", "ablations", "sparse", "backends", "multitask", "ipw", "exposure",
+    "ctr", "coldstart", "q1b", "ablations", "sparse", "backends", "multitask", "ipw", "exposure",
     "figures", "correlation", "entanglement", "stem_al", "negatives", "ame",
 )  # fmt: skip
 

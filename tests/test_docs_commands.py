@@ -89,6 +89,10 @@ EXEMPT_COMMANDS: dict[str, str] = {
 }
 #: whole blocks no scenario runs, by (doc, section, language), each with the reason
 EXEMPT_BLOCKS: dict[tuple[str, str, str], str] = {
+    ("docs/protocols.md", "Q1b: ml-100k, per-user temporal split (returning users)", "bash"): (
+        "the report's Q1b table: tens of minutes of training on 2 cores; "
+        "tests/test_bench_peers.py checks the peers' data export row for row against the split"
+    ),
     ("README.md", "Your own search space", "python"): "the contents of the shipped example "
     "file; tests/search_spaces/test_custom.py loads it as FILE.py:FUNCTION, samples and applies it",
     ("README.md", "Your own search space", "bash"): "a search like the usage scenario's `hmoe "

@@ -1,7 +1,9 @@
 """The report's prepared datasets, each prepared once into ``ctx.work`` by ``hmoe data prepare``.
 
 ``ml-100k-q1`` is the shipped ml-100k spec with only the ``click`` label (the Q1 protocol is
-single-task; the shipped spec also carries ``five_star`` for multi-task use).
+single-task; the shipped spec also carries ``five_star`` for multi-task use); ``ml-100k-q1b`` is
+the shipped ``ml-100k-returning`` spec (protocol Q1b: split per user in time) with the same
+single label.
 """
 
 from __future__ import annotations
@@ -20,14 +22,22 @@ def _spec_dict(name: str) -> dict[str, Any]:
     return yaml.safe_load((SPECS_DIR / f"{name}.yaml").read_text())
 
 
-def _q1_spec() -> dict[str, Any]:
-    spec = _spec_dict("ml-100k")
-    spec["name"] = "ml-100k-q1"
+def _click_only(shipped: str, name: str) -> dict[str, Any]:
+    spec = _spec_dict(shipped)
+    spec["name"] = name
     spec["labels"] = [label for label in spec["labels"] if label["task"] == "click"]
     return spec
 
 
-DERIVED = {"ml-100k-q1": _q1_spec}
+def _q1_spec() -> dict[str, Any]:
+    return _click_only("ml-100k", "ml-100k-q1")
+
+
+def _q1b_spec() -> dict[str, Any]:
+    return _click_only("ml-100k-returning", "ml-100k-q1b")
+
+
+DERIVED = {"ml-100k-q1": _q1_spec, "ml-100k-q1b": _q1b_spec}
 SHIPPED = ("ml-100k", "criteo_deeplight_tiny", "adult", "open_bandit_small")
 
 

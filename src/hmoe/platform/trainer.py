@@ -84,6 +84,7 @@ def loop_settings(cfg: ExperimentConfig, train_rows: int, world_size: int) -> Lo
         grad_clip_norm=t.grad_clip_norm,
         early_stopping_metric=t.early_stopping_metric,
         early_stopping_patience=t.early_stopping_patience,
+        early_stopping_guard=t.early_stopping_guard,
         eval_batch_size=cfg.data.eval_batch_size,
         use_bf16=t.use_bf16,
         seed=t.seed,

@@ -27,7 +27,18 @@ from repro.datasets import DERIVED, SHIPPED
 
 REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
-SECTIONS = ("ctr", "coldstart", "ablations", "sparse", "multitask", "ipw", "exposure", "figures")
+SECTIONS = (
+    "ctr",
+    "selection",
+    "small",
+    "coldstart",
+    "ablations",
+    "sparse",
+    "multitask",
+    "ipw",
+    "exposure",
+    "figures",
+)
 
 
 def _args() -> argparse.Namespace:

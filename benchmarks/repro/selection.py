@@ -6,9 +6,9 @@ and the choice is the best mean *validation* AUC. Where the runner-up is within 
 the best, both get seeds 4 and 5 and the choice is made again on 5 seeds. The chosen
 configuration's test AUC is shown once, after the choice.
 
-The L2 is chosen first, on Q2 (where it is the lever, as when it was first picked); the token
-form only matters where there is a behaviour history, so it is chosen on Q1 at that L2; Q1 then
-checks the L2 against the other value it was compared on before. Every variant sets both knobs
+The token form only matters where there is a behaviour history, so it is chosen on Q1, at the L2
+it was first picked at; the L2 on Q2 (where it is the lever, as when it was first picked); Q1
+then checks the L2 against the other value it was compared on before. Every variant sets both knobs
 explicitly, so the runs stay those candidates whatever the preset's own values are.
 """
 
@@ -27,6 +27,7 @@ FORM = "model.encoder.sequence.tim.form"
 Q2_L2 = (0.0, 1e-5, 1e-4, 3e-4, 1e-3)  # the values the earlier criteo-tiny sweep tried
 Q1_L2 = (1e-4, 3e-4)  # the two it was compared on for ml-100k Q1
 FORMS = ("paper", "code")
+FORM_L2 = 3e-4  # the preset's L2 when the form was first picked
 FORM_BEFORE = "code"  # the form of the runs that choose the L2 (the preset's before this check)
 EXTRA_SEEDS = (4, 5)  # added when the best two are within NOISE_STDS seed stds
 NOISE_STDS = 2.0
@@ -92,24 +93,22 @@ def run(ctx: Context) -> Section:
     def more(dataset: str, l2: float, form: str) -> None:
         used[(dataset, l2, form)] = seeds + EXTRA_SEEDS
 
-    # 1. the L2 on Q2, where it is the lever
+    # 1. the form on Q1 (only Q1 has a behaviour history), at the L2 it was first picked at
+    form, form_scores, form_five = _choose(
+        FORMS, lambda f: score(ctr.ML, FORM_L2, f), lambda f: more(ctr.ML, FORM_L2, f)
+    )
+    if form is None:
+        return Section(title=TITLE, body="Not run yet.")
+    # 2. the L2 on Q2, where it is the lever (the form plays no part there)
     q2_l2, q2_scores, q2_five = _choose(
         Q2_L2,
         lambda l2: score(ctr.CRITEO, l2, FORM_BEFORE),
         lambda l2: more(ctr.CRITEO, l2, FORM_BEFORE),
     )
-    if q2_l2 is None:
-        return Section(title=TITLE, body="Not run yet.")
-    # 2. the form on Q1 (only Q1 has a behaviour history) at that L2
-    form, form_scores, form_five = _choose(
-        FORMS, lambda f: score(ctr.ML, q2_l2, f), lambda f: more(ctr.ML, q2_l2, f)
-    )
     # 3. Q1's check of the L2 (the two values it was compared on before), in the chosen form
     q1_l2, q1_scores, q1_five = _choose(
         Q1_L2, lambda l2: score(ctr.ML, l2, form), lambda l2: more(ctr.ML, l2, form)
     )
-    if form is None:
-        return Section(title=TITLE, body="Not run yet.")
 
     def rows(key: str, candidates: Sequence[Any], scores: dict, chosen: Any) -> list[list[str]]:
         return [
@@ -124,22 +123,26 @@ def run(ctx: Context) -> Section:
     def noted(five: bool) -> str:
         return "on 5 seeds (within 2 stds on 3)" if five else "on 3 seeds"
 
+    l2 = FORM_L2 if q2_l2 is None else q2_l2
     tests = []
     for dataset, chosen_form in ((ctr.ML, form), (ctr.CRITEO, FORM_BEFORE)):
-        runs = _runs(ctx, dataset, q2_l2, chosen_form, used[(dataset, q2_l2, chosen_form)])
+        runs = _runs(ctx, dataset, l2, chosen_form, used.get((dataset, l2, chosen_form), seeds))
         tests.append(
             f"{dataset}: test AUC {fmt(values(runs, 'test_auc'))} (seeds "
-            + ", ".join(str(r["seed"]) for r in runs)
+            + (", ".join(str(r["seed"]) for r in runs) or "none run")
             + ")"
         )
-    agree = (
-        "Q1's check of the L2 has not been run."
-        if q1_l2 is None
-        else f"Q1 agrees: `{q1_l2:g}` is also its best."
-        if q1_l2 == q2_l2
-        else f"Q1 would choose `{q1_l2:g}`; the preset keeps Q2's `{q2_l2:g}`, where the L2 is the "
-        "lever (see the table for whether the difference is beyond noise)."
-    )
+    if q2_l2 is None:
+        agree = "Not every L2 candidate has been run on Q2 yet."
+    elif q1_l2 is None:
+        agree = "Q1's check of the L2 has not been run."
+    elif q1_l2 == q2_l2:
+        agree = f"Q1 agrees: `{q1_l2:g}` is also its best."
+    else:
+        agree = (
+            f"Q1 would choose `{q1_l2:g}`; the preset keeps Q2's `{q2_l2:g}`, where the L2 is "
+            "the lever."
+        )
     val = ["candidate", "seeds", "val AUC"]
     body = "\n".join(
         [
@@ -148,17 +151,18 @@ def run(ctx: Context) -> Section:
             "among the candidates judged then: each on seeds "
             f"{', '.join(map(str, seeds))}, with seeds {', '.join(map(str, EXTRA_SEEDS))} added "
             f"where the best two are within {NOISE_STDS:g} seed stds. Protocols as in the "
-            "section above. The L2 is chosen on criteo-tiny Q2, where it is the lever (TIM's "
-            f"form plays no part there: no history); the form on ml-100k Q1 at that L2; then Q1 "
-            "checks the L2 against the other value it was compared on before.",
+            f"section above. The form is chosen on ml-100k Q1 (the only history) at "
+            f"`{L2}={FORM_L2:g}`, the L2 it was first picked at; the L2 on criteo-tiny Q2, where "
+            "it is the lever (the form plays no part there); then Q1 checks the L2 against the "
+            "other value it was compared on before.",
+            "",
+            f"ml-100k Q1, TIM's form at `{L2}={FORM_L2:g}`, {noted(form_five)}:",
+            "",
+            table(val, rows(FORM, FORMS, form_scores, form)),
             "",
             f"criteo-tiny Q2, the L2, {noted(q2_five)}:",
             "",
             table(val, rows(L2, Q2_L2, q2_scores, q2_l2)),
-            "",
-            f"ml-100k Q1, TIM's form at `{L2}={q2_l2:g}`, {noted(form_five)}:",
-            "",
-            table(val, rows(FORM, FORMS, form_scores, form)),
             "",
             f"ml-100k Q1, the L2 in the `{form}` form, {noted(q1_five)}:",
             "",
@@ -166,7 +170,7 @@ def run(ctx: Context) -> Section:
             "",
             agree,
             "",
-            f"The chosen configuration (`{L2}={q2_l2:g}`, `{FORM}={form}`), its test AUC reported "
+            f"The chosen configuration (`{L2}={l2:g}`, `{FORM}={form}`), its test AUC reported "
             "once: " + "; ".join(tests) + ".",
         ]
     )

@@ -21,6 +21,7 @@ FORM = "model.encoder.sequence.tim.form"
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dnn", "dnn", {}),
     ("din", "din", {}),
+    ("hmoe", "hmoe", {}),
     ("hmoe, TIM paper form", "hmoe", {FORM: "paper"}),
     ("hmoe, TIM code form", "hmoe", {FORM: "code"}),
     (

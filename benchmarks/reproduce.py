@@ -39,8 +39,9 @@ from repro.datasets import DERIVED, SHIPPED
 REPO = Path(__file__).resolve().parents[1]
 # section id -> module under benchmarks/repro (each has ``run(ctx) -> Section``), report order
 SECTIONS = (
-    "ctr", "coldstart", "q1b", "ablations", "sparse", "backends", "multitask", "ipw", "exposure",
-    "figures", "correlation", "entanglement", "stem_al", "negatives", "ame",
+    "ctr", "selection", "small", "coldstart", "q1b", "ablations", "sparse", "backends",
+    "multitask", "ipw", "exposure", "figures", "correlation", "entanglement", "stem_al",
+    "negatives", "ame",
 )  # fmt: skip
 
 

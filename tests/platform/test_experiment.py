@@ -61,6 +61,7 @@ def test_a_trial_run_name_leads_with_the_sampled_values_that_differ(data_dir):
         ({"model.experts.counts.mlp": -1}, "counts"),
         ({"train.epochs": 0}, "train.epochs"),
         ({"train.early_stopping_metric": "val_loss"}, "early_stopping_metric"),
+        ({"train.early_stopping_guard": "train_loss"}, "early_stopping_guard"),
         ({"tracking.model_format": "onnx"}, "model_format"),
         ({"model.use_sparse_gradients": True}, "use_sparse_gradients"),
         (

@@ -166,6 +166,25 @@ def test_early_stopping_restores_the_best_epoch_and_every_metric_means_that_epoc
     assert "test_logloss" in logger.logged[-1][1] and "best_epoch" in logger.logged[-1][1]
 
 
+def test_the_guard_metric_also_stops_training_and_the_best_epoch_stays_the_metrics():
+    # val_logloss improves every epoch while val_auc sits at 1.0 from the first epoch on
+    base = dict(epochs=6, lr=0.5, early_stopping_metric="val_logloss", early_stopping_patience=2)
+    unguarded, _ = _run(_settings(**base))
+    losses = [h["val_logloss"] for h in unguarded.history]
+    aucs = [h["val_auc"] for h in unguarded.history]
+    assert len(losses) == 6 and losses == sorted(losses, reverse=True)  # the scenario
+    # reference: the first epoch by which either metric has gone 2 epochs without improving
+    stop = next(
+        n
+        for n in range(1, 7)
+        if n - 1 - max(range(n), key=lambda i: (aucs[i], -i)) >= 2
+        or n - 1 - min(range(n), key=lambda i: (losses[i], i)) >= 2
+    )
+    guarded, runtime = _run(_settings(**base, early_stopping_guard="val_auc"))
+    assert stop == 3 and len(guarded.history) == stop
+    assert runtime.reports[-1]["best_epoch"] == losses[:stop].index(min(losses[:stop])) + 1
+
+
 class _Crash(Exception):
     pass
 

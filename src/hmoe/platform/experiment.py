@@ -136,6 +136,10 @@ class TrainConfig(Config):
     grad_clip_norm: float | None = 10.0
     early_stopping_metric: str = "val_auc"  # the validation metric that picks the best epoch
     early_stopping_patience: int = 2
+    # a second validation metric (e.g. val_logloss) that also stops training once it has not
+    # improved for early_stopping_patience epochs: on small data the loss climbs while the
+    # AUC still wanders; the best epoch stays early_stopping_metric's. None: off
+    early_stopping_guard: str | None = None
     num_workers: int = 1  # Ray Train workers (data-parallel)
     cpus_per_worker: float = 1.0  # logical CPUs each worker holds
     gpus_per_worker: float = 0.0  # GPUs each worker holds (a fraction shares one)
@@ -169,13 +173,16 @@ class TrainConfig(Config):
             )
         if self.checkpoints_to_keep < 1:
             raise ConfigError("train.checkpoints_to_keep must be >= 1")
-        metric = self.early_stopping_metric
-        parts = metric.split("_")
-        if parts[0] != "val" or len(parts) < 2 or parts[1] not in METRIC_MODES:
-            raise ConfigError(
-                f"train.early_stopping_metric must be a validation metric such as val_auc, "
-                f"val_logloss or val_gauc_<task>, got {metric!r}"
-            )
+        watched = {"early_stopping_metric": self.early_stopping_metric}
+        if self.early_stopping_guard is not None:
+            watched["early_stopping_guard"] = self.early_stopping_guard
+        for name, metric in watched.items():
+            parts = metric.split("_")
+            if parts[0] != "val" or len(parts) < 2 or parts[1] not in METRIC_MODES:
+                raise ConfigError(
+                    f"train.{name} must be a validation metric such as val_auc, "
+                    f"val_logloss or val_gauc_<task>, got {metric!r}"
+                )
 
 
 @config

@@ -209,6 +209,8 @@ def gradient_conflict_metrics(
         return gradient_conflict(task_losses(wrapper, batch), shared)
     finally:
         wrapper.train(was_training)
+
+
 @dataclass(frozen=True)
 class GroupConflict:
     """Two tasks' gradients on one parameter group (a table, an expert): their cosine (0 when

@@ -178,6 +178,8 @@ class _State:
     best: float = math.nan
     best_epoch: int = -1
     bad_epochs: int = 0
+    guard_best: float = math.nan  # early_stopping_guard's best value so far
+    guard_bad_epochs: int = 0  # epochs since it last improved
     best_model: dict[str, torch.Tensor] | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val_*
     history: list[dict[str, float]] = field(default_factory=list)
@@ -247,8 +249,8 @@ def _restore(
 def _checkpoint(model: nn.Module | None, optimizer: Any, scheduler: Any, state: _State) -> dict:
     """Rank 0's part of a checkpoint (``model`` None: the ranks write the sharded model)."""
     fields = (
-        "epoch", "step", "best", "best_epoch", "bad_epochs", "best_model", "best_metrics",
-        "history",
+        "epoch", "step", "best", "best_epoch", "bad_epochs", "guard_best", "guard_bad_epochs",
+        "best_model", "best_metrics", "history",
     )  # fmt: skip
     weights = {"model": model.state_dict()} if model is not None else {}
     return weights | {
@@ -462,7 +464,20 @@ def _after_epoch(
     else:
         state.bad_epochs += 1
     patience = t.early_stopping_patience
-    return patience > 0 and state.bad_epochs >= patience
+    stalled = state.bad_epochs
+    guard = t.early_stopping_guard
+    if guard is not None:
+        if guard not in metrics:
+            raise ValueError(
+                f"early-stopping guard {guard!r} is not computed; "
+                f"choose one of {sorted(k for k in metrics if k.startswith('val_'))}"
+            )
+        if _improved(metrics[guard], state.guard_best, metric_mode(guard)):
+            state.guard_best, state.guard_bad_epochs = metrics[guard], 0
+        else:
+            state.guard_bad_epochs += 1
+        stalled = max(stalled, state.guard_bad_epochs)
+    return patience > 0 and stalled >= patience
 
 
 def _nan_metrics(

@@ -3,7 +3,6 @@ rule and the cached render, on a tiny tracking store in tmp; training is replace
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -134,22 +133,6 @@ def test_a_stale_hash_is_retrained_and_never_rendered(tmp_path, uri, monkeypatch
     monkeypatch.setitem(sys.modules, f"repro.{SECTION}", _fake_section("stale"))
     rendered = reproduce.render(_ctx(tmp_path, uri, cached_only=True), {SECTION})
     assert f"{TRAINED_AUC:.4f}" in rendered and "Not run yet" not in rendered
-
-
-def test_the_migration_keeps_only_records_of_the_current_hash(tmp_path, monkeypatch, empty_store):
-    from repro import migrate_jsonl
-
-    now = common.current_model_hash(PRESET, _record("x", None, 0)["overrides"])
-    lines = [_record("a", now, 0.61), _record("b", "f" * len(now), 0.62), _record("c", None, 0.63)]
-    jsonl = tmp_path / "runs.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    uri = _copy(empty_store, tmp_path / "mlflow.db")
-    argv = ["migrate", "--jsonl", str(jsonl), "--out", str(tmp_path), "--tracking-uri", uri]
-    monkeypatch.setattr(sys, "argv", argv)
-    migrate_jsonl.main()
-    assert [r["variant"] for r in RunStore(uri).records()] == ["a"]
-    exported = json.loads((tmp_path / "runs" / f"{SECTION}.json").read_text())
-    assert [e["tags"]["report.variant"] for e in exported] == ["a"]
 
 
 def test_the_last_checkpoint_is_the_latest_folder_not_trains_snapshot(tmp_path):

@@ -54,9 +54,10 @@ def test_backends_section_chooses_on_validation_and_judges_the_difference_in_see
                 records.append(_record(preset, candidate, seed, 0.75 if best_val else 0.71, test))
     out = tmp_path / "results"
     out.mkdir()
-    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     ctx = Context(work=tmp_path / "work", out=out, data_root=tmp_path, log=lambda _: None)
     ctx.load()
+    for record in records:
+        ctx.add(record)
     body = backends.run(ctx.cached()).body
     lr, l2 = backends.CANDIDATES[1]
     assert body.count(f"table_lr={lr:g} table_l2={l2:g}") == 2

@@ -5,7 +5,7 @@ Batch conversion with an explicit dtype for every column, as Ray's ``iter_torch_
 needs). This module adds what the
 loop needs: a whole split materialised in memory (validation and test on rank 0, the standalone
 train split), seeded mini-batches over it, and the fixed input order of a logged model. It
-imports the reader lazily, so the loop itself needs only torch and numpy.
+imports the reader lazily, so the loop needs neither Ray nor MLflow.
 
 Legend: ``B`` batch, ``K`` tasks.
 """

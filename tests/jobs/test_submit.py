@@ -208,10 +208,11 @@ def test_a_followed_job_survives_ctrl_c_is_stopped_then_resumed(
     experiment = f"stop-{uuid.uuid4().hex[:6]}"
     spec = _spec_file(services, tiny_prepared, experiment, tmp_path / "runs", tmp_path / "j.yaml")
     flags = ["--state-dir", str(services.state_dir)]
-    # one trial at a time, two epochs each (an overrides.<config path> set at submission): the
-    # second trial runs long enough to be stopped after the first has finished
+    # one trial at a time, six epochs each (an overrides.<config path> set at submission): the
+    # second trial must still be running when Ctrl-C and the stop arrive after the first has
+    # finished; with two epochs an idle machine finished it first
     argv = [sys.executable, "-m", "hmoe.jobs.cli", "submit", str(spec), *flags,
-            "--set", "overrides.train.epochs=2"]  # fmt: skip
+            "--set", "overrides.train.epochs=6"]  # fmt: skip
     log = tmp_path / "submit.log"
     with log.open("w") as out:
         follow = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)

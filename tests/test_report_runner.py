@@ -45,9 +45,10 @@ def uri(empty_store, tmp_path_factory) -> str:
 
 
 def _ctx(tmp_path: Path, uri: str, **options) -> common.Context:
+    options = {"log": lambda line: None} | options
     ctx = common.Context(
         work=tmp_path, out=tmp_path / "out", data_root=tmp_path, seeds=(1,), tracking_uri=uri,
-        log=lambda line: None, **options,
+        **options,
     )  # fmt: skip
     ctx.load()
     return ctx
@@ -67,7 +68,11 @@ def _stub(calls: list) -> object:
         calls.append(key["variant"])
         record = {"metrics": {"test_auc": TRAINED_AUC}, "ia": {}, "best_epoch": 1}
         record |= {"epochs_run": 1, "params": 10, "wall_s": 0.1, "config_hash": "x"}
-        return None, record | {"model_hash": common.current_model_hash(preset, key["overrides"])}
+        cfg = common.current_config(preset, key["overrides"])
+        return None, record | {
+            "model_hash": common.model_hash(cfg),
+            "config": common.run_config(cfg),
+        }
 
     return train_on_platform
 
@@ -148,3 +153,86 @@ def test_the_last_checkpoint_is_the_latest_folder_not_trains_snapshot(tmp_path):
         torch.save({"state": {"epoch": epoch}}, tmp_path / name / CHECKPOINT_FILE)
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # sorts after them
     assert common._last_checkpoint(tmp_path)["state"]["epoch"] == 1
+
+
+NEW_FIELD = "train.early_stopping_guard"  # a field a record made before it existed lacks
+NOT_DEFAULT_GUARD = "val_logloss"
+
+
+def _configured(overrides: dict | None = None, *, drop: str | None = None, **changed) -> dict:
+    """A record with a wrong ``model_hash`` but the stored ``config`` of a run of the preset
+    now with ``overrides``, less the key ``drop`` (a field it predates), with keys ``changed``
+    (double underscores for dots)."""
+    record = _record("configured", "0" * 16, 0.5)
+    record["overrides"] |= overrides or {}
+    config = common.run_config(common.current_config(PRESET, record["overrides"]))
+    config.pop(drop, None)
+    config |= {key.replace("__", "."): value for key, value in changed.items()}
+    return record | {"config": config}
+
+
+def test_a_record_predating_a_field_now_at_its_default_stays_trusted():
+    assert common.staleness(_configured(drop=NEW_FIELD)) is None
+    assert common.staleness(_configured()) is None  # the same config, another hash
+
+
+def test_a_record_is_stale_where_a_shared_key_differs():
+    why = common.staleness(_configured(train__lr=0.5))
+    assert why is not None and "train.lr: 0.5 -> 0.001" in why
+
+
+def test_a_record_is_stale_where_a_field_it_predates_is_not_at_its_default():
+    why = common.staleness(_configured({NEW_FIELD: NOT_DEFAULT_GUARD}, drop=NEW_FIELD))
+    assert why is not None and NEW_FIELD in why and NOT_DEFAULT_GUARD in why
+
+
+def test_a_record_is_stale_where_it_has_a_key_the_config_lacks_now():
+    why = common.staleness(_configured(train__removed_option=1))
+    assert why is not None and "train.removed_option: 1 -> removed" in why
+
+
+def test_a_record_without_a_stored_config_falls_back_to_the_hash():
+    record = _configured()
+    del record["config"]
+    why = common.staleness(record)
+    assert why is not None and "no config" in why
+    record["model_hash"] = common.current_model_hash(PRESET, record["overrides"])
+    assert common.staleness(record) is None
+
+
+def test_load_keeps_a_record_predating_a_field_and_says_once_why_others_are_stale(
+    tmp_path, empty_store
+):
+    uri = _copy(empty_store, tmp_path / "mlflow.db")
+    store = RunStore(uri)
+    store.add(_configured(drop=NEW_FIELD) | {"variant": "predates"})
+    for seed in (1, 2):
+        store.add(_configured(train__lr=0.5) | {"variant": "changed", "seed": seed})
+    lines: list[str] = []
+    ctx = _ctx(tmp_path, uri, log=lines.append)
+    assert [r["variant"] for r in ctx.records()] == ["predates"]
+    stale = [line for line in lines if "stale" in line]
+    assert len(stale) == 1, lines
+    assert "2 run(s) of section fake" in stale[0] and "train.lr: 0.5 -> 0.001" in stale[0]
+
+
+def test_a_stored_config_longer_than_a_tag_survives_mlflow_and_the_export(tmp_path, empty_store):
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    from repro import store as store_module
+
+    record = _configured(model__long_note="x" * (2 * MAX_TAG_VAL_LENGTH)) | {"variant": "long"}
+    store = RunStore(_copy(empty_store, tmp_path / "one.db"))
+    store.add(record)
+    (run,) = store.runs()
+    assert max(len(v) for v in run.data.tags.values()) <= MAX_TAG_VAL_LENGTH
+    (got,) = store.records()
+    assert got["config"] == record["config"]
+
+    store.export_folder(tmp_path / "runs")
+    fresh = RunStore(_copy(empty_store, tmp_path / "fresh.db"))
+    assert fresh.import_folder(tmp_path / "runs") == 1
+    (again,) = fresh.records()
+    assert again["config"] == record["config"]
+    assert common.staleness(again) is not None  # the long key is not in the config now
+    assert store_module.MAX_TAG_VALUE == MAX_TAG_VAL_LENGTH  # the installed MLflow's limit

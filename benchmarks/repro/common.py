@@ -2,14 +2,18 @@
 
 Every run of the report is one *record* (section, dataset, variant, seed, the resolved
 overrides, the final validation/test metrics of the best-validation epoch, information abundance
-at that epoch, parameter count, wall time, ``model_hash``), held as an MLflow run of the
-experiment ``hmoe-report`` (``repro.store``: its tags and metrics; the store's committed export
-lets a fresh checkout re-render without training). Runs train through ``hmoe.train`` (Ray Train,
-tracked in MLflow) in one Ray session for the whole report. A record is reused while its key
-(section, dataset, variant, seed, preset, overrides) matches and its ``model_hash`` is that of
-the preset as it is now; any other record of a preset is stale: it is retrained, and a render
-shows it as not run. ``--force`` retrains all (``--retrain DATASET``: only that dataset's runs,
-e.g. after a metric changed).
+at that epoch, parameter count, wall time, ``model_hash``, ``config``: the resolved model, loss
+and training config as dotted keys), held as an MLflow run of the experiment ``hmoe-report``
+(``repro.store``: its tags and metrics; the store's committed export lets a fresh checkout
+re-render without training). Runs train through ``hmoe.train`` (Ray Train, tracked in MLflow)
+in one Ray session for the whole report. A record is reused while its key (section, dataset,
+variant, seed, preset, overrides) matches and it is trusted (``staleness``): its
+``model_hash`` is that of the preset as it is now, or its stored ``config`` agrees with the
+preset's now on every key both have, each key only the preset now has is at its field's own
+default (a field added since, whose default keeps the old behaviour) and it has no key the
+preset lacks now. Any other record of a preset is stale: it is retrained, and a render shows it
+as not run. ``--force`` retrains all (``--retrain DATASET``: only that dataset's runs, e.g.
+after a metric changed).
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ STORE_FILE = "mlflow.db"  # the working MLflow store, beside the committed expor
 EXPORT_DIR = "runs"  # the committed export of the store (``repro.store``)
 RAY_RUNS_DIR = "ray_runs"  # Ray Train run folders under ``work``, removed once a run is read
 CPUS_PER_RUN = 1.0  # one Ray Train worker per run, like the standalone loop's one process
+HASHED_PARTS = ("model", "loss", "train")  # the parts of a run's config ``model_hash`` covers
+# where a run's folders go, not what it computes: left out of ``model_hash`` and ``config``
+UNHASHED_KEYS = ("train.storage_path",)
+CHANGES_SHOWN = 3  # differing config keys a stale record's message names
+# the fields of a record that say which run it is (``train``'s cache key)
+KEY_FIELDS = ("section", "dataset", "variant", "seed", "preset", "overrides", "quick")
+_NO_DEFAULT = object()  # a config key that no field default gives
 
 
 @dataclass(kw_only=True)
@@ -86,15 +97,26 @@ class Context:
         if copied:
             self.log(f"imported {copied} runs from {self.export} into {self.runs.uri}")
         self._records.clear()
+        stale: list[tuple[dict[str, Any], str]] = []
         for record in self.runs.records():
-            if trusted(record):
+            why = staleness(record)
+            if why is None:
                 self._records.append(record)
             else:
-                self.log(
-                    f"  stale: {record.get('section')} {record.get('dataset')} "
-                    f"{record.get('variant')} seed {record.get('seed')} was trained with "
-                    "another config than its preset's now: not used"
-                )
+                stale.append((record, why))
+        # a stale run a later trusted run of the same key replaced is no news
+        replaced = {_key_of(record) for record in self._records}
+        by_section: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for record, why in stale:
+            if _key_of(record) not in replaced:
+                by_section.setdefault(str(record.get("section")), []).append((record, why))
+        for section, found in sorted(by_section.items()):
+            record, why = found[0]
+            self.log(
+                f"  stale: {len(found)} run(s) of section {section} were trained with another "
+                f"config than their preset's now, not used; the first, {record.get('dataset')} "
+                f"{record.get('variant')} seed {record.get('seed')}: {why}"
+            )
         self._loaded = len(self._records)
 
     def save(self) -> None:
@@ -265,8 +287,9 @@ def train_on_platform(
         "wall_s": round(wall, 1),
         "config_hash": cfg.config_hash(),
         # of the config hmoe.train resolved and ran; a run whose hash is not the one its
-        # preset gives at load time is never reused (``trusted``)
+        # preset gives at load time is reused only if its config agrees (``staleness``)
         "model_hash": model_hash(cfg),
+        "config": run_config(cfg),
     }
 
 
@@ -292,9 +315,9 @@ def _last_checkpoint(folder: Path) -> dict[str, Any]:
     return torch.load(saved[-1] / CHECKPOINT_FILE, weights_only=False)
 
 
-def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:
-    """``model_hash`` of ``preset`` with ``overrides`` as the code builds it now (no data is
-    read: the hashed parts do not depend on it)."""
+def current_config(preset: str, overrides: Mapping[str, Any]) -> Any:
+    """The ExperimentConfig of ``preset`` with ``overrides`` as the code builds it now (no data
+    is read: the hashed parts do not depend on it)."""
     from hmoe.config import apply_overrides
     from hmoe.models.zoo import PRESETS
     from hmoe.platform.experiment import DataConfig, ExperimentConfig
@@ -303,19 +326,120 @@ def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:
     base = ExperimentConfig(
         preset=preset, data=DataConfig(path="."), model=made.model, loss=made.loss
     )
-    return model_hash(apply_overrides(base, overrides))
+    return apply_overrides(base, overrides)
+
+
+def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:
+    """``model_hash`` of ``preset`` with ``overrides`` as the code builds it now."""
+    return model_hash(current_config(preset, overrides))
 
 
 def trusted(record: Mapping[str, Any]) -> bool:
-    """A record of a preset is trusted only with the ``model_hash`` its preset and overrides
-    give now; a record without a preset (an estimate, no model) is identified by its key."""
+    return staleness(record) is None
+
+
+def staleness(record: Mapping[str, Any]) -> str | None:
+    """Why ``record`` is stale, or None when it is trusted.
+
+    A record of a preset is trusted with the ``model_hash`` its preset and overrides give now;
+    otherwise, when it stored its ``config``, if that agrees with the config now: equal on
+    every key both have, every key only the config now has at its field's own default (a field
+    added since, whose default reproduces the old behaviour), and no key only the stored one
+    has (a field removed). A record without a preset (an estimate, no model) is identified by
+    its key.
+    """
     if record.get("preset") is None:
-        return True
+        return None
     try:
-        now = current_model_hash(record["preset"], record["overrides"])
-    except Exception:  # a preset or an override path that no longer exists
-        return False
-    return record.get("model_hash") == now
+        now = current_config(record["preset"], record["overrides"])
+    except Exception as error:  # a preset or an override path that no longer exists
+        return f"its preset and overrides no longer build a config ({error})"
+    if record.get("model_hash") == model_hash(now):
+        return None
+    stored = record.get("config")
+    if stored is None:
+        return "its model_hash is not its preset's now (it stored no config to compare)"
+    changes = config_changes(stored, now)
+    if not changes:
+        return None
+    shown = "; ".join(changes[:CHANGES_SHOWN])
+    more = f" (and {len(changes) - CHANGES_SHOWN} more)" if len(changes) > CHANGES_SHOWN else ""
+    return f"{shown}{more}"
+
+
+def config_changes(stored: Mapping[str, Any], cfg: Any) -> list[str]:
+    """The keys on which the flat config ``stored`` (``run_config`` of a past run) and ``cfg``
+    disagree, each as ``key: stored -> now``; a key only ``cfg`` has agrees when it is at its
+    field's own default."""
+    now = run_config(cfg)
+    changes = []
+    for key in sorted(set(stored) | set(now)):
+        if key not in now:
+            changes.append(f"{key}: {stored[key]!r} -> removed")
+        elif key not in stored:
+            default = _field_default(cfg, key)
+            if default is _NO_DEFAULT or default != now[key]:
+                changes.append(f"{key}: new, {now[key]!r} is not its default")
+        elif stored[key] != now[key]:
+            changes.append(f"{key}: {stored[key]!r} -> {now[key]!r}")
+    return changes
+
+
+def run_config(cfg: Any) -> dict[str, Any]:
+    """The parts of ``cfg`` that ``model_hash`` covers as dotted keys (``apply_overrides``'s
+    paths), JSON-safe."""
+    from hmoe.platform.tracking.runs import flatten
+
+    parts = {part: getattr(cfg, part).to_dict() for part in HASHED_PARTS}
+    return {k: v for k, v in flatten(parts).items() if k not in UNHASHED_KEYS}
+
+
+def _field_default(cfg: Any, key: str) -> Any:
+    """The value the dotted ``key`` of ``cfg`` takes at the own default of the innermost config
+    field on its path (a key inside a mapping: that of the mapping field's default);
+    ``_NO_DEFAULT`` when the field has none or its default lacks the key."""
+    from hmoe.config import Config
+    from hmoe.platform.tracking.runs import flatten
+
+    node, owner, at = cfg, None, 0
+    names = key.split(".")
+    for depth, name in enumerate(names):
+        if isinstance(node, Config) and name in {f.name for f in dataclasses.fields(node)}:
+            owner, at = node, depth
+            node = getattr(node, name)
+        elif isinstance(node, Mapping) and name in node:
+            node = node[name]
+        else:
+            return _NO_DEFAULT
+    if owner is None:
+        return _NO_DEFAULT
+    field_ = next(f for f in dataclasses.fields(owner) if f.name == names[at])
+    if field_.default is not dataclasses.MISSING:
+        default = field_.default
+    elif field_.default_factory is not dataclasses.MISSING:
+        default = field_.default_factory()
+    else:
+        return _NO_DEFAULT
+    inner = ".".join(names[at:])
+    return flatten({names[at]: _plain(default)}).get(inner, _NO_DEFAULT)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as ``Config.to_dict`` writes it (configs and mappings as dicts, tuples as
+    lists), to compare with a stored config."""
+    from hmoe.config import Config
+
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _key_of(record: Mapping[str, Any]) -> str:
+    return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True, default=str)
 
 
 def model_hash(cfg: Any) -> str:

@@ -5,7 +5,9 @@ FINISHED run of the MLflow experiment ``hmoe-report``. Its facts are tags, its n
 
 - ``report.<key>``: each top-level field of the record (``section``, ``dataset``, ``variant``,
   ``seed``, ``preset``, ``overrides``, ``model_hash``, ``machine``, ...); a string as it is,
-  anything else as JSON, named in ``report.json_keys``, so a record reads back exactly;
+  anything else as JSON, named in ``report.json_keys``, so a record reads back exactly; a value
+  longer than MLflow's tag value limit (which MLflow truncates, silently) is split: the tag
+  holds its first part, ``report.part/<key>/<n>`` the rest in order;
 - ``report/<metric>``: the record's ``metrics`` (the best epoch's ``val_*``, its ``test_*``, the
   section's own extras); ``report_ia/<name>``: its ``ia`` (information abundance then).
 
@@ -38,6 +40,10 @@ IA_PREFIX = "report_ia/"
 RECORD_METRICS = ("metrics", "ia")  # record fields held as MLflow metrics, not tags
 FINISHED = "FINISHED"
 MAX_TAGS_PER_BATCH = 100  # MLflow's log_batch limit
+# MLflow's tag value limit (``mlflow.utils.validation.MAX_TAG_VAL_LENGTH``): a longer value is
+# truncated, so a record's longer fields (``config``) are split into parts of this length
+MAX_TAG_VALUE = 8000
+PART_PREFIX = "report.part/"  # ``report.part/<key>/<n>``: part n (from 1) of a split field
 MAX_RESULTS = 50_000  # MLflow's page size limit for search_runs
 EXPORT_SUFFIX = ".json"
 
@@ -50,10 +56,13 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
         if key in RECORD_METRICS:
             continue
         if isinstance(value, str):
-            tags[TAG_PREFIX + key] = value
+            text = value
         else:
-            tags[TAG_PREFIX + key] = json.dumps(value, sort_keys=True)
+            text = json.dumps(value, sort_keys=True)
             as_json.append(key)
+        parts = [text[at : at + MAX_TAG_VALUE] for at in range(0, len(text), MAX_TAG_VALUE)]
+        tags[TAG_PREFIX + key] = parts[0] if parts else text
+        tags |= {f"{PART_PREFIX}{key}/{n}": part for n, part in enumerate(parts[1:], start=1)}
     tags[JSON_KEYS_TAG] = ",".join(sorted(as_json))
     return tags
 
@@ -68,10 +77,13 @@ def to_record(tags: Mapping[str, str], metrics: Mapping[str, float]) -> dict[str
     as_json = set(filter(None, tags.get(JSON_KEYS_TAG, "").split(",")))
     record: dict[str, Any] = {}
     for tag, value in tags.items():
-        if not tag.startswith(TAG_PREFIX) or tag in (JSON_KEYS_TAG, ORIGIN_TAG):
+        if not tag.startswith(TAG_PREFIX) or tag.startswith(PART_PREFIX):
+            continue
+        if tag in (JSON_KEYS_TAG, ORIGIN_TAG):
             continue
         key = tag.removeprefix(TAG_PREFIX)
-        record[key] = json.loads(value) if key in as_json else value
+        text = value + "".join(_parts(tags, key))
+        record[key] = json.loads(text) if key in as_json else text
     record["metrics"] = {
         k.removeprefix(METRIC_PREFIX): v for k, v in metrics.items() if k.startswith(METRIC_PREFIX)
     }
@@ -79,6 +91,13 @@ def to_record(tags: Mapping[str, str], metrics: Mapping[str, float]) -> dict[str
         k.removeprefix(IA_PREFIX): v for k, v in metrics.items() if k.startswith(IA_PREFIX)
     }
     return record
+
+
+def _parts(tags: Mapping[str, str], key: str) -> list[str]:
+    """The split parts of field ``key`` after its first, in order (none: it was not split)."""
+    prefix = f"{PART_PREFIX}{key}/"
+    numbered = {int(t.removeprefix(prefix)): v for t, v in tags.items() if t.startswith(prefix)}
+    return [numbered[n] for n in sorted(numbered)]
 
 
 class RunStore:

@@ -4,10 +4,10 @@ Every record of the report (one training run of a section, or one computed estim
 FINISHED run of the MLflow experiment ``hmoe-report``. Its facts are tags, its numbers metrics:
 
 - ``report.<key>``: each top-level field of the record (``section``, ``dataset``, ``variant``,
-  ``seed``, ``preset``, ``overrides``, ``model_hash``, ``machine``, ...); a string as it is,
-  anything else as JSON, named in ``report.json_keys``, so a record reads back exactly; a value
-  longer than MLflow's tag value limit (which MLflow truncates, silently) is split: the tag
-  holds its first part, ``report.part/<key>/<n>`` the rest in order;
+  ``seed``, ``preset``, ``overrides``, ``model_hash``, ``config``, ``machine``, ...); a string
+  as it is, anything else as JSON, named in ``report.json_keys``, so a record reads back
+  exactly; a value longer than MLflow's tag value limit (which MLflow truncates, silently) is
+  split: the tag holds its first part, ``report.part/<key>/<n>`` the rest in order;
 - ``report/<metric>``: the record's ``metrics`` (the best epoch's ``val_*``, its ``test_*``, the
   section's own extras); ``report_ia/<name>``: its ``ia`` (information abundance then).
 

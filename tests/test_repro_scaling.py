@@ -85,6 +85,8 @@ def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
     assert "Best mean test AUC: 3 set(s), 0.7220" in body
     assert "2 sets +0.0005 (noise" in body
     assert "3 sets +0.0200 (beyond noise" in body
+    assert "the same total size): is not seen here (within noise of one set)." in body
+    assert "experts 2 gwpfm, 2 ipnn, 1 dcnv2, 1 mlp; seeds 1, 2, 3." in body
     assert (ctx.figures / scaling.FIGURE).stat().st_size > 0
     assert f"results/figures/{scaling.FIGURE}" in body
 

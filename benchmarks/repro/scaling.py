@@ -74,7 +74,7 @@ def widths(sets: int, schema: Any) -> list[int]:
 
 
 def _variant(sets: int) -> str:
-    return f"{sets} sets {'/'.join(map(str, split_dims(sets)))}"
+    return f"sets={sets} dims={'/'.join(map(str, split_dims(sets)))}"
 
 
 def _ia_per_seed(runs: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
@@ -114,11 +114,16 @@ def _findings(rows: Mapping[int, Mapping[str, list[float]]]) -> str:
     sums = {s: r["ia_sum"] for s, r in rows.items() if r["ia_sum"]}
     if 1 in sums and len(sums) > 1:
         most = max(sums, key=lambda s: mean_std(sums[s])[0])
+        if min(len(sums[most]), len(sums[1])) < 2:
+            verdict = "too few seeds to judge."
+        elif most != 1 and _beyond(sums[most], sums[1]):
+            verdict = "holds here."
+        else:
+            verdict = "is not seen here (within noise of one set)."
         lines.append(
             f"- IA summed over sets: one set {mean_std(sums[1])[0]:.2f}, highest at {most} sets "
             f"({mean_std(sums[most])[0]:.2f}); the paper's claim (more sets, more directions "
-            "spanned at the same total size) "
-            + ("holds here." if most != 1 and _beyond(sums[most], sums[1]) else "is not seen here.")
+            "spanned at the same total size): " + verdict
         )
     return "\n".join(lines)
 
@@ -176,10 +181,10 @@ def _width_note(data: Path) -> str:
     schema = load_schema(data)
     totals = {s: sum(widths(s, schema)) for s in SET_COUNTS}
     if set(totals.values()) == {TOTAL_DIM}:
-        return f"Token width per field on this schema: {TOTAL_DIM} in every row.\n"
+        return f"Token width per field on this schema: {TOTAL_DIM} in every row.\n\n"
     return "**Unequal token widths on this schema**: " + ", ".join(
         f"{s} sets {w}" for s, w in totals.items()
-    ) + ".\n"  # fmt: skip
+    ) + ".\n\n"  # fmt: skip
 
 
 def run(ctx: Context) -> Section:
@@ -220,7 +225,9 @@ def run(ctx: Context) -> Section:
     settings = ", ".join(f"`{k}={v}`" for k, v in ctr.PROTOCOL[DATASET].items())
     parts = [
         __doc__.split("\n", 2)[2].strip(),
-        f"Settings: {settings}; experts {COUNTS}; seeds {', '.join(map(str, ctx.seeds))}. A "
+        f"Settings: {settings}; experts "
+        + ", ".join(f"{n} {kind}" for kind, n in COUNTS.items())
+        + f"; seeds {', '.join(map(str, ctx.seeds))}. A "
         f"difference is called an effect only beyond {NOISE_STDS:g} seed stds (the larger of "
         "the two rows').",
         _width_note(data) + table(header, table_rows),

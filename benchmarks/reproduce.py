@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
     "ctr", "selection", "small", "coldstart", "q1b", "ablations", "sparse", "backends",
     "multitask", "ipw", "exposure", "figures", "correlation", "entanglement", "stem_al",
-    "negatives", "ame",
+    "negatives", "ame", "scaling",
 )  # fmt: skip
 
 

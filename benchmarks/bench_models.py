@@ -47,6 +47,7 @@ PEERS = {"ml100k": ("DIN",), "criteo": ("DCN", "DCN-M")}
 DEFAULT_THREADS = 2
 LEARNING_RATE = 1e-3
 NUM_DISTINCT_BATCHES = 3
+PEER_LENGTH = "seq_length"  # DeepCTR's column of a history's true length
 Batch = dict[str, torch.Tensor]
 
 
@@ -172,11 +173,13 @@ def _peer_columns(schema: FeatureSchema, batch: Batch) -> dict[str, torch.Tensor
         columns[f"hist_{q.item_field}"] = batch[seq_column(q.name, "item")]
         if q.category_field is not None:
             columns[f"hist_{q.category_field}"] = batch[seq_column(q.name, "category")]
-        columns["seq_length"] = batch[seq_column(q.name, "length")]
+        columns[PEER_LENGTH] = batch[seq_column(q.name, "length")]
     return columns
 
 
-def _peer_features(schema: FeatureSchema, embedding_dim: int):
+def peer_features(schema: FeatureSchema, embedding_dim: int) -> list:
+    """DeepCTR feature columns of ``schema``: its ids, its numerics and similarities as dense
+    inputs, and each history (items, categories) sharing its field's embedding."""
     from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
 
     features = [SparseFeat(c.name, c.vocab_size, embedding_dim) for c in schema.categorical]
@@ -187,7 +190,7 @@ def _peer_features(schema: FeatureSchema, embedding_dim: int):
                 continue
             vocab = schema.categorical_by_name(field).vocab_size
             sparse = SparseFeat(f"hist_{field}", vocab, embedding_dim, embedding_name=field)
-            features.append(VarLenSparseFeat(sparse, q.max_len, length_name="seq_length"))
+            features.append(VarLenSparseFeat(sparse, q.max_len, length_name=PEER_LENGTH))
     return features
 
 
@@ -196,12 +199,12 @@ def peer_step(kind: str, schema: FeatureSchema) -> tuple[Callable[[Batch], None]
 
     torch.manual_seed(0)
     if kind == "DIN":
-        features = _peer_features(schema, 16)
+        features = peer_features(schema, 16)
         history = [q.item_field for q in schema.sequences]
         history += [q.category_field for q in schema.sequences if q.category_field]
         model = DIN(features, history, dnn_hidden_units=(128, 64), device="cpu")
     else:
-        features = _peer_features(schema, 10)
+        features = peer_features(schema, 10)
         model = DCN(
             features, features, cross_num=3, dnn_hidden_units=(400, 400, 400),
             dnn_dropout=0.2, device="cpu",

@@ -40,7 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import PEER_VERSION, install_peer, load_average, machine
+from bench_models import (
+    PEER_LENGTH,
+    PEER_VERSION,
+    install_peer,
+    load_average,
+    machine,
+    peer_features,
+)
 from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema, seq_column
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +61,6 @@ EPOCHS = 8
 EVAL_BATCH_SIZE = 4096  # scoring only: the size changes no number, fewer calls are faster
 PATIENCE = 2  # epochs without a better validation AUC before stopping, as the report's runs
 SPLITS = {"train": "train", "val": "valid", "test": "test"}  # metric prefix -> split
-LENGTH = "seq_length"  # DeepCTR's column of the history's true length
 
 
 def peer_schema(schema: FeatureSchema) -> FeatureSchema:
@@ -81,7 +87,7 @@ def export_split(data: Path, split: str, schema: FeatureSchema) -> dict[str, np.
         columns[f"hist_{q.item_field}"] = batch[seq_column(q.name, "item")].numpy()
         if q.category_field is not None:
             columns[f"hist_{q.category_field}"] = batch[seq_column(q.name, "category")].numpy()
-        columns[LENGTH] = batch[seq_column(q.name, "length")].numpy()
+        columns[PEER_LENGTH] = batch[seq_column(q.name, "length")].numpy()
     columns["label"] = batch[LABELS][:, 0].numpy().astype(np.float32)
     return columns
 
@@ -101,26 +107,21 @@ def export(data: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def peer_model(kind: str, schema: FeatureSchema, seed: int) -> Any:
-    from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DIN, DeepFM
 
     schema = peer_schema(schema)
-    features: list[Any] = [
-        SparseFeat(c.name, c.vocab_size, EMBEDDING_DIM) for c in schema.categorical
-    ]
-    features += [DenseFeat(n.name, 1) for n in (*schema.numeric, *schema.similarity)]
-    torch.manual_seed(seed)
-    if kind == "DeepFM":
+    if kind == "DeepFM":  # the history is an input of DIN only (the Q1 peer inputs)
+        features = peer_features(dataclasses.replace(schema, sequences=()), EMBEDDING_DIM)
+        torch.manual_seed(seed)
         return DeepFM(features, features, dnn_hidden_units=DNN_UNITS, seed=seed, device="cpu")
-    history = []
-    for q in schema.sequences:
-        for field in (q.item_field, q.category_field):
-            if field is None:
-                continue
-            vocab = schema.categorical_by_name(field).vocab_size
-            sparse = SparseFeat(f"hist_{field}", vocab, EMBEDDING_DIM, embedding_name=field)
-            features.append(VarLenSparseFeat(sparse, q.max_len, length_name=LENGTH))
-            history.append(field)
+    features = peer_features(schema, EMBEDDING_DIM)
+    history = [
+        field
+        for q in schema.sequences
+        for field in (q.item_field, q.category_field)
+        if field is not None
+    ]
+    torch.manual_seed(seed)
     return DIN(features, history, dnn_hidden_units=DNN_UNITS, seed=seed, device="cpu")
 
 

@@ -61,6 +61,28 @@ def test_tracking_uri_follows_mlflow_convention(tmp_path, monkeypatch):
     assert tracking_option(None, {}) == f"sqlite:///{tmp_path.resolve()}/env.db"
 
 
+def test_a_calls_config_takes_its_shortcuts_and_is_resolved(tmp_path, monkeypatch):
+    """``train`` and ``tune`` build their config alike: the shortcuts applied, the store chosen
+    as ``tracking_option`` says, the store and the run storage absolute."""
+    from hmoe.platform.api import resolved_experiment
+
+    data = write_prepared(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    cfg = resolved_experiment("debug", data, None, workers=2, gpus_per_worker=None,
+                              tracking_uri=None, experiment="exp",
+                              registered_model="model")  # fmt: skip
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path.resolve()}/env.db"
+    assert (cfg.train.num_workers, cfg.tracking.experiment) == (2, "exp")
+    assert cfg.tracking.registered_model == "model"
+    assert Path(cfg.train.storage_path).is_absolute()
+    # a --set tracking.uri wins over MLFLOW_TRACKING_URI and is made absolute too
+    kept = resolved_experiment("debug", data, {"tracking.uri": "sqlite:///set.db"}, workers=None,
+                               gpus_per_worker=None, tracking_uri=None, experiment=None,
+                               registered_model=None)  # fmt: skip
+    assert kept.tracking.uri == f"sqlite:///{tmp_path.resolve()}/set.db"
+
+
 def test_train_tracks_into_mlflow_tracking_uri(tmp_path, monkeypatch):
     """``hmoe.train`` without ``tracking_uri`` logs into ``MLFLOW_TRACKING_URI``'s store."""
     from mlflow import MlflowClient

@@ -74,6 +74,7 @@ __all__ = [
     "ray_for",
     "record_run",
     "resolve",
+    "resolved_experiment",
     "resume",
     "tracking_option",
     "train",
@@ -178,6 +179,32 @@ def tracking_option(uri: str | None, overrides: Mapping[str, Any] | None) -> str
     return store_uri(uri)
 
 
+def resolved_experiment(
+    preset: str,
+    data: str | Path,
+    overrides: Mapping[str, Any] | None,
+    *,
+    workers: int | None,
+    gpus_per_worker: float | None,
+    tracking_uri: str | None,
+    experiment: str | None,
+    registered_model: str | None,
+) -> ExperimentConfig:
+    """The config of a ``train`` or ``tune`` call: ``build_experiment`` with the call's
+    shortcuts, the tracking store chosen as ``tracking_option`` says, then ``resolve``d."""
+    cfg = build_experiment(
+        preset,
+        data,
+        overrides,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        tracking_uri=tracking_option(tracking_uri, overrides),
+        experiment=experiment,
+        registered_model=registered_model,
+    )
+    return resolve(cfg)
+
+
 def run_tags(cfg: ExperimentConfig, space: str | None = None) -> dict[str, str]:
     """The run-identity tags and MLflow's source tags (``hmoe tune`` for a search's runs)."""
     commit = git_commit()
@@ -244,17 +271,9 @@ def train(
         run_started: called with the MLflow run id as soon as the run exists, so that a caller
             can find the run again if this call fails before it returns.
     """
-    cfg = build_experiment(
-        preset,
-        data,
-        overrides,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        tracking_uri=tracking_option(tracking_uri, overrides),
-        experiment=experiment,
-        registered_model=registered_model,
-    )
-    cfg = resolve(cfg)
+    cfg = resolved_experiment(preset, data, overrides, workers=workers,
+                              gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri,
+                              experiment=experiment, registered_model=registered_model)  # fmt: skip
     check_run(cfg)
     check_resources(cfg.train, DATA_CPUS)
     say = progress or (lambda line: None)

@@ -38,9 +38,8 @@ from hmoe.platform.api import (
     ray_for,
     record_run,
     registration,
-    resolve,
+    resolved_experiment,
     run_tags,
-    tracking_option,
 )
 from hmoe.platform.core import storage
 from hmoe.platform.core.failures import failure_reason, is_deterministic
@@ -48,7 +47,6 @@ from hmoe.platform.core.metrics import metric_mode
 from hmoe.platform.experiment import (
     ExperimentConfig,
     TrainConfig,
-    build_experiment,
     trial_run_name,
 )
 from hmoe.platform.tracking.runs import (
@@ -347,17 +345,9 @@ def tune(
 
     _check_arguments(scheduler, num_samples, max_concurrent)
     searched = resolve_space(space)
-    cfg = build_experiment(
-        preset,
-        data,
-        overrides,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        tracking_uri=tracking_option(tracking_uri, overrides),
-        experiment=experiment,
-        registered_model=registered_model,
-    )
-    cfg = resolve(cfg)
+    cfg = resolved_experiment(preset, data, overrides, workers=workers,
+                              gpus_per_worker=gpus_per_worker, tracking_uri=tracking_uri,
+                              experiment=experiment, registered_model=registered_model)  # fmt: skip
     check_space(searched, lambda params: apply_overrides(cfg, params))
     search = f"{cfg.preset}-{searched.name}-{cfg.config_hash()}"
     path = storage.join(cfg.train.storage_path, search)

@@ -19,7 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # world gives 0.489, the same world with the planted sequence effect on 0.594)
 INDEPENDENT_WITHIN = 0.03
 CONFOUNDED_ABOVE = 0.55
-MAX_FLOORED_SHARE = 0.2  # of the repeat clicks: 0.14 at the section's floor, 0.45 at 0.1
+MAX_FLOORED_SHARE = 0.2  # of the repeat clicks: 0.14 at the section's floor, 0.50 at 0.1
 PLANTED_DEFAULT = sm.PlantedConfig().strength
 
 

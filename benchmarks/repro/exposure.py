@@ -66,7 +66,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     },
 }
 # k is heavy-tailed here (a heavy user sees a popular item hundreds of times; 99th percentile
-# 160): a floor of 0.1 binds from k = 10 on, for about half the repeat clicks, and leaves them an
+# 160): a floor of 0.1 binds from k = 10 on, for half the repeat clicks, and leaves them an
 # inflation of up to log((1 + k) / 10); at 0.01 it binds from k = 100 on (0.14 of them)
 MIN_WEIGHT = 0.01
 SHARED: dict[str, Any] = {

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,6 +144,34 @@ def test_ipw_power_matches_the_slow_reference_and_down_weights_repeats() -> None
     assert weights[3].item() == pytest.approx(weights[4].item()) == pytest.approx(0.4 * first)
     torch.testing.assert_close(weights[torch.tensor(POSITIVE)].mean(), torch.tensor(1.0))
     assert torch.equal(weights[~torch.tensor(POSITIVE)], torch.ones(2))
+
+
+def _slow_weighted_bce_optimum(click_prob: float, positive_weight: float) -> float:
+    """The logit minimising ``w * p * -log q + (1 - p) * -log(1 - q)`` (the expected BCE of one
+    (x, k) cell, positives weighted ``w``), by bisection on its slope; plain floats, no torch."""
+    low, high = -40.0, 40.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        q = 1.0 / (1.0 + math.exp(-mid))
+        slope = -positive_weight * click_prob * (1.0 - q) + (1.0 - click_prob) * q
+        low, high = (low, mid) if slope > 0.0 else (mid, high)
+    return (low + high) / 2.0
+
+
+def test_ipw_power_optimum_is_the_interest_logit_shifted_by_the_renormalisation() -> None:
+    # the generator's form: click logit = interest + inflation * log(1 + k); the positives-only
+    # weight removes the inflation up to one shift per batch, except what the floor keeps
+    inflation, interest, floor = 1.0, -2.0, 0.05
+    counts = [0.0, 1.0, 2.0, 5.0, 19.0, 40.0, 300.0]
+    cfg = IPWConfig(enabled=True, exponent=inflation, min_weight=floor)
+    weights = ipw_weights(torch.tensor(counts, dtype=torch.float64), cfg).tolist()
+    mean_clipped = sum(max((1.0 + k) ** -inflation, floor) for k in counts) / len(counts)
+    for k, weight in zip(counts, weights, strict=True):
+        click_prob = 1.0 / (1.0 + math.exp(-(interest + inflation * math.log1p(k))))
+        kept = max(0.0, math.log(floor * (1.0 + k) ** inflation))  # the floor's share of it
+        expected = interest - math.log(mean_clipped) + kept
+        got = _slow_weighted_bce_optimum(click_prob, weight)
+        assert got == pytest.approx(expected, abs=1e-6), k
 
 
 def test_ipw_table_matches_the_slow_reference() -> None:

@@ -76,6 +76,19 @@ class IPWConfig(Config):
     first exposure's from ``k = 1`` on (``rho`` increasing from ``k = 0`` to 1, ``min_weight < 1``);
     the checks below refuse settings that would up-weight or flatten repeats.
 
+    Why this weight, on positives only: when the click odds are the interest odds ``o(x)`` times
+    ``rho_k`` (a click logit additive in ``log rho_k``, as ``exposure_inflation`` plants with
+    ``rho_k = (1 + k) ** inflation``), BCE with positives weighted ``w`` and negatives 1 is
+    minimised, for each (x, k), at odds ``w * rho_k * o(x)``; ``w = 1 / rho_k`` leaves ``o(x)``.
+    Weighting the negatives by the same factor would cancel it. Step 3 multiplies every positive
+    of the batch by one constant ``c``: the optimum becomes ``c * o(x)``, a logit shift shared by
+    all rows (the ranking is unchanged, the calibration is not). Where the floor binds
+    (``rho_k > 1 / min_weight``) the optimum keeps ``rho_k * min_weight`` of the inflation, so a
+    floor that binds for many positives (heavy-tailed ``k``) leaves part of the bias in place.
+    The estimate is pointwise: a correlation between ``k`` and the interest does not change it,
+    but it does make a ranking of the interest that drops the exposure term lose what ``k``
+    says about the interest.
+
     Estimators of ``rho_k``:
 
     * ``power`` (default, needs no fitting): ``rho_k = (1 + k) ** exponent``, ``exponent > 0``.
@@ -89,7 +102,7 @@ class IPWConfig(Config):
     estimator: Literal["power", "table"] = "power"
     exponent: float = 0.5  # power estimator: rho_k = (1 + k) ** exponent
     propensities: tuple[float, ...] = ()  # table estimator: click rate by exposure index
-    min_weight: float = 0.1
+    min_weight: float = 0.1  # floor of a positive's weight before the renormalisation (step 2)
     tasks: tuple[str, ...] = ()  # the tasks whose positives are re-weighted (empty: every task)
 
     def __post_init__(self) -> None:
@@ -223,7 +236,8 @@ def ipw_weights(
 
     Inverse propensities ``1 / rho_k`` are clipped to ``[min_weight, 1]`` and renormalised to
     mean 1 over ``mask_B`` (the task's positives; default: every sample); samples outside the
-    mask get 1. Negative counts are treated as 0 (a first exposure).
+    mask get 1, which is what makes the weighted optimum the interest's odds (``IPWConfig``).
+    Negative counts are treated as 0 (a first exposure).
     """
     counts_B = exposure_B.clamp(min=0.0)
     if config.estimator == "power":

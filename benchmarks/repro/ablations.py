@@ -70,9 +70,9 @@ def variants(ctx: Context, dataset: str) -> list[tuple[str, str, dict[str, Any]]
                 {"model.encoder.sequence.kind": "din_plus", "model.encoder.sequence.tim": None},
             ),
             (
-                "TIM code form -> paper form",
-                "TIM's code-form tokens (paper form instead)",
-                {"model.encoder.sequence.tim.form": "paper"},
+                "TIM paper form -> code form",
+                "TIM's paper-form tokens (the official code's form instead)",
+                {"model.encoder.sequence.tim.form": "code"},
             ),
             ("MNSE -> buckets", "MNSE", {"model.encoder.numeric.kind": "bucket"}),
         ]

@@ -79,6 +79,20 @@ def test_one_class_validation_is_refused_for_auc_early_stopping_only(tmp_path):
         check_run(build_experiment("debug", data, {"train.early_stopping_metric": "val_auc_clik"}))
 
 
+def test_ipw_logloss_early_stopping_is_refused_without_ipw(tmp_path):
+    data = write_prepared(tmp_path / "tiny", ("click", "like"))
+    key = "train.early_stopping_metric"
+    metric = {key: "val_ipw_logloss"}
+    off = metric | {"loss.ipw.enabled": False}  # the debug preset has IPW on
+    with pytest.raises(ConfigError, match=r"val_ipw_logloss weights .* loss.ipw.enabled is false"):
+        check_run(build_experiment("debug", data, off))
+    check_run(build_experiment("debug", data, metric | {"loss.ipw.enabled": True}))
+    only_click = {"loss.ipw.enabled": True, "loss.ipw.tasks": ["click"]}
+    check_run(build_experiment("debug", data, only_click | {key: "val_ipw_logloss_click"}))
+    with pytest.raises(ConfigError, match=r"loss.ipw.tasks re-weights only \['click'\]"):
+        check_run(build_experiment("debug", data, only_click | {key: "val_ipw_logloss_like"}))
+
+
 def test_label_counts_come_from_the_manifest_when_it_has_them(tmp_path):
     data = write_prepared(tmp_path / "tiny")
     manifest = json.loads((data / "manifest.json").read_text())

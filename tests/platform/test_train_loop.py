@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmoe.models.losses import LossConfig, TrainWrapper
+from hmoe.models.losses import IPWConfig, LossConfig, TrainWrapper
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.platform.core.metrics import gauc
 from hmoe.platform.experiment import TrainConfig
@@ -25,7 +25,7 @@ from hmoe.platform.training.train_loop import (
     evaluate,
     run_loop,
 )
-from hmoe.schema import LABELS, OOV_INDEX
+from hmoe.schema import EXPOSURE, LABELS, OOV_INDEX
 from tests.conftest import REPO_ROOT
 
 SCHEMA = tiny_schema(("click", "like"))
@@ -78,14 +78,14 @@ def _loop_sizes() -> dict[str, int]:
     return {"eval_batch_size": EVAL_BATCH_SIZE, "steps_per_epoch": STEPS_PER_EPOCH}
 
 
-def _run(settings: TrainConfig, checkpoint_dir=None, hooks=None):
+def _run(settings: TrainConfig, checkpoint_dir=None, hooks=None, loss=None, val=None):
     torch.manual_seed(settings.seed)
     model = _ItemModel()
     runtime = StandaloneRuntime(
         _data(128, 0), 32, settings.seed, torch.device("cpu"), checkpoint_dir=checkpoint_dir
     )
-    data = EvalData(val=_data(96, 1), test=_data(96, 2))
-    wrapper = TrainWrapper(model, LossConfig())
+    data = EvalData(val=_data(96, 1) if val is None else val, test=_data(96, 2))
+    wrapper = TrainWrapper(model, loss or LossConfig())
     outcome = run_loop(model, wrapper, SCHEMA, runtime, data, settings, hooks, **_loop_sizes())
     return outcome, runtime
 
@@ -164,6 +164,69 @@ def test_early_stopping_restores_the_best_epoch_and_every_metric_means_that_epoc
     steps = [(step, m["val_logloss"]) for step, m in logger.logged if "val_logloss" in m]
     assert steps == [*enumerate(own, start=1), (len(own), min(own))]
     assert "test_logloss" in logger.logged[-1][1] and "best_epoch" in logger.logged[-1][1]
+
+
+IPW_CLICK = IPWConfig(enabled=True, exponent=0.7, min_weight=0.3, tasks=("click",))
+
+
+def _reference_ipw_logloss(labels, logits, exposure, ipw: IPWConfig) -> float:
+    """Row by row: clip((1 + k) ** -exponent, min_weight, 1) on positives, renormalised to mean 1
+    over every positive of the split, 1 on negatives, then sum(w * bce) / sum(w)."""
+    raw = []
+    for label, k in zip(labels, exposure, strict=True):
+        inverse = (1.0 + max(k, 0.0)) ** -ipw.exponent
+        raw.append(min(max(inverse, ipw.min_weight), 1.0) if label > 0.5 else None)
+    clipped = [w for w in raw if w is not None]
+    mean = sum(clipped) / len(clipped)
+    total_weight = total_loss = 0.0
+    for label, logit, w in zip(labels, logits, raw, strict=True):
+        weight = 1.0 if w is None else w / mean
+        p = min(max(1.0 / (1.0 + math.exp(-logit)), 1e-7), 1.0 - 1e-7)
+        total_loss += weight * -(label * math.log(p) + (1.0 - label) * math.log(1.0 - p))
+        total_weight += weight
+    return total_loss / total_weight
+
+
+def test_the_ipw_logloss_matches_a_row_by_row_reference():
+    torch.manual_seed(3)
+    model = _ItemModel()
+    nn.init.normal_(model.table.weight)
+    data = _data(50, 4)
+    data[LABELS][::3, 0] = 1.0 - data[LABELS][::3, 0]  # both exposure levels of each label
+    out = evaluate(model, data, SCHEMA, "val", torch.device("cpu"), 16, False, IPW_CLICK)
+    logits = model(data)[:, 0].tolist()
+    labels, exposure = data[LABELS][:, 0].tolist(), data[EXPOSURE].tolist()
+    expected = _reference_ipw_logloss(labels, logits, exposure, IPW_CLICK)
+    assert out["val_ipw_logloss_click"] == pytest.approx(expected, rel=1e-6)
+    assert out["val_ipw_logloss"] == out["val_ipw_logloss_click"]
+    assert "val_ipw_logloss_like" not in out  # loss.ipw.tasks leaves "like" unweighted
+    assert out["val_ipw_logloss_click"] != pytest.approx(out["val_logloss_click"])
+    unweighted = evaluate(model, data, SCHEMA, "val", torch.device("cpu"), 16, False)
+    assert not any("ipw" in key for key in unweighted)
+
+
+def test_early_stopping_on_the_ipw_logloss_picks_the_epoch_with_the_lowest_weighted_loss():
+    # validation: first-exposure positives say odd items, repeat positives say even items
+    # (the planted training signal), so the IPW logloss, which trusts first exposures most,
+    # gets worse as training fits the even items
+    val = _data(96, 1)
+    first = torch.arange(96) % 2 == 0
+    val[EXPOSURE] = torch.where(first, 0.0, 5.0)
+    odd = (val["item"] % 2 == 1).float()
+    val[LABELS][first] = odd[first].unsqueeze(1).expand(-1, 2)
+    outcome, runtime = _run(
+        _settings(epochs=4, early_stopping_metric="val_ipw_logloss", early_stopping_patience=4),
+        loss=LossConfig(ipw=IPWConfig(enabled=True, exponent=2.0, min_weight=0.05)),
+        val=val,
+    )
+    own = [h["val_ipw_logloss"] for h in outcome.history]
+    assert len(own) == 4
+    best_epoch = own.index(min(own)) + 1
+    assert best_epoch < len(own)  # the scenario: the last epoch is not the best
+    final = runtime.reports[-1]
+    assert final["best_epoch"] == best_epoch
+    assert final["val_ipw_logloss"] == min(own)
+    assert [r["epoch_val_ipw_logloss"] for r in runtime.reports] == own
 
 
 def test_the_guard_metric_also_stops_training_and_the_best_epoch_stays_the_metrics():

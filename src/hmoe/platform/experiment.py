@@ -17,7 +17,7 @@ from hmoe.config import Config, ConfigError, apply_overrides, config
 from hmoe.models.embeddings import CPU_TABLE_OPTIMIZERS
 from hmoe.models.losses import LossConfig
 from hmoe.models.ranker import ModelConfig
-from hmoe.platform.core.metrics import METRIC_MODES
+from hmoe.platform.core.metrics import split_metric_name
 from hmoe.platform.core.ray_start import RAY_BUILTIN_RESOURCES
 from hmoe.platform.tracking.runs import DEFAULT_TRACKING_URI
 
@@ -134,7 +134,9 @@ class TrainConfig(Config):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0  # linear warmup from 0 over these optimizer steps
     grad_clip_norm: float | None = 10.0
-    early_stopping_metric: str = "val_auc"  # the validation metric that picks the best epoch
+    # the validation metric that picks the best epoch: val_<auc|gauc|logloss>[_<task>], or with
+    # loss.ipw on, val_ipw_logloss[_<task>] (the IPW-weighted logloss, minimised)
+    early_stopping_metric: str = "val_auc"
     early_stopping_patience: int = 2
     # a second validation metric (e.g. val_logloss) that also stops training once it has not
     # improved for early_stopping_patience epochs: on small data the loss climbs while the
@@ -177,11 +179,11 @@ class TrainConfig(Config):
         if self.early_stopping_guard is not None:
             watched["early_stopping_guard"] = self.early_stopping_guard
         for name, metric in watched.items():
-            parts = metric.split("_")
-            if parts[0] != "val" or len(parts) < 2 or parts[1] not in METRIC_MODES:
+            split, kind, _task = split_metric_name(metric)
+            if split != "val" or not kind:
                 raise ConfigError(
                     f"train.{name} must be a validation metric such as val_auc, "
-                    f"val_logloss or val_gauc_<task>, got {metric!r}"
+                    f"val_logloss, val_gauc_<task> or val_ipw_logloss, got {metric!r}"
                 )
 
 

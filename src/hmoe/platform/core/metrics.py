@@ -5,6 +5,10 @@
   (the FuxiCTR / STEM definition).
 * logloss: binary cross-entropy with probabilities clipped to ``[eps, 1 - eps]``, eps = 1e-7.
 
+* IPW logloss (``ipw_logloss``): logloss with a weight per row, self-normalised
+  (``sum(w * l) / sum(w)``); the training loop computes it with the repeated-exposure IPW
+  weights of ``loss.ipw`` (``hmoe.models.losses.ipw_weights``) for the tasks IPW applies to.
+
 Names follow the platform contract ``{split}_{metric}_{task}`` (``val_auc_click``) plus
 ``{split}_{metric}`` = the mean over tasks (``val_auc`` is the default search objective).
 """
@@ -17,17 +21,22 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "IPW_LOGLOSS",
     "LOGLOSS_EPS",
     "METRIC_MODES",
     "auc",
     "gauc",
     "logloss",
     "metric_mode",
+    "split_metric_name",
     "task_metrics",
+    "weighted_logloss",
 ]
 
 LOGLOSS_EPS = 1e-7  # FuxiCTR's clipping of predicted probabilities
 METRIC_MODES = {"auc": "max", "gauc": "max", "logloss": "min"}
+# the IPW-weighted logloss: a two-word metric name, so it is parsed before the single words
+IPW_LOGLOSS = "ipw_logloss"
 
 
 def _average_ranks(scores: np.ndarray) -> np.ndarray:
@@ -105,6 +114,32 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = LOGLOSS_EPS) -> 
     return float(-np.mean(labels * np.log(probs) + (1.0 - labels) * np.log1p(-probs)))
 
 
+def weighted_logloss(
+    labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, eps: float = LOGLOSS_EPS
+) -> float:
+    """Weighted binary cross-entropy ``sum(w * l) / sum(w)`` of probabilities clipped to
+    ``[eps, 1 - eps]``; NaN on no rows or when every weight is 0."""
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probs = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1.0 - eps)
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    total = float(weights.sum())
+    if labels.size == 0 or total <= 0.0:
+        return math.nan
+    losses = -(labels * np.log(probs) + (1.0 - labels) * np.log1p(-probs))
+    return float((weights * losses).sum() / total)
+
+
+def split_metric_name(name: str) -> tuple[str, str, str]:
+    """``(split, metric, task)`` of a metric name: ``val_auc_click`` -> ``("val", "auc",
+    "click")``, ``val_ipw_logloss`` -> ``("val", "ipw_logloss", "")`` (the mean over tasks).
+    ``metric`` is ``""`` when the name holds none that is known."""
+    split, _, rest = name.partition("_")
+    if rest == IPW_LOGLOSS or rest.startswith(f"{IPW_LOGLOSS}_"):
+        return split, IPW_LOGLOSS, rest.removeprefix(IPW_LOGLOSS).removeprefix("_")
+    metric, _, task = rest.partition("_")
+    return split, (metric if metric in METRIC_MODES else ""), task
+
+
 def metric_mode(name: str) -> str:
     """``"max"`` or ``"min"`` for a metric name such as ``val_auc`` or ``val_logloss_click``."""
     parts = name.split("_")
@@ -113,7 +148,7 @@ def metric_mode(name: str) -> str:
             return METRIC_MODES[part]
     raise ValueError(
         f"cannot tell whether {name!r} is maximised or minimised: "
-        f"expected a name like val_auc, val_gauc_click or val_logloss"
+        f"expected a name like val_auc, val_gauc_click, val_logloss or val_ipw_logloss"
     )
 
 

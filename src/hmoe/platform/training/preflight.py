@@ -9,7 +9,8 @@ worker, or wait forever:
   workers, and a multi-worker run drops each worker's partial last batch (every rank must take
   the same number of DDP steps), so ``rows // workers < batch_size`` means zero steps;
 * early stopping on an AUC-type metric while a task has one class in the validation split
-  (the metric would be NaN every epoch), or on a metric the dataset cannot give;
+  (the metric would be NaN every epoch), or on a metric the dataset or the run cannot give
+  (``val_ipw_logloss`` without ``loss.ipw``);
 * a model built around a behaviour-sequence encoder on a dataset without sequences (it would
   quietly train as a plain DNN);
 * more CPUs or GPUs than the connected Ray cluster has (without a Ray yet: more GPUs than this
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hmoe.config import ConfigError
+from hmoe.platform.core.metrics import IPW_LOGLOSS, split_metric_name
 from hmoe.platform.core.ray_start import RAY_ADDRESS_ENV
 from hmoe.platform.experiment import ExperimentConfig, TrainConfig
 from hmoe.schema import METRIC_SPLITS, FeatureSchema
@@ -138,12 +140,14 @@ def _check_early_stopping(
     cfg: ExperimentConfig, schema: FeatureSchema, manifest: Mapping[str, Any]
 ) -> None:
     metric = cfg.train.early_stopping_metric
-    name, _, task = metric.split("_", 1)[1].partition("_")
+    _split, name, task = split_metric_name(metric)
     if task and task not in schema.tasks:
         raise ConfigError(
             f"train.early_stopping_metric={metric} names task {task!r}, but the dataset's tasks "
             f"are {list(schema.tasks)}"
         )
+    if name == IPW_LOGLOSS:
+        _check_ipw_metric(cfg, metric, task)
     if name == "gauc" and schema.user_field is None:
         raise ConfigError(
             f"train.early_stopping_metric={metric} needs a user field, and the dataset "
@@ -164,6 +168,22 @@ def _check_early_stopping(
             f"where a task has one class ({'; '.join(single)}): set "
             "train.early_stopping_metric=val_logloss or prepare a validation split that holds "
             "both classes"
+        )
+
+
+def _check_ipw_metric(cfg: ExperimentConfig, metric: str, task: str) -> None:
+    """The IPW logloss exists only for the tasks whose positives ``loss.ipw`` re-weights."""
+    ipw = cfg.loss.ipw
+    if not ipw.enabled:
+        raise ConfigError(
+            f"train.early_stopping_metric={metric} weights the validation positives with the "
+            "repeated-exposure IPW weights, and loss.ipw.enabled is false: set "
+            "loss.ipw.enabled=true or choose val_logloss"
+        )
+    if task and ipw.tasks and task not in ipw.tasks:
+        raise ConfigError(
+            f"train.early_stopping_metric={metric} names task {task!r}, but loss.ipw.tasks "
+            f"re-weights only {list(ipw.tasks)}"
         )
 
 

@@ -46,16 +46,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from hmoe.models.losses import TrainWrapper, fused_table_modules, fused_table_parameters
+from hmoe.models.losses import (
+    POSITIVE_THRESHOLD,
+    IPWConfig,
+    TrainWrapper,
+    fused_table_modules,
+    fused_table_parameters,
+    ipw_weights,
+)
 from hmoe.models.torchrec_tables import place_fused_tables
 from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
-from hmoe.platform.core.metrics import METRIC_MODES, metric_mode, task_metrics
+from hmoe.platform.core.metrics import (
+    IPW_LOGLOSS,
+    METRIC_MODES,
+    metric_mode,
+    task_metrics,
+    weighted_logloss,
+)
 from hmoe.platform.data.batches import Batch, iter_minibatches
 from hmoe.platform.experiment import TrainConfig
 from hmoe.platform.tracking.runs import MetricLogger, NullLogger
 from hmoe.platform.training.runtime import Runtime
 from hmoe.platform.training.sharding import PLAN_ARTIFACT, ShardedTraining, has_torchrec_tables
-from hmoe.schema import LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
+from hmoe.schema import EXPOSURE, LABELS, OOV_INDEX, PAD_INDEX, FeatureSchema
 
 __all__ = ["EpochEndHook", "EvalData", "LoopHooks", "LoopOutcome", "run_loop"]
 
@@ -154,8 +167,10 @@ def evaluate(
     device: torch.device,
     batch_size: int,
     use_bf16: bool = False,
+    ipw: IPWConfig | None = None,
 ) -> dict[str, float]:
-    """Every metric of ``split`` (AUC, logloss, GAUC per task and their means)."""
+    """Every metric of ``split`` (AUC, logloss, GAUC per task and their means); with ``ipw``
+    enabled also the IPW logloss of the tasks it re-weights (``ipw_logloss_metrics``)."""
     was_training = model.training
     model.eval()
     logits = []
@@ -166,9 +181,45 @@ def evaluate(
     model.train(was_training)
     logits_BK = torch.cat(logits).numpy()
     users = data[schema.user_field].numpy() if schema.user_field is not None else None
-    return task_metrics(
+    out = task_metrics(
         split, schema.tasks, logits_BK, data[LABELS].numpy(), users, (PAD_INDEX, OOV_INDEX)
     )
+    if ipw is not None and ipw.enabled:
+        out |= ipw_logloss_metrics(split, schema.tasks, logits_BK, data, ipw)
+    return out
+
+
+def ipw_logloss_metrics(
+    split: str, tasks: tuple[str, ...], logits_BK: np.ndarray, data: Batch, ipw: IPWConfig
+) -> dict[str, float]:
+    """``{split}_ipw_logloss_{task}`` per task that ``ipw`` re-weights, and their mean
+    ``{split}_ipw_logloss``: the split's logloss with the training loss's IPW weights.
+
+    An estimate of the logloss against the interest rather than the exposure-inflated clicks,
+    so it can pick the best epoch of an IPW run (``train.early_stopping_metric``): the
+    observed-click AUC or logloss reward the very inflation IPW removes. The weights are
+    ``ipw_weights`` of the split's exposure counts, renormalised to mean 1 over the whole
+    split's positives of the task (training renormalises per batch; one split-wide constant
+    keeps every epoch's value comparable and independent of the eval batch size); negatives
+    weigh 1, and the loss is self-normalised, ``sum(w * l) / sum(w)``.
+    """
+    if EXPOSURE not in data:
+        raise ValueError(f"IPW is enabled but the {split} split has no {EXPOSURE!r} column")
+    labels_BK = data[LABELS].numpy().astype(np.float64)
+    probs_BK = 1.0 / (1.0 + np.exp(-np.asarray(logits_BK, dtype=np.float64)))
+    exposure_B = data[EXPOSURE].to(torch.float64)
+    out: dict[str, float] = {}
+    for k, task in enumerate(tasks):
+        if ipw.tasks and task not in ipw.tasks:
+            continue
+        positive_B = torch.from_numpy(labels_BK[:, k] > POSITIVE_THRESHOLD)
+        weight_B = ipw_weights(exposure_B, ipw, positive_B).numpy()
+        out[f"{split}_{IPW_LOGLOSS}_{task}"] = weighted_logloss(
+            labels_BK[:, k], probs_BK[:, k], weight_B
+        )
+    if out:
+        out[f"{split}_{IPW_LOGLOSS}"] = float(np.mean(list(out.values())))
+    return out
 
 
 @dataclass(kw_only=True)
@@ -275,6 +326,7 @@ def _finish(
     t: TrainConfig,
     eval_batch_size: int,
     hooks: LoopHooks,
+    ipw: IPWConfig | None,
 ) -> dict[str, float]:
     """Rank 0 after the last epoch: best weights back, the best epoch's validation metrics
     (the run's headline ``val_*``), test metrics, the model handed over."""
@@ -283,8 +335,9 @@ def _finish(
     out: dict[str, float] = {"best_epoch": float(state.best_epoch + 1), **state.best_metrics}
     if eval_data.test is not None:
         out |= evaluate(
-            model, eval_data.test, schema, "test", runtime.device, eval_batch_size, t.use_bf16
-        )
+            model, eval_data.test, schema, "test", runtime.device, eval_batch_size, t.use_bf16,
+            ipw,
+        )  # fmt: skip
         _warn_nan(_nan_metrics(out, "test", eval_data.test, schema.tasks), state)
     if hooks.on_final is not None and eval_data.val is not None:
         example = next(iter_minibatches(eval_data.val, min(8, eval_batch_size)))
@@ -323,6 +376,8 @@ def run_loop(
         steps_per_epoch: optimizer steps in one epoch of this worker, for the schedule.
     """
     hooks = hooks or LoopHooks()
+    # the loss's IPW settings also give the validation split its IPW logloss
+    ipw = train_module.config.ipw if isinstance(train_module, TrainWrapper) else None
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
     # the torchrec backend's tables onto FBGEMM's kernels for the device (a no-op on CPU);
@@ -366,8 +421,9 @@ def run_loop(
         if runtime.rank == 0:
             try:
                 stop = _after_epoch(
-                    model, schema, runtime, eval_data, state, t, eval_batch_size, metrics, mode
-                )
+                    model, schema, runtime, eval_data, state, t, eval_batch_size, metrics, mode,
+                    ipw,
+                )  # fmt: skip
             except DegenerateRunError:
                 # the failed epoch's metrics stay visible in MLflow
                 hooks.logger.log_metrics(metrics, step=state.epoch + 1)
@@ -376,7 +432,7 @@ def run_loop(
         stop = runtime.agree(stop) or state.epoch == t.epochs - 1
         if runtime.rank == 0:
             headline = (
-                _finish(model, eval_data, schema, runtime, state, t, eval_batch_size, hooks)
+                _finish(model, eval_data, schema, runtime, state, t, eval_batch_size, hooks, ipw)
                 if stop
                 else {}
             )
@@ -433,12 +489,13 @@ def _after_epoch(
     eval_batch_size: int,
     metrics: dict[str, float],
     mode: str,
+    ipw: IPWConfig | None,
 ) -> bool:
     """Rank 0: validation metrics into ``metrics``, best-epoch bookkeeping; True = stop early."""
     if eval_data.val is None:
         return False
     metrics |= evaluate(
-        model, eval_data.val, schema, "val", runtime.device, eval_batch_size, t.use_bf16
+        model, eval_data.val, schema, "val", runtime.device, eval_batch_size, t.use_bf16, ipw
     )
     value = metrics.get(t.early_stopping_metric, math.nan)
     if t.early_stopping_metric not in metrics:

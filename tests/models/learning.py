@@ -17,17 +17,17 @@ from torch import nn
 from hmoe.models.embeddings import EMBEDDING_BACKENDS
 from hmoe.models.losses import fused_table_parameters
 
-#: every embedding backend as a test parameter; ``torchrec`` skipped where it is not installed
-BACKENDS = [
-    pytest.param(
-        backend,
-        marks=pytest.mark.skipif(
-            backend == "torchrec" and importlib.util.find_spec("torchrec") is None,
-            reason="TorchRec/FBGEMM not installed (make venv installs the CPU pair)",
-        ),
-    )
-    for backend in EMBEDDING_BACKENDS
-]
+
+def backend_param(backend: str, *values: object) -> object:
+    """``(*values, backend)`` as a test parameter, skipped where ``torchrec`` is needed and
+    not installed."""
+    missing = backend == "torchrec" and importlib.util.find_spec("torchrec") is None
+    reason = "TorchRec/FBGEMM not installed (make venv installs the CPU pair)"
+    return pytest.param(*values, backend, marks=pytest.mark.skipif(missing, reason=reason))
+
+
+#: every embedding backend as a test parameter
+BACKENDS = [backend_param(backend) for backend in EMBEDDING_BACKENDS]
 
 
 def backward_and_check_every_parameter_learns(model: nn.Module, loss: torch.Tensor) -> None:

@@ -20,7 +20,7 @@ from hmoe.platform.data.batches import input_columns
 from hmoe.platform.tracking.registry import _exportable, load_model, log_model, servable
 from hmoe.platform.tracking.runs import MlflowRun
 from hmoe.schema import FeatureSchema
-from tests.models.learning import BACKENDS
+from tests.models.learning import backend_param
 
 TWO_TASKS = ("click", "like")
 EXAMPLE_ROWS = 8  # what the train loop hands log_model: min(8, eval batch size) rows
@@ -43,10 +43,15 @@ def _inputs(schema: FeatureSchema, rows: int, seed: int) -> tuple[list[str], dic
     return [n for n in input_columns(schema) if n in batch], batch
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "name",
-    [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(PRESETS)],
+    ("name", "backend"),
+    [
+        (n, "torch") if n in FAST else pytest.param(n, "torch", marks=pytest.mark.slow)
+        for n in sorted(PRESETS)
+    ]
+    # the torchrec copy of every preset predicts as the fused model does:
+    # test_embedding_backends.py; here the export of that copy, on the cheapest full coverage
+    + [backend_param("torchrec", n) for n in FAST],
 )
 def test_preset_exports_and_matches_eager(name: str, backend: str) -> None:
     """What is exported is ``servable(model)`` (``torchrec`` tables as ``torch`` ones, as

@@ -38,7 +38,10 @@ def _schema(model_kind: str) -> FeatureSchema:
 
 def _pair(name: str, overrides: dict | None = None) -> tuple[nn.Module, nn.Module, FeatureSchema]:
     """A ``torch``-backend model and its ``torchrec`` copy (same weights), eval mode."""
-    config = apply_overrides(get_preset(name).model, (overrides or {}) | {"use_compile": False})
+    config = apply_overrides(
+        get_preset(name).model,
+        (overrides or {}) | {"use_compile": False, "embedding.backend": "torch"},
+    )
     schema = _schema(config.kind)
     torch.manual_seed(0)
     reference = build(config, schema).eval()
@@ -181,8 +184,10 @@ def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_cle
         )
 
     with pytest.raises(ConfigError, match=r"read only with embedding\.backend='torchrec'"):
-        apply_overrides(get_preset("debug").model, {"embedding.table_lr": 0.1})
-    with pytest.raises(ConfigError, match="use_sparse_gradients or use_compile"):
+        apply_overrides(
+            get_preset("debug").model, {"embedding.backend": "torch", "embedding.table_lr": 0.1}
+        )
+    with pytest.raises(ConfigError, match=r"use_compile=true needs model\.embedding\.backend"):
         apply_overrides(
             get_preset("debug").model, {"embedding.backend": "torchrec", "use_compile": True}
         )
@@ -193,7 +198,7 @@ def test_table_knobs_are_read_only_with_torchrec_and_missing_torchrec_is_one_cle
         "from hmoe.config import ConfigError, apply_overrides\n"
         "from hmoe.models.testing import tiny_schema\n"
         "from hmoe.models.zoo import build, get_preset\n"
-        "config = get_preset('debug').model\n"
+        "config = apply_overrides(get_preset('debug').model, {'embedding.backend': 'torch'})\n"
         "build(config, tiny_schema())\n"
         "try:\n"
         "    build(apply_overrides(config, {'embedding.backend': 'torchrec'}), tiny_schema())\n"

@@ -13,12 +13,14 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from hmoe.config import apply_overrides
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.models.zoo import PRESETS, build, get_preset
 from hmoe.platform.data.batches import input_columns
-from hmoe.platform.tracking.registry import _exportable, load_model, log_model
+from hmoe.platform.tracking.registry import _exportable, load_model, log_model, servable
 from hmoe.platform.tracking.runs import MlflowRun
 from hmoe.schema import FeatureSchema
+from tests.models.learning import backend_param
 
 TWO_TASKS = ("click", "like")
 EXAMPLE_ROWS = 8  # what the train loop hands log_model: min(8, eval batch size) rows
@@ -26,8 +28,11 @@ OTHER_ROWS = 5
 FAST = ("debug",)  # every technique of the spec on; the cheapest full coverage
 
 
-def _model_and_schema(name: str) -> tuple[nn.Module, FeatureSchema]:
+def _model_and_schema(name: str, backend: str | None = None) -> tuple[nn.Module, FeatureSchema]:
+    """The preset's model (``backend``: its embedding backend, ``None``: the preset's)."""
     preset = get_preset(name)
+    if backend is not None:
+        preset = apply_overrides(preset, {"model.embedding.backend": backend})
     schema = tiny_schema(tasks=("click",) if preset.model.kind == "single" else TWO_TASKS)
     torch.manual_seed(0)
     return build(preset.model, schema).eval(), schema
@@ -39,15 +44,23 @@ def _inputs(schema: FeatureSchema, rows: int, seed: int) -> tuple[list[str], dic
 
 
 @pytest.mark.parametrize(
-    "name",
-    [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(PRESETS)],
+    ("name", "backend"),
+    [
+        (n, "torch") if n in FAST else pytest.param(n, "torch", marks=pytest.mark.slow)
+        for n in sorted(PRESETS)
+    ]
+    # the torchrec copy of every preset predicts as the fused model does:
+    # test_embedding_backends.py; here the export of that copy, on the cheapest full coverage
+    + [backend_param("torchrec", n) for n in FAST],
 )
-def test_preset_exports_and_matches_eager(name: str) -> None:
-    model, schema = _model_and_schema(name)
+def test_preset_exports_and_matches_eager(name: str, backend: str) -> None:
+    """What is exported is ``servable(model)`` (``torchrec`` tables as ``torch`` ones, as
+    ``log_model`` exports them); it must predict what the trained model does."""
+    model, schema = _model_and_schema(name, backend)
     names, example = _inputs(schema, EXAMPLE_ROWS, seed=0)
     args = tuple(example[n] for n in names)
     program = torch.export.export(
-        _exportable(model, names), args, dynamic_shapes=[{0: Dim.AUTO} for _ in args]
+        _exportable(servable(model), names), args, dynamic_shapes=[{0: Dim.AUTO} for _ in args]
     )
     exported = program.module()
     _, other = _inputs(schema, OTHER_ROWS, seed=1)

@@ -13,6 +13,7 @@ from hmoe.models.ranker import ModelConfig
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.models.zoo import get_preset
 from hmoe.schema import LABELS
+from tests.models.learning import BACKENDS, backward_and_check_every_parameter_learns
 
 BATCH = 6
 TASKS = ("click", "like", "share")
@@ -73,14 +74,45 @@ def test_stem_layout():
     assert bool((weights > 0).all())  # All-Forward: every gate mixes every expert
 
 
-def test_stem_task_loss_leaves_other_tasks_untouched():
-    model = _model("hmoe_stem")
+def _id_tables(model, prefix) -> list[torch.Tensor]:
+    """A copy of every id table of the sets named ``prefix``."""
+    return [
+        encoder.id_table(c.name).detach().clone()
+        for encoder in _sets_named(model, prefix)
+        for c in model.schema.categorical
+    ]
+
+
+def _tables_moved(model, before: dict[str, list[torch.Tensor]]) -> dict[str, bool]:
+    return {
+        prefix: any(
+            not torch.equal(old, new)
+            for old, new in zip(tables, _id_tables(model, prefix), strict=True)
+        )
+        for prefix, tables in before.items()
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stem_task_loss_leaves_other_tasks_untouched(backend):
+    """Fused (``torchrec``) tables have no ``.grad``: for them, whether the backward moved
+    their rows."""
+    model = _model("hmoe_stem", **{"model.embedding.backend": backend})
+    sets = ("shared", "task:click", "task:like", "task:share")
+    before = {prefix: _id_tables(model, prefix) for prefix in sets}
     _task_loss(model, _batch(), task=0).backward()
     for other in ("like", "share"):
         assert _grad_norm(_sets_named(model, f"task:{other}")) == 0.0
         assert _grad_norm(_experts_of(model, other)) == 0.0
     assert _grad_norm(_sets_named(model, "shared")) > 0.0
     assert _grad_norm(_sets_named(model, "task:click")) > 0.0
+    fused = backend == "torchrec"
+    assert _tables_moved(model, before) == {
+        "shared": fused,
+        "task:click": fused,
+        "task:like": False,
+        "task:share": False,
+    }
     assert _grad_norm(_experts_of(model, "click")) > 0.0
     assert _grad_norm(_experts_of(model, None)) > 0.0
 
@@ -178,15 +210,13 @@ def test_ple_task_gates_skip_other_tasks_specific_experts():
     assert _grad_norm(_experts_of(model, "like")) == 0.0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("preset", ["hmoe_stem", "hmoe_ame", "hmoe_stem_al", "mmoe", "ple"])
-def test_every_parameter_gets_a_finite_gradient(preset):
-    model = _model(preset)
+def test_every_parameter_learns_from_a_step(preset, backend):
+    model = _model(preset, **{"model.embedding.backend": backend})
     loss, outputs = TrainWrapper(model, get_preset(preset).loss)(_batch())
     assert outputs["logits"].shape == (BATCH, 3)
-    loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None, name
-        assert torch.isfinite(parameter.grad).all(), name
+    backward_and_check_every_parameter_learns(model, loss)
 
 
 def test_multitask_ranker_refuses_single_kind():

@@ -19,8 +19,11 @@ from hmoe.models.ranker import (
 from hmoe.models.testing import random_batch, tiny_schema
 from hmoe.models.zoo import get_preset
 from hmoe.schema import LABELS
+from tests.models.learning import BACKENDS, backward_and_check_every_parameter_learns
 
 BATCH = 6
+# use_compile and use_sparse_gradients are options of the torch backend's tables
+TORCH_TABLES = {"embedding.backend": "torch"}
 
 
 def _batch(schema, seed: int = 0, size: int = BATCH):
@@ -99,14 +102,12 @@ def test_an_expert_only_reads_its_own_set():
             assert touched == (s == own), (e, s)
 
 
-def test_every_parameter_gets_a_finite_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_parameter_learns_from_a_step(backend):
     schema = tiny_schema(tasks=("click", "like"))
-    model = _debug_model(schema)
+    model = _debug_model(schema, **{"embedding.backend": backend})
     loss, _ = TrainWrapper(model, get_preset("debug").loss)(_batch(schema))
-    loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None, name
-        assert torch.isfinite(parameter.grad).all(), name
+    backward_and_check_every_parameter_learns(model, loss)
 
 
 def test_forward_equals_a_slow_loop_reference():
@@ -223,10 +224,12 @@ def test_ranker_refuses_a_multitask_kind():
 
 
 def test_sparse_gradients_give_the_same_model_with_sparse_id_table_gradients():
+    """A ``torch``-backend option (the ``torchrec`` tables update only their touched rows
+    anyway, and refuse it: ``test_torchrec_refuses_compile_and_sparse_gradients``)."""
     schema = tiny_schema()
     batch = _batch(schema)
-    dense = _debug_model(schema).eval()
-    sparse = _debug_model(schema, use_sparse_gradients=True).eval()
+    dense = _debug_model(schema, **TORCH_TABLES).eval()
+    sparse = _debug_model(schema, use_sparse_gradients=True, **TORCH_TABLES).eval()
     torch.testing.assert_close(dense(batch), sparse(batch))
     assert dense.sparse_parameters() == []
     tables = sparse.sparse_parameters()
@@ -243,7 +246,14 @@ def test_sparse_gradients_give_the_same_model_with_sparse_id_table_gradients():
 def test_compile_flag_wraps_the_model_lazily():
     from hmoe.models.zoo import build
 
-    cfg = apply_overrides(get_preset("debug").model, {"use_compile": True})
+    cfg = apply_overrides(get_preset("debug").model, {"use_compile": True, **TORCH_TABLES})
     model = build(cfg, tiny_schema())
     assert isinstance(model._orig_mod, HeteroMoERanker)  # compiled on the first call only
     assert model.tasks == ("click",)  # attributes reach the wrapped ranker
+
+
+@pytest.mark.parametrize("option", ["use_compile", "use_sparse_gradients"])
+def test_torchrec_refuses_compile_and_sparse_gradients(option):
+    """One error naming the option and the backend setting that allows it."""
+    with pytest.raises(ConfigError, match=rf"model\.{option}=true needs model\.embedding\.backend"):
+        _debug_model(**{"embedding.backend": "torchrec", option: True})

@@ -199,13 +199,24 @@ class ModelConfig(Config):
                 f"kind {self.kind!r} needs combine.gate_source='vector': a gate fed by another "
                 "task's set would send this task's gradient into that set"
             )
-        if self.embedding.backend == "torchrec" and (self.use_sparse_gradients or self.use_compile):
+        refused = [o for o in _TORCH_TABLE_OPTIONS if getattr(self, o)]
+        if self.embedding.backend == "torchrec" and refused:
             raise ConfigError(
-                "embedding.backend='torchrec' trains its tables in the fused kernel: it cannot be "
-                "combined with use_sparse_gradients or use_compile"
+                f"model.{refused[0]}=true needs model.embedding.backend='torch': with 'torchrec' "
+                f"{_TORCH_TABLE_OPTIONS[refused[0]]}; set model.embedding.backend=torch or "
+                f"model.{refused[0]}=false"
             )
         if self.kind == "ame" and self.embedding.assignment == "shared":
             raise ConfigError("AME needs several embedding sets (assignment != 'shared')")
+
+
+# options of the torch backend's tables, and why the torchrec backend cannot offer them
+_TORCH_TABLE_OPTIONS: dict[str, str] = {
+    "use_compile": "torch.compile around FBGEMM's fused tables (updated inside the backward) "
+    "is not supported",
+    "use_sparse_gradients": "the tables produce no gradient at all: FBGEMM already updates only "
+    "the rows a batch touches, inside the backward",
+}
 
 
 @dataclasses.dataclass(frozen=True)

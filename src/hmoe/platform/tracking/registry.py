@@ -54,6 +54,7 @@ __all__ = [
     "load_model",
     "log_model",
     "register_model",
+    "servable",
 ]
 
 MODEL_NAME = "model"
@@ -154,6 +155,17 @@ class _PytorchWithPyfunc:
         mlflow_model.save(str(Path(path, MLMODEL_FILE_NAME)))
 
 
+def servable(model: nn.Module) -> nn.Module:
+    """The module ``log_model`` exports for ``model``: on CPU, in eval mode, ``torchrec``
+    tables copied into ``torch`` ones (``torch.export`` cannot trace FBGEMM's fused
+    collection, and the copy loads where TorchRec is not installed)."""
+    # torch.compile's wrapper: export and pickle the module it compiles, not the wrapper
+    model = getattr(model, "_orig_mod", model).to("cpu").eval()
+    if fused_table_modules(model):
+        return with_embedding_backend(model, "torch")
+    return model
+
+
 def log_model(
     run: MlflowRun,
     model: nn.Module,
@@ -174,10 +186,7 @@ def log_model(
 
     if model_format not in (*FORMATS, "auto"):
         raise ValueError(f"model_format must be one of {[*FORMATS, 'auto']}, got {model_format!r}")
-    # torch.compile's wrapper: export and pickle the module it compiles, not the wrapper
-    model = getattr(model, "_orig_mod", model).to("cpu").eval()
-    if fused_table_modules(model):
-        model = with_embedding_backend(model, "torch")
+    model = servable(model)
     names = [n for n in input_names if n in example]
     arrays = tuple(example[n].detach().cpu().numpy() for n in names)
     plain = PositionalModel(model, names)  # importable class: what pickle stores

@@ -157,16 +157,18 @@ def test_the_last_checkpoint_is_the_latest_folder_not_trains_snapshot(tmp_path):
 
 NEW_FIELD = "train.early_stopping_guard"  # a field a record made before it existed lacks
 NOT_DEFAULT_GUARD = "val_logloss"
+NEW_SUBCONFIG = "model.experts.dcnv2"  # a config field, whose keys dnn holds at their defaults
+NEW_COUNT = "model.experts.counts.dcnv2"  # a key of a mapping field, in the field's default
 
 
 def _configured(overrides: dict | None = None, *, drop: str | None = None, **changed) -> dict:
     """A record with a wrong ``model_hash`` but the stored ``config`` of a run of the preset
-    now with ``overrides``, less the key ``drop`` (a field it predates), with keys ``changed``
-    (double underscores for dots)."""
+    now with ``overrides``, less the key ``drop`` and the keys under it (a field it predates),
+    with keys ``changed`` (double underscores for dots)."""
     record = _record("configured", "0" * 16, 0.5)
     record["overrides"] |= overrides or {}
     config = common.run_config(common.current_config(PRESET, record["overrides"]))
-    config.pop(drop, None)
+    config = {k: v for k, v in config.items() if k != drop and not k.startswith(f"{drop}.")}
     config |= {key.replace("__", "."): value for key, value in changed.items()}
     return record | {"config": config}
 
@@ -174,6 +176,18 @@ def _configured(overrides: dict | None = None, *, drop: str | None = None, **cha
 def test_a_record_predating_a_field_now_at_its_default_stays_trusted():
     assert common.staleness(_configured(drop=NEW_FIELD)) is None
     assert common.staleness(_configured()) is None  # the same config, another hash
+
+
+def test_a_record_predating_a_config_field_now_at_its_default_stays_trusted():
+    assert common.staleness(_configured(drop=NEW_SUBCONFIG)) is None
+
+
+def test_a_record_is_stale_where_a_mapping_it_has_gained_a_key():
+    """The new key is at the mapping field's default (which holds every expert kind), but the
+    stored run trained without that expert."""
+    counts = {"model.experts.counts.dcnv2": 1}
+    why = common.staleness(_configured(counts, drop=NEW_COUNT))
+    assert why is not None and NEW_COUNT in why
 
 
 def test_a_record_is_stale_where_a_shared_key_differs():

@@ -9,11 +9,11 @@ re-render without training). Runs train through ``hmoe.train`` (Ray Train, track
 in one Ray session for the whole report. A record is reused while its key (section, dataset,
 variant, seed, preset, overrides) matches and it is trusted (``staleness``): its
 ``model_hash`` is that of the preset as it is now, or its stored ``config`` agrees with the
-preset's now on every key both have, each key only the preset now has is at its field's own
-default (a field added since, whose default keeps the old behaviour) and it has no key the
-preset lacks now. Any other record of a preset is stale: it is retrained, and a render shows it
-as not run. ``--force`` retrains all (``--retrain DATASET``: only that dataset's runs, e.g.
-after a metric changed).
+preset's now on every key both have, each key only the preset now has lies in a field the
+stored config lacks entirely, at that field's own default (a field added since, whose default
+keeps the old behaviour), and it has no key the preset lacks now. Any other record of a preset
+is stale: it is retrained, and a render shows it as not run. ``--force`` retrains all
+(``--retrain DATASET``: only that dataset's runs, e.g. after a metric changed).
 """
 
 from __future__ import annotations
@@ -343,10 +343,10 @@ def staleness(record: Mapping[str, Any]) -> str | None:
 
     A record of a preset is trusted with the ``model_hash`` its preset and overrides give now;
     otherwise, when it stored its ``config``, if that agrees with the config now: equal on
-    every key both have, every key only the config now has at its field's own default (a field
-    added since, whose default reproduces the old behaviour), and no key only the stored one
-    has (a field removed). A record without a preset (an estimate, no model) is identified by
-    its key.
+    every key both have, every key only the config now has in a field the stored one lacks
+    entirely, at that field's own default (a field added since, whose default reproduces the
+    old behaviour), and no key only the stored one has (a field removed). A record without a
+    preset (an estimate, no model) is identified by its key.
     """
     if record.get("preset") is None:
         return None
@@ -369,17 +369,21 @@ def staleness(record: Mapping[str, Any]) -> str | None:
 
 def config_changes(stored: Mapping[str, Any], cfg: Any) -> list[str]:
     """The keys on which the flat config ``stored`` (``run_config`` of a past run) and ``cfg``
-    disagree, each as ``key: stored -> now``; a key only ``cfg`` has agrees when it is at its
-    field's own default."""
+    disagree, each as ``key: stored -> now``. Keys only ``cfg`` has agree when they lie in a
+    config field that ``stored`` lacks entirely (a field added since) and that field is at its
+    own default; a new key under a mapping or config that ``stored`` has is a change (a kind
+    added to ``model.experts.counts`` adds an expert, whatever the field's default holds)."""
     now = run_config(cfg)
-    changes = []
+    stored_paths = {prefix for key in stored for prefix in _prefixes(key)}
+    changes, new_paths = [], set()
     for key in sorted(set(stored) | set(now)):
         if key not in now:
             changes.append(f"{key}: {stored[key]!r} -> removed")
         elif key not in stored:
-            default = _field_default(cfg, key)
-            if default is _NO_DEFAULT or default != now[key]:
-                changes.append(f"{key}: new, {now[key]!r} is not its default")
+            path = next(p for p in _prefixes(key) if p not in stored_paths)
+            if path not in new_paths:
+                new_paths.add(path)
+                changes.extend(_new_path_change(cfg, now, path))
         elif stored[key] != now[key]:
             changes.append(f"{key}: {stored[key]!r} -> {now[key]!r}")
     return changes
@@ -394,34 +398,55 @@ def run_config(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in flatten(parts).items() if k not in UNHASHED_KEYS}
 
 
-def _field_default(cfg: Any, key: str) -> Any:
-    """The value the dotted ``key`` of ``cfg`` takes at the own default of the innermost config
-    field on its path (a key inside a mapping: that of the mapping field's default);
-    ``_NO_DEFAULT`` when the field has none or its default lacks the key."""
-    from hmoe.config import Config
+def _prefixes(key: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``."""
+    names = key.split(".")
+    return [".".join(names[:depth]) for depth in range(1, len(names) + 1)]
+
+
+def _new_path_change(cfg: Any, now: Mapping[str, Any], path: str) -> list[str]:
+    """The change the keys of ``now`` at and under ``path`` (absent from the stored config)
+    make: none when ``path`` is a config field whose own default gives exactly them."""
     from hmoe.platform.tracking.runs import flatten
 
-    node, owner, at = cfg, None, 0
-    names = key.split(".")
-    for depth, name in enumerate(names):
-        if isinstance(node, Config) and name in {f.name for f in dataclasses.fields(node)}:
-            owner, at = node, depth
-            node = getattr(node, name)
-        elif isinstance(node, Mapping) and name in node:
-            node = node[name]
+    under = f"{path}."
+    subtree = {k: v for k, v in now.items() if k == path or k.startswith(under)}
+    shown = subtree.get(path, {k.removeprefix(under): v for k, v in subtree.items()})
+    default = _field_default(cfg, path)
+    if default is _NO_DEFAULT:
+        return [f"{path}: new, {shown!r}, and not a config field with a default"]
+    at_default = flatten({path: _plain(default)})
+    if {k: v for k, v in at_default.items() if k not in UNHASHED_KEYS} != subtree:
+        return [f"{path}: new, {shown!r} is not its default"]
+    return []
+
+
+def _field_default(cfg: Any, path: str) -> Any:
+    """The own default of the config field at the dotted ``path`` of ``cfg``; ``_NO_DEFAULT``
+    when ``path`` is not a config's field (a key of a mapping) or the field has no default."""
+    from hmoe.config import Config
+
+    *parents, name = path.split(".")
+    node = cfg
+    for parent in parents:
+        if isinstance(node, Config) and parent in _field_names(node):
+            node = getattr(node, parent)
+        elif isinstance(node, Mapping) and parent in node:
+            node = node[parent]
         else:
             return _NO_DEFAULT
-    if owner is None:
+    if not isinstance(node, Config) or name not in _field_names(node):
         return _NO_DEFAULT
-    field_ = next(f for f in dataclasses.fields(owner) if f.name == names[at])
+    field_ = next(f for f in dataclasses.fields(node) if f.name == name)
     if field_.default is not dataclasses.MISSING:
-        default = field_.default
-    elif field_.default_factory is not dataclasses.MISSING:
-        default = field_.default_factory()
-    else:
-        return _NO_DEFAULT
-    inner = ".".join(names[at:])
-    return flatten({names[at]: _plain(default)}).get(inner, _NO_DEFAULT)
+        return field_.default
+    if field_.default_factory is not dataclasses.MISSING:
+        return field_.default_factory()
+    return _NO_DEFAULT
+
+
+def _field_names(config: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(config)}
 
 
 def _plain(value: Any) -> Any:

@@ -334,10 +334,6 @@ def current_model_hash(preset: str, overrides: Mapping[str, Any]) -> str:
     return model_hash(current_config(preset, overrides))
 
 
-def trusted(record: Mapping[str, Any]) -> bool:
-    return staleness(record) is None
-
-
 def staleness(record: Mapping[str, Any]) -> str | None:
     """Why ``record`` is stale, or None when it is trusted.
 

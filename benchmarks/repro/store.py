@@ -40,9 +40,6 @@ IA_PREFIX = "report_ia/"
 RECORD_METRICS = ("metrics", "ia")  # record fields held as MLflow metrics, not tags
 FINISHED = "FINISHED"
 MAX_TAGS_PER_BATCH = 100  # MLflow's log_batch limit
-# MLflow's tag value limit (``mlflow.utils.validation.MAX_TAG_VAL_LENGTH``): a longer value is
-# truncated, so a record's longer fields (``config``) are split into parts of this length
-MAX_TAG_VALUE = 8000
 PART_PREFIX = "report.part/"  # ``report.part/<key>/<n>``: part n (from 1) of a split field
 MAX_RESULTS = 50_000  # MLflow's page size limit for search_runs
 EXPORT_SUFFIX = ".json"
@@ -50,6 +47,9 @@ EXPORT_SUFFIX = ".json"
 
 def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
     """The ``report.*`` tags of ``record`` (its fields other than ``metrics`` and ``ia``)."""
+    # MLflow truncates a longer tag value, so a longer field (``config``) is split into parts
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
     tags: dict[str, str] = {}
     as_json = []
     for key, value in record.items():
@@ -60,7 +60,9 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
         else:
             text = json.dumps(value, sort_keys=True)
             as_json.append(key)
-        parts = [text[at : at + MAX_TAG_VALUE] for at in range(0, len(text), MAX_TAG_VALUE)]
+        parts = [
+            text[at : at + MAX_TAG_VAL_LENGTH] for at in range(0, len(text), MAX_TAG_VAL_LENGTH)
+        ]
         tags[TAG_PREFIX + key] = parts[0] if parts else text
         tags |= {f"{PART_PREFIX}{key}/{n}": part for n, part in enumerate(parts[1:], start=1)}
     tags[JSON_KEYS_TAG] = ",".join(sorted(as_json))

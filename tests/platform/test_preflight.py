@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -91,6 +92,20 @@ def test_ipw_logloss_early_stopping_is_refused_without_ipw(tmp_path):
     check_run(build_experiment("debug", data, only_click | {key: "val_ipw_logloss_click"}))
     with pytest.raises(ConfigError, match=r"loss.ipw.tasks re-weights only \['click'\]"):
         check_run(build_experiment("debug", data, only_click | {key: "val_ipw_logloss_like"}))
+
+
+def test_the_early_stopping_guard_is_checked_as_the_metric_is(tmp_path):
+    """The guard is read every epoch too: one the run cannot give fails after the first."""
+    data = write_prepared(tmp_path / "tiny", ("click", "like"), labels=_all_positive_in_valid)
+    key = "train.early_stopping_guard"
+    logloss = {"train.early_stopping_metric": "val_logloss"}  # defined on one-class data
+    ipw_guard = logloss | {key: "val_ipw_logloss"}
+    refused = rf"{re.escape(key)}=val_ipw_logloss weights .* loss.ipw.enabled is false"
+    with pytest.raises(ConfigError, match=refused):
+        check_run(build_experiment("debug", data, ipw_guard | {"loss.ipw.enabled": False}))
+    check_run(build_experiment("debug", data, ipw_guard | {"loss.ipw.enabled": True}))
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}=val_auc is undefined \(NaN\)"):
+        check_run(build_experiment("debug", data, logloss | {key: "val_auc"}))
 
 
 def test_label_counts_come_from_the_manifest_when_it_has_them(tmp_path):

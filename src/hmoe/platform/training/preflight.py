@@ -8,9 +8,9 @@ worker, or wait forever:
 * a batch size that gives no optimizer step: the train split is split evenly across the
   workers, and a multi-worker run drops each worker's partial last batch (every rank must take
   the same number of DDP steps), so ``rows // workers < batch_size`` means zero steps;
-* early stopping on an AUC-type metric while a task has one class in the validation split
-  (the metric would be NaN every epoch), or on a metric the dataset or the run cannot give
-  (``val_ipw_logloss`` without ``loss.ipw``);
+* early stopping (its metric or its guard) on an AUC-type metric while a task has one class in
+  the validation split (the metric would be NaN every epoch), or on a metric the dataset or the
+  run cannot give (``val_ipw_logloss`` without ``loss.ipw``);
 * a model built around a behaviour-sequence encoder on a dataset without sequences (it would
   quietly train as a plain DNN);
 * more CPUs or GPUs than the connected Ray cluster has (without a Ray yet: more GPUs than this
@@ -139,19 +139,36 @@ def _check_sequences(cfg: ExperimentConfig, schema: FeatureSchema) -> None:
 def _check_early_stopping(
     cfg: ExperimentConfig, schema: FeatureSchema, manifest: Mapping[str, Any]
 ) -> None:
-    metric = cfg.train.early_stopping_metric
+    """The metric that picks the best epoch and the guard that may also stop training: both
+    are read every epoch, so either one that the run cannot give fails after the first."""
+    watched = {"train.early_stopping_metric": cfg.train.early_stopping_metric}
+    if cfg.train.early_stopping_guard is not None:
+        watched["train.early_stopping_guard"] = cfg.train.early_stopping_guard
+    for field, metric in watched.items():
+        _check_watched_metric(cfg, schema, manifest, field, metric)
+
+
+def _check_watched_metric(
+    cfg: ExperimentConfig,
+    schema: FeatureSchema,
+    manifest: Mapping[str, Any],
+    field: str,
+    metric: str,
+) -> None:
+    """That the run and its dataset give the validation ``metric`` that config ``field``
+    watches every epoch."""
+    setting = f"{field}={metric}"  # as the errors name it
     _split, name, task = split_metric_name(metric)
     if task and task not in schema.tasks:
         raise ConfigError(
-            f"train.early_stopping_metric={metric} names task {task!r}, but the dataset's tasks "
-            f"are {list(schema.tasks)}"
+            f"{setting} names task {task!r}, but the dataset's tasks are {list(schema.tasks)}"
         )
     if name == IPW_LOGLOSS:
-        _check_ipw_metric(cfg, metric, task)
+        _check_ipw_metric(cfg, setting, task)
     if name == "gauc" and schema.user_field is None:
         raise ConfigError(
-            f"train.early_stopping_metric={metric} needs a user field, and the dataset "
-            f"{cfg.data.path} has none; use val_auc or val_logloss"
+            f"{setting} needs a user field, and the dataset {cfg.data.path} has none; use "
+            "val_auc or val_logloss"
         )
     if name not in AUC_METRICS:
         return
@@ -164,26 +181,24 @@ def _check_early_stopping(
     ]
     if single:
         raise ConfigError(
-            f"train.early_stopping_metric={metric} is undefined (NaN) on this validation split, "
-            f"where a task has one class ({'; '.join(single)}): set "
-            "train.early_stopping_metric=val_logloss or prepare a validation split that holds "
-            "both classes"
+            f"{setting} is undefined (NaN) on this validation split, where a task has one "
+            f"class ({'; '.join(single)}): set {field}=val_logloss or prepare a validation "
+            "split that holds both classes"
         )
 
 
-def _check_ipw_metric(cfg: ExperimentConfig, metric: str, task: str) -> None:
+def _check_ipw_metric(cfg: ExperimentConfig, setting: str, task: str) -> None:
     """The IPW logloss exists only for the tasks whose positives ``loss.ipw`` re-weights."""
     ipw = cfg.loss.ipw
     if not ipw.enabled:
         raise ConfigError(
-            f"train.early_stopping_metric={metric} weights the validation positives with the "
-            "repeated-exposure IPW weights, and loss.ipw.enabled is false: set "
-            "loss.ipw.enabled=true or choose val_logloss"
+            f"{setting} weights the validation positives with the repeated-exposure IPW "
+            "weights, and loss.ipw.enabled is false: set loss.ipw.enabled=true or choose "
+            "val_logloss"
         )
     if task and ipw.tasks and task not in ipw.tasks:
         raise ConfigError(
-            f"train.early_stopping_metric={metric} names task {task!r}, but loss.ipw.tasks "
-            f"re-weights only {list(ipw.tasks)}"
+            f"{setting} names task {task!r}, but loss.ipw.tasks re-weights only {list(ipw.tasks)}"
         )
 
 

@@ -6,9 +6,10 @@ into the MLflow experiment ``hmoe-report``; each run is tagged with its report s
 variant and seed (``repro.store``), and the markdown is rendered from those MLflow runs. A run is
 reused only while its config hash is that of its preset now, or, for a run that stored its
 resolved config (model, loss, training; as dotted keys), while that config agrees with its
-preset's now: equal on every key both have, every key only the preset now has at its field's
-default (a field added since, whose default keeps the old behaviour), no key the preset lacks
-now. Otherwise it is retrained; loading the store says, once per section, which keys differ.
+preset's now: equal on every key both have, every key only the preset now has in a field the
+stored config lacks entirely, at that field's default (a field added since, whose default keeps
+the old behaviour; a new key of a mapping it has is a change), no key the preset lacks now.
+Otherwise it is retrained; loading the store says, once per section, which keys differ.
 
 Where the runs live: the MLflow store is ``docs/results/mlflow.db`` (a working copy, not
 committed: with every epoch's metrics it is tens of MB of binary). What is committed is its
@@ -83,8 +84,9 @@ def _header(ctx: Context) -> str:
         "seeds, test metrics of the epoch with the best validation AUC (early stopping, "
         "patience 2). A run counts only while its config hash is that of its preset now, or "
         "while the resolved config it stored (model, loss, training) agrees with its preset's "
-        "now: equal on every key both have, any key only the preset now has at its field's "
-        "default (a field added since), no key the preset lacks now; otherwise it is "
+        "now: equal on every key both have, any key only the preset now has in a field the "
+        "stored config lacks entirely, at that field's default (a field added since), no key "
+        "the preset lacks now; otherwise it is "
         "retrained. The runs are committed as an export of the MLflow store, "
         "[`docs/results/runs/`](results/runs/), which the script imports into "
         "`docs/results/mlflow.db`: `python benchmarks/reproduce.py --cached` re-renders this page "

@@ -403,6 +403,7 @@ def _prefixes(key: str) -> list[str]:
 def _new_path_change(cfg: Any, now: Mapping[str, Any], path: str) -> list[str]:
     """The change the keys of ``now`` at and under ``path`` (absent from the stored config)
     make: none when ``path`` is a config field whose own default gives exactly them."""
+    from hmoe.config import to_plain
     from hmoe.platform.tracking.runs import flatten
 
     under = f"{path}."
@@ -411,7 +412,7 @@ def _new_path_change(cfg: Any, now: Mapping[str, Any], path: str) -> list[str]:
     default = _field_default(cfg, path)
     if default is _NO_DEFAULT:
         return [f"{path}: new, {shown!r}, and not a config field with a default"]
-    at_default = flatten({path: _plain(default)})
+    at_default = flatten({path: to_plain(default)})
     if {k: v for k, v in at_default.items() if k not in UNHASHED_KEYS} != subtree:
         return [f"{path}: new, {shown!r} is not its default"]
     return []
@@ -443,20 +444,6 @@ def _field_default(cfg: Any, path: str) -> Any:
 
 def _field_names(config: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(config)}
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as ``Config.to_dict`` writes it (configs and mappings as dicts, tuples as
-    lists), to compare with a stored config."""
-    from hmoe.config import Config
-
-    if isinstance(value, Config):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _key_of(record: Mapping[str, Any]) -> str:

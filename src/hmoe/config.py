@@ -43,6 +43,7 @@ __all__ = [
     "config_hash",
     "iter_configs",
     "parse_override_value",
+    "to_plain",
 ]
 
 C = TypeVar("C", bound="Config")
@@ -109,7 +110,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe nested dict (tuples as lists); ``from_dict`` reads it back."""
-        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any], *, path: str = "") -> C:
@@ -174,7 +175,7 @@ def apply_overrides(config: C, overrides: Mapping[str, Any]) -> C:
                     f"valid keys: {sorted(valid)}"
                 )
             if depth == len(keys) - 1:
-                node[key] = _to_plain(value)
+                node[key] = to_plain(value)
             else:
                 tp = _child_type(tp, node, key)
                 node = node[key]
@@ -233,13 +234,15 @@ def parse_override_value(text: str) -> Any:
         return text
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """``value`` as ``Config.to_dict`` writes it: configs and mappings as dicts, tuples as
+    lists."""
     if isinstance(value, Config):
         return value.to_dict()
     if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 

@@ -465,7 +465,9 @@ def _best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> Mapping[
     scored = [h for h in history if metric in h]
     if not scored:
         return history[-1] if history else {}
-    minimise = "logloss" in metric
+    from hmoe.platform.core.metrics import metric_mode
+
+    minimise = metric_mode(metric) == "min"
     return (min if minimise else max)(scored, key=lambda h: h[metric])
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hmoe.platform.core import metrics
 from hmoe.platform.core.metrics import LOGLOSS_EPS
 
 __all__ = [
@@ -178,12 +179,7 @@ def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
 def weighted_logloss(
     labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, eps: float = LOGLOSS_EPS
 ) -> float:
-    """``sum(w * BCE) / sum(w)`` with probabilities clipped as ``metrics.logloss``."""
+    """``sum(w * BCE) / sum(w)`` with probabilities clipped as ``metrics.logloss``, the weights
+    checked (finite, >= 0, one per row) first."""
     label_N = np.asarray(labels, dtype=np.float64).ravel()
-    prob_N = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1.0 - eps)
-    weight_N = _weights(label_N, weights)
-    total = float(weight_N.sum())
-    if total <= 0.0:
-        return math.nan
-    bce_N = -(label_N * np.log(prob_N) + (1.0 - label_N) * np.log1p(-prob_N))
-    return float((weight_N * bce_N).sum() / total)
+    return metrics.weighted_logloss(label_N, probs, _weights(label_N, weights), eps)

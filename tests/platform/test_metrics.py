@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import math
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from hmoe.platform.core.metrics import auc, gauc, logloss, metric_mode, task_metrics
+from hmoe.models.losses import IPWConfig
+from hmoe.platform.core.metrics import (
+    METRIC_MODES,
+    auc,
+    gauc,
+    logloss,
+    metric_mode,
+    split_metric_name,
+    task_metrics,
+)
+from hmoe.platform.data.spec import load_spec
+from hmoe.platform.data.synth_model import KNOWN_TASKS
+from hmoe.platform.experiment import TrainConfig
+from hmoe.platform.training.train_loop import ipw_logloss_metrics
+from hmoe.schema import EXPOSURE, LABELS
 
 
 def _slow_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -112,3 +129,57 @@ def test_metric_mode(name, mode):
 def test_metric_mode_unknown_is_a_clear_error():
     with pytest.raises(ValueError, match="val_loss"):
         metric_mode("val_loss")
+
+
+def _scanned_mode(name: str) -> str | None:
+    """The mode of the first known metric word after the split, a parser independent of
+    ``split_metric_name``; ``None`` when no word is known."""
+    for part in name.split("_")[1:]:
+        if part in METRIC_MODES:
+            return METRIC_MODES[part]
+    return None
+
+
+def _shipped_tasks() -> set[str]:
+    specs = Path(str(resources.files("hmoe.platform.data") / "specs"))
+    paths = sorted(specs.glob("*.yaml"))
+    assert len(paths) >= 5  # a moved specs folder must not pass with nothing to check
+    return {label.task for path in paths for label in load_spec(path).labels} | set(KNOWN_TASKS)
+
+
+def _produced_metric_names(split: str, tasks: tuple[str, ...]) -> set[str]:
+    """Every metric name the training loop reports for ``split``: ``task_metrics`` with GAUC
+    and the IPW logloss of every task, each per task and as the mean."""
+    rng = np.random.default_rng(0)
+    labels_BK = np.tile([[0.0], [1.0]], (4, len(tasks)))
+    logits_BK = rng.normal(size=labels_BK.shape)
+    users_B = np.repeat([1, 2], 4)
+    names = set(task_metrics(split, tasks, logits_BK, labels_BK, users_B))
+    data = {LABELS: torch.from_numpy(labels_BK), EXPOSURE: torch.arange(len(labels_BK))}
+    ipw = IPWConfig(enabled=True, exponent=0.5, min_weight=0.3)
+    return names | set(ipw_logloss_metrics(split, tasks, logits_BK, data, ipw))
+
+
+def test_metric_mode_agrees_with_split_metric_name_on_every_produced_name():
+    tasks = tuple(sorted(_shipped_tasks()))
+    assert {"click", "income", "five_star"} <= set(tasks)
+    checked = 0
+    for split in ("train", "val", "test"):
+        names = _produced_metric_names(split, tasks)
+        assert {f"{split}_ipw_logloss", f"{split}_ipw_logloss_click", f"{split}_gauc"} <= names
+        for name in sorted(names):
+            got_split, metric, task = split_metric_name(name)
+            assert (got_split, task in ("", *tasks)) == (split, True), name
+            assert metric_mode(name) == _scanned_mode(name), name
+            assert metric_mode(name) == ("min" if "logloss" in metric else "max"), name
+            if split == "val":  # what train.early_stopping_metric accepts
+                assert TrainConfig(early_stopping_metric=name).early_stopping_metric == name
+            checked += 1
+    assert checked == 3 * (len(tasks) + 1) * 4
+
+
+@pytest.mark.parametrize("name", ["val_loss", "val", "val_", "auc", "train_ipw", "val_ipw_auc"])
+def test_metric_mode_refuses_what_split_metric_name_cannot_read(name):
+    assert split_metric_name(name)[1] == ""
+    with pytest.raises(ValueError, match="cannot tell"):
+        metric_mode(name)

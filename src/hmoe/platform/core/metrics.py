@@ -37,6 +37,8 @@ LOGLOSS_EPS = 1e-7  # FuxiCTR's clipping of predicted probabilities
 METRIC_MODES = {"auc": "max", "gauc": "max", "logloss": "min"}
 # the IPW-weighted logloss: a two-word metric name, so it is parsed before the single words
 IPW_LOGLOSS = "ipw_logloss"
+# a weighted logloss is minimised like the plain one
+_MODES = {**METRIC_MODES, IPW_LOGLOSS: METRIC_MODES["logloss"]}
 
 
 def _average_ranks(scores: np.ndarray) -> np.ndarray:
@@ -141,15 +143,15 @@ def split_metric_name(name: str) -> tuple[str, str, str]:
 
 
 def metric_mode(name: str) -> str:
-    """``"max"`` or ``"min"`` for a metric name such as ``val_auc`` or ``val_logloss_click``."""
-    parts = name.split("_")
-    for part in parts[1:]:
-        if part in METRIC_MODES:
-            return METRIC_MODES[part]
-    raise ValueError(
-        f"cannot tell whether {name!r} is maximised or minimised: "
-        f"expected a name like val_auc, val_gauc_click, val_logloss or val_ipw_logloss"
-    )
+    """``"max"`` or ``"min"`` for a metric name such as ``val_auc`` or ``val_logloss_click``,
+    read with ``split_metric_name``."""
+    _split, metric, _task = split_metric_name(name)
+    if not metric:
+        raise ValueError(
+            f"cannot tell whether {name!r} is maximised or minimised: "
+            f"expected a name like val_auc, val_gauc_click, val_logloss or val_ipw_logloss"
+        )
+    return _MODES[metric]
 
 
 def task_metrics(

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
 import torch
 
-from hmoe.models.losses import LossConfig, TrainWrapper
+from hmoe.models.losses import IPWConfig, LossConfig, TrainWrapper
 from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
 from hmoe.platform.training.runtime import StandaloneRuntime
-from hmoe.platform.training.train_loop import EvalData, LoopHooks, run_loop
-from hmoe.schema import LABELS
-from tests.platform.test_train_loop import SCHEMA, _data, _ItemModel, _loop_sizes, _settings
+from hmoe.platform.training.train_loop import (
+    EvalData,
+    LoopHooks,
+    _nan_metrics,
+    evaluate,
+    run_loop,
+)
+from hmoe.schema import EXPOSURE, LABELS
+from tests.platform.test_train_loop import (
+    IPW_CLICK,
+    SCHEMA,
+    _data,
+    _ItemModel,
+    _loop_sizes,
+    _run,
+    _settings,
+)
 
 
 class _Recorder:
@@ -67,3 +82,37 @@ def test_a_nan_metric_that_does_not_stop_the_run_warns_once():
     assert len(val_like) == 1 and "0 positive for task like" in val_like[0]
     assert sum(m.startswith("test_auc_click is NaN") for m in messages) == 1
     assert any("test split has 1 row(s)" in m for m in messages)
+
+
+def test_a_nan_ipw_logloss_names_the_nan_exposure_counts_of_positives():
+    val = _data(96, 1)
+    positive = torch.nonzero(val[LABELS][:, 0] > 0.5).squeeze(1)
+    val[EXPOSURE][positive[:3]] = math.nan
+    ipw = LossConfig(ipw=IPWConfig(enabled=True, exponent=1.0, min_weight=0.1))
+    settings = _settings(early_stopping_metric="val_ipw_logloss", epochs=1)
+    with pytest.warns(DegenerateMetricWarning), pytest.raises(DegenerateRunError) as err:
+        _run(settings, loss=ipw, val=val)
+    message = str(err.value)
+    assert "val_ipw_logloss_click is NaN: 3 positive row(s) have a NaN exposure count" in message
+    assert f"{len(positive)} positive for task click" in message
+
+
+def test_a_split_without_positives_keeps_the_ipw_logloss_defined():
+    # why the NaN hint does not blame missing positives: every IPW weight is then 1
+    val = _data(96, 1)
+    val[LABELS][:, 0] = 0.0
+    out = evaluate(_ItemModel(), val, SCHEMA, "val", torch.device("cpu"), 16, False, IPW_CLICK)
+    assert math.isfinite(out["val_ipw_logloss_click"])
+    assert out["val_ipw_logloss_click"] == pytest.approx(out["val_logloss_click"])
+
+
+def test_a_nan_ipw_logloss_with_clean_exposure_blames_the_outputs_or_an_empty_split():
+    val = _data(96, 1)
+    metrics = {"val_ipw_logloss_click": math.nan, "val_ipw_logloss_like": 0.5}
+    reasons = _nan_metrics(metrics, "val", val, SCHEMA.tasks)
+    assert list(reasons) == ["val_ipw_logloss_click"]
+    assert "model's outputs are not finite" in reasons["val_ipw_logloss_click"]
+    empty = {key: value[:0] for key, value in val.items()}
+    reasons = _nan_metrics({"test_ipw_logloss_like": math.nan}, "test", empty, SCHEMA.tasks)
+    assert "test split has 0 row(s)" in reasons["test_ipw_logloss_like"]
+    assert "no rows is undefined" in reasons["test_ipw_logloss_like"]

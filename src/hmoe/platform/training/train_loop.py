@@ -58,7 +58,6 @@ from hmoe.models.torchrec_tables import place_fused_tables
 from hmoe.platform.core.failures import DegenerateMetricWarning, DegenerateRunError
 from hmoe.platform.core.metrics import (
     IPW_LOGLOSS,
-    METRIC_MODES,
     metric_mode,
     task_metrics,
     weighted_logloss,
@@ -540,7 +539,8 @@ def _after_epoch(
 def _nan_metrics(
     metrics: Mapping[str, float], split: str, data: Batch, tasks: tuple[str, ...]
 ) -> dict[str, str]:
-    """``{split}_{metric}_{task}`` keys that are NaN -> why, from the split's label counts."""
+    """``{split}_{metric}_{task}`` keys that are NaN -> why, from the split's label and exposure
+    counts."""
     positive_BK = data[LABELS].numpy() > 0.5
     rows = len(positive_BK)
     name = SPLIT_NAMES.get(split, split)
@@ -552,12 +552,31 @@ def _nan_metrics(
             "auc": f"AUC needs both classes and {counts}",
             "gauc": f"GAUC needs a user with both classes, and no user has both ({counts})",
             "logloss": f"{counts}, or the model's outputs are not finite",
+            IPW_LOGLOSS: _ipw_nan_hint(data, positive_BK[:, k], counts),
         }
-        for metric in METRIC_MODES:
+        for metric, hint in hints.items():
             key = f"{split}_{metric}_{task}"
             if key in metrics and math.isnan(metrics[key]):
-                out[key] = f"{key} is NaN: {hints[metric]}"
+                out[key] = f"{key} is NaN: {hint}"
     return out
+
+
+def _ipw_nan_hint(data: Batch, positive_B: np.ndarray, counts: str) -> str:
+    """Why a task's IPW logloss can be NaN. ``weighted_logloss`` is NaN on a split without rows;
+    otherwise only a NaN weight or output does it: ``ipw_weights`` turns a NaN exposure count
+    of a positive into a NaN weight and, renormalising over the positives, spreads it to every
+    positive. Neither a split without positives (every weight is then 1) nor one without an
+    exposure column (``ipw_logloss_metrics`` refuses it) gives NaN."""
+    exposure_B = data[EXPOSURE].numpy() if EXPOSURE in data else np.zeros(len(positive_B))
+    num_nan = int(np.isnan(exposure_B[positive_B]).sum())
+    if num_nan:
+        return (
+            f"{num_nan} positive row(s) have a NaN {EXPOSURE} count, which makes every "
+            f"positive's IPW weight NaN ({counts}); check the split's {EXPOSURE} column"
+        )
+    if not len(positive_B):
+        return f"{counts}, and a logloss over no rows is undefined"
+    return f"the model's outputs are not finite ({counts})"
 
 
 def _warn_nan(reasons: Mapping[str, str], state: _State) -> None:

@@ -71,6 +71,42 @@ def test_preset_exports_and_matches_eager(name: str, backend: str) -> None:
             torch.testing.assert_close(exported(*(batch[n] for n in names)), logits_BK)
 
 
+CUDA_PARAM = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    ],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA_PARAM])
+@pytest.mark.parametrize("backend", [backend_param("torch"), backend_param("torchrec")])
+def test_servable_leaves_the_callers_model_as_it_was(backend: str, device: str) -> None:
+    """``servable`` hands back a CPU, eval-mode copy; the caller's model keeps its training
+    mode, its parameter objects, their device and their values (training may go on)."""
+    from hmoe.models.torchrec_tables import place_fused_tables
+
+    model, schema = _model_and_schema("debug", backend)
+    model = model.to(device).train()
+    place_fused_tables(model, torch.device(device))
+    before = {n: (p, p.device, p.detach().clone()) for n, p in model.named_parameters()}
+    served = servable(torch.compile(model))  # as use_compile hands it over
+    assert model.training and all(m.training for m in model.modules())
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    for name, (param, where, values) in before.items():
+        assert after[name] is param and param.device == where, name
+        torch.testing.assert_close(param.detach(), values, rtol=0, atol=0)
+    assert not served.training
+    assert {id(p) for p in served.parameters()}.isdisjoint(id(p) for p in model.parameters())
+    assert all(p.device.type == "cpu" for p in served.parameters())
+    _, batch = _inputs(schema, EXAMPLE_ROWS, seed=0)
+    with torch.no_grad():
+        expected = model.eval()({k: v.to(device) for k, v in batch.items()}).cpu()
+        torch.testing.assert_close(served(batch), expected)
+
+
 @pytest.mark.slow
 def test_log_model_auto_picks_pt2_for_a_multi_task_preset_and_reloads(tmp_path) -> None:
     """End to end through MLflow (sqlite store): ``auto`` logs STEM (masked + detached gates)

@@ -20,6 +20,7 @@ champion's validation metric on the same dataset.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import logging
@@ -156,14 +157,28 @@ class _PytorchWithPyfunc:
 
 
 def servable(model: nn.Module) -> nn.Module:
-    """The module ``log_model`` exports for ``model``: on CPU, in eval mode, ``torchrec``
+    """A copy of ``model``, the module ``log_model`` exports: on CPU, in eval mode, ``torchrec``
     tables copied into ``torch`` ones (``torch.export`` cannot trace FBGEMM's fused
-    collection, and the copy loads where TorchRec is not installed)."""
+    collection, and the copy loads where TorchRec is not installed).
+
+    ``model`` itself is left as it was: same device, training mode and parameters, so the
+    caller may go on training it."""
     # torch.compile's wrapper: export and pickle the module it compiles, not the wrapper
-    model = getattr(model, "_orig_mod", model).to("cpu").eval()
+    model = getattr(model, "_orig_mod", model)
     if fused_table_modules(model):
-        return with_embedding_backend(model, "torch")
-    return model
+        return with_embedding_backend(model, "torch")  # a model built anew, on CPU
+    return _cpu_copy(model).eval()
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are copied straight to CPU (a
+    ``deepcopy`` then ``.to("cpu")`` would first hold a second copy on the model's device)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(model, memo)
 
 
 def log_model(
@@ -174,8 +189,8 @@ def log_model(
     model_format: str = "auto",
     data_dir: str | None = None,
 ) -> tuple[str, str]:
-    """Log ``model`` (on CPU, eval mode; ``torchrec`` tables as ``torch`` ones) with an input
-    example; returns (model URI, format).
+    """Log ``servable(model)`` (a copy on CPU, eval mode; ``torchrec`` tables as ``torch``
+    ones) with an input example; returns (model URI, format).
 
     ``model_format``: ``pt2``, ``pickle``, or ``auto`` (``pt2``, falling back to ``pickle``
     when the forward cannot be exported). The URI and the format are also set as run tags.

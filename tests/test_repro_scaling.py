@@ -49,7 +49,7 @@ def test_gwpfm_widens_its_set_when_the_schema_has_several_groups():
     assert scaling.widths(1, two) == [2 * scaling.TOTAL_DIM]
 
 
-def _record(sets: int, seed: int, auc: float) -> dict:
+def _record(sets: int, seed: int, auc: float, val_auc: float) -> dict:
     overrides = ctr.PROTOCOL[scaling.DATASET] | scaling.overrides(sets)
     overrides |= {"train.seed": seed, "tracking.log_model": False}
     dims = scaling.split_dims(sets)
@@ -61,7 +61,7 @@ def _record(sets: int, seed: int, auc: float) -> dict:
         "preset": scaling.PRESET,
         "overrides": json.loads(json.dumps(overrides, sort_keys=True)),
         "quick": False,
-        "metrics": {"test_auc": auc, "val_auc": auc - 0.01, "test_logloss": 0.5},
+        "metrics": {"test_auc": auc, "val_auc": val_auc, "test_logloss": 0.5},
         # IA at most the set's dim: here dim / 2 per set and field
         "ia": {f"ia_set{k}_C{f}": d / 2 for k, d in enumerate(dims) for f in range(3)},
         "best_epoch": 1,
@@ -75,14 +75,17 @@ def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
     ctx.load()
     for sets in scaling.SET_COUNTS:
         for seed in ctx.seeds:
-            # 3 sets is clearly better than one; 2 sets differs by less than the noise
+            # 3 sets is clearly better than one; 2 sets differs by less than the noise;
+            # 4 sets has the best validation AUC but not the best test AUC
             lift = {3: 0.02, 2: 0.0005}.get(sets, 0.0)
-            ctx.add(_record(sets, seed, 0.70 + lift + 0.001 * seed))
+            test = 0.70 + lift + 0.001 * seed
+            ctx.add(_record(sets, seed, test, test - 0.01 + (0.03 if sets == 4 else 0.0)))
     body = scaling.run(ctx.cached()).body
     assert not ctx.missing
     assert "| 3 | 11/11/10 | 3,000 | 0.7220 ± 0.0010 | 0.7120 ± 0.0010 | 5.33 ± 0.00 | " in body
     assert "| 16.00 ± 0.00 | 3 |" in body  # IA summed over sets: 32 / 2 in every row
-    assert "Best mean test AUC: 3 set(s), 0.7220" in body
+    # the row named best is chosen on validation, and its test AUC is reported beside it
+    assert "Best mean validation AUC: 4 set(s) (0.7220; test AUC 0.7020)" in body
     assert "2 sets +0.0005 (noise" in body
     assert "3 sets +0.0200 (beyond noise" in body
     assert "the same total size): is not seen here (within noise of one set)." in body

@@ -101,6 +101,10 @@ VARIANTS = {
     "fused+sparse": dict(fused=True, sparse=True, compiled=False),
     "fused+compile": dict(fused=True, sparse=False, compiled=True),
 }
+# torch.compile and sparse id-table gradients exist only with the torch backend's tables (the
+# model config refuses them with torchrec): those variants name it, so that they keep running
+# whatever backend the presets default to
+TORCH_TABLES = {"embedding.backend": "torch"}
 
 
 def hmoe_step(
@@ -114,6 +118,7 @@ def hmoe_step(
     overrides: dict[str, object] = {
         "use_compile": how["compiled"],
         "use_sparse_gradients": how["sparse"],
+        **(TORCH_TABLES if how["compiled"] or how["sparse"] else {}),
         **(model_overrides or {}),
     }
     loss = preset.loss

@@ -31,6 +31,8 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
+import threading
 import time
 import urllib.request
 import uuid
@@ -82,6 +84,8 @@ META_NUM_SAMPLES = "hmoe.num_samples"
 META_RESUMES = "hmoe.resumes"  # the job whose search a resumed job continues
 METRIC_BEST = "val_auc"  # the headline metric ``jobs status`` reports
 TRIAL_ENDED = ("FINISHED", "FAILED")  # MLflow statuses of a trial that will not run again
+# how long a detaching follower waits for the log stream's read to end once cancelled
+DETACH_WAIT_S = 5.0
 
 
 class JobError(RuntimeError):
@@ -317,6 +321,40 @@ def _call(action: str, job_id: str, func: Any, *args: Any, **kwargs: Any) -> Any
         raise JobError(f"{action} {job_id}: {first}") from err
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops(loop: asyncio.AbstractEventLoop, step: asyncio.Future) -> Iterator[list[int]]:
+    """While ``loop`` runs ``step``: a Ctrl-C is recorded in the list yielded and stops the
+    loop, instead of raising a KeyboardInterrupt inside the stream's code (aiohttp, Ray), where
+    the interrupt may be swallowed or turned into an ended stream.
+
+    Only on the main thread (the only one Python runs signal handlers in) and only where a
+    Ctrl-C would raise a KeyboardInterrupt anyway: an ignored SIGINT or a program's own handler
+    stays as it was. The previous handler is restored on the way out, whatever happens.
+    """
+    pressed: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield pressed
+        return
+
+    def stop_unless_done() -> None:
+        # a press just after the step ended must not stop the next run of the loop
+        if not step.done():
+            loop.stop()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.append(signum)
+        loop.call_soon_threadsafe(stop_unless_done)  # wakes the loop's select() too
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _spec_of(info: Any) -> tuple[JobSpec, str | None]:
     """The spec an hmoe job was submitted with and the job whose storage it used, read back
     from its entrypoint."""
@@ -370,7 +408,8 @@ class Job:
         """Yield log chunks as the job writes them, until it ends.
 
         Closing the iterator (or Ctrl-C while it waits) detaches from the log stream; the job
-        keeps running.
+        keeps running. One Ctrl-C while it waits for a chunk raises exactly one
+        ``KeyboardInterrupt`` here, wherever in the stream's code the signal arrives.
         """
         self.info()  # an unknown id is a JobNotFoundError, not an error of the stream
         chunks = self.client.sdk.tail_job_logs(self.submission_id)
@@ -379,17 +418,30 @@ class Job:
         try:
             while True:
                 pending = asyncio.ensure_future(chunks.__anext__(), loop=loop)
-                try:
-                    yield loop.run_until_complete(pending)
-                except StopAsyncIteration:
-                    return
+                with _ctrl_c_stops(loop, pending) as pressed:
+                    try:
+                        chunk = loop.run_until_complete(pending)
+                    # after Ctrl-C the step may end in anything (a stopped loop, a cancelled or
+                    # swallowed read, an ended stream): then only the press counts
+                    except StopAsyncIteration:
+                        if not pressed:
+                            return
+                    except BaseException:
+                        if not pressed:
+                            raise
+                if pressed:
+                    raise KeyboardInterrupt
+                yield chunk
         finally:
             # interrupted while waiting for a chunk, the generator is still running: cancel
-            # that step first, or aclose() fails ("asynchronous generator is already running")
+            # that step first, or aclose() fails ("asynchronous generator is already running");
+            # bounded, for a stream that ignores the cancellation
             if pending is not None and not pending.done():
                 pending.cancel()
                 with contextlib.suppress(BaseException):
-                    loop.run_until_complete(pending)
+                    loop.run_until_complete(asyncio.wait({pending}, timeout=DETACH_WAIT_S))
+                    if pending.done() and not pending.cancelled():
+                        pending.exception()  # read, or asyncio logs it as never retrieved
             with contextlib.suppress(RuntimeError, StopAsyncIteration):
                 loop.run_until_complete(chunks.aclose())
             loop.close()

@@ -66,3 +66,24 @@ def test_backends_section_chooses_on_validation_and_judges_the_difference_in_see
     assert "within seed noise" in body.split("`dcnv2`: torchrec")[0]
     assert "`dcnv2`: torchrec − torch = +0.0400" in body
     assert "better than torch beyond seed noise" in body
+
+
+def test_backends_section_chooses_nothing_while_a_candidate_lacks_seeds(tmp_path):
+    records = []
+    for seed in (1, 2, 3):
+        records.append(_record("hmoe", None, seed, 0.70, 0.72))
+        for i, candidate in enumerate(backends.CANDIDATES):
+            # the best candidate on validation has run one seed only so far
+            if i == 0 or seed == 1:
+                records.append(_record("hmoe", candidate, seed, 0.75 if i else 0.71, 0.72))
+    out = tmp_path / "results"
+    out.mkdir()
+    ctx = Context(work=tmp_path / "work", out=out, data_root=tmp_path, log=lambda _: None)
+    ctx.load()
+    for record in records:
+        ctx.add(record)
+    body = backends.run(ctx.cached()).body
+    short = len(backends.CANDIDATES) - 1
+    assert f"`hmoe`: no choice yet, {short} of {len(backends.CANDIDATES)} candidates" in body
+    assert "`hmoe` torchrec |" not in body
+    assert "torchrec − torch" not in body

@@ -62,16 +62,22 @@ def run(ctx: Context) -> Section:
     chosen_rows, candidate_rows, verdicts = [], [], []
     for preset in MODELS:
         torch_runs = _runs(ctx, preset, None)
-        scored = []
+        scored, short = [], 0
         for candidate in CANDIDATES:
             runs = _runs(ctx, preset, candidate)
             val = values(runs, "val_auc")
             candidate_rows.append(
                 [f"`{preset}`", f"{candidate[0]:g}", f"{candidate[1]:g}", fmt(val), str(len(runs))]
             )
+            short += len(val) < len(ctx.seeds)
             if val:
                 scored.append((mean_std(val)[0], candidate, runs))
-        if not scored:
+        # a choice among candidates with seeds missing would favour whichever ran first
+        if short:
+            verdicts.append(
+                f"`{preset}`: no choice yet, {short} of {len(CANDIDATES)} candidates lack some "
+                f"of the {len(ctx.seeds)} seeds"
+            )
             continue
         _, best, best_runs = max(scored, key=lambda s: s[0])
         for name, runs in ((f"`{preset}` torch", torch_runs), (f"`{preset}` torchrec", best_runs)):

@@ -40,6 +40,17 @@ def _record(preset: str, candidate, seed: int, val: float, test: float) -> dict:
     }
 
 
+def _body(tmp_path, records: list[dict]) -> str:
+    """The section rendered from ``records`` alone, nothing trained."""
+    out = tmp_path / "results"
+    out.mkdir()
+    ctx = Context(work=tmp_path / "work", out=out, data_root=tmp_path, log=lambda _: None)
+    ctx.load()
+    for record in records:
+        ctx.add(record)
+    return backends.run(ctx.cached()).body
+
+
 def test_backends_section_chooses_on_validation_and_judges_the_difference_in_seed_stds(tmp_path):
     records = []
     for preset in backends.MODELS:
@@ -52,13 +63,7 @@ def test_backends_section_chooses_on_validation_and_judges_the_difference_in_see
                 if preset == "dcnv2" and best_val:
                     test = 0.760 + 0.001 * seed
                 records.append(_record(preset, candidate, seed, 0.75 if best_val else 0.71, test))
-    out = tmp_path / "results"
-    out.mkdir()
-    ctx = Context(work=tmp_path / "work", out=out, data_root=tmp_path, log=lambda _: None)
-    ctx.load()
-    for record in records:
-        ctx.add(record)
-    body = backends.run(ctx.cached()).body
+    body = _body(tmp_path, records)
     lr, l2 = backends.CANDIDATES[1]
     assert body.count(f"table_lr={lr:g} table_l2={l2:g}") == 2
     assert "0.8000" not in body  # the best test AUC was never chosen
@@ -76,13 +81,7 @@ def test_backends_section_chooses_nothing_while_a_candidate_lacks_seeds(tmp_path
             # the best candidate on validation has run one seed only so far
             if i == 0 or seed == 1:
                 records.append(_record("hmoe", candidate, seed, 0.75 if i else 0.71, 0.72))
-    out = tmp_path / "results"
-    out.mkdir()
-    ctx = Context(work=tmp_path / "work", out=out, data_root=tmp_path, log=lambda _: None)
-    ctx.load()
-    for record in records:
-        ctx.add(record)
-    body = backends.run(ctx.cached()).body
+    body = _body(tmp_path, records)
     short = len(backends.CANDIDATES) - 1
     assert f"`hmoe`: no choice yet, {short} of {len(backends.CANDIDATES)} candidates" in body
     assert "`hmoe` torchrec |" not in body

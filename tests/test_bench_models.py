@@ -4,28 +4,19 @@ others time the preset's own backend. Built only: compiling and timing are the b
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from hmoe.config import apply_overrides
 from hmoe.models.testing import tiny_schema
 from hmoe.models.zoo import build, get_preset
+from tests.conftest import load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PRESET = "dcnv2"  # the cheapest preset the benchmark times every variant of
 
 
 @pytest.fixture(scope="module")
 def bench_models():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_models", BENCHMARKS / "bench_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_models")
 
 
 @pytest.fixture

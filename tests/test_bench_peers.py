@@ -7,9 +7,7 @@ installed in the project, so they are not trained here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from hmoe.platform.data.batches import load_schema
+from tests.conftest import load_benchmark
 from tests.platform.prepared import write_prepared
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SPLITS = {"train": "train", "val": "valid", "test": "test"}
 ROWS = {"train": 40, "valid": 17, "test": 9}
 
 
 @pytest.fixture(scope="module")
 def bench_peers():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_peers", BENCHMARKS / "bench_peers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_peers")
 
 
 def _shards(data: Path, split: str) -> pa.Table:

@@ -140,6 +140,26 @@ def test_model_logging_registry_and_reload(uri, model_cls, expected):
     torch.testing.assert_close(predict(batch), model(batch))
 
 
+def test_a_logged_model_pins_its_requirements_without_loading_it_again(uri, monkeypatch):
+    """MLflow's inference would import and load the model in a subprocess (seconds per run)."""
+    from importlib.metadata import version
+
+    inferred = []
+    monkeypatch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **k: inferred.append(a))
+    run = MlflowRun.create(uri, "exp", "m", {})
+    model_uri, fmt = log_model(run, _DictModel(nn.Linear(2, 1)), {"x": torch.zeros(2, 2)}, ["x"])
+    assert fmt == "pt2" and inferred == []
+    mlflow.set_tracking_uri(uri)
+    try:
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri))
+    finally:
+        mlflow.set_tracking_uri(None)
+    lines = requirements.read_text().split()
+    torch_version = version("torch").split("+")[0]  # the public version, which an index serves
+    assert f"torch=={torch_version}" in lines and f"mlflow=={version('mlflow')}" in lines
+    assert {line.split("==")[0] for line in lines} >= {"cloudpickle", "pandas", "pyarrow"}
+
+
 def test_log_model_rejects_an_unknown_format(uri):
     run = MlflowRun.create(uri, "exp", "m", {})
     with pytest.raises(ValueError, match="onnx"):

@@ -65,6 +65,11 @@ CHAMPION_ALIAS = "champion"  # the registry alias of the best version on its dat
 TAG_VERSION_RUN = "hmoe.run_id"  # model version tags (with hmoe.dataset_hash, hmoe.search)
 TAG_VERSION_METRIC = "hmoe.metric"  # the validation metric the version was chosen by
 TAG_VERSION_VALUE = "hmoe.metric_value"  # ... and its value (the run's best epoch)
+#: the distributions a logged model loads with: torch runs the network (either format),
+#: cloudpickle reads the pickle format, pandas and pyarrow the raw-feature flavor's frame and
+#: vocabularies. Written out, not inferred: MLflow infers them by loading the model again in a
+#: subprocess, about as long as the export itself, for every run and trial.
+MODEL_REQUIREMENTS = ("torch", "mlflow", "cloudpickle", "numpy", "pandas", "pyarrow")
 _LOG = logging.getLogger(__name__)
 
 
@@ -220,6 +225,7 @@ def log_model(
                     signature=_signature(names, arrays) if fmt == "pt2" else None,
                     serialization_format=fmt,
                     metadata={INPUTS_METADATA: names},
+                    pip_requirements=pip_requirements(),
                 )
         except Exception as err:  # torch.export raises many types for unexportable code
             _LOG.warning("logging the model as %s failed (%s); trying the next format", fmt, err)
@@ -228,6 +234,16 @@ def log_model(
         run.set_tags({TAG_MODEL_URI: info.model_uri, TAG_MODEL_FORMAT: fmt})
         return info.model_uri, fmt
     raise RuntimeError(f"could not log the model in any of {tried}") from last_error
+
+
+def pip_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to this process's versions, without local labels
+    (``torch==2.13.0``, not ``2.13.0+cpu``: a package index serves the public version)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return [f"{name}=={Version(version(name)).public}" for name in MODEL_REQUIREMENTS]
 
 
 def _signature(names: Sequence[str], arrays: Sequence[Any]) -> Any:

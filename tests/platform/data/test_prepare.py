@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from hmoe.platform.data import (
     collate_fn,
@@ -350,9 +351,10 @@ def test_sequences_from_a_separate_behaviour_log(ray_cluster, tmp_path: Path) ->
         assert list(row[seq_column("hist", "category")][:n]) == genres
 
 
-def test_ray_dataset_and_collate_give_batches(toy: dict) -> None:
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_ray_dataset_and_collate_give_batches(toy: dict, in_memory: bool) -> None:
     schema = feature_schema(toy["out"])
-    dataset = read_split_dataset(toy["out"], "valid")
+    dataset = read_split_dataset(toy["out"], "valid", in_memory=in_memory)
     batches = list(dataset.iter_torch_batches(batch_size=50, collate_fn=collate_fn(schema)))
     assert [len(b[WEIGHT]) for b in batches] == [50, 30]
     assert batches[0][LABELS].shape == (50, 2)
@@ -368,6 +370,12 @@ def test_many_shards_give_the_same_rows(toy: dict, tmp_path: Path) -> None:
     frame.index = frame.index.astype(int)
     expected = toy["shards"].drop(columns="split")
     pd.testing.assert_frame_equal(frame.sort_index(), expected.sort_index(), check_like=True)
+    # read into memory: one block per shard, in shard order, the streamed read's columns
+    held = read_split_dataset(tmp_path / "out", "train", in_memory=True)
+    assert held.num_blocks() == len(manifest["shards"]["train"])
+    columns = read_split_dataset(tmp_path / "out", "train").columns()
+    expected_rows = read_split_table(tmp_path / "out", "train").select(columns)
+    assert pa.concat_tables(ray.get(held.to_arrow_refs())).equals(expected_rows)
 
 
 def test_behaviour_filter_on_a_raw_column(ray_cluster, tmp_path: Path) -> None:

@@ -73,11 +73,12 @@ def split_megabytes(data_dir: str | Path, split: str) -> float:
     return sum(storage.size_bytes(p) for p in paths) / 2**20
 
 
-def split_dataset(data_dir: str | Path, split: str) -> Any:
-    """A split as a lazy Ray Dataset of exactly the Batch columns (streamed by Train)."""
+def split_dataset(data_dir: str | Path, split: str, *, in_memory: bool = False) -> Any:
+    """A split as a Ray Dataset of exactly the Batch columns: lazy (streamed by Train), or
+    read into memory here (``reader.read_split_dataset``)."""
     from hmoe.platform.data import reader  # pyarrow: only when reading shards
 
-    return reader.read_split_dataset(data_dir, _split(split))
+    return reader.read_split_dataset(data_dir, _split(split), in_memory=in_memory)
 
 
 def make_collate(schema: FeatureSchema) -> Any:

@@ -105,8 +105,13 @@ def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
     return pa.concat_tables([_open_parquet(p).read() for p in paths])
 
 
-def read_split_dataset(prepared_dir: str | Path, split: str) -> Any:
+def read_split_dataset(prepared_dir: str | Path, split: str, *, in_memory: bool = False) -> Any:
     """A split as a Ray Dataset of the Batch columns (use ``BatchCollate`` to get Batches).
+
+    ``in_memory=False``: a lazy dataset, its shards read by Ray Data tasks as it is consumed.
+    ``in_memory=True``: the shards read here with pyarrow into a materialized dataset, one
+    block per shard, in shard order; for a split small enough to hold in the object store, as
+    fast as memory allows: no read task, whose cold worker process costs seconds per run.
 
     The dataset runs without Ray Data's progress bars and execution-plan lines: it is read
     inside trials and Train workers, whose output is a search's log (or a job's), where each
@@ -114,10 +119,16 @@ def read_split_dataset(prepared_dir: str | Path, split: str) -> Any:
     """
     import ray.data
 
-    fs, _ = storage.filesystem(prepared_dir)
-    paths = [storage.filesystem(p)[1] for p in shard_paths(prepared_dir, split)]
     columns = batch_columns(feature_schema(prepared_dir))
-    dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
+    if in_memory:
+        tables = [_open_parquet(p).read(columns=columns) for p in shard_paths(prepared_dir, split)]
+        if not tables:
+            raise ValueError(f"split {split!r} of {prepared_dir} has no shards")
+        dataset = ray.data.from_arrow(tables)
+    else:
+        fs, _ = storage.filesystem(prepared_dir)
+        paths = [storage.filesystem(p)[1] for p in shard_paths(prepared_dir, split)]
+        dataset = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     # the dataset's own DataContext (a copy taken at creation) travels with it to materialize()
     # and to Train's split coordinator, so this leaves the caller's global context untouched
     dataset.context.enable_progress_bars = False

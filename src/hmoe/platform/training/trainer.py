@@ -202,9 +202,8 @@ def make_trainer(
 
     from hmoe.platform.training.retries import FailFastTorchTrainer
 
-    train = split_dataset(cfg.data.path, "train")
-    if split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb:
-        train = train.materialize()
+    in_memory = split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb
+    train = split_dataset(cfg.data.path, "train", in_memory=in_memory)
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker} | (
         {"GPU": t.gpus_per_worker} if t.gpus_per_worker else {}

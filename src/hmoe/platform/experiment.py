@@ -89,8 +89,9 @@ class DataConfig(Config):
     shuffling; standalone runs shuffle the whole split). ``eval_batch_size``: rows per forward
     when evaluating the validation and test splits. ``materialize_train_max_mb``: a train split
     whose Parquet shards total at most this many MB is read once, by the process that starts
-    the run, into the Ray object store instead of being streamed from the shards again every epoch (which costs a read start-up
-    per epoch, a large share of a short epoch); larger splits stream. 0 always streams.
+    the run, into the Ray object store instead of being streamed from the shards again every
+    epoch (which costs a read start-up per epoch, a large share of a short epoch); larger
+    splits stream. 0 always streams.
     """
 
     path: str  # the prepared directory (hmoe data prepare --out)

@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from repro import ctr, scaling
-from repro.common import Context
+from repro.common import FIVE_SEEDS, Context
 
 # criteo-tiny's shape: id fields in one field group (GwPFM's G = 1)
 ONE_GROUP = FeatureSchema(
@@ -74,7 +74,7 @@ def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
     ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
     ctx.load()
     for sets in scaling.SET_COUNTS:
-        for seed in ctx.seeds:
+        for seed in FIVE_SEEDS:
             # 3 sets is clearly better than one; 2 sets differs by less than the noise;
             # 4 sets has the best validation AUC but not the best test AUC
             lift = {3: 0.02, 2: 0.0005}.get(sets, 0.0)
@@ -82,14 +82,15 @@ def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
             ctx.add(_record(sets, seed, test, test - 0.01 + (0.03 if sets == 4 else 0.0)))
     body = scaling.run(ctx.cached()).body
     assert not ctx.missing
-    assert "| 3 | 11/11/10 | 3,000 | 0.7220 ± 0.0010 | 0.7120 ± 0.0010 | 5.33 ± 0.00 | " in body
-    assert "| 16.00 ± 0.00 | 3 |" in body  # IA summed over sets: 32 / 2 in every row
+    assert "| 3 | 11/11/10 | 3,000 | 0.7230 ± 0.0016 | 0.7130 ± 0.0016 | 5.33 ± 0.00 | " in body
+    assert "| 16.00 ± 0.00 | 5 |" in body  # IA summed over sets: 32 / 2 in every row
     # the row named best is chosen on validation, and its test AUC is reported beside it
-    assert "Best mean validation AUC: 4 set(s) (0.7220; test AUC 0.7020)" in body
+    assert "Best mean validation AUC: 4 set(s) (0.7230; test AUC 0.7030)" in body
     assert "2 sets +0.0005 (noise" in body
     assert "3 sets +0.0200 (beyond noise" in body
     assert "the same total size): is not seen here (within noise of one set)." in body
-    assert "experts 2 gwpfm, 2 ipnn, 1 dcnv2, 1 mlp; seeds 1, 2, 3." in body
+    assert "experts 2 gwpfm, 2 ipnn, 1 dcnv2, 1 mlp; seeds 1, 2, 3, 4, 5." in body
+    assert "Incomplete" not in body
     assert (ctx.figures / scaling.FIGURE).stat().st_size > 0
     assert f"results/figures/{scaling.FIGURE}" in body
 
@@ -99,5 +100,7 @@ def test_renders_without_runs(tmp_path):
     ctx.load()
     body = scaling.run(ctx.cached()).body
     assert "Not enough rows run to compare." in body
-    assert len(ctx.missing) == len(scaling.SET_COUNTS) * len(ctx.seeds)
+    # five seeds per row, whatever the report's own seeds
+    assert len(ctx.missing) == len(scaling.SET_COUNTS) * len(FIVE_SEEDS)
+    assert "**Incomplete**: stored runs of the 5 seeds per row: 1 set(s): 0;" in body
     assert not (ctx.figures / scaling.FIGURE).exists()

@@ -37,6 +37,9 @@ from repro.store import EXPERIMENT, JSON_KEYS_TAG, RunStore, record_tags
 Extra = Callable[[Any, Any], Mapping[str, float]]  # (trained model, ExperimentConfig) -> metrics
 
 SEEDS = (1, 2, 3)  # the peers' seeds (../shared/docs/benchmarks.md)
+# the seeds of a section whose effects are small next to the seed spread of SEEDS (under twice
+# the seed std): two more, so that its "within / beyond 2 seed stds" rests on five per row
+FIVE_SEEDS = (*SEEDS, 4, 5)
 STORE_FILE = "mlflow.db"  # the working MLflow store, beside the committed export
 EXPORT_DIR = "runs"  # the committed export of the store (``repro.store``)
 RAY_RUNS_DIR = "ray_runs"  # Ray Train run folders under ``work``, removed once a run is read
@@ -497,6 +500,21 @@ def seeds_of(
         for seed in ctx.seeds
     ]
     return [r for r in runs if r is not None]
+
+
+def incomplete(section: str, seeds: Sequence[int], stored: Mapping[str, int]) -> str:
+    """A note naming the rows with fewer stored runs than ``seeds`` (``{row: runs}``), or "".
+
+    A run not done yet is left out of a row's mean, not guessed; the note says so, so that a
+    row of fewer seeds is not read as one of the seeds the section states.
+    """
+    short = [f"{row}: {n}" for row, n in stored.items() if n < len(seeds)]
+    if not short:
+        return ""
+    return (
+        f"**Incomplete**: stored runs of the {len(seeds)} seeds per row: {'; '.join(short)}; "
+        f"rerun `python benchmarks/reproduce.py --sections {section}` to complete them.\n"
+    )
 
 
 def first_task_logits(model: Any, data: Mapping[str, Any], batch_size: int) -> Any:

@@ -34,10 +34,12 @@ from typing import Any
 import yaml
 
 from repro.common import (
+    FIVE_SEEDS,
     Context,
     Section,
     first_task_logits,
     fmt,
+    incomplete,
     mean_std,
     seeds_of,
     table,
@@ -56,9 +58,6 @@ PLANTED_STRENGTH = 0.0
 INTEREST_TASK = "interest"
 PRESET = "dnn"
 EPOCHS = 4
-# 5 seeds, not the report's 3: IPW's effect on the interest AUC is small next to the seed
-# spread, and the verdict calls it only beyond twice the larger seed std (``_effect``)
-SEEDS = (1, 2, 3, 4, 5)
 # variant -> loss overrides; "power" uses the generator's own form (1 + k) ** -INFLATION
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {"loss.ipw.enabled": False},
@@ -206,17 +205,6 @@ def _verdict(runs: dict[str, list[dict]]) -> str:
     return "; ".join(parts) + ".\n" if parts else ""
 
 
-def _missing(runs: dict[str, list[dict]]) -> str:
-    """Which rows lack some of the section's seeds (a run not done yet is left out, not guessed)."""
-    short = [f"{_label(v)}: {len(r)}" for v, r in runs.items() if len(r) < len(SEEDS)]
-    if not short:
-        return ""
-    return (
-        f"**Incomplete**: stored runs of the {len(SEEDS)} seeds per row: {'; '.join(short)}; "
-        "rerun `python benchmarks/reproduce.py --sections exposure` to complete them.\n"
-    )
-
-
 def _timing(runs: dict[str, list[dict]]) -> str:
     walls = [float(r["wall_s"]) for records in runs.values() for r in records]
     if not walls:
@@ -234,7 +222,9 @@ def _label(variant: str) -> str:
 
 
 def run(ctx: Context) -> Section:
-    ctx = dataclasses.replace(ctx, seeds=SEEDS)
+    # IPW's effect on the interest AUC is small next to the seed spread, and the verdict calls
+    # it only beyond twice the larger seed std (``_effect``)
+    ctx = dataclasses.replace(ctx, seeds=FIVE_SEEDS)
     data = _prepared(ctx)
     runs = _runs(ctx, data)
     every = [r for records in runs.values() for r in records]
@@ -295,7 +285,7 @@ def run(ctx: Context) -> Section:
             table(header, rows),
             "",
             _verdict(runs),
-            _missing(runs),
+            incomplete(SECTION, FIVE_SEEDS, {_label(v): len(r) for v, r in runs.items()}),
             _timing(runs),
         ]
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +96,20 @@ def batch_columns(schema: FeatureSchema) -> list[str]:
     return names + [label_column(t) for t in schema.tasks] + [WEIGHT, EXPOSURE]
 
 
-def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
-    """A whole split as one pyarrow Table, rows in shard order (small data, tests)."""
+def _shard_tables(
+    prepared_dir: str | Path, split: str, columns: Sequence[str] | None = None
+) -> list[pa.Table]:
+    """Each shard of a split as a pyarrow Table (``columns``: only these), in shard order."""
     paths = shard_paths(prepared_dir, split)
     if not paths:
         schema = feature_schema(prepared_dir)
         raise ValueError(f"split {split!r} of {prepared_dir} is empty ({schema.tasks})")
-    return pa.concat_tables([_open_parquet(p).read() for p in paths])
+    return [_open_parquet(p).read(columns=columns) for p in paths]
+
+
+def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:
+    """A whole split as one pyarrow Table, rows in shard order (small data, tests)."""
+    return pa.concat_tables(_shard_tables(prepared_dir, split))
 
 
 def read_split_dataset(prepared_dir: str | Path, split: str, *, in_memory: bool = False) -> Any:
@@ -121,10 +128,7 @@ def read_split_dataset(prepared_dir: str | Path, split: str, *, in_memory: bool 
 
     columns = batch_columns(feature_schema(prepared_dir))
     if in_memory:
-        tables = [_open_parquet(p).read(columns=columns) for p in shard_paths(prepared_dir, split)]
-        if not tables:
-            raise ValueError(f"split {split!r} of {prepared_dir} has no shards")
-        dataset = ray.data.from_arrow(tables)
+        dataset = ray.data.from_arrow(_shard_tables(prepared_dir, split, columns))
     else:
         fs, _ = storage.filesystem(prepared_dir)
         paths = [storage.filesystem(p)[1] for p in shard_paths(prepared_dir, split)]

@@ -3,16 +3,16 @@ with fewer stored runs named as incomplete."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 from tests.conftest import REPO_ROOT
+from tests.repro_runs import report_context, stored_record
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from repro import correlation
 from repro import multitask_data as md
-from repro.common import FIVE_SEEDS, Context
+from repro.common import FIVE_SEEDS
 
 # per model: fidelity to the MI truth at seed 0, and its change per seed
 FIDELITY = {"DIN": (0.40, 0.01), "SASRec": (0.10, 0.01), "TIM": (0.41, 0.01)}
@@ -23,30 +23,19 @@ def _record(label: str, seed: int) -> dict:
     changes = overrides | {"train.epochs": correlation.EPOCHS}
     changes |= {"train.seed": seed, "tracking.log_model": False}
     base, step = FIDELITY[label]
-    return {
-        "section": correlation.SECTION,
-        "dataset": f"{md.SYNTH}-{correlation.TASK}",
-        "variant": label,
-        "seed": seed,
-        "preset": preset,
-        "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
-        "quick": False,
-        "metrics": {"test_auc": 0.7, "corr_fidelity": base + step * seed},
-        "ia": {},
-        "best_epoch": 1,
-        "params": 1000,
-        "wall_s": 1.0,
-    }
-
-
-def _context(tmp_path) -> Context:
-    ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
-    ctx.load()
-    return ctx
+    return stored_record(
+        section=correlation.SECTION,
+        dataset=f"{md.SYNTH}-{correlation.TASK}",
+        variant=label,
+        seed=seed,
+        preset=preset,
+        overrides=changes,
+        metrics={"test_auc": 0.7, "corr_fidelity": base + step * seed},
+    )
 
 
 def test_judges_the_models_on_five_seeds(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = report_context(tmp_path)
     for label in correlation.MODELS:
         for seed in FIVE_SEEDS:
             ctx.add(_record(label, seed))
@@ -60,7 +49,7 @@ def test_judges_the_models_on_five_seeds(tmp_path):
 
 
 def test_a_model_short_of_five_stored_seeds_is_named(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = report_context(tmp_path)
     for label in correlation.MODELS:
         for seed in FIVE_SEEDS[: 3 if label == "SASRec" else None]:
             ctx.add(_record(label, seed))

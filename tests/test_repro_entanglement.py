@@ -3,16 +3,16 @@ with fewer stored runs named as incomplete."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 from tests.conftest import REPO_ROOT
+from tests.repro_runs import report_context, stored_record
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from repro import entanglement, multitask
 from repro import multitask_data as md
-from repro.common import FIVE_SEEDS, Context
+from repro.common import FIVE_SEEDS
 
 # per model: the shared expert's cosine at seed 0, and its change per seed
 COSINE = {"MMoE": (0.10, 0.01), "STEM": (0.30, 0.01)}
@@ -25,35 +25,24 @@ def _record(label: str, seed: int) -> dict:
     changes |= {"train.seed": seed, "tracking.log_model": False}
     base, step = COSINE[label]
     prefix = entanglement.PREFIX
-    return {
-        "section": entanglement.SECTION,
-        "dataset": md.SYNTH,
-        "variant": model.variant,
-        "seed": seed,
-        "preset": model.preset,
-        "overrides": json.loads(json.dumps(changes, sort_keys=True, default=str)),
-        "quick": False,
-        "metrics": {
+    return stored_record(
+        section=entanglement.SECTION,
+        dataset=md.SYNTH,
+        variant=model.variant,
+        seed=seed,
+        preset=model.preset,
+        overrides=changes,
+        metrics={
             "test_auc": 0.7,
             f"{prefix}cos_{GROUP}": base + step * seed,
             f"{prefix}norma_{GROUP}": 1.0,
             f"{prefix}normb_{GROUP}": 1.0,
         },
-        "ia": {},
-        "best_epoch": 1,
-        "params": 1000,
-        "wall_s": 1.0,
-    }
-
-
-def _context(tmp_path) -> Context:
-    ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
-    ctx.load()
-    return ctx
+    )
 
 
 def test_judges_the_models_on_five_seeds(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = report_context(tmp_path)
     for label in entanglement.MODELS:
         for seed in FIVE_SEEDS:
             ctx.add(_record(label, seed))
@@ -69,7 +58,7 @@ def test_judges_the_models_on_five_seeds(tmp_path):
 
 
 def test_a_model_short_of_five_stored_seeds_is_named(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = report_context(tmp_path)
     for label in entanglement.MODELS:
         for seed in FIVE_SEEDS[: 3 if label == "STEM" else None]:
             ctx.add(_record(label, seed))

@@ -3,7 +3,6 @@ embedding width, and the section renders its table, findings and figure from sto
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
@@ -13,11 +12,12 @@ from hmoe.models.experts import expand_counts
 from hmoe.models.zoo import build, get_preset
 from hmoe.schema import CategoricalFeature, FeatureSchema
 from tests.conftest import REPO_ROOT
+from tests.repro_runs import report_context, stored_record
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from repro import ctr, scaling
-from repro.common import FIVE_SEEDS, Context
+from repro.common import FIVE_SEEDS
 
 # criteo-tiny's shape: id fields in one field group (GwPFM's G = 1)
 ONE_GROUP = FeatureSchema(
@@ -53,26 +53,22 @@ def _record(sets: int, seed: int, auc: float, val_auc: float) -> dict:
     overrides = ctr.PROTOCOL[scaling.DATASET] | scaling.overrides(sets)
     overrides |= {"train.seed": seed, "tracking.log_model": False}
     dims = scaling.split_dims(sets)
-    return {
-        "section": scaling.SECTION,
-        "dataset": scaling.DATASET,
-        "variant": scaling._variant(sets),
-        "seed": seed,
-        "preset": scaling.PRESET,
-        "overrides": json.loads(json.dumps(overrides, sort_keys=True)),
-        "quick": False,
-        "metrics": {"test_auc": auc, "val_auc": val_auc, "test_logloss": 0.5},
+    return stored_record(
+        section=scaling.SECTION,
+        dataset=scaling.DATASET,
+        variant=scaling._variant(sets),
+        seed=seed,
+        preset=scaling.PRESET,
+        overrides=overrides,
+        metrics={"test_auc": auc, "val_auc": val_auc, "test_logloss": 0.5},
         # IA at most the set's dim: here dim / 2 per set and field
-        "ia": {f"ia_set{k}_C{f}": d / 2 for k, d in enumerate(dims) for f in range(3)},
-        "best_epoch": 1,
-        "params": 1000 * sets,
-        "wall_s": 1.0,
-    }
+        ia={f"ia_set{k}_C{f}": d / 2 for k, d in enumerate(dims) for f in range(3)},
+        params=1000 * sets,
+    )
 
 
 def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
-    ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
-    ctx.load()
+    ctx = report_context(tmp_path)
     for sets in scaling.SET_COUNTS:
         for seed in FIVE_SEEDS:
             # 3 sets is clearly better than one; 2 sets differs by less than the noise;
@@ -96,8 +92,7 @@ def test_renders_table_findings_and_figure_from_stored_runs(tmp_path):
 
 
 def test_renders_without_runs(tmp_path):
-    ctx = Context(work=tmp_path / "work", out=tmp_path / "out", data_root=tmp_path, log=print)
-    ctx.load()
+    ctx = report_context(tmp_path)
     body = scaling.run(ctx.cached()).body
     assert "Not enough rows run to compare." in body
     # five seeds per row, whatever the report's own seeds

@@ -35,21 +35,23 @@ def synth_config() -> Any:
     return SynthConfig(tasks=SYNTH_TASKS, click_rate=SYNTH_CLICK_RATE, like_rate=SYNTH_LIKE_RATE)
 
 
-def _synth_raw(ctx: Context) -> Path:
-    return ctx.work / "raw" / f"{SYNTH}-{SYNTH_ROWS}-{SYNTH_SEED}"
+def raw_dir(ctx: Context, name: str, rows: int, seed: int) -> Path:
+    return ctx.work / "raw" / f"{name}-{rows}-{seed}"
 
 
-def _make_synth_raw(ctx: Context) -> Path:
+def synth_raw(ctx: Context, name: str, rows: int, seed: int, config: Any) -> Path:
+    """``hmoe data synth`` output of ``rows`` rows (``seed``, ``config``) in ``raw_dir``,
+    generated once."""
     from hmoe.platform.data.synth import SPEC_FILE, synthesize
 
-    raw = _synth_raw(ctx)
+    raw = raw_dir(ctx, name, rows, seed)
     if not (raw / SPEC_FILE).exists():
         import ray
 
         if not ray.is_initialized():  # synthesize asks the running cluster for its CPUs
             ray.init(include_dashboard=False, configure_logging=False)
-        ctx.log(f"synthesizing {SYNTH_ROWS:,} rows (seed {SYNTH_SEED}) -> {raw}")
-        synthesize(raw, SYNTH_ROWS, SYNTH_SEED, synth_config(), overwrite=True)
+        ctx.log(f"synthesizing {rows:,} rows (seed {seed}) -> {raw}")
+        synthesize(raw, rows, seed, config, overwrite=True)
     return raw
 
 
@@ -73,7 +75,7 @@ def _positive_filter(sequence: dict[str, Any], task: str) -> dict[str, Any]:
     return kept | {"filter": {"column": other, "where": {"op": "==", "value": 1}}}
 
 
-def _prepare(ctx: Context, name: str, spec: Callable[[], dict[str, Any]], base: Path) -> Path:
+def prepare_spec(ctx: Context, name: str, spec: Callable[[], dict[str, Any]], base: Path) -> Path:
     """Prepare the spec ``spec()`` (paths relative to ``base``) as ``ctx.work/data/name``."""
     from hmoe.platform.data import prepare
 
@@ -94,7 +96,7 @@ def adult(ctx: Context, task: str | None = None) -> Path:
         return prepared(ctx, ADULT)
     shipped = yaml.safe_load((SPECS_DIR / f"{ADULT}.yaml").read_text())
     name = f"{ADULT}-{task}"
-    return _prepare(ctx, name, lambda: _one_task(shipped, task, name), SPECS_DIR)
+    return prepare_spec(ctx, name, lambda: _one_task(shipped, task, name), SPECS_DIR)
 
 
 def synth(ctx: Context, task: str | None = None) -> Path:
@@ -102,19 +104,20 @@ def synth(ctx: Context, task: str | None = None) -> Path:
     from hmoe.platform.data.synth import SPEC_FILE
 
     name = SYNTH if task is None else f"{SYNTH}-{task}"
-    raw = _synth_raw(ctx)
+    raw = raw_dir(ctx, SYNTH, SYNTH_ROWS, SYNTH_SEED)
 
     def spec() -> dict[str, Any]:
-        full = yaml.safe_load((_make_synth_raw(ctx) / SPEC_FILE).read_text())
+        made = synth_raw(ctx, SYNTH, SYNTH_ROWS, SYNTH_SEED, synth_config())
+        full = yaml.safe_load((made / SPEC_FILE).read_text())
         return full | {"name": name} if task is None else _one_task(full, task, name)
 
-    out = _prepare(ctx, name, spec, raw)
+    out = prepare_spec(ctx, name, spec, raw)
     if not ctx.cached_only:
-        _copy_planted(raw, ctx.work / "specs")
+        copy_planted(raw, ctx.work / "specs")
     return out
 
 
-def _copy_planted(raw: Path, spec_dir: Path) -> None:
+def copy_planted(raw: Path, spec_dir: Path) -> None:
     """The analyses find a synth dataset's planted correlation beside the spec it was prepared
     from; a derived spec lives in ``spec_dir``, so the raw output's files go there too."""
     import shutil

@@ -48,6 +48,7 @@ def stored_record(
         "metrics": dict(metrics),
         "ia": dict(ia or {}),
         "best_epoch": 1,
+        "epochs_run": 1,
         "params": params,
         "wall_s": 1.0,
     }

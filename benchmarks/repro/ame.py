@@ -1,12 +1,10 @@
 """Section: AME with asymmetric vs symmetric embedding sets (spec §4.2's ablation).
 
 The multi-task section's synthetic two-task log and budget. Asymmetric = ``hmoe_ame`` as that
-section ran it (sets of dims 16 / 32 / 64; that section's runs, trained here only for seeds it has
-not stored); symmetric =
-the same preset with three sets of one dim, ``SYMMETRIC_DIM`` each (111 in all against 112, the
-nearest equal split), trained here. Everything else (experts, gates, towers, encoders, loss) is
-the preset's.
-"""
+section ran it (sets of dims 16 / 32 / 64; that section's runs, trained here only for seeds it
+has not stored); symmetric = the same preset with three sets of one dim, ``SYMMETRIC_DIM`` each
+(111 in all against 112, the nearest equal split), trained here. Everything else (experts,
+gates, towers, encoders, loss) is the preset's."""
 
 from __future__ import annotations
 

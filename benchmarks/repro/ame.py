@@ -1,20 +1,29 @@
 """Section: AME with asymmetric vs symmetric embedding sets (spec §4.2's ablation).
 
 The multi-task section's synthetic two-task log and budget. Asymmetric = ``hmoe_ame`` as that
-section ran it (sets of dims 16 / 32 / 64; its stored runs are read, not retrained); symmetric =
-the same preset with three sets of one dim, ``SYMMETRIC_DIM`` each (111 in all against 112, the
-nearest equal split), trained here. Everything else (experts, gates, towers, encoders, loss) is
-the preset's.
-"""
+section ran it (sets of dims 16 / 32 / 64; that section's runs, trained here only for seeds it
+has not stored); symmetric = the same preset with three sets of one dim, ``SYMMETRIC_DIM`` each
+(111 in all against 112, the nearest equal split), trained here. Everything else (experts,
+gates, towers, encoders, loss) is the preset's."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from repro import multitask
 from repro import multitask_data as md
-from repro.common import Context, Section, fmt, mean_std, seeds_of, table
+from repro.common import (
+    FIVE_SEEDS,
+    Context,
+    Section,
+    fmt,
+    incomplete,
+    mean_std,
+    seeds_of,
+    table,
+)
 
 SECTION = "ame"
 PRESET = "hmoe_ame"
@@ -50,6 +59,8 @@ def _verdict(a: Sequence[float], b: Sequence[float]) -> str:
 
 
 def run(ctx: Context) -> Section:
+    # the two forms are within 2 seed stds of each other on 3 seeds
+    ctx = dataclasses.replace(ctx, seeds=FIVE_SEEDS)
     symmetric = seeds_of(
         ctx,
         section=SECTION,
@@ -59,13 +70,13 @@ def run(ctx: Context) -> Section:
         data=md.synth(ctx),
         overrides=SYMMETRIC,
     )
-    stored = ctx.records(section=multitask.SECTION, dataset=md.SYNTH, variant=PRESET, quick=False)
-    asymmetric = [r for r in stored if r["seed"] in ctx.seeds]
+    asymmetric = multitask.synth_runs(ctx, PRESET)
+    labelled = {
+        f"asymmetric {'/'.join(map(str, ASYMMETRIC_DIMS))}": asymmetric,
+        f"symmetric {SYMMETRIC_DIM}/{SYMMETRIC_DIM}/{SYMMETRIC_DIM}": symmetric,
+    }
     rows, findings = [], []
-    for label, records in (
-        (f"asymmetric {'/'.join(map(str, ASYMMETRIC_DIMS))}", asymmetric),
-        (f"symmetric {SYMMETRIC_DIM}/{SYMMETRIC_DIM}/{SYMMETRIC_DIM}", symmetric),
-    ):
+    for label, records in labelled.items():
         rows.append(
             [label, *(fmt(_auc(records, t)) for t in md.SYNTH_TASKS), fmt(_mean_auc(records)),
              f"{records[0]['params'] / 1e3:,.0f}k" if records else "n/a", str(len(records))]
@@ -81,6 +92,7 @@ def run(ctx: Context) -> Section:
             __doc__.split("\n", 2)[2].strip(),
             table(header, rows),
             "\n".join(findings) if findings else "Not run.",
+            incomplete(SECTION, ctx.seeds, {k: len(v) for k, v in labelled.items()}).strip(),
         ]
-    )
+    ).strip()
     return Section(title="AME: asymmetric vs symmetric embedding sets (synthetic)", body=body)

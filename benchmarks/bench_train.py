@@ -95,12 +95,14 @@ VARIANTS = ("standalone", "standalone+mlflow", "ray-1", "ray-2")
 
 
 def run_variant(name: str, args: argparse.Namespace) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name.replace('+', '-')}-"))
-    if name == "standalone":
-        return standalone(args, work, tracked=False)
-    if name == "standalone+mlflow":
-        return standalone(args, work, tracked=True)
-    return on_ray(args, work, workers=int(name.split("-")[1]))
+    # each variant's MLflow store and run folders are scratch: gone once its numbers are read
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name.replace('+', '-')}-") as folder:
+        work = Path(folder)
+        if name == "standalone":
+            return standalone(args, work, tracked=False)
+        if name == "standalone+mlflow":
+            return standalone(args, work, tracked=True)
+        return on_ray(args, work, workers=int(name.split("-")[1]))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from repro.common import (
     fmt,
     incomplete,
     mean_std,
+    noise_verdict,
     seeds_of,
     table,
 )
@@ -51,13 +52,6 @@ def _mean_auc(records: Sequence[Mapping[str, Any]]) -> list[float]:
     return [sum(v) / len(v) for v in zip(*per_task, strict=True)]
 
 
-def _verdict(a: Sequence[float], b: Sequence[float]) -> str:
-    if min(len(a), len(b)) < 2:
-        return "too few seeds to judge"
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    return "beyond 2 seed stds" if abs(ma - mb) > 2 * max(sa, sb) else "within 2 seed stds (noise)"
-
-
 def run(ctx: Context) -> Section:
     # the two forms are within 2 seed stds of each other on 3 seeds
     ctx = dataclasses.replace(ctx, seeds=FIVE_SEEDS)
@@ -85,7 +79,7 @@ def run(ctx: Context) -> Section:
         a, s = _auc(asymmetric, task), _auc(symmetric, task)
         if a and s:
             gap = mean_std(a)[0] - mean_std(s)[0]
-            findings.append(f"- {task}: asymmetric − symmetric {gap:+.4f}, {_verdict(a, s)}.")
+            findings.append(f"- {task}: asymmetric − symmetric {gap:+.4f}, {noise_verdict(a, s)}.")
     header = ["AME sets", *(f"{t} AUC" for t in md.SYNTH_TASKS), "mean AUC", "params", "seeds"]
     body = "\n\n".join(
         [

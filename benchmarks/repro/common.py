@@ -517,6 +517,23 @@ def incomplete(section: str, seeds: Sequence[int], stored: Mapping[str, int]) ->
     )
 
 
+def seed_noise(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Twice the larger seed std of two rows' values, the bar a difference of their means must
+    clear to count as an effect; None with fewer than two seeds a side (no spread to judge by)."""
+    if min(len(a), len(b)) < 2:
+        return None
+    return 2 * max(mean_std(a)[1], mean_std(b)[1])
+
+
+def noise_verdict(a: Sequence[float], b: Sequence[float]) -> str:
+    """Whether the means of ``a`` and ``b`` differ by more than ``seed_noise``, in words."""
+    noise = seed_noise(a, b)
+    if noise is None:
+        return "too few seeds to judge"
+    gap = mean_std(a)[0] - mean_std(b)[0]
+    return "beyond 2 seed stds" if abs(gap) > noise else "within 2 seed stds (noise)"
+
+
 def first_task_logits(model: Any, data: Mapping[str, Any], batch_size: int) -> Any:
     """Logits ``[N]`` (float64 numpy) of the model's first task over a whole split in memory."""
     import torch

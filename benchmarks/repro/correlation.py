@@ -31,6 +31,7 @@ from repro.common import (
     fmt,
     incomplete,
     mean_std,
+    seed_noise,
     seeds_of,
     table,
     values,
@@ -177,11 +178,10 @@ def _findings(fid: Mapping[str, list[float]]) -> str:
         return "Not run."
     lines = []
     for (m_hi, hi), (m_lo, lo) in itertools.pairwise(scored):
-        s_hi, s_lo = mean_std(fid[hi])[1], mean_std(fid[lo])[1]
-        gap = m_hi - m_lo
-        if min(len(fid[hi]), len(fid[lo])) < 2:
+        gap, noise = m_hi - m_lo, seed_noise(fid[hi], fid[lo])
+        if noise is None:
             verdict = "1 seed: no spread to judge it by"
-        elif gap > 2 * max(s_hi, s_lo):
+        elif gap > noise:
             verdict = "beyond 2 seed stds"
         else:
             verdict = "within 2 seed stds (noise)"

@@ -20,7 +20,17 @@ from typing import Any
 from hmoe.platform.analysis.collapse import metric_name
 from repro import multitask
 from repro import multitask_data as md
-from repro.common import FIVE_SEEDS, Context, Section, fmt, incomplete, mean_std, seeds_of, table
+from repro.common import (
+    FIVE_SEEDS,
+    Context,
+    Section,
+    fmt,
+    incomplete,
+    mean_std,
+    seed_noise,
+    seeds_of,
+    table,
+)
 
 SECTION = "entanglement"
 BATCHES = 8  # validation batches of the run's eval batch size the gradients are averaged over
@@ -139,11 +149,10 @@ def run(ctx: Context) -> Section:
         mmoe, stem = (_shared_mean(results[k], prefix) for k in MODELS)
         if not mmoe or not stem:
             continue
-        (m1, s1), (m2, s2) = mean_std(mmoe), mean_std(stem)
-        gap = m2 - m1
-        if min(len(mmoe), len(stem)) < 2:
+        gap, noise = mean_std(stem)[0] - mean_std(mmoe)[0], seed_noise(mmoe, stem)
+        if noise is None:
             verdict = "1 seed: no spread to judge it by"
-        elif abs(gap) > 2 * max(s1, s2):
+        elif abs(gap) > noise:
             verdict = "beyond 2 seed stds"
         else:
             verdict = "within 2 seed stds (noise)"

@@ -25,6 +25,7 @@ from repro.common import (
     fmt,
     incomplete,
     mean_std,
+    seed_noise,
     seeds_of,
     table,
     values,
@@ -72,9 +73,10 @@ def _runs(ctx: Context, beta: float, ranking: bool) -> list[dict[str, Any]]:
 
 
 def _verdict(a: list[float], b: list[float]) -> str:
-    if min(len(a), len(b)) < 2:
+    noise = seed_noise(a, b)
+    if noise is None:
         return "too few seeds to judge"
-    gap, noise = mean_std(a)[0] - mean_std(b)[0], 2 * max(mean_std(a)[1], mean_std(b)[1])
+    gap = mean_std(a)[0] - mean_std(b)[0]
     return f"{'beyond' if abs(gap) > noise else 'within'} 2 seed stds ({noise:.4f})"
 
 

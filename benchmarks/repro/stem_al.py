@@ -23,6 +23,7 @@ from repro.common import (
     fmt,
     incomplete,
     mean_std,
+    noise_verdict,
     seeds_of,
     table,
 )
@@ -52,15 +53,6 @@ def _stored(ctx: Context, variant: str, per_task: bool) -> dict[str, list[float]
     return out
 
 
-def _verdict(a: Sequence[float], b: Sequence[float]) -> str:
-    if min(len(a), len(b)) < 2:
-        return "too few seeds to judge"
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    if abs(ma - mb) > 2 * max(sa, sb):
-        return "beyond 2 seed stds"
-    return "within 2 seed stds (noise)"
-
-
 def run(ctx: Context) -> Section:
     # STEM-AL is within 2 seed stds of STEM and of the single-task hmoe on 3 seeds
     ctx = dataclasses.replace(ctx, seeds=FIVE_SEEDS)
@@ -87,7 +79,7 @@ def run(ctx: Context) -> Section:
             continue
         gap = mean_std(ours[MAIN])[0] - mean_std(auc[MAIN])[0]
         findings.append(
-            f"- STEM-AL − {label} on {MAIN}: {gap:+.4f}, {_verdict(ours[MAIN], auc[MAIN])}."
+            f"- STEM-AL − {label} on {MAIN}: {gap:+.4f}, {noise_verdict(ours[MAIN], auc[MAIN])}."
         )
     body = "\n\n".join(
         [

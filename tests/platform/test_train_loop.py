@@ -99,6 +99,25 @@ def test_loop_learns_the_planted_signal_and_reports_every_metric():
     for key in ("val_auc_click", "val_gauc_like", "val_logloss", "epoch_val_auc", "best_epoch"):
         assert key in last
     assert "test_auc" not in first  # test metrics only at the end, on the best weights
+    # this process's peak so far: a torch process holds well over 0.1 GiB, and a peak never falls
+    assert 0.1 < first["worker_peak_rss_gb"] <= last["worker_peak_rss_gb"] < 64
+
+
+def test_best_weights_are_copied_before_the_last_epoch_and_never_in_it(monkeypatch):
+    states = []
+    report = StandaloneRuntime.report
+
+    def keep_state(self, metrics, state, write_shards=None):
+        states.append(state)
+        report(self, metrics, state, write_shards)
+
+    monkeypatch.setattr(StandaloneRuntime, "report", keep_state)
+    outcome, _ = _run(_settings(epochs=3, early_stopping_metric="val_logloss"))
+    own = [h["val_logloss"] for h in outcome.history]
+    assert own == sorted(own, reverse=True)  # the scenario: every epoch improves
+    # epochs 1 and 2 keep a copy in case a later one is worse; the last is the model itself
+    assert [s["state"]["best_model"] is None for s in states] == [False, False, True]
+    assert outcome.final["best_epoch"] == 3
 
 
 def test_evaluate_leaves_padding_and_out_of_vocabulary_users_out_of_gauc():

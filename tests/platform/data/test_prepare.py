@@ -20,6 +20,7 @@ import pytest
 import ray
 
 from hmoe.platform.data import (
+    batch_columns,
     collate_fn,
     feature_schema,
     iter_batches,
@@ -27,8 +28,10 @@ from hmoe.platform.data import (
     prepare,
     read_split_dataset,
     read_split_table,
+    shard_paths,
     verify_shards,
 )
+from hmoe.platform.data.batches import split_megabytes
 from hmoe.schema import EXPOSURE, LABELS, WEIGHT, seq_column
 from tests.platform.data.toy import (
     EMB_DIM,
@@ -359,6 +362,13 @@ def test_ray_dataset_and_collate_give_batches(toy: dict, in_memory: bool) -> Non
     assert [len(b[WEIGHT]) for b in batches] == [50, 30]
     assert batches[0][LABELS].shape == (50, 2)
     assert batches[0][seq_column("hist", "similarity")].shape == (50, SEQ_LEN)
+
+
+def test_the_split_size_that_decides_materialising_is_its_size_in_memory(toy: dict) -> None:
+    held = read_split_table(toy["out"], "train").select(batch_columns(feature_schema(toy["out"])))
+    stored = sum(Path(p).stat().st_size for p in shard_paths(toy["out"], "train"))
+    assert held.nbytes > 2 * stored  # Parquet's compression: the files say little about memory
+    assert split_megabytes(toy["out"], "train") * 2**20 == pytest.approx(held.nbytes, rel=0.02)
 
 
 def test_many_shards_give_the_same_rows(toy: dict, tmp_path: Path) -> None:

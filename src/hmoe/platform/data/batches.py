@@ -65,12 +65,10 @@ def split_rows(data_dir: str | Path, split: str) -> int:
 
 
 def split_megabytes(data_dir: str | Path, split: str) -> float:
-    """Stored size of a split's Parquet shards, in MB."""
-    from hmoe.platform.core import storage
+    """A split's size in memory as Arrow, in MB (``reader.split_memory_bytes``)."""
     from hmoe.platform.data import reader
 
-    paths = reader.shard_paths(data_dir, _split(split))
-    return sum(storage.size_bytes(p) for p in paths) / 2**20
+    return reader.split_memory_bytes(data_dir, _split(split)) / 2**20
 
 
 def split_dataset(data_dir: str | Path, split: str, *, in_memory: bool = False) -> Any:

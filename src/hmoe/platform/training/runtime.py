@@ -48,6 +48,8 @@ class Runtime(Protocol):
 
     def agree(self, flag: bool) -> bool: ...
 
+    def gather(self, value: float) -> list[float]: ...
+
     def maybe_fail(self, step: int, fail_at_step: int | None, resumed: bool) -> None: ...
 
 
@@ -115,6 +117,9 @@ class StandaloneRuntime:
 
     def agree(self, flag: bool) -> bool:
         return flag
+
+    def gather(self, value: float) -> list[float]:
+        return [value]
 
     def maybe_fail(self, step: int, fail_at_step: int | None, resumed: bool) -> None:
         del step, fail_at_step, resumed  # fault injection targets Ray workers only
@@ -205,6 +210,14 @@ class RayRuntime:
         box = [flag]
         torch.distributed.broadcast_object_list(box, src=0)
         return bool(box[0])
+
+    def gather(self, value: float) -> list[float]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return [float(v) for v in values]
 
     def maybe_fail(self, step: int, fail_at_step: int | None, resumed: bool) -> None:
         """Fault injection: the last rank kills itself once, on a run not resumed yet."""

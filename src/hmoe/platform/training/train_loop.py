@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import resource
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -118,6 +119,11 @@ class LoopOutcome:
     final: dict[str, float]
     history: list[dict[str, float]]
     model: nn.Module
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def _make_optimizer(train_module: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -412,6 +418,8 @@ def run_loop(
             "lr": float(scheduler.get_last_lr()[0]),
             "train_seconds": seconds,
             "train_samples_per_s": rows * runtime.world_size / max(seconds, 1e-9),
+            # the largest worker's, since each worker must fit its own machine's memory
+            "worker_peak_rss_gb": max(runtime.gather(_peak_rss_gb())),
             **resumed_from,
         }
         stop = False
@@ -516,7 +524,12 @@ def _after_epoch(
     if _improved(value, state.best, mode):
         state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
         state.best_metrics = {k: v for k, v in metrics.items() if k.startswith(VAL_PREFIX)}
-        state.best_model = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        # the last epoch's best weights are the model's own; a copy would double the memory
+        # of the id tables, a run's largest allocation at ads scale
+        last = state.epoch == t.epochs - 1
+        state.best_model = (
+            None if last else copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        )
     else:
         state.bad_epochs += 1
     patience = t.early_stopping_patience

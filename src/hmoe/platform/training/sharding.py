@@ -130,28 +130,42 @@ def load_full_state(sharded_state: dict[str, Any], full_state: dict[str, torch.T
 
 @torch.no_grad()
 def gather_full_state(
-    sharded_state: dict[str, Any], rank: int, device: torch.device | None = None
-) -> dict[str, torch.Tensor]:
-    """The whole state on rank 0 (CPU tensors; other ranks get ``{}``); a collective.
-    ``device``: where the shards live (NCCL gathers only into CUDA tensors); default CPU."""
+    sharded_state: dict[str, Any],
+    rank: int,
+    device: torch.device | None = None,
+    into: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Gather the whole state into rank 0's tensors ``into`` (same keys; ``None`` on the other
+    ranks), in place, one tensor at a time; a collective. ``device``: where the shards live
+    (NCCL gathers only into CUDA tensors); default CPU.
+
+    In place, because a gathered copy of the whole state beside the copy it is loaded into
+    would hold the id tables twice on rank 0."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-    out: dict[str, torch.Tensor] = {}
+    if rank == 0 and into is None:
+        raise ValueError("rank 0 needs the tensors to gather into")
     for key, value in sharded_state.items():
+        target = into[key] if into is not None else None
         if isinstance(value, ShardedTensor):
-            full = (
-                torch.empty(value.size(), dtype=value.dtype, device=device) if rank == 0 else None
+            direct = (
+                target is not None
+                and target.is_contiguous()
+                and target.dtype == value.dtype
+                and target.device == (device or torch.device("cpu"))
             )
+            full = target if direct else None
+            if rank == 0 and full is None:
+                full = torch.empty(value.size(), dtype=value.dtype, device=device)
             value.gather(dst=0, out=full)
-            if full is not None:
-                out[key] = full.cpu()
+            if target is not None and not direct:
+                target.copy_(full)
         elif _is_sharded(value):
             full = value.full_tensor()  # DTensor: every rank takes part
-            if rank == 0:
-                out[key] = full.cpu()
-        elif rank == 0 and isinstance(value, torch.Tensor):
-            out[key] = value.detach().cpu().clone()
-    return out
+            if target is not None:
+                target.copy_(full)
+        elif target is not None and isinstance(value, torch.Tensor):
+            target.copy_(value)
 
 
 def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
@@ -255,7 +269,9 @@ class ShardedTraining:
             # for that device)
             place_fused_tables(self.local_model, device)
             self.local_wrapper.to(device)
-        full = {k: v.detach().clone() for k, v in train_module.state_dict().items()}
+        # the initial weights by reference, not copied: DMP swaps the table modules for sharded
+        # ones and leaves these tensors as they are (a copy would add the whole tables again)
+        full = {k: v.detach() for k, v in train_module.state_dict().items()}
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device=device.type),
@@ -276,9 +292,8 @@ class ShardedTraining:
 
     def sync_local(self) -> None:
         """Gather the trained weights into rank 0's unsharded copy (a collective)."""
-        full = gather_full_state(self.dmp.state_dict(), self.rank, self.device)
-        if self.local_wrapper is not None:
-            self.local_wrapper.load_state_dict(full)
+        local = self.local_wrapper.state_dict() if self.local_wrapper is not None else None
+        gather_full_state(self.dmp.state_dict(), self.rank, self.device, into=local)
 
     def _sharded_state(self) -> dict[str, Any]:
         return {

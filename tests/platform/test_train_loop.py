@@ -120,6 +120,20 @@ def test_best_weights_are_copied_before_the_last_epoch_and_never_in_it(monkeypat
     assert outcome.final["best_epoch"] == 3
 
 
+def test_a_long_epoch_says_how_far_it_is_inside_the_epoch(monkeypatch):
+    from hmoe.platform.training import train_loop
+
+    monkeypatch.setattr(train_loop, "PROGRESS_EVERY_S", 0.0)  # every step counts as long
+    lines: list[str] = []
+    _run(_settings(epochs=2), hooks=LoopHooks(progress=lines.append))
+    inside = [line for line in lines if "  step " in line]
+    assert [line.split("  ")[:2] for line in inside] == [
+        [f"epoch {e}/2", f"step {s}/{STEPS_PER_EPOCH}"] for e in (1, 2) for s in range(1, 5)
+    ]
+    assert all("train_loss=" in line and "train_samples_per_s=" in line for line in inside)
+    assert len(lines) == len(inside) + 2  # and each epoch's own line at its end
+
+
 def test_evaluate_leaves_padding_and_out_of_vocabulary_users_out_of_gauc():
     data = _data(96, 1)
     data["user"] = torch.arange(96) % 6  # ids 0 (padding) and 1 (OOV) name no single user

@@ -76,6 +76,7 @@ SPLIT_NAMES = {"val": "validation", "test": "test"}  # metric prefix -> split, f
 VAL_PREFIX = "val_"
 EPOCH_SCORE_PREFIX = "epoch_"  # epoch_<metric>: an epoch's own value, the checkpoint score
 DIAGNOSTICS_PREFIX = "diagnostics/"  # MLflow groups metrics by the part before "/"
+PROGRESS_EVERY_S = 60.0  # a line at most this often inside an epoch (an epoch at scale: hours)
 
 
 def epoch_score(metric: str) -> str:
@@ -256,11 +257,12 @@ def _train_epoch(
     state: _State,
     t: TrainConfig,
     resumed: bool,
+    progress: _EpochProgress,
 ) -> tuple[float, int]:
     """One pass over this worker's train batches: (mean loss, rows seen)."""
     module.train()
     total_loss, rows = 0.0, 0
-    for batch in runtime.train_batches(state.epoch):
+    for step_in_epoch, batch in enumerate(runtime.train_batches(state.epoch), start=1):
         runtime.maybe_fail(state.step, t.fail_at_step, resumed)
         with _autocast(runtime.device, t.use_bf16):
             loss, _ = module(batch)
@@ -274,7 +276,30 @@ def _train_epoch(
         total_loss += float(loss.detach()) * num_rows
         rows += num_rows
         state.step += 1
+        progress.maybe_say(step_in_epoch, rows, total_loss)
     return total_loss / max(rows, 1), rows
+
+
+class _EpochProgress:
+    """A line every ``PROGRESS_EVERY_S`` inside a long epoch (rank 0; ``say`` None: silent)."""
+
+    def __init__(
+        self, say: Callable[[str], None] | None, epoch: int, t: TrainConfig, steps: int, world: int
+    ) -> None:
+        self.say, self.epoch, self.epochs = say, epoch, t.epochs
+        self.steps, self.world = steps, world
+        self.started = self.last = time.perf_counter()
+
+    def maybe_say(self, step: int, rows: int, total_loss: float) -> None:
+        now = time.perf_counter()
+        if self.say is None or now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        self.say(
+            f"epoch {self.epoch + 1}/{self.epochs}  step {step}/{self.steps}  "
+            f"train_loss={total_loss / max(rows, 1):.4f}  "
+            f"train_samples_per_s={rows * self.world / (now - self.started):.0f}"
+        )
 
 
 def _restore(
@@ -410,7 +435,12 @@ def run_loop(
     final: dict[str, float] = state.history[-1] if state.history else {}
     while state.epoch < t.epochs:
         started = time.perf_counter()
-        train_loss, rows = _train_epoch(module, optimizer, scheduler, runtime, state, t, resumed)
+        progress = _EpochProgress(
+            hooks.progress, state.epoch, t, steps_per_epoch, runtime.world_size
+        )
+        train_loss, rows = _train_epoch(
+            module, optimizer, scheduler, runtime, state, t, resumed, progress
+        )
         seconds = time.perf_counter() - started
         metrics: dict[str, float] = {
             "epoch": float(state.epoch + 1),

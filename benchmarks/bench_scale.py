@@ -58,8 +58,8 @@ def hmoe() -> str:
 
 def prepared(work: Path, rows: int, ids: int, seed: int) -> Path:
     """The prepared log of ``rows`` rows with tables of ``ids`` rows (made once)."""
-    raw = work / f"raw-{rows}"
-    out = work / f"prepared-{rows}-{ids}"
+    raw = work / f"raw-{rows}-seed{seed}"
+    out = work / f"prepared-{rows}-{ids}-seed{seed}"
     if (out / "manifest.json").exists():
         return out
     if not (raw / "spec.yaml").exists():
@@ -120,7 +120,11 @@ def train(args: argparse.Namespace, data: Path, backend: str, workers: int) -> d
         command += ["--set", f"model.embedding.table_lr={args.table_lr}"]
     started = time.perf_counter()
     with MemoryPeak() as memory:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
+        except subprocess.TimeoutExpired as err:
+            # the child's Ray goes with it: subprocess.run killed it
+            done = subprocess.CompletedProcess(command, -9, "", f"timed out after {err.timeout} s")
     row: dict[str, Any] = {
         "preset": args.preset,
         "backend": backend,
@@ -171,9 +175,14 @@ def _print(rows: list[dict[str, Any]]) -> None:
             print(f"{head} {r['error']} | | {r['machine_peak_used_gb']:.1f} GB | {r['wall_s']} | |")
             continue
         print(
-            f"{head} {r['train_samples_per_s']:,.0f} | {r['worker_peak_rss_gb']:.2f} GB | "
-            f"{r['machine_peak_used_gb']:.1f} GB | {r['wall_s']} | {r['val_auc']:.4f} |"
+            f"{head} {_shown(r['train_samples_per_s'], ',.0f')} | "
+            f"{_shown(r['worker_peak_rss_gb'], '.2f')} GB | "
+            f"{r['machine_peak_used_gb']:.1f} GB | {r['wall_s']} | {_shown(r['val_auc'], '.4f')} |"
         )
+
+
+def _shown(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def main() -> None:
@@ -204,9 +213,9 @@ def main() -> None:
         for workers in args.workers:
             rows.append(train(args, data, backend, workers))
             print(json.dumps(rows[-1]), flush=True)
+        if args.json is not None:  # after every run: a later failure loses nothing
+            args.json.write_text(json.dumps(rows, indent=2))
     _print(rows)
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

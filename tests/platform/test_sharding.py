@@ -138,6 +138,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.all_reduce(mean)
         return float(mean) / world
 
+    from hmoe.platform.training.runtime import gather_values
+
+    gathered = gather_values(rank + 0.5, world)  # the per-worker peak memory's collective
     ids, seq, y = _data()
     sharded, optimizer = start(seed=0)
     losses = [step(sharded, optimizer, s) for s in range(SAVE_AFTER)]
@@ -160,6 +163,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 "state": sharded.local_wrapper.state_dict(),
                 "restored_state": restored.local_wrapper.state_dict(),
                 "plan": sharded.plan_json(),
+                "gathered": gathered,
             },
             Path(out) / f"world{world}.pt",
         )
@@ -185,6 +189,7 @@ def test_two_sharded_ranks_train_like_one_and_checkpoints_restore(tmp_path):
 
     two = _run(2, tmp_path / "two")
     one = _run(1, tmp_path / "one")
+    assert two["gathered"] == [0.5, 1.5] and one["gathered"] == [0.5]
     plan = json.loads(two["plan"])
     kinds = {t: p["sharding_type"] for tables in plan.values() for t, p in tables.items()}
     assert kinds == {t: c[0] for t, (_, c) in (BAG_TABLES | SEQ_TABLES).items()}

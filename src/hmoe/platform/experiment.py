@@ -88,11 +88,11 @@ class DataConfig(Config):
     ``shuffle_buffer_rows``: rows of the local shuffle buffer of each Train worker (0: no
     shuffling; standalone runs shuffle the whole split). ``eval_batch_size``: rows per forward
     when evaluating the validation and test splits. ``materialize_train_max_mb``: a train split
-    that takes at most this many MB in memory (its Arrow columns, estimated from its first row
-    group; the stored Parquet is often 20x smaller) is read once, by the process that starts
-    the run, into the Ray object store instead of being streamed from the shards again every
-    epoch (which costs a read start-up per epoch, a large share of a short epoch); larger
-    splits stream. 0 always streams.
+    that takes at most this many MB in memory (its Arrow columns, estimated from a sample of
+    its first shard, since the stored Parquet is often 20x smaller) is read once, by the
+    process that starts the run, into the Ray object store instead of being streamed from the
+    shards again every epoch (which costs a read start-up per epoch, a large share of a short
+    epoch); larger splits stream. 0 always streams.
     """
 
     path: str  # the prepared directory (hmoe data prepare --out)

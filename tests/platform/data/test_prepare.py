@@ -386,6 +386,9 @@ def test_many_shards_give_the_same_rows(toy: dict, tmp_path: Path) -> None:
     columns = read_split_dataset(tmp_path / "out", "train").columns()
     expected_rows = read_split_table(tmp_path / "out", "train").select(columns)
     assert pa.concat_tables(ray.get(held.to_arrow_refs())).equals(expected_rows)
+    # the memory estimate: the first shard's bytes per row carried over to all of them
+    estimate = split_megabytes(tmp_path / "out", "train") * 2**20
+    assert estimate == pytest.approx(expected_rows.nbytes, rel=0.02)
 
 
 def test_behaviour_filter_on_a_raw_column(ray_cluster, tmp_path: Path) -> None:

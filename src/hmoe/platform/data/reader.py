@@ -21,6 +21,8 @@ from hmoe.platform.core import storage
 from hmoe.platform.data.spec import SPLITS, label_column
 from hmoe.schema import EXPOSURE, LABELS, MANIFEST, WEIGHT, FeatureSchema, seq_column
 
+SIZE_SAMPLE_ROWS = 4096  # rows read to learn a split's bytes per row in memory
+
 __all__ = [
     "batch_columns",
     "collate_fn",
@@ -109,17 +111,27 @@ def _shard_tables(
     return [_open_parquet(p).read(columns=columns) for p in paths]
 
 
-def split_memory_bytes(prepared_dir: str | Path, split: str) -> int:
-    """Bytes a split's Batch columns take in memory as Arrow: its first shard's first row
-    group, read, per row, times the split's rows. The stored Parquet is far smaller (a
-    prepared behaviour sequence compresses about 20x), so it cannot bound memory."""
-    paths = shard_paths(prepared_dir, split)
-    rows = sum(int(s["rows"]) for s in load_manifest(prepared_dir)["shards"][split])
-    if not paths or rows == 0:
-        return 0
-    columns = batch_columns(feature_schema(prepared_dir))
-    sample = _open_parquet(paths[0]).read_row_group(0, columns=columns)
-    return math.ceil(sample.nbytes / max(sample.num_rows, 1) * rows)
+def split_memory_bytes(prepared_dir: str | Path, split: str) -> float:
+    """Bytes a split's Batch columns take in memory as Arrow: the first rows of its first
+    non-empty shard, read, per row, times the split's rows (``math.inf`` when no row can be
+    read). The stored Parquet is far smaller (a prepared behaviour sequence compresses about
+    20x), so it cannot bound memory."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {SPLITS}")
+    manifest = load_manifest(prepared_dir)
+    shards = [s for s in manifest["shards"][split] if int(s["rows"]) > 0]
+    if not shards:
+        return 0.0
+    columns = batch_columns(feature_schema(manifest))
+    sample = next(
+        _open_parquet(storage.join(prepared_dir, shards[0]["path"])).iter_batches(
+            batch_size=SIZE_SAMPLE_ROWS, columns=columns
+        ),
+        None,
+    )
+    if sample is None or sample.num_rows == 0:
+        return math.inf
+    return sample.nbytes / sample.num_rows * sum(int(s["rows"]) for s in shards)
 
 
 def read_split_table(prepared_dir: str | Path, split: str) -> pa.Table:

@@ -20,7 +20,7 @@ from torch import nn
 
 from hmoe.platform.data.batches import Batch, iter_minibatches
 
-__all__ = ["CHECKPOINT_FILE", "RayRuntime", "Runtime", "StandaloneRuntime"]
+__all__ = ["CHECKPOINT_FILE", "RayRuntime", "Runtime", "StandaloneRuntime", "gather_values"]
 
 CHECKPOINT_FILE = "state.pt"
 FAULT_INJECTION_DELAY_S = 10.0
@@ -51,6 +51,16 @@ class Runtime(Protocol):
     def gather(self, value: float) -> list[float]: ...
 
     def maybe_fail(self, step: int, fail_at_step: int | None, resumed: bool) -> None: ...
+
+
+def gather_values(value: float, world_size: int) -> list[float]:
+    """Every rank's ``value``, in rank order, on every rank of the default process group (a
+    collective; without a group, ``[value]``)."""
+    if world_size == 1 or not torch.distributed.is_initialized():
+        return [value]
+    values: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(values, value)
+    return [float(v) for v in values]
 
 
 class StandaloneRuntime:
@@ -213,11 +223,7 @@ class RayRuntime:
 
     def gather(self, value: float) -> list[float]:
         """Every rank's ``value``, in rank order, on every rank."""
-        if self.world_size == 1 or not torch.distributed.is_initialized():
-            return [value]
-        values: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(values, value)
-        return [float(v) for v in values]
+        return gather_values(value, self.world_size)
 
     def maybe_fail(self, step: int, fail_at_step: int | None, resumed: bool) -> None:
         """Fault injection: the last rank kills itself once, on a run not resumed yet."""

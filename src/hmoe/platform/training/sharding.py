@@ -147,6 +147,8 @@ def gather_full_state(
         raise ValueError("rank 0 needs the tensors to gather into")
     for key, value in sharded_state.items():
         target = into[key] if into is not None else None
+        if target is not None and tuple(target.shape) != tuple(value.shape):
+            raise ValueError(f"{key}: shape {tuple(value.shape)}, local copy {tuple(target.shape)}")
         if isinstance(value, ShardedTensor):
             direct = (
                 target is not None

@@ -123,7 +123,8 @@ class LoopOutcome:
 
 
 def _peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GiB (Linux reports KiB)."""
+    """This process's peak resident memory so far, in GiB (``ru_maxrss`` is KiB on Linux, the
+    platform the workers run on); for a standalone run, that of the calling process's life."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
@@ -284,9 +285,9 @@ class _EpochProgress:
     """A line every ``PROGRESS_EVERY_S`` inside a long epoch (rank 0; ``say`` None: silent)."""
 
     def __init__(
-        self, say: Callable[[str], None] | None, epoch: int, t: TrainConfig, steps: int, world: int
+        self, say: Callable[[str], None] | None, epoch: int, epochs: int, steps: int, world: int
     ) -> None:
-        self.say, self.epoch, self.epochs = say, epoch, t.epochs
+        self.say, self.epoch, self.epochs = say, epoch, epochs
         self.steps, self.world = steps, world
         self.started = self.last = time.perf_counter()
 
@@ -436,7 +437,7 @@ def run_loop(
     while state.epoch < t.epochs:
         started = time.perf_counter()
         progress = _EpochProgress(
-            hooks.progress, state.epoch, t, steps_per_epoch, runtime.world_size
+            hooks.progress, state.epoch, t.epochs, steps_per_epoch, runtime.world_size
         )
         train_loss, rows = _train_epoch(
             module, optimizer, scheduler, runtime, state, t, resumed, progress
@@ -448,8 +449,6 @@ def run_loop(
             "lr": float(scheduler.get_last_lr()[0]),
             "train_seconds": seconds,
             "train_samples_per_s": rows * runtime.world_size / max(seconds, 1e-9),
-            # the largest worker's, since each worker must fit its own machine's memory
-            "worker_peak_rss_gb": max(runtime.gather(_peak_rss_gb())),
             **resumed_from,
         }
         stop = False
@@ -466,6 +465,9 @@ def run_loop(
                 hooks.logger.log_metrics(metrics, step=state.epoch + 1)
                 raise
             metrics |= _diagnostics(train_module, eval_data, runtime, state, eval_batch_size, hooks)
+        # the largest worker's peak so far, the epoch's gather and validation included (each
+        # worker must fit its own machine); every rank calls it here
+        metrics["worker_peak_rss_gb"] = max(runtime.gather(_peak_rss_gb()))
         stop = runtime.agree(stop) or state.epoch == t.epochs - 1
         if runtime.rank == 0:
             headline = (
@@ -551,15 +553,10 @@ def _after_epoch(
             "can be chosen: set train.early_stopping_metric to one that is defined here (e.g. "
             "val_logloss) or prepare a validation split with both classes for every task"
         )
-    if _improved(value, state.best, mode):
+    improved = _improved(value, state.best, mode)
+    if improved:
         state.best, state.best_epoch, state.bad_epochs = value, state.epoch, 0
         state.best_metrics = {k: v for k, v in metrics.items() if k.startswith(VAL_PREFIX)}
-        # the last epoch's best weights are the model's own; a copy would double the memory
-        # of the id tables, a run's largest allocation at ads scale
-        last = state.epoch == t.epochs - 1
-        state.best_model = (
-            None if last else copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-        )
     else:
         state.bad_epochs += 1
     patience = t.early_stopping_patience
@@ -576,7 +573,15 @@ def _after_epoch(
         else:
             state.guard_bad_epochs += 1
         stalled = max(stalled, state.guard_bad_epochs)
-    return patience > 0 and stalled >= patience
+    stop = patience > 0 and stalled >= patience
+    if improved:
+        # the weights of a best epoch that ends the run are the model's own: a copy would
+        # double the id tables, a run's largest allocation at ads scale
+        last = stop or state.epoch == t.epochs - 1
+        state.best_model = (
+            None if last else copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+        )
+    return stop
 
 
 def _nan_metrics(

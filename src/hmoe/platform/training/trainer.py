@@ -202,7 +202,8 @@ def make_trainer(
 
     from hmoe.platform.training.retries import FailFastTorchTrainer
 
-    in_memory = split_megabytes(cfg.data.path, "train") <= cfg.data.materialize_train_max_mb
+    limit = cfg.data.materialize_train_max_mb
+    in_memory = limit > 0 and split_megabytes(cfg.data.path, "train") <= limit
     train = split_dataset(cfg.data.path, "train", in_memory=in_memory)
     t = cfg.train
     resources = {"CPU": t.cpus_per_worker} | (

@@ -15,12 +15,13 @@ sharders list row-wise only for CUDA); an ``EmbeddingCollection`` table can also
 A fused collection's table is never data-parallel here (``fused_table_constraints``).
 
 Evaluation, early stopping's best weights, the monitor and the logged model stay as they are:
-rank 0 keeps an unsharded copy of the model, and after each epoch every rank takes part in
-gathering the tables into it (so rank 0 needs the memory of the whole model once; every worker
-also builds the whole model once before it is sharded). Checkpoints are sharded: every rank
-writes its shards (weights and fused optimizer state) with ``torch.distributed.checkpoint`` into
-the same Ray Train checkpoint (Ray syncs the checkpoint folder's name across ranks), and every
-rank of a restarted group reads back its own shards.
+rank 0 keeps an unsharded copy of the model, and after each epoch every rank sends its pieces
+of the tables into it. Memory: every worker builds the whole model once before it is sharded;
+rank 0's copy then keeps those unsharded tables (so rank 0 holds the tables once, plus its
+shards), and the other ranks free theirs (so they hold their shards). Checkpoints are
+sharded: every rank writes its shards (weights and fused optimizer state) with
+``torch.distributed.checkpoint`` into the same Ray Train checkpoint (Ray syncs the checkpoint
+folder's name across ranks), and every rank of a restarted group reads back its own shards.
 
 The ``torchrec`` backend's touched-row L2 (``table_l2``) follows the shards: each rank learns
 the rows the whole global batch touches and decays those its own shards hold
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +50,23 @@ __all__ = [
 ]
 
 PLAN_ARTIFACT = "sharding_plan.json"
+GATHER_CHUNK_BYTES = 64 * 2**20  # a piece of a table travels to rank 0 in chunks of this size
 SHARDS_FOLDER = "shards"  # the torch.distributed.checkpoint files inside a Ray checkpoint
 
 
 def has_torchrec_tables(module: nn.Module) -> bool:
     """Whether ``module`` holds TorchRec table collections (without importing TorchRec)."""
+    return bool(_table_collections(module))
+
+
+def _table_collections(module: nn.Module) -> list[nn.Module]:
+    """The TorchRec table collections in ``module`` (found by type name: no TorchRec import)."""
     names = {"EmbeddingBagCollection", "EmbeddingCollection", "FusedEmbeddingBagCollection"}
-    return any(
-        type(m).__name__ in names and type(m).__module__.startswith("torchrec.")
+    return [
+        m
         for m in module.modules()
-    )
+        if type(m).__name__ in names and type(m).__module__.startswith("torchrec.")
+    ]
 
 
 def fused_table_constraints(module: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -135,39 +144,72 @@ def gather_full_state(
     device: torch.device | None = None,
     into: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Gather the whole state into rank 0's tensors ``into`` (same keys; ``None`` on the other
-    ranks), in place, one tensor at a time; a collective. ``device``: where the shards live
-    (NCCL gathers only into CUDA tensors); default CPU.
+    """Gather the whole state into rank 0's tensors ``into`` (same keys and shapes; ``None`` on
+    the other ranks), in place; a collective. ``device``: where the shards live (NCCL moves
+    only CUDA tensors); default CPU.
 
-    In place, because a gathered copy of the whole state beside the copy it is loaded into
-    would hold the id tables twice on rank 0."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-
+    Each piece goes from its rank to rank 0 alone, in chunks of ``GATHER_CHUNK_BYTES`` written
+    straight into place: TorchRec's own gathers stage the whole table, or one buffer per rank
+    of the largest shard's size, which at ads scale is several times the tables' memory."""
     if rank == 0 and into is None:
         raise ValueError("rank 0 needs the tensors to gather into")
     for key, value in sharded_state.items():
         target = into[key] if into is not None else None
         if target is not None and tuple(target.shape) != tuple(value.shape):
             raise ValueError(f"{key}: shape {tuple(value.shape)}, local copy {tuple(target.shape)}")
-        if isinstance(value, ShardedTensor):
-            direct = (
-                target is not None
-                and target.is_contiguous()
-                and target.dtype == value.dtype
-                and target.device == (device or torch.device("cpu"))
-            )
-            full = target if direct else None
-            if rank == 0 and full is None:
-                full = torch.empty(value.size(), dtype=value.dtype, device=device)
-            value.gather(dst=0, out=full)
-            if target is not None and not direct:
-                target.copy_(full)
-        elif _is_sharded(value):
-            full = value.full_tensor()  # DTensor: every rank takes part
-            if target is not None:
-                target.copy_(full)
+        if _is_sharded(value):
+            _gather_pieces(_local_pieces(value), target, rank, device or torch.device("cpu"))
         elif target is not None and isinstance(value, torch.Tensor):
-            target.copy_(value)
+            target.copy_(value)  # replicated: rank 0's own is everyone's
+
+
+def _gather_pieces(
+    pieces: list[tuple[torch.Tensor, tuple[slice, ...]]],
+    target: torch.Tensor | None,
+    rank: int,
+    device: torch.device,
+) -> None:
+    """Every rank's ``pieces`` of one tensor into rank 0's ``target`` (a collective)."""
+    import torch.distributed as dist
+
+    mine = [tuple((s.start, s.stop) for s in where) for _, where in pieces]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    for owner, bounds_of in enumerate(everyone):
+        for index, bounds in enumerate(bounds_of):
+            where = tuple(slice(a, b) for a, b in bounds)
+            if rank == owner == 0:
+                assert target is not None
+                target[where].copy_(pieces[index][0])
+            elif rank == owner:
+                _send_rows(pieces[index][0])
+            elif rank == 0 and owner != 0:
+                assert target is not None
+                _recv_rows(target[where], owner, device)
+
+
+def _chunk_rows(piece_shape: torch.Size, element_size: int) -> int:
+    row_bytes = element_size * math.prod(piece_shape[1:])
+    return max(1, GATHER_CHUNK_BYTES // max(row_bytes, 1))
+
+
+def _send_rows(piece: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    step = _chunk_rows(piece.shape, piece.element_size())
+    for start in range(0, piece.shape[0], step):
+        dist.send(piece[start : start + step].contiguous(), dst=0)
+
+
+def _recv_rows(place: torch.Tensor, owner: int, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    step = _chunk_rows(place.shape, place.element_size())
+    for start in range(0, place.shape[0], step):
+        rows = place[start : start + step]
+        buffer = torch.empty(rows.shape, dtype=rows.dtype, device=device)
+        dist.recv(buffer, src=owner)
+        rows.copy_(buffer)
 
 
 def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
@@ -197,19 +239,24 @@ def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
 
 
 def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """An unsharded copy of ``(model, train_module)``, the copied wrapper around the copied model.
+    """An unsharded copy of ``(model, train_module)`` that shares the id tables' modules (the
+    TorchRec collections) instead of copying them.
 
-    A ``hmoe`` ranker is rebuilt and its weights copied: ``copy.deepcopy`` of a TorchRec
-    ``FusedEmbeddingBagCollection`` gives parameters that no longer alias its FBGEMM kernel's
-    weights, so weights loaded into the copy would never reach its forward.
+    ``DistributedModelParallel`` then swaps those modules in ``train_module`` for sharded ones,
+    so the unsharded tables become the copy's alone: rank 0 holds them once, not twice. (A
+    ``copy.deepcopy`` of a ``FusedEmbeddingBagCollection`` would also give parameters that no
+    longer alias its FBGEMM kernel's weights.)
     """
-    from hmoe.models.ranker import HeteroMoERanker
-    from hmoe.models.zoo import with_embedding_backend
+    shared: dict[int, Any] = {id(m): m for m in _table_collections(model)}
+    return copy.deepcopy((model, train_module), shared)
 
-    if not isinstance(model, HeteroMoERanker):
-        return copy.deepcopy((model, train_module))
-    fresh = with_embedding_backend(model, "torchrec").train(model.training)
-    return fresh, copy.deepcopy(train_module, {id(model): fresh})
+
+def _release(collections: list[nn.Module]) -> None:
+    """Free the unsharded tables' memory on a rank that keeps no unsharded copy: something in
+    TorchRec's sharding keeps the swapped-out modules alive, and with them the whole tables."""
+    for collection in collections:
+        for tensor in collection.state_dict().values():
+            tensor.untyped_storage().resize_(0)
 
 
 def _decay_through_shards(dmp: nn.Module, group: Any) -> None:
@@ -274,6 +321,7 @@ class ShardedTraining:
         # the initial weights by reference, not copied: DMP swaps the table modules for sharded
         # ones and leaves these tensors as they are (a copy would add the whole tables again)
         full = {k: v.detach() for k, v in train_module.state_dict().items()}
+        unsharded = _table_collections(train_module)  # rank 0's copy shares them
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device=device.type),
@@ -286,6 +334,8 @@ class ShardedTraining:
         )
         load_full_state(self.dmp.state_dict(), full)
         del full
+        if rank != 0:
+            _release(unsharded)
         _decay_through_shards(self.dmp, dist.GroupMember.WORLD)
 
     def plan_json(self) -> str:

@@ -264,7 +264,15 @@ def _hmoe_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, wrapper, batches = _hmoe(seed=0)
+    unsharded = [m for m in model.modules() if type(m).__name__ == "FusedEmbeddingBagCollection"]
     sharded = ShardedTraining(model, wrapper, torch.device("cpu"), rank)
+    # the whole tables once at most: rank 0's copy holds the unsharded ones, the others none
+    if rank == 0:
+        kept = [m for m in sharded.local_model.modules() if m in unsharded]
+        assert len(kept) == len(unsharded) > 0
+    else:
+        sizes = [t.untyped_storage().size() for m in unsharded for t in m.state_dict().values()]
+        assert sizes and not any(sizes)
     optimizer = _make_optimizer(sharded.dmp.module, _SETTINGS)
     losses = _hmoe_steps(sharded.dmp, optimizer, batches, rank, world)
     sharded.sync_local()

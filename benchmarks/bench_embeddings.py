@@ -178,7 +178,7 @@ def table(rows: list[dict[str, object]], gemm: float) -> str:
     return "\n".join(lines)
 
 
-def _ids(text: str) -> int:
+def count(text: str) -> int:
     """``150000``, ``150k``, ``1.5M``."""
     scale = {"k": 1e3, "m": 1e6}.get(text[-1].lower(), 1.0)
     return int(float(text[:-1] if scale != 1.0 else text) * scale)
@@ -186,7 +186,7 @@ def _ids(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ids", nargs="+", type=_ids, default=[150_000, 1_500_000])
+    parser.add_argument("--ids", nargs="+", type=count, default=[150_000, 1_500_000])
     parser.add_argument("--presets", nargs="+", default=["dcnv2", "hmoe"])
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import subprocess
@@ -37,19 +36,13 @@ from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
+from bench_embeddings import count
+from repro.common import machine
+
 USER_SHARE = 0.8  # of --ids: the user_id table; the rest is item_id's
 ROWS_PER_USER = 2
 POLL_S = 1.0
-SCALE_SUFFIXES = {"k": 10**3, "M": 10**6, "B": 10**9}
 RUN_ID = re.compile(r"MLflow run id:\s*(\w+)")
-
-
-def count(text: str) -> int:
-    """``50M`` -> 50,000,000 (also ``150k``, ``1.5M``, plain integers)."""
-    if text and text[-1] in SCALE_SUFFIXES:
-        return round(float(text[:-1]) * SCALE_SUFFIXES[text[-1]])
-    return int(text)
 
 
 def hmoe() -> str:
@@ -125,12 +118,13 @@ def train(args: argparse.Namespace, data: Path, backend: str, workers: int) -> d
         except subprocess.TimeoutExpired as err:
             # the child's Ray goes with it: subprocess.run killed it
             done = subprocess.CompletedProcess(command, -9, "", f"timed out after {err.timeout} s")
+    manifest = json.loads((data / "manifest.json").read_text())
     row: dict[str, Any] = {
         "preset": args.preset,
         "backend": backend,
         "workers": workers,
-        "rows": _train_rows(data),
-        "ids": _table_rows(data),
+        "rows": int(manifest["rows"]["train"]),
+        "ids": int(sum(manifest["vocab_sizes"].values())),  # id table rows per set
         "wall_s": round(time.perf_counter() - started, 1),
         "machine_peak_used_gb": round(memory.peak_gib, 2),
     }
@@ -151,15 +145,6 @@ def _why(output: str) -> str:
         return "out of memory (a worker was killed)"
     lines = [line for line in output.splitlines() if line.strip()]
     return lines[-1][:200] if lines else "failed with no output"
-
-
-def _train_rows(data: Path) -> int:
-    return int(json.loads((data / "manifest.json").read_text())["rows"]["train"])
-
-
-def _table_rows(data: Path) -> int:
-    sizes = json.loads((data / "manifest.json").read_text())["vocab_sizes"]
-    return int(sum(sizes.values()))
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
@@ -203,9 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    cpu = platform.processor() or "unknown CPU"
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} CPUs ({cpu}) · "
-          f"{platform.node()}", flush=True)  # fmt: skip
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} · {machine()} · {platform.node()}", flush=True)
     rows = []
     for backend in args.backends:
         n = args.torch_rows if backend == "torch" and args.torch_rows else args.rows

@@ -238,16 +238,18 @@ def plan_summary(plan: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _local_copy(model: nn.Module, train_module: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _local_copy(
+    model: nn.Module, train_module: nn.Module, collections: list[nn.Module]
+) -> tuple[nn.Module, nn.Module]:
     """An unsharded copy of ``(model, train_module)`` that shares the id tables' modules (the
-    TorchRec collections) instead of copying them.
+    TorchRec ``collections`` in them) instead of copying them.
 
     ``DistributedModelParallel`` then swaps those modules in ``train_module`` for sharded ones,
     so the unsharded tables become the copy's alone: rank 0 holds them once, not twice. (A
     ``copy.deepcopy`` of a ``FusedEmbeddingBagCollection`` would also give parameters that no
     longer alias its FBGEMM kernel's weights.)
     """
-    shared: dict[int, Any] = {id(m): m for m in _table_collections(model)}
+    shared: dict[int, Any] = {id(m): m for m in collections}
     return copy.deepcopy((model, train_module), shared)
 
 
@@ -312,8 +314,9 @@ class ShardedTraining:
         self.rank, self.device = rank, device
         self.local_model: nn.Module | None = None
         self.local_wrapper: nn.Module | None = None
+        unsharded = _table_collections(train_module)  # rank 0's copy shares them
         if rank == 0:
-            self.local_model, self.local_wrapper = _local_copy(model, train_module)
+            self.local_model, self.local_wrapper = _local_copy(model, train_module, unsharded)
             # rank 0 evaluates its copy where the batches are (its tables on FBGEMM's kernels
             # for that device)
             place_fused_tables(self.local_model, device)
@@ -321,7 +324,6 @@ class ShardedTraining:
         # the initial weights by reference, not copied: DMP swaps the table modules for sharded
         # ones and leaves these tensors as they are (a copy would add the whole tables again)
         full = {k: v.detach() for k, v in train_module.state_dict().items()}
-        unsharded = _table_collections(train_module)  # rank 0's copy shares them
         world = dist.get_world_size()
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device=device.type),
